@@ -1,0 +1,83 @@
+//! # wasmgate-guest: write wasmgate scripts in Rust
+//!
+//! A wasmgate script is a WebAssembly component implementing one world of the interface in
+//! `wit/world.wit` (package `wasmgate:gateway@0.1.0`). This crate holds the generated bindings
+//! for each world plus a few helpers, so a script is a `cdylib` crate built for
+//! `wasm32-wasip2`:
+//!
+//! ```ignore
+//! use wasmgate_guest::router::{Decision, Guest, MessageRoute, Packet, Session, RouteError};
+//!
+//! struct MyRouter;
+//!
+//! impl Guest for MyRouter {
+//!     fn init(_config: String, _map: Vec<MessageRoute>) -> Result<(), String> { Ok(()) }
+//!     fn route(_session: Session, packet: Packet) -> Decision {
+//!         if packet.msg_id == 100 { Decision::Forward(101) }
+//!         else { Decision::Reject(RouteError::UnknownMessage) }
+//!     }
+//! }
+//!
+//! wasmgate_guest::router::export!(MyRouter);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component the gateway loads. `scripts/auth` and
+//! `scripts/router` in the repository are complete examples.
+//!
+//! Host capabilities (logging, time, counters) are in [`host`]; everything else a script might
+//! reach through WASI (files, sockets, environment variables) is denied by the gateway.
+
+/// Bindings of the `auth-script` world: implement [`auth::Guest`] and call
+/// [`auth::export!`].
+pub mod auth {
+    wit_bindgen::generate!({
+        world: "auth-script",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "wasmgate_guest::auth",
+    });
+
+    pub use self::exports::wasmgate::gateway::auth::{Guest, Identity, Rejection};
+    pub use self::wasmgate::gateway::types::{Session, Transport};
+}
+
+/// Bindings of the `router-script` world: implement [`router::Guest`] and call
+/// [`router::export!`].
+pub mod router {
+    wit_bindgen::generate!({
+        world: "router-script",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "wasmgate_guest::router",
+        with: {
+            "wasmgate:gateway/types@0.1.0": crate::auth::wasmgate::gateway::types,
+            "wasmgate:gateway/host@0.1.0": crate::auth::wasmgate::gateway::host,
+        },
+    });
+
+    pub use self::exports::wasmgate::gateway::router::{Decision, Guest, MessageRoute, Reply, RouteError};
+    pub use crate::auth::wasmgate::gateway::types::{Packet, Session, Transport};
+}
+
+/// Host capabilities every script may call.
+pub mod host {
+    pub use crate::auth::wasmgate::gateway::host::{Level, counter_add, log, now_ms};
+
+    /// Logs `message` at info level in the gateway's log, tagged with the script name.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+
+    /// Logs `message` at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+
+    /// Logs `message` at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}

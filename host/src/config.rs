@@ -1,0 +1,372 @@
+//! Gateway configuration: one TOML file, typed and strict (`deny_unknown_fields`), validated
+//! before any port is bound. Every field has a default, so an empty file (or no file) is the
+//! embedded default: loopback listeners, the default scripts, the example maps.
+//!
+//! Names follow the seeds where users know them: leaf's gate options (`max_conn_num`,
+//! `pending_write_num`, `max_msg_len`, `len_msg_len`, `little_endian`; seed 003) and
+//! connectsrv's timers and maps (seed 000).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors from loading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid config: `{field}` {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+/// The whole gateway configuration (`wasmgate.toml`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub listen: ListenConfig,
+    pub limits: LimitsConfig,
+    pub tcp: TcpFramingConfig,
+    pub timeouts: TimeoutsConfig,
+    pub routes: RoutesConfig,
+    pub maps: MapsConfig,
+    pub upstream: UpstreamConfig,
+    pub scripts: ScriptsConfig,
+}
+
+/// This gateway node's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node (server) id, 0..=1023; part of every session id (seed 000: `serverId`).
+    pub id: u32,
+    /// Server name, reported to backends and used in logs (seed 000: `serverName`).
+    pub name: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { id: 1, name: "wasmgate".into() }
+    }
+}
+
+/// Listener addresses. Port 0 picks a free port (tests); `None` disables a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// WebSocket listener (also answers `GET /ping`). Seed 003: `WSAddr`.
+    pub ws: Option<SocketAddr>,
+    /// Length-prefixed TCP listener. Seed 003: `TCPAddr`.
+    pub tcp: Option<SocketAddr>,
+    /// Admin HTTP listener (`/metrics`, `/healthz`).
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            ws: Some(SocketAddr::from(([127, 0, 0, 1], 7100))),
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7101))),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 7102))),
+        }
+    }
+}
+
+/// Connection and message limits (seed 003 gate options).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most client connections held at once, WS and TCP together; enforced before `accept`.
+    pub max_conn_num: usize,
+    /// Outbound queue length per session, in messages; a full queue triggers the
+    /// slow-consumer policy (close with 4005).
+    pub pending_write_num: usize,
+    /// Largest client packet body, in bytes; larger frames close the connection (WS 1009).
+    pub max_msg_len: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_conn_num: 10_000, pending_write_num: 256, max_msg_len: 64 * 1024 }
+    }
+}
+
+/// TCP length-prefix framing (leaf's `LenMsgLen` and `LittleEndian`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpFramingConfig {
+    /// Size of the length prefix in bytes: 2 or 4.
+    pub len_msg_len: usize,
+    /// Byte order of the length prefix (the packet header is always big-endian).
+    pub little_endian: bool,
+}
+
+impl Default for TcpFramingConfig {
+    fn default() -> Self {
+        Self { len_msg_len: 4, little_endian: false }
+    }
+}
+
+/// Per-session timers, in milliseconds (seed 000 step 6.2.2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// A session that has not logged in this long after connecting is closed (4001).
+    pub login_ms: u64,
+    /// A session silent this long is closed (4002). Any client message counts.
+    pub heartbeat_ms: u64,
+    /// Time allowed for the WebSocket HTTP upgrade request (seed 003 `HTTPTimeout`).
+    pub handshake_ms: u64,
+    /// A write to a client that does not complete this long closes it as a slow consumer.
+    pub write_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self { login_ms: 5_000, heartbeat_ms: 20_000, handshake_ms: 10_000, write_ms: 10_000 }
+    }
+}
+
+/// Message ids of the built-in local routes (seed 000 step 6.1.1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesConfig {
+    /// Login ("connect confirm"): body is the token.
+    pub login: u32,
+    /// Heartbeat: answered with the server time in ms.
+    pub heartbeat: u32,
+    /// Close: the gateway closes the session normally.
+    pub close: u32,
+    /// Error frames the gateway sends (server -> client only).
+    pub error: u32,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        Self { login: 1, heartbeat: 2, close: 3, error: 4 }
+    }
+}
+
+/// Where `dest_map.json` and `message_map.json` come from (seed 000 step 5).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapsConfig {
+    /// Path of `dest_map.json`; `None` uses the embedded example map.
+    pub dest_map: Option<PathBuf>,
+    /// Path of `message_map.json`; `None` uses the embedded example map.
+    pub message_map: Option<PathBuf>,
+    /// Disable watching the files for changes (they are watched by default).
+    pub no_watch: bool,
+}
+
+/// Upstream queue-pool behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Frames queued per pool connection before senders wait.
+    pub queue_len: usize,
+    /// How long a session waits for room in a full upstream queue before the client gets
+    /// `upstream_busy`, in ms.
+    pub enqueue_timeout_ms: u64,
+    /// TCP connect timeout to a backend, in ms.
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay after a failure, in ms; doubles up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay, in ms.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            queue_len: 1024,
+            enqueue_timeout_ms: 1_000,
+            connect_timeout_ms: 2_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+/// The scripts and their sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptsConfig {
+    pub auth: ScriptConfig,
+    pub router: ScriptConfig,
+    /// Epoch deadline of every script call, in ms. Generous by default: on a loaded 2-core
+    /// machine a 10 ms budget fired on well-behaved scripts.
+    pub deadline_ms: u64,
+    /// Linear-memory cap per script instance, in bytes.
+    pub memory_bytes: usize,
+    /// Most live instances per script, and so most concurrent calls into it; a call waits
+    /// (asynchronously) for a free instance beyond that. Instances are built on demand.
+    /// Default: 4 per CPU, so a few calls stuck until their deadline do not stall the rest.
+    pub instances: usize,
+}
+
+impl Default for ScriptsConfig {
+    fn default() -> Self {
+        Self {
+            auth: ScriptConfig {
+                path: None,
+                config: toml::Table::from_iter([(
+                    "secret".to_string(),
+                    toml::Value::String(DEV_JWT_SECRET.into()),
+                )]),
+            },
+            router: ScriptConfig::default(),
+            deadline_ms: 200,
+            memory_bytes: 64 << 20,
+            instances: 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// The HS256 secret of the embedded default config. For local development only: any real
+/// deployment sets `[scripts.auth.config] secret`.
+pub const DEV_JWT_SECRET: &str = "wasmgate-dev-secret";
+
+/// One script: which component, and the JSON configuration its `init` receives.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptConfig {
+    /// Path of the component (`.wasm`); `None` uses the default script built into the binary.
+    pub path: Option<PathBuf>,
+    /// Handed to the script's `init` as JSON text.
+    pub config: toml::Table,
+}
+
+impl fmt::Debug for ScriptConfig {
+    // The config may hold secrets (the auth key): show only its keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScriptConfig")
+            .field("path", &self.path)
+            .field("config_keys", &self.config.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ScriptConfig {
+    /// The script configuration as the JSON text passed to `init`.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file. Relative paths inside it (maps, scripts) are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = dir.join(&*path);
+            }
+        };
+        fix(&mut self.maps.dest_map);
+        fix(&mut self.maps.message_map);
+        fix(&mut self.scripts.auth.path);
+        fix(&mut self.scripts.router.path);
+    }
+
+    /// Checks ranges and consistency. Called by [`Config::load`] and by the gateway before it
+    /// binds anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid { field, problem: problem.into() }
+        }
+        if self.node.id > crate::session::MAX_NODE_ID {
+            return Err(invalid("node.id", format!("must be <= {}", crate::session::MAX_NODE_ID)));
+        }
+        if !matches!(self.tcp.len_msg_len, 2 | 4) {
+            return Err(invalid("tcp.len_msg_len", "must be 2 or 4"));
+        }
+        let frame_max = self.limits.max_msg_len + crate::protocol::client::HEADER_LEN;
+        if self.tcp.len_msg_len == 2 && frame_max > u16::MAX as usize {
+            return Err(invalid(
+                "limits.max_msg_len",
+                format!("must be <= {} with a 2-byte length prefix", u16::MAX as usize - 8),
+            ));
+        }
+        let positive: [(&'static str, u64); 9] = [
+            ("limits.max_conn_num", self.limits.max_conn_num as u64),
+            ("limits.pending_write_num", self.limits.pending_write_num as u64),
+            ("limits.max_msg_len", self.limits.max_msg_len as u64),
+            ("timeouts.login_ms", self.timeouts.login_ms),
+            ("timeouts.heartbeat_ms", self.timeouts.heartbeat_ms),
+            ("timeouts.write_ms", self.timeouts.write_ms),
+            ("upstream.queue_len", self.upstream.queue_len as u64),
+            ("scripts.deadline_ms", self.scripts.deadline_ms),
+            ("scripts.instances", self.scripts.instances as u64),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(field, "must be greater than 0"));
+        }
+        let r = &self.routes;
+        let ids = [r.login, r.heartbeat, r.close, r.error];
+        if ids.iter().enumerate().any(|(i, a)| ids[i + 1..].contains(a)) {
+            return Err(invalid("routes", "login, heartbeat, close and error ids must differ"));
+        }
+        if self.listen.ws.is_none() && self.listen.tcp.is_none() {
+            return Err(invalid("listen", "needs at least one of `ws` and `tcp`"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config: Config = toml::from_str("").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.timeouts.login_ms, 5_000);
+        assert_eq!(config.timeouts.heartbeat_ms, 20_000);
+        assert_eq!(config.routes.login, 1);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = toml::from_str::<Config>("[limits]\nmax_conn = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_conn"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let mut config = Config::default();
+        config.tcp.len_msg_len = 3;
+        assert!(config.validate().unwrap_err().to_string().contains("tcp.len_msg_len"));
+        let mut config = Config::default();
+        config.routes.error = config.routes.login;
+        assert!(config.validate().unwrap_err().to_string().contains("routes"));
+        let mut config = Config::default();
+        config.tcp.len_msg_len = 2;
+        config.limits.max_msg_len = 70_000;
+        assert!(config.validate().unwrap_err().to_string().contains("max_msg_len"));
+    }
+
+    #[test]
+    fn secrets_are_masked_in_debug() {
+        let config = Config::default();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(DEV_JWT_SECRET), "{shown}");
+    }
+}

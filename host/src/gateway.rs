@@ -1,0 +1,213 @@
+//! Starting and stopping a gateway: what `wasmgate` runs and what tests start in-process.
+//!
+//! Start-up order (seed 000's, minus Redis/etcd which later issues add): validate config ->
+//! load and initialise scripts -> read maps -> bind every listener (fails early, nothing
+//! served yet) -> connect upstream pools -> serve -> watch map files.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ScriptConfig};
+use crate::maps::{self, DestMap, MessageMap};
+use crate::metrics::Metrics;
+use crate::script::bindings::MessageRoute;
+use crate::script::{Auth, Limits, Router, ScriptSource};
+use crate::session::{CloseReason, Registry, SessionIdGen};
+use crate::upstream::{NodeIdentity, Upstreams};
+use crate::{admin, embedded, transport, watch};
+
+/// Everything a session or listener needs, shared by all of them.
+pub(crate) struct Core {
+    pub config: Config,
+    pub ids: SessionIdGen,
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+    pub auth: Auth,
+    pub router: Router,
+    pub upstreams: Upstreams,
+    pub conn_limit: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// A running gateway. Dropping it does not stop it: call [`RunningGateway::shutdown`].
+pub struct RunningGateway {
+    core: Arc<Core>,
+    ws_addr: Option<SocketAddr>,
+    tcp_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    _watcher: Option<watch::MapWatcher>,
+}
+
+fn script_source(name: &str, script: &ScriptConfig, default: &[u8]) -> anyhow::Result<ScriptSource> {
+    let bytes: Arc<[u8]> = match &script.path {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("reading script `{name}` from {}", path.display()))?
+            .into(),
+        None => default.into(),
+    };
+    Ok(ScriptSource { name: name.into(), bytes, config_json: script.config_json() })
+}
+
+/// `message_map` as the router's `init` receives it.
+pub(crate) fn message_routes(map: &MessageMap) -> Vec<MessageRoute> {
+    map.iter().map(|(&msg_id, &dest_id)| MessageRoute { msg_id, dest_id }).collect()
+}
+
+fn initial_maps(config: &Config) -> anyhow::Result<(DestMap, MessageMap)> {
+    let dest_text = match &config.maps.dest_map {
+        Some(path) => maps::read(path)?,
+        None => maps::embedded::DEST_MAP.to_string(),
+    };
+    let message_text = match &config.maps.message_map {
+        Some(path) => maps::read(path)?,
+        None => maps::embedded::MESSAGE_MAP.to_string(),
+    };
+    Ok((maps::parse_dest_map(&dest_text)?, maps::parse_message_map(&message_text)?))
+}
+
+async fn bind(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => Ok(Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the {what} listener on {addr}"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+impl RunningGateway {
+    /// Starts a gateway. Returns once every listener is bound and serving.
+    ///
+    /// Errors: invalid config, a script that cannot be loaded or refuses its config, an
+    /// invalid map file, or a listener address that cannot be bound.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let metrics = Metrics::new();
+        let (dest_map, message_map) = initial_maps(&config)?;
+
+        let limits = Limits {
+            deadline: Duration::from_millis(config.scripts.deadline_ms),
+            memory_bytes: config.scripts.memory_bytes,
+            instances: config.scripts.instances,
+        };
+        let auth_source = script_source("auth", &config.scripts.auth, embedded::DEFAULT_AUTH)?;
+        let router_source = script_source("router", &config.scripts.router, embedded::DEFAULT_ROUTER)?;
+        let routes = message_routes(&message_map);
+        let auth = Auth::load(&auth_source, limits, &metrics).await?;
+        let router = Router::load(&router_source, limits, &metrics, routes).await?;
+
+        let ws = bind(config.listen.ws, "WebSocket").await?;
+        let tcp = bind(config.listen.tcp, "TCP").await?;
+        let admin_listener = bind(config.listen.admin, "admin").await?;
+
+        let registry = Arc::new(Registry::default());
+        let tasks = TaskTracker::new();
+        let node = NodeIdentity { id: config.node.id, name: config.node.name.clone() };
+        let upstreams =
+            Upstreams::new(registry.clone(), metrics.clone(), config.upstream.clone(), node, tasks.clone());
+        let core = Arc::new(Core {
+            ids: SessionIdGen::new(config.node.id),
+            conn_limit: Arc::new(Semaphore::new(config.limits.max_conn_num)),
+            config,
+            registry,
+            metrics,
+            auth,
+            router,
+            upstreams,
+            shutdown: CancellationToken::new(),
+            tasks,
+        });
+        core.upstreams.apply(&dest_map);
+
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let (ws_addr, tcp_addr, admin_addr) = (addr(&ws), addr(&tcp), addr(&admin_listener));
+        if let Some(listener) = ws {
+            core.tasks.spawn(transport::accept_loop(
+                core.clone(),
+                listener,
+                "websocket",
+                transport::ws::serve,
+            ));
+        }
+        if let Some(listener) = tcp {
+            core.tasks.spawn(transport::accept_loop(core.clone(), listener, "tcp", transport::tcp::serve));
+        }
+        if let Some(listener) = admin_listener {
+            core.tasks.spawn(admin::serve(core.clone(), listener));
+        }
+        let watcher = if core.config.maps.no_watch { None } else { watch::MapWatcher::start(core.clone())? };
+        tracing::info!(node = core.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");
+        Ok(Self { core, ws_addr, tcp_addr, admin_addr, _watcher: watcher })
+    }
+
+    /// Bound WebSocket address (with the real port when configured with port 0).
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// Bound TCP address.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// Bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.core.metrics
+    }
+
+    /// Number of open sessions.
+    pub fn sessions(&self) -> usize {
+        self.core.registry.len()
+    }
+
+    /// Connected pool connections of `dest`.
+    pub fn upstream_connections_up(&self, dest: u32) -> usize {
+        self.core.upstreams.connections_up(dest)
+    }
+
+    /// Resolves when shutdown has been requested (for instance by a signal handler calling
+    /// [`RunningGateway::shutdown`] from elsewhere).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.core.shutdown.clone()
+    }
+
+    /// Graceful shutdown: stop accepting; every session flushes its queue and gets an error
+    /// frame `going_away` and close code 1001; upstream pools write what they hold and read
+    /// replies briefly; then waits for all tasks, at most `grace`. Sessions still open after
+    /// `grace` are aborted.
+    pub async fn shutdown(self, grace: Duration) {
+        let core = self.core;
+        core.shutdown.cancel();
+        core.tasks.close();
+        // Sessions see the token and close themselves; pools drain after them.
+        let sessions_gone = async {
+            while !core.registry.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(grace / 2, sessions_gone).await;
+        core.upstreams.shutdown();
+        if tokio::time::timeout(grace / 2, core.tasks.wait()).await.is_err() {
+            for session in core.registry.all() {
+                session.abort(CloseReason::GoingAway, "shutdown deadline");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), core.tasks.wait()).await;
+            tracing::warn!("shutdown grace elapsed; remaining tasks aborted");
+        }
+        tracing::info!("wasmgate stopped");
+    }
+}

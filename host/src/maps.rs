@@ -1,0 +1,136 @@
+//! `dest_map.json` and `message_map.json`, in seed 000's formats (step 5.1 and 5.2).
+//!
+//! ```json
+//! // dest_map.json: dest id -> queue pool
+//! { "101": { "poolNums": 4, "srvAddr": "127.0.0.1:7201", "srvName": "echo" } }
+//! // message_map.json: message id -> dest id
+//! { "100": 101, "101": 101 }
+//! ```
+//!
+//! Keys are decimal strings (JSON object keys); parsing rejects anything else with an error
+//! naming the key. Dest id ranges by convention (seed 000): 0-99 connection services,
+//! 100-199 other services, 200-299 user centre, 300-499 game dispatch, 1000+ games.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Most connections one dest may ask for.
+pub const MAX_POOL_NUMS: usize = 256;
+
+/// One upstream service (a `dest_map.json` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestEntry {
+    /// TCP connections in the queue pool.
+    pub pool_nums: usize,
+    /// `host:port` of the service.
+    pub srv_addr: String,
+    /// Service name, for logs.
+    #[serde(default)]
+    pub srv_name: String,
+}
+
+/// dest id -> upstream service.
+pub type DestMap = BTreeMap<u32, DestEntry>;
+/// message id -> dest id.
+pub type MessageMap = BTreeMap<u32, u32>;
+
+/// A map file that cannot be used; the running map stays.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid {what}: {message}")]
+    Invalid { what: &'static str, message: String },
+}
+
+fn parse_keys<V>(what: &'static str, raw: BTreeMap<String, V>) -> Result<BTreeMap<u32, V>, MapError> {
+    raw.into_iter()
+        .map(|(k, v)| {
+            k.trim()
+                .parse::<u32>()
+                .map(|id| (id, v))
+                .map_err(|_| MapError::Invalid { what, message: format!("key `{k}` is not a u32 id") })
+        })
+        .collect()
+}
+
+/// Parses and validates `dest_map.json` text.
+pub fn parse_dest_map(text: &str) -> Result<DestMap, MapError> {
+    const WHAT: &str = "dest_map";
+    let raw: BTreeMap<String, DestEntry> =
+        serde_json::from_str(text).map_err(|e| MapError::Invalid { what: WHAT, message: e.to_string() })?;
+    let map = parse_keys(WHAT, raw)?;
+    for (id, entry) in &map {
+        if entry.pool_nums == 0 || entry.pool_nums > MAX_POOL_NUMS {
+            let message = format!("dest {id}: poolNums must be 1..={MAX_POOL_NUMS}");
+            return Err(MapError::Invalid { what: WHAT, message });
+        }
+        let port_ok = entry
+            .srv_addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            let message = format!("dest {id}: srvAddr `{}` is not host:port", entry.srv_addr);
+            return Err(MapError::Invalid { what: WHAT, message });
+        }
+    }
+    Ok(map)
+}
+
+/// Parses `message_map.json` text.
+pub fn parse_message_map(text: &str) -> Result<MessageMap, MapError> {
+    const WHAT: &str = "message_map";
+    let raw: BTreeMap<String, u32> =
+        serde_json::from_str(text).map_err(|e| MapError::Invalid { what: WHAT, message: e.to_string() })?;
+    parse_keys(WHAT, raw)
+}
+
+/// Reads a map file.
+pub fn read(path: &Path) -> Result<String, MapError> {
+    std::fs::read_to_string(path)
+        .map_err(|source| MapError::Read { path: path.display().to_string(), source })
+}
+
+/// The example maps of `examples/maps/`, used when the config names no files.
+pub mod embedded {
+    pub const DEST_MAP: &str = include_str!("../../examples/maps/dest_map.json");
+    pub const MESSAGE_MAP: &str = include_str!("../../examples/maps/message_map.json");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_formats_parse() {
+        let dest =
+            parse_dest_map(r#"{"21": {"poolNums": 16, "srvAddr": "srv.test.lan:8505", "srvName": "proxy"}}"#)
+                .unwrap();
+        assert_eq!(dest[&21].pool_nums, 16);
+        let msgs = parse_message_map(r#"{"1": 1, "100": 101, "102": 101}"#).unwrap();
+        assert_eq!(msgs.get(&102), Some(&101));
+    }
+
+    #[test]
+    fn embedded_examples_are_valid() {
+        parse_dest_map(embedded::DEST_MAP).unwrap();
+        parse_message_map(embedded::MESSAGE_MAP).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = parse_message_map(r#"{"abc": 1}"#).unwrap_err().to_string();
+        assert!(e.contains("`abc`"), "{e}");
+        let e = parse_dest_map(r#"{"1": {"poolNums": 0, "srvAddr": "a:1"}}"#).unwrap_err().to_string();
+        assert!(e.contains("poolNums"), "{e}");
+        let e = parse_dest_map(r#"{"1": {"poolNums": 1, "srvAddr": "nohost"}}"#).unwrap_err().to_string();
+        assert!(e.contains("srvAddr"), "{e}");
+        let e = parse_dest_map(r#"{"1": {"poolNums": 1, "srvAddr": "a:1", "bogus": 2}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

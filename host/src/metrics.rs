@@ -1,0 +1,147 @@
+//! Gateway metrics, exported as Prometheus text on the admin port's `/metrics`.
+//!
+//! One [`Metrics`] per gateway (not a process-global recorder), so several gateways in one
+//! process (the tests) keep separate counts. Names carry units and `_total` suffixes per
+//! Prometheus conventions (prometheus-client appends `_total` to counters).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// `transport` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
+/// `reason` label (session close reasons, see `CloseReason::name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// `dest` label (dest id of `dest_map.json`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestLabel {
+    pub dest: u32,
+}
+
+/// `dest` + `outcome` labels of upstream sends.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestOutcomeLabel {
+    pub dest: u32,
+    pub outcome: &'static str,
+}
+
+/// `script` + `outcome` labels (`ok`, `error` for an expected failure value, `trap`,
+/// `deadline`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScriptOutcomeLabel {
+    pub script: String,
+    pub outcome: &'static str,
+}
+
+/// A counter a script keeps through `host.counter-add`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScriptCounterLabel {
+    pub script: String,
+    pub name: String,
+}
+
+/// Every instrument of one gateway. Cloning shares the instruments.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub connections_total: Family<TransportLabel, Counter>,
+    pub connections: Family<TransportLabel, Gauge>,
+    pub messages_in: Family<TransportLabel, Counter>,
+    pub messages_out: Family<TransportLabel, Counter>,
+    pub sessions_closed: Family<ReasonLabel, Counter>,
+    pub logins: Family<ReasonLabel, Counter>,
+    pub routed: Family<DestOutcomeLabel, Counter>,
+    pub upstream_frames_in: Family<DestLabel, Counter>,
+    pub upstream_connections_up: Family<DestLabel, Gauge>,
+    pub upstream_connections_wanted: Family<DestLabel, Gauge>,
+    pub undeliverable: Counter,
+    pub script_calls: Family<ScriptOutcomeLabel, Counter>,
+    pub script_counters: Family<ScriptCounterLabel, Counter>,
+    pub map_reloads: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every instrument.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("wasmgate");
+        let m = Self {
+            registry: Arc::new(Registry::default()),
+            connections_total: Family::default(),
+            connections: Family::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            sessions_closed: Family::default(),
+            logins: Family::default(),
+            routed: Family::default(),
+            upstream_frames_in: Family::default(),
+            upstream_connections_up: Family::default(),
+            upstream_connections_wanted: Family::default(),
+            undeliverable: Counter::default(),
+            script_calls: Family::default(),
+            script_counters: Family::default(),
+            map_reloads: Family::default(),
+        };
+        r.register("connections", "Client connections accepted", m.connections_total.clone());
+        r.register("sessions", "Client sessions currently open", m.connections.clone());
+        r.register("messages_received", "Client packets received", m.messages_in.clone());
+        r.register("messages_sent", "Packets queued to clients", m.messages_out.clone());
+        r.register("sessions_closed", "Sessions closed, by reason", m.sessions_closed.clone());
+        r.register("logins", "Login attempts, by result", m.logins.clone());
+        r.register("routed", "Client packets sent upstream, by dest and outcome", m.routed.clone());
+        r.register("upstream_frames_received", "Frames from backends", m.upstream_frames_in.clone());
+        r.register(
+            "upstream_connections_up",
+            "Queue-pool connections currently connected",
+            m.upstream_connections_up.clone(),
+        );
+        r.register(
+            "upstream_connections_configured",
+            "Queue-pool connections configured (poolNums)",
+            m.upstream_connections_wanted.clone(),
+        );
+        r.register(
+            "undeliverable",
+            "Backend frames for sessions or users not on this node",
+            m.undeliverable.clone(),
+        );
+        r.register("script_calls", "Script calls, by script and outcome", m.script_calls.clone());
+        r.register("script_counter", "Counters kept by scripts", m.script_counters.clone());
+        r.register("map_reloads", "dest_map/message_map reloads, by result", m.map_reloads.clone());
+        Self { registry: Arc::new(r), ..m }
+    }
+
+    /// Prometheus/OpenMetrics text of every instrument.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The counter of one transport, cached by callers on the hot path.
+    pub fn transport_counter(
+        family: &Family<TransportLabel, Counter>,
+        transport: &'static str,
+    ) -> Counter<u64, AtomicU64> {
+        family.get_or_create(&TransportLabel { transport }).clone()
+    }
+}

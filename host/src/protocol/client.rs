@@ -1,0 +1,154 @@
+//! Client packets: what a game client sends and receives (docs/protocol.md).
+//!
+//! Binary form (WebSocket binary frames; TCP after the length prefix), big-endian:
+//!
+//! ```text
+//! 0        4        8
+//! +--------+--------+----------------+
+//! | msg_id |  seq   | body ...       |
+//! |  u32   |  u32   | (rest of frame)|
+//! +--------+--------+----------------+
+//! ```
+//!
+//! JSON form (WebSocket text frames): `{"id": <u32>, "seq": <u32>, "data": <any JSON>}`. The
+//! body is `data`: a JSON string's contents as UTF-8, any other value as its JSON text. The
+//! gateway answers text with text: a body that is valid JSON goes out as `data`, other UTF-8
+//! as a JSON string, and non-UTF-8 bytes as base64 in `data_b64`.
+
+use base64::Engine as _;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Bytes of the binary packet header (msg_id + seq).
+pub const HEADER_LEN: usize = 8;
+
+/// One client message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    pub msg_id: u32,
+    pub seq: u32,
+    pub body: Bytes,
+}
+
+/// Why a client frame could not be decoded. The gateway closes the connection (WebSocket
+/// 1002 for binary, 1007 for text; see [`crate::session::CloseReason`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("binary frame of {0} bytes is shorter than the {HEADER_LEN}-byte packet header")]
+    TooShort(usize),
+    #[error("text frame is not a packet: {0}")]
+    BadJson(String),
+}
+
+/// Decodes a binary packet (header + body). `frame` is consumed without copying the body.
+pub fn decode_binary(mut frame: Bytes) -> Result<Packet, DecodeError> {
+    if frame.len() < HEADER_LEN {
+        return Err(DecodeError::TooShort(frame.len()));
+    }
+    let msg_id = frame.get_u32();
+    let seq = frame.get_u32();
+    Ok(Packet { msg_id, seq, body: frame })
+}
+
+/// Appends the binary form of a packet to `dst`.
+pub fn encode_binary(msg_id: u32, seq: u32, body: &[u8], dst: &mut BytesMut) {
+    dst.reserve(HEADER_LEN + body.len());
+    dst.put_u32(msg_id);
+    dst.put_u32(seq);
+    dst.put_slice(body);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonIn<'a> {
+    id: u32,
+    #[serde(default)]
+    seq: u32,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct JsonOut<'a> {
+    id: u32,
+    seq: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_b64: Option<String>,
+}
+
+/// Decodes a JSON text packet.
+pub fn decode_json(text: &str) -> Result<Packet, DecodeError> {
+    let packet: JsonIn<'_> = serde_json::from_str(text).map_err(|e| DecodeError::BadJson(e.to_string()))?;
+    let body = match packet.data {
+        None => Bytes::new(),
+        Some(raw) if raw.get().starts_with('"') => {
+            let s: String =
+                serde_json::from_str(raw.get()).map_err(|e| DecodeError::BadJson(e.to_string()))?;
+            Bytes::from(s)
+        }
+        Some(raw) => Bytes::copy_from_slice(raw.get().as_bytes()),
+    };
+    Ok(Packet { msg_id: packet.id, seq: packet.seq, body })
+}
+
+/// Encodes a packet as JSON text (see the module docs for how the body is represented).
+pub fn encode_json(msg_id: u32, seq: u32, body: &[u8]) -> String {
+    let mut out = JsonOut { id: msg_id, seq, data: None, data_b64: None };
+    let quoted;
+    match std::str::from_utf8(body) {
+        Ok("") => {}
+        Ok(text) => match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => out.data = Some(raw),
+            Err(_) => {
+                quoted = serde_json::value::to_raw_value(text).ok();
+                out.data = quoted.as_deref();
+            }
+        },
+        Err(_) => out.data_b64 = Some(base64::engine::general_purpose::STANDARD.encode(body)),
+    }
+    // Serialising these types cannot fail: every field is a number, a valid raw JSON value or
+    // a string.
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_round_trip() {
+        let mut buf = BytesMut::new();
+        encode_binary(100, 7, b"hello", &mut buf);
+        assert_eq!(&buf[..8], &[0, 0, 0, 100, 0, 0, 0, 7]);
+        let p = decode_binary(buf.freeze()).unwrap();
+        assert_eq!(p, Packet { msg_id: 100, seq: 7, body: Bytes::from_static(b"hello") });
+    }
+
+    #[test]
+    fn short_binary_frame_is_rejected() {
+        assert_eq!(decode_binary(Bytes::from_static(&[0, 1, 2])), Err(DecodeError::TooShort(3)));
+    }
+
+    #[test]
+    fn json_string_data_is_unquoted_and_objects_kept() {
+        let p = decode_json(r#"{"id":1,"seq":2,"data":"tok\"en"}"#).unwrap();
+        assert_eq!(&p.body[..], b"tok\"en");
+        let p = decode_json(r#"{"id":100,"seq":3,"data":{"a":[1,2]}}"#).unwrap();
+        assert_eq!(&p.body[..], br#"{"a":[1,2]}"#);
+        let p = decode_json(r#"{"id":2}"#).unwrap();
+        assert!(p.body.is_empty());
+        assert!(decode_json(r#"{"seq":1}"#).is_err());
+        assert!(decode_json("not json").is_err());
+    }
+
+    #[test]
+    fn json_out_picks_the_body_representation() {
+        assert_eq!(encode_json(4, 1, br#"{"x":1}"#), r#"{"id":4,"seq":1,"data":{"x":1}}"#);
+        assert_eq!(encode_json(5, 0, b"plain text"), r#"{"id":5,"seq":0,"data":"plain text"}"#);
+        assert_eq!(encode_json(6, 0, &[0xff, 0]), r#"{"id":6,"seq":0,"data_b64":"/wA="}"#);
+        assert_eq!(encode_json(7, 0, b""), r#"{"id":7,"seq":0}"#);
+    }
+}

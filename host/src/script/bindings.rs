@@ -1,0 +1,32 @@
+//! The one place that owns the `wasmtime::component::bindgen!` output for `wit/world.wit`.
+//! The `types` and `host` interfaces are generated once (under [`auth`]) and shared with
+//! [`router`], so one `Host` implementation serves every world.
+
+/// Bindings of the `auth-script` world.
+pub mod auth {
+    wasmtime::component::bindgen!({
+        world: "auth-script",
+        path: "../wit",
+        // Exports are called with `call_async` (on a fiber) so WASI's blocking operations and
+        // epoch yields work inside the tokio runtime; host imports stay synchronous.
+        exports: { default: async },
+    });
+}
+
+/// Bindings of the `router-script` world.
+pub mod router {
+    wasmtime::component::bindgen!({
+        world: "router-script",
+        path: "../wit",
+        exports: { default: async },
+        with: {
+            "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
+            "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,
+        },
+    });
+}
+
+pub use auth::exports::wasmgate::gateway::auth::{Identity, Rejection};
+pub use auth::wasmgate::gateway::host::Level;
+pub use auth::wasmgate::gateway::types::{Packet, Session, Transport};
+pub use router::exports::wasmgate::gateway::router::{Decision, MessageRoute, Reply, RouteError};

@@ -1,0 +1,195 @@
+//! Long-lived instances of one script, reused across calls.
+//!
+//! A fresh instance per message would cost ~15 µs; a call into a live one well under 1 µs.
+//! A pool keeps up to `instances` live instances of one component, each in its own store. A
+//! call checks one out (waiting asynchronously when all are busy), runs it, and puts it back.
+//!
+//! Sandbox, per call: an epoch deadline and, per store, a memory cap. Calls run with
+//! `call_async`, so a script that computes for long yields to the tokio scheduler at every
+//! epoch tick ([`EPOCH_TICK`](super::engine::EPOCH_TICK)) instead of holding a worker thread,
+//! and is interrupted once its deadline has passed. When a call traps (bug, deadline, memory
+//! cap, stack overflow) its instance is thrown away and a new one is built from the pre-linked
+//! component, with `init` run again; the caller gets [`ScriptError::Trap`] for that one event
+//! and every other call is unaffected. A call whose future is dropped midway (its session was
+//! aborted) loses its instance, which the pool replaces on demand.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::Semaphore;
+use wasmtime::component::Component;
+use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+
+use super::ScriptError;
+use super::engine::ScriptEngine;
+use super::state::{ScriptMeta, ScriptState};
+use crate::metrics::ScriptOutcomeLabel;
+
+/// A generated world binding that can be pre-linked and instantiated.
+pub trait World: Sized + Send + Sync + 'static {
+    type Pre: Send + Sync + 'static;
+    fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre>;
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<ScriptState>,
+    ) -> impl Future<Output = wasmtime::Result<Self>> + Send;
+}
+
+/// One live instance: its store and its bindings.
+pub struct Slot<W> {
+    pub store: Store<ScriptState>,
+    pub bindings: W,
+}
+
+/// What a call into a slot gives back: the slot, and the outcome (the outer error is a trap).
+pub type SlotFuture<W, R> = Pin<Box<dyn Future<Output = (Slot<W>, wasmtime::Result<R>)> + Send>>;
+
+/// Runs the world's `init` on a fresh instance: `Ok(Err(_))` is the script's own refusal.
+pub type InitFn<W> = Arc<dyn Fn(Slot<W>) -> SlotFuture<W, Result<(), String>> + Send + Sync>;
+
+/// Sandbox limits of every instance of a pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock budget of one call.
+    pub deadline: Duration,
+    /// Linear-memory cap of one instance, in bytes.
+    pub memory_bytes: usize,
+    /// Most instances (and so concurrent calls) of one script.
+    pub instances: usize,
+}
+
+struct Outcomes {
+    ok: Counter,
+    trap: Counter,
+    deadline: Counter,
+}
+
+/// Live instances of one script component.
+pub struct ScriptPool<W: World> {
+    meta: Arc<ScriptMeta>,
+    engine: Arc<ScriptEngine>,
+    pre: W::Pre,
+    init: InitFn<W>,
+    limits: Limits,
+    free: Mutex<Vec<Slot<W>>>,
+    permits: Semaphore,
+    outcomes: Outcomes,
+}
+
+impl<W: World> ScriptPool<W> {
+    /// Pre-links `component` and builds one instance (running `init`), so a script that does
+    /// not fit its world or refuses its configuration is caught here; more instances are built
+    /// as concurrent calls need them.
+    ///
+    /// Errors: [`ScriptError::Link`] when the component does not fit the world or imports
+    /// something the host does not offer; [`ScriptError::Init`] when `init` refuses its
+    /// configuration or traps.
+    pub async fn new(
+        engine: Arc<ScriptEngine>,
+        meta: Arc<ScriptMeta>,
+        component: &Component,
+        limits: Limits,
+        init: InitFn<W>,
+    ) -> Result<Self, ScriptError> {
+        let pre = W::prepare(&engine, component)
+            .map_err(|e| ScriptError::Link { script: meta.name.to_string(), message: format!("{e:#}") })?;
+        let outcome = |outcome| {
+            let label = ScriptOutcomeLabel { script: meta.name.to_string(), outcome };
+            meta.metrics.script_calls.get_or_create(&label).clone()
+        };
+        let outcomes = Outcomes { ok: outcome("ok"), trap: outcome("trap"), deadline: outcome("deadline") };
+        let instances = limits.instances.max(1);
+        let pool = Self {
+            meta,
+            engine,
+            pre,
+            init,
+            limits,
+            free: Mutex::new(Vec::with_capacity(instances)),
+            permits: Semaphore::new(instances),
+            outcomes,
+        };
+        let first = pool.build().await?;
+        pool.free.lock().push(first);
+        Ok(pool)
+    }
+
+    /// The script's name.
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    async fn build(&self) -> Result<Slot<W>, ScriptError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine.engine, ScriptState::new(self.meta.clone(), limits));
+        store.limiter(|s| &mut s.limits);
+        let deadline = self.limits.deadline;
+        store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().call_started.elapsed() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.data_mut().call_started = Instant::now();
+        store.set_epoch_deadline(1);
+        let init_error = |message: String| ScriptError::Init { script: self.meta.name.to_string(), message };
+        let bindings =
+            W::instantiate(&self.pre, &mut store).await.map_err(|e| init_error(format!("{e:#}")))?;
+        match (self.init)(Slot { store, bindings }).await {
+            (slot, Ok(Ok(()))) => Ok(slot),
+            (_, Ok(Err(refusal))) => Err(init_error(refusal)),
+            (_, Err(trap)) => Err(init_error(format!("init trapped: {trap:?}"))),
+        }
+    }
+
+    /// Runs `f` on a live instance under the epoch deadline.
+    ///
+    /// Errors: [`ScriptError::Trap`] when the call traps or overruns its deadline (the
+    /// instance is replaced); [`ScriptError::Init`] when no instance could be built.
+    pub async fn call<R, Fut>(&self, f: impl FnOnce(Slot<W>) -> Fut) -> Result<R, ScriptError>
+    where
+        Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
+    {
+        let _permit =
+            self.permits.acquire().await.map_err(|_| ScriptError::Engine("script pool closed".into()))?;
+        let popped = self.free.lock().pop();
+        let mut slot = match popped {
+            Some(slot) => slot,
+            None => self.build().await?,
+        };
+        slot.store.data_mut().call_started = Instant::now();
+        slot.store.set_epoch_deadline(1);
+        let (slot, result) = f(slot).await;
+        match result {
+            Ok(r) => {
+                self.outcomes.ok.inc();
+                self.free.lock().push(slot);
+                Ok(r)
+            }
+            Err(err) => {
+                let deadline = err.downcast_ref::<Trap>() == Some(&Trap::Interrupt);
+                if deadline {
+                    self.outcomes.deadline.inc();
+                } else {
+                    self.outcomes.trap.inc();
+                }
+                tracing::warn!(script = self.name(), deadline, "script call trapped: {err:?}");
+                // The instance may be in any state after a trap: replace it.
+                drop(slot);
+                match self.build().await {
+                    Ok(fresh) => self.free.lock().push(fresh),
+                    Err(e) => tracing::error!(script = self.name(), "cannot rebuild instance: {e}"),
+                }
+                Err(ScriptError::Trap { script: self.name().into(), deadline, message: format!("{err:#}") })
+            }
+        }
+    }
+}

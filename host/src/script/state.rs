@@ -1,0 +1,114 @@
+//! Per-instance store state: the WASI context (everything denied) and the `host` interface
+//! every script imports (log, time, counters).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::Level;
+use super::bindings::auth::wasmgate::gateway::{host, types};
+use crate::metrics::{Metrics, ScriptCounterLabel};
+
+/// Longest log line a script may write, in bytes.
+const MAX_LOG_BYTES: usize = 4096;
+/// Longest counter name, in bytes.
+const MAX_COUNTER_NAME: usize = 64;
+/// Distinct counter names one script may create (bounds the metric's label cardinality).
+const MAX_COUNTERS: usize = 64;
+
+/// What every instance of one script shares: its name and its counters.
+pub struct ScriptMeta {
+    pub name: Arc<str>,
+    pub metrics: Metrics,
+    counter_names: Mutex<HashSet<String>>,
+}
+
+impl ScriptMeta {
+    pub fn new(name: &str, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self { name: name.into(), metrics, counter_names: Mutex::default() })
+    }
+}
+
+/// The `T` of every script `Store<T>`.
+pub struct ScriptState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    /// When the current call started (the epoch callback compares it with the deadline).
+    pub(super) call_started: Instant,
+    meta: Arc<ScriptMeta>,
+}
+
+impl ScriptState {
+    pub fn new(meta: Arc<ScriptMeta>, limits: StoreLimits) -> Self {
+        // Deny by default: no preopened directories, no environment, no arguments, no network;
+        // stdin is empty and stdout/stderr are discarded (scripts log through `host.log`).
+        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).build();
+        Self { wasi, table: ResourceTable::new(), limits, call_started: Instant::now(), meta }
+    }
+}
+
+impl WasiView for ScriptState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for ScriptState {}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl host::Host for ScriptState {
+    fn log(&mut self, level: Level, message: String) {
+        let script = &*self.meta.name;
+        let message = truncate(&message, MAX_LOG_BYTES);
+        match level {
+            Level::Trace => tracing::trace!(script, "{message}"),
+            Level::Debug => tracing::debug!(script, "{message}"),
+            Level::Info => tracing::info!(script, "{message}"),
+            Level::Warn => tracing::warn!(script, "{message}"),
+            Level::Error => tracing::error!(script, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    fn counter_add(&mut self, name: String, value: u64) {
+        let name = truncate(&name, MAX_COUNTER_NAME).to_string();
+        {
+            let mut names = self.meta.counter_names.lock();
+            if !names.contains(&name) {
+                if names.len() >= MAX_COUNTERS {
+                    if names.len() == MAX_COUNTERS {
+                        tracing::warn!(
+                            script = &*self.meta.name,
+                            "script uses more than {MAX_COUNTERS} counter names; ignoring `{name}` and any further new name"
+                        );
+                        // A sentinel so the warning is logged once.
+                        names.insert(String::new());
+                    }
+                    return;
+                }
+                names.insert(name.clone());
+            }
+        }
+        let label = ScriptCounterLabel { script: self.meta.name.to_string(), name };
+        self.meta.metrics.script_counters.get_or_create(&label).inc_by(value);
+    }
+}

@@ -1,0 +1,385 @@
+//! The life of one connection, independent of its transport.
+//!
+//! Two tasks per session: the read loop (this task: decode, timers, local routes, scripts,
+//! upstream sends, in order) and the write loop (drains the outbound queue, batching what is
+//! ready into one flush). Phases, after the transport's handshake:
+//!
+//! 1. registered in the [`Registry`](super::Registry); login timer armed (`login_ms`);
+//! 2. login route -> auth script -> user bound, login timer disarmed;
+//! 3. each packet resets the heartbeat timer (`heartbeat_ms`); local routes (heartbeat, close)
+//!    are answered here, anything else goes to the router script and then upstream;
+//! 4. any close (client, timer, script, backend kick, slow consumer, shutdown) -> the writer
+//!    flushes what is queued, the client gets the error frame and close code, the session is
+//!    unregistered.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::{CloseReason, Outbound, SessionHandle, TransportKind};
+use crate::gateway::Core;
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::protocol::backend::BackendFrame;
+use crate::protocol::client::Packet;
+use crate::script::bindings::{self, Decision, Rejection, RouteError};
+
+/// What a transport's reader yields.
+pub(crate) enum Inbound {
+    Packet(Packet),
+    /// The client closed the connection.
+    Closed,
+    /// The connection cannot go on (malformed or oversized frame, transport error).
+    Failed(CloseReason, String),
+}
+
+/// Reading half of a client transport.
+pub(crate) trait PacketReader: Send {
+    /// The next packet, or why there is none.
+    fn next(&mut self) -> impl Future<Output = Inbound> + Send;
+}
+
+/// Writing half of a client transport.
+pub(crate) trait PacketWriter: Send + 'static {
+    /// Buffers one packet (may write if buffers are full).
+    fn feed(
+        &mut self,
+        msg_id: u32,
+        seq: u32,
+        body: &[u8],
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Writes everything buffered.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Closes the connection, telling the client why if the transport can (WebSocket close
+    /// frame).
+    fn close(
+        &mut self,
+        reason: CloseReason,
+        message: &str,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Runs a session to its end. `reader`/`writer` are the two halves of an established
+/// transport (WebSocket after the upgrade, TCP after accept).
+pub(crate) async fn run(
+    core: Arc<Core>,
+    transport: TransportKind,
+    peer: std::net::SocketAddr,
+    reader: impl PacketReader,
+    writer: impl PacketWriter,
+) {
+    let config = &core.config;
+    let id = core.ids.next_id();
+    let (handle, rx) =
+        SessionHandle::new(id, transport, peer, config.routes.error, config.limits.pending_write_num);
+    let label = transport.name();
+    let metrics = &core.metrics;
+    Metrics::transport_counter(&metrics.connections_total, label).inc();
+    let open =
+        metrics.connections.get_or_create(&crate::metrics::TransportLabel { transport: label }).clone();
+    open.inc();
+    core.registry.insert(handle.clone());
+    let span = tracing::debug_span!("session", id, %peer, transport = label);
+    let _enter = span.enter();
+    tracing::debug!("session open");
+
+    let write_timeout = Duration::from_millis(config.timeouts.write_ms);
+    let out_counter = Metrics::transport_counter(&metrics.messages_out, label);
+    let writer_task = tokio::spawn(write_loop(writer, rx, handle.clone(), write_timeout, out_counter));
+
+    let mut session = Session::new(core.clone(), handle.clone());
+    session.read_loop(reader).await;
+
+    // The writer ends after the close it was sent; bound the wait in case the client stalls.
+    if timeout(write_timeout + Duration::from_secs(1), writer_task).await.is_err() {
+        handle.abort(CloseReason::SlowConsumer, "close did not complete");
+    }
+    core.registry.remove(&handle);
+    open.dec();
+    let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
+    metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
+    tracing::debug!(reason = reason.name(), "session closed");
+}
+
+struct Session {
+    core: Arc<Core>,
+    handle: SessionHandle,
+    /// What scripts are told about this session (kept, not rebuilt per call).
+    info: bindings::Session,
+    last_seen: Instant,
+    login_deadline: Option<Instant>,
+    messages_in: prometheus_client::metrics::counter::Counter,
+}
+
+impl Session {
+    fn new(core: Arc<Core>, handle: SessionHandle) -> Self {
+        let now = Instant::now();
+        let info = bindings::Session {
+            id: handle.id(),
+            node_id: core.config.node.id,
+            transport: match handle.transport() {
+                TransportKind::WebSocket => bindings::Transport::Websocket,
+                TransportKind::Tcp => bindings::Transport::Tcp,
+            },
+            peer_addr: handle.peer().to_string(),
+            user_id: None,
+        };
+        let login_deadline = Some(now + Duration::from_millis(core.config.timeouts.login_ms));
+        let messages_in = Metrics::transport_counter(&core.metrics.messages_in, handle.transport().name());
+        Self { core, handle, info, last_seen: now, login_deadline, messages_in }
+    }
+
+    fn heartbeat_deadline(&self) -> Instant {
+        self.last_seen + Duration::from_millis(self.core.config.timeouts.heartbeat_ms)
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let hb = self.heartbeat_deadline();
+        self.login_deadline.map_or(hb, |login| login.min(hb))
+    }
+
+    async fn read_loop(&mut self, mut reader: impl PacketReader) {
+        // The timer is re-armed only when it fires (not on every packet): a packet just moves
+        // `last_seen`, and a firing that is early re-arms for the new deadline.
+        let timer = sleep_until(self.next_deadline());
+        tokio::pin!(timer);
+        let shutdown = self.core.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.handle.closing() => return,
+                _ = shutdown.cancelled() => {
+                    self.handle.close(CloseReason::GoingAway, "server shutting down");
+                    return;
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if self.login_deadline.is_some_and(|d| d <= now) {
+                        self.handle.close(CloseReason::LoginTimeout, "no login in time");
+                        return;
+                    }
+                    if self.heartbeat_deadline() <= now {
+                        self.handle.close(CloseReason::HeartbeatTimeout, "no message in time");
+                        return;
+                    }
+                    timer.as_mut().reset(self.next_deadline());
+                }
+                inbound = reader.next() => match inbound {
+                    Inbound::Packet(packet) => {
+                        self.last_seen = Instant::now();
+                        self.messages_in.inc();
+                        self.on_packet(packet).await;
+                    }
+                    Inbound::Closed => {
+                        self.handle.close(CloseReason::Normal, "client closed");
+                        return;
+                    }
+                    Inbound::Failed(reason, message) => {
+                        self.handle.close(reason, &message);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, packet: Packet) {
+        let routes = &self.core.config.routes;
+        let seq = packet.seq;
+        if packet.msg_id == routes.heartbeat {
+            let body = serde_json::json!({ "server_time_ms": unix_ms() }).to_string();
+            self.handle.send(routes.heartbeat, seq, Bytes::from(body));
+        } else if packet.msg_id == routes.login {
+            self.login(packet).await;
+        } else if packet.msg_id == routes.close {
+            self.handle.close(CloseReason::Normal, "client asked to close");
+        } else if packet.msg_id == routes.error {
+            self.handle.send_error(seq, "bad_request", "the error id is server-to-client only");
+        } else if self.info.user_id.is_none() {
+            self.handle.send_error(seq, "not_logged_in", "log in before sending other messages");
+        } else {
+            self.route(packet).await;
+        }
+    }
+
+    async fn login(&mut self, packet: Packet) {
+        let (routes, metrics) = (&self.core.config.routes, &self.core.metrics);
+        let count =
+            |result: &'static str| metrics.logins.get_or_create(&ReasonLabel { reason: result }).inc();
+        if self.info.user_id.is_some() {
+            count("duplicate");
+            self.handle.send_error(packet.seq, "already_logged_in", "this session is logged in");
+            return;
+        }
+        let token = token_of(&packet.body);
+        match self.core.auth.authenticate(&self.info, &token).await {
+            Ok(Ok(identity)) => {
+                count("ok");
+                let user: Arc<str> = identity.user_id.as_str().into();
+                self.handle.set_user(user.clone());
+                self.core.registry.bind_user(&self.handle, &user);
+                self.info.user_id = Some(identity.user_id);
+                self.login_deadline = None;
+                let body = serde_json::json!({
+                    "user_id": &*user,
+                    "session_id": self.handle.id().to_string(),
+                    "node_id": self.core.config.node.id,
+                });
+                self.handle.send(routes.login, packet.seq, Bytes::from(body.to_string()));
+            }
+            Ok(Err(rejection)) => {
+                count("rejected");
+                let (code, message) = match &rejection {
+                    Rejection::InvalidToken(m) => ("invalid_token", m.as_str()),
+                    Rejection::Expired => ("expired", "token expired"),
+                    Rejection::Forbidden(m) => ("forbidden", m.as_str()),
+                };
+                self.handle.close_with_error(CloseReason::AuthRejected, code, message);
+            }
+            Err(e) => {
+                // Auth fails closed: a broken login script logs nobody in.
+                count("script_error");
+                tracing::warn!("login refused, auth script failed: {e}");
+                self.handle.close_with_error(
+                    CloseReason::AuthRejected,
+                    "auth_unavailable",
+                    "login is unavailable",
+                );
+            }
+        }
+    }
+
+    async fn route(&mut self, packet: Packet) {
+        let seq = packet.seq;
+        let record = bindings::Packet { msg_id: packet.msg_id, seq, body: packet.body.to_vec() };
+        let decision = match self.core.router.route(&self.info, &record).await {
+            Ok(decision) => decision,
+            Err(e) => {
+                tracing::debug!("router failed: {e}");
+                self.handle.send_error(seq, "script_error", "the router failed on this message");
+                return;
+            }
+        };
+        match decision {
+            Decision::Forward(dest) => {
+                let frame = BackendFrame::Forward {
+                    session_id: self.info.id,
+                    node_id: self.info.node_id,
+                    msg_id: packet.msg_id,
+                    seq,
+                    user_id: self.info.user_id.clone().unwrap_or_default(),
+                    body: packet.body,
+                };
+                if let Err(e) = self.core.upstreams.forward(dest, self.info.id, frame).await {
+                    self.handle.send_error(seq, e.code(), &e.to_string());
+                }
+            }
+            Decision::Reply(reply) => {
+                self.handle.send(reply.msg_id, seq, Bytes::from(reply.body));
+            }
+            Decision::Drop => {}
+            Decision::Close(reason) => {
+                let reason: String = reason.chars().take(120).collect();
+                self.handle.close(CloseReason::ScriptClose, &reason);
+            }
+            Decision::Reject(error) => {
+                let (code, message) = match &error {
+                    RouteError::UnknownMessage => ("unknown_message", "no route for this message id"),
+                    RouteError::BadRequest(m) => ("bad_request", m.as_str()),
+                    RouteError::Forbidden(m) => ("forbidden", m.as_str()),
+                };
+                self.handle.send_error(seq, code, message);
+            }
+        }
+    }
+}
+
+/// The login token: the body as UTF-8, or the `token` field of a JSON object body.
+fn token_of(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Login {
+        token: String,
+    }
+    if body.first() == Some(&b'{')
+        && let Ok(login) = serde_json::from_slice::<Login>(body)
+    {
+        return login.token;
+    }
+    String::from_utf8_lossy(body).trim().to_string()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn write_loop(
+    mut writer: impl PacketWriter,
+    mut rx: mpsc::Receiver<Outbound>,
+    handle: SessionHandle,
+    write_timeout: Duration,
+    sent: prometheus_client::metrics::counter::Counter,
+) {
+    let result = async {
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = handle.aborted() => return Ok(()),
+                next = rx.recv() => next,
+            };
+            let mut closing = false;
+            let mut next = first;
+            // Batch what is already queued into one flush.
+            loop {
+                match next {
+                    None | Some(Outbound::Close) => {
+                        closing = true;
+                        break;
+                    }
+                    Some(Outbound::Packet { msg_id, seq, body }) => {
+                        timeout(write_timeout, writer.feed(msg_id, seq, &body)).await??;
+                        sent.inc();
+                    }
+                }
+                match rx.try_recv() {
+                    Ok(item) => next = Some(item),
+                    Err(_) => break,
+                }
+            }
+            timeout(write_timeout, writer.flush()).await??;
+            if closing {
+                return Ok(());
+            }
+        }
+    };
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = result.await;
+    if let Err(e) = result {
+        let reason = if e.is::<tokio::time::error::Elapsed>() {
+            CloseReason::SlowConsumer
+        } else {
+            CloseReason::TransportError
+        };
+        tracing::debug!("write failed: {e}");
+        handle.abort(reason, "write failed");
+        return;
+    }
+    let (reason, message) = handle.close_reason().unwrap_or((CloseReason::Normal, ""));
+    let _ = timeout(write_timeout, writer.close(reason, message)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_of;
+
+    #[test]
+    fn token_from_raw_or_json_body() {
+        assert_eq!(token_of(b"abc.def.ghi"), "abc.def.ghi");
+        assert_eq!(token_of(b" abc \n"), "abc");
+        assert_eq!(token_of(br#"{"token":"t1","platform":2}"#), "t1");
+    }
+}

@@ -1,0 +1,175 @@
+//! The shareable handle of a live session: its identity and its bounded outbound queue.
+//!
+//! Slow-consumer policy (docs/protocol.md): a session's outbound queue holds
+//! `pending_write_num` packets. A sender never waits for a client: when the queue is full the
+//! session is closed at once with 4005 `slow_consumer` (counted in
+//! `wasmgate_sessions_closed_total{reason="slow_consumer"}`), so one stalled client never
+//! delays a backend connection, a fan-out or another session.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::CloseReason;
+
+/// Something for a session's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A packet to the client.
+    Packet { msg_id: u32, seq: u32, body: Bytes },
+    /// Close after everything queued before it (reason in the handle).
+    Close,
+}
+
+/// Transport of a session, as a metrics label and for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    WebSocket,
+    Tcp,
+}
+
+impl TransportKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+struct Shared {
+    id: u64,
+    transport: TransportKind,
+    peer: SocketAddr,
+    error_msg_id: u32,
+    user_id: OnceLock<Arc<str>>,
+    tx: mpsc::Sender<Outbound>,
+    close_reason: OnceLock<(CloseReason, String)>,
+    /// Cancelled when the session starts closing (the reader stops).
+    closing: CancellationToken,
+    /// Cancelled when the writer must stop without flushing (parent of `closing`).
+    abort: CancellationToken,
+}
+
+/// Cheap to clone; the registry and backend dispatch hold these.
+#[derive(Clone)]
+pub struct SessionHandle(Arc<Shared>);
+
+/// Body of an error frame: `{"code": "...", "message": "..."}`.
+pub fn error_body(code: &str, message: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "code": code, "message": message }).to_string())
+}
+
+impl SessionHandle {
+    /// A handle and the receiving end of its outbound queue (`capacity` packets).
+    pub fn new(
+        id: u64,
+        transport: TransportKind,
+        peer: SocketAddr,
+        error_msg_id: u32,
+        capacity: usize,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let abort = CancellationToken::new();
+        let shared = Shared {
+            id,
+            transport,
+            peer,
+            error_msg_id,
+            user_id: OnceLock::new(),
+            tx,
+            close_reason: OnceLock::new(),
+            closing: abort.child_token(),
+            abort,
+        };
+        (Self(Arc::new(shared)), rx)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub fn transport(&self) -> TransportKind {
+        self.0.transport
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.0.peer
+    }
+
+    /// The logged-in user, if any.
+    pub fn user_id(&self) -> Option<&Arc<str>> {
+        self.0.user_id.get()
+    }
+
+    /// Records the login. Returns false if the session was already logged in.
+    pub(crate) fn set_user(&self, user_id: Arc<str>) -> bool {
+        self.0.user_id.set(user_id).is_ok()
+    }
+
+    /// Queues a packet. Returns false if the session is closing or was just closed as a slow
+    /// consumer because its queue is full.
+    pub fn send(&self, msg_id: u32, seq: u32, body: Bytes) -> bool {
+        match self.0.tx.try_send(Outbound::Packet { msg_id, seq, body }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.abort(CloseReason::SlowConsumer, "outbound queue full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues an error frame (`code`, human-readable `message`) answering the packet `seq`.
+    pub fn send_error(&self, seq: u32, code: &str, message: &str) -> bool {
+        self.send(self.0.error_msg_id, seq, error_body(code, message))
+    }
+
+    /// Closes gracefully: what is queued is written first, then (if the reason is announced)
+    /// an error frame with `code`/`message`, then the close. Only the first close counts.
+    pub fn close_with_error(&self, reason: CloseReason, code: &str, message: &str) {
+        if self.0.close_reason.set((reason, message.to_string())).is_err() {
+            return;
+        }
+        if reason.announce() {
+            let error =
+                Outbound::Packet { msg_id: self.0.error_msg_id, seq: 0, body: error_body(code, message) };
+            if self.0.tx.try_send(error).is_err() {
+                self.0.abort.cancel();
+            }
+        }
+        if self.0.tx.try_send(Outbound::Close).is_err() {
+            self.0.abort.cancel();
+        }
+        self.0.closing.cancel();
+    }
+
+    /// [`Self::close_with_error`] with the reason's own name as the error code.
+    pub fn close(&self, reason: CloseReason, message: &str) {
+        self.close_with_error(reason, reason.name(), message);
+    }
+
+    /// Closes now, dropping whatever is queued (slow consumer, shutdown deadline).
+    pub fn abort(&self, reason: CloseReason, message: &str) {
+        let _ = self.0.close_reason.set((reason, message.to_string()));
+        self.0.abort.cancel();
+    }
+
+    /// Why the session is closing (`None` while it is open).
+    pub fn close_reason(&self) -> Option<(CloseReason, &str)> {
+        self.0.close_reason.get().map(|(r, m)| (*r, m.as_str()))
+    }
+
+    /// Resolves when the session starts closing.
+    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.0.closing.cancelled()
+    }
+
+    /// Resolves when the writer must stop without flushing.
+    pub fn aborted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.0.abort.cancelled()
+    }
+}

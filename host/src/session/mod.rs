@@ -1,0 +1,18 @@
+//! Sessions: one per client connection, whatever its transport.
+//!
+//! - [`id`]: session ids (node id + time + sequence).
+//! - [`handle`]: the shareable handle with the bounded outbound queue.
+//! - [`registry`]: live sessions by id and by user.
+//! - [`driver`]: the per-connection tasks (read loop with timers and local routes; write loop).
+//! - [`close`]: the documented close reasons and codes.
+
+mod close;
+pub(crate) mod driver;
+mod handle;
+pub mod id;
+mod registry;
+
+pub use close::CloseReason;
+pub use handle::{Outbound, SessionHandle, TransportKind, error_body};
+pub use id::{MAX_NODE_ID, SessionIdGen};
+pub use registry::Registry;

@@ -1,0 +1,134 @@
+//! Live sessions of this node, by session id and by user id.
+//!
+//! Sharded (64 shards, by session id or by user-id hash) so that accepts, closes and backend
+//! replies on different sessions rarely touch the same lock. Locks are held only for map
+//! operations, never across an `.await`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
+
+use super::SessionHandle;
+
+const SHARDS: usize = 64;
+
+type SessionShard = RwLock<HashMap<u64, SessionHandle>>;
+type UserShard = RwLock<HashMap<Arc<str>, Vec<SessionHandle>>>;
+
+/// Session registry (seed 000: "session manager").
+pub struct Registry {
+    sessions: Box<[SessionShard]>,
+    users: Box<[UserShard]>,
+    hasher: RandomState,
+    count: AtomicUsize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            sessions: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            users: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Registry {
+    fn shard(&self, id: u64) -> &SessionShard {
+        // The low bits of a session id are a per-millisecond sequence: well spread.
+        &self.sessions[(id as usize) % SHARDS]
+    }
+
+    fn user_shard(&self, user: &str) -> &UserShard {
+        &self.users[(self.hasher.hash_one(user) as usize) % SHARDS]
+    }
+
+    /// Adds a new session.
+    pub fn insert(&self, handle: SessionHandle) {
+        if self.shard(handle.id()).write().insert(handle.id(), handle).is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Indexes a logged-in session under its user id.
+    pub fn bind_user(&self, handle: &SessionHandle, user: &Arc<str>) {
+        self.user_shard(user).write().entry(user.clone()).or_default().push(handle.clone());
+    }
+
+    /// Removes a session (and its user index entry).
+    pub fn remove(&self, handle: &SessionHandle) {
+        if self.shard(handle.id()).write().remove(&handle.id()).is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(user) = handle.user_id() {
+            let mut shard = self.user_shard(user).write();
+            if let Some(list) = shard.get_mut(user) {
+                list.retain(|h| h.id() != handle.id());
+                if list.is_empty() {
+                    shard.remove(user);
+                }
+            }
+        }
+    }
+
+    /// The session with this id, if it lives on this node.
+    pub fn get(&self, id: u64) -> Option<SessionHandle> {
+        self.shard(id).read().get(&id).cloned()
+    }
+
+    /// Every session of a user on this node.
+    pub fn of_user(&self, user: &str) -> Vec<SessionHandle> {
+        self.user_shard(user).read().get(user).cloned().unwrap_or_default()
+    }
+
+    /// Every session (for shutdown).
+    pub fn all(&self) -> Vec<SessionHandle> {
+        self.sessions.iter().flat_map(|s| s.read().values().cloned().collect::<Vec<_>>()).collect()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::TransportKind;
+
+    fn handle(id: u64) -> SessionHandle {
+        SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, 4).0
+    }
+
+    #[test]
+    fn sessions_and_users_are_indexed_and_removed() {
+        let r = Registry::default();
+        let (a, b, c) = (handle(1), handle(2), handle(3));
+        for h in [&a, &b, &c] {
+            r.insert(h.clone());
+        }
+        let alice: Arc<str> = "alice".into();
+        for h in [&a, &b] {
+            h.set_user(alice.clone());
+            r.bind_user(h, &alice);
+        }
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.of_user("alice").len(), 2);
+        r.remove(&a);
+        assert!(r.get(1).is_none());
+        assert_eq!(r.of_user("alice").iter().map(|h| h.id()).collect::<Vec<_>>(), vec![2]);
+        r.remove(&b);
+        assert!(r.of_user("alice").is_empty());
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.all().len(), 1);
+    }
+}

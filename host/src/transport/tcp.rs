@@ -1,0 +1,95 @@
+//! Length-prefixed TCP clients (leaf's `LenMsgLen`, `LittleEndian`, `MaxMsgLen`; seed 003).
+//!
+//! Each frame is a 2- or 4-byte length (big-endian unless `little_endian`) followed by a
+//! binary client packet (see [`crate::protocol::client`]). A frame longer than
+//! `max_msg_len + 8` closes the connection after an error frame `message_too_big`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
+
+use crate::config::TcpFramingConfig;
+use crate::gateway::Core;
+use crate::protocol::client::{self, HEADER_LEN};
+use crate::session::driver::{self, Inbound, PacketReader, PacketWriter};
+use crate::session::{CloseReason, TransportKind};
+
+/// The length-prefix codec for a framing config; `max_frame` bounds decoded frames.
+pub fn codec(framing: &TcpFramingConfig, max_frame: usize) -> LengthDelimitedCodec {
+    let mut builder = LengthDelimitedCodec::builder();
+    builder.length_field_length(framing.len_msg_len).max_frame_length(max_frame);
+    if framing.little_endian {
+        builder.little_endian();
+    }
+    builder.new_codec()
+}
+
+/// Serves one accepted TCP client until it closes.
+pub(crate) async fn serve(
+    core: Arc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let framing = &core.config.tcp;
+    let max_in = core.config.limits.max_msg_len + HEADER_LEN;
+    // Outbound packets may be larger than what clients may send; bound them by the prefix.
+    let max_out = if framing.len_msg_len == 2 { u16::MAX as usize } else { u32::MAX as usize };
+    let (read, write) = stream.into_split();
+    let reader = TcpReader { framed: FramedRead::new(read, codec(framing, max_in)) };
+    let writer = TcpWriter { framed: FramedWrite::new(write, codec(framing, max_out)) };
+    driver::run(core.clone(), TransportKind::Tcp, peer, reader, writer).await;
+    drop(permit);
+}
+
+struct TcpReader {
+    framed: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+}
+
+impl PacketReader for TcpReader {
+    async fn next(&mut self) -> Inbound {
+        match self.framed.next().await {
+            None => Inbound::Closed,
+            Some(Ok(frame)) => match client::decode_binary(frame.freeze()) {
+                Ok(packet) => Inbound::Packet(packet),
+                Err(e) => Inbound::Failed(CloseReason::MalformedFrame, e.to_string()),
+            },
+            Some(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
+                Inbound::Failed(CloseReason::MessageTooBig, "frame longer than max_msg_len".into())
+            }
+            Some(Err(e)) => {
+                tracing::debug!("tcp read failed: {e}");
+                Inbound::Failed(CloseReason::TransportError, e.to_string())
+            }
+        }
+    }
+}
+
+struct TcpWriter {
+    framed: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+}
+
+impl PacketWriter for TcpWriter {
+    async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
+        client::encode_binary(msg_id, seq, body, &mut buf);
+        self.framed.feed(buf.freeze()).await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await
+    }
+
+    async fn close(&mut self, _reason: CloseReason, _message: &str) -> std::io::Result<()> {
+        // TCP has no close frame: the error frame queued before this told the client why.
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
+        self.framed.get_mut().shutdown().await
+    }
+}

@@ -1,0 +1,230 @@
+//! WebSocket clients (RFC 6455) over hyper's HTTP/1.1 upgrade, plus `GET /ping` on the same
+//! port (seed 000 step 6.1).
+//!
+//! Any path accepts the upgrade (`/ws` by convention). Binary frames carry binary packets,
+//! text frames JSON packets; the gateway answers in the kind of frame the client last sent.
+//! The HTTP request must arrive within `handshake_ms` (seed 003 `HTTPTimeout`).
+//!
+//! Buffers are sized for many idle connections: a 4 KiB read buffer and no write buffer
+//! (tungstenite's defaults, 128 KiB read, cost ~136 KiB per idle connection).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::gateway::Core;
+use crate::protocol::client::{self, HEADER_LEN};
+use crate::session::driver::{self, Inbound, PacketReader, PacketWriter};
+use crate::session::{CloseReason, TransportKind};
+
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Serves one accepted TCP connection: HTTP until it upgrades, then a WebSocket session.
+pub(crate) async fn serve(
+    core: Arc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    // The permit follows the connection into the WebSocket session after the upgrade.
+    let permit = Arc::new(Mutex::new(Some(permit)));
+    let handshake = Duration::from_millis(core.config.timeouts.handshake_ms);
+    let service = hyper::service::service_fn(move |req| {
+        let (core, permit) = (core.clone(), permit.clone());
+        async move { Ok::<_, Infallible>(handle(core, req, peer, &permit)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    match tokio::time::timeout(handshake, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, "http connection error: {e}"),
+        Err(_) => tracing::debug!(%peer, "http request not completed within handshake_ms"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|part| part.trim().eq_ignore_ascii_case(token))))
+}
+
+fn handle(
+    core: Arc<Core>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    permit: &Mutex<Option<OwnedSemaphorePermit>>,
+) -> Response<Full<Bytes>> {
+    let upgrade =
+        header_has(&req, header::CONNECTION, "upgrade") && header_has(&req, header::UPGRADE, "websocket");
+    if !upgrade {
+        return match (req.method(), req.uri().path()) {
+            (&Method::GET, "/ping") => text(StatusCode::OK, "pong"),
+            _ => text(StatusCode::NOT_FOUND, "not found: use GET /ping or a WebSocket upgrade\n"),
+        };
+    }
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrade needs GET\n");
+    }
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        let mut response = text(StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13\n");
+        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    let Some(permit) = permit.lock().take() else {
+        return text(StatusCode::BAD_REQUEST, "connection already upgraded\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let max = core.config.limits.max_msg_len + HEADER_LEN;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    core.tasks.clone().spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                    .await;
+                let (sink, stream) = ws.split();
+                let text_mode = Arc::new(AtomicBool::new(false));
+                let reader = WsReader { stream, text_mode: text_mode.clone() };
+                let writer = WsWriter { sink, text_mode };
+                driver::run(core, TransportKind::WebSocket, peer, reader, writer).await;
+            }
+            Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
+        }
+        drop(permit);
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}
+
+struct WsReader {
+    stream: SplitStream<WebSocketStream<Upgraded>>,
+    text_mode: Arc<AtomicBool>,
+}
+
+impl PacketReader for WsReader {
+    async fn next(&mut self) -> Inbound {
+        loop {
+            let message = match self.stream.next().await {
+                None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    return Inbound::Closed;
+                }
+                Some(Err(WsError::Capacity(e))) => {
+                    return Inbound::Failed(CloseReason::MessageTooBig, e.to_string());
+                }
+                Some(Err(e)) => return Inbound::Failed(CloseReason::TransportError, e.to_string()),
+                Some(Ok(message)) => message,
+            };
+            return match message {
+                Message::Binary(data) => {
+                    self.text_mode.store(false, Ordering::Relaxed);
+                    match client::decode_binary(data) {
+                        Ok(packet) => Inbound::Packet(packet),
+                        Err(e) => Inbound::Failed(CloseReason::MalformedFrame, e.to_string()),
+                    }
+                }
+                Message::Text(text) => {
+                    self.text_mode.store(true, Ordering::Relaxed);
+                    match client::decode_json(text.as_str()) {
+                        Ok(packet) => Inbound::Packet(packet),
+                        Err(e) => Inbound::Failed(CloseReason::MalformedJson, e.to_string()),
+                    }
+                }
+                Message::Close(_) => Inbound::Closed,
+                // Pings are answered by tungstenite; pongs and raw frames carry nothing.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            };
+        }
+    }
+}
+
+struct WsWriter {
+    sink: SplitSink<WebSocketStream<Upgraded>, Message>,
+    text_mode: Arc<AtomicBool>,
+}
+
+fn io_error(e: WsError) -> std::io::Error {
+    match e {
+        WsError::Io(e) => e,
+        other => std::io::Error::other(other),
+    }
+}
+
+impl PacketWriter for WsWriter {
+    async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
+        let message = if self.text_mode.load(Ordering::Relaxed) {
+            Message::text(client::encode_json(msg_id, seq, body))
+        } else {
+            let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
+            client::encode_binary(msg_id, seq, body, &mut buf);
+            Message::Binary(buf.freeze())
+        };
+        self.sink.feed(message).await.map_err(io_error)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.sink.flush().await.map_err(io_error)
+    }
+
+    async fn close(&mut self, reason: CloseReason, message: &str) -> std::io::Result<()> {
+        // RFC 6455 section 5.5: a control frame payload is at most 125 bytes (2 for the code).
+        let mut text = String::from(reason.name());
+        if !message.is_empty() {
+            text.push_str(": ");
+            text.extend(message.chars().take(80));
+        }
+        while text.len() > 123 {
+            text.pop();
+        }
+        let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: text.into() };
+        // Send and flush the close frame, then let the connection drop: waiting for the
+        // client's close reply (RFC 6455 section 7.1.1 allows the server to close the TCP
+        // connection first) would let a client that never reads hold the session. After a
+        // client-initiated close tungstenite has already answered, which errors here.
+        match self.sink.send(Message::Close(Some(frame))).await {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Protocol(_)) => Ok(()),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+}

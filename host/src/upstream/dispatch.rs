@@ -1,0 +1,79 @@
+//! What the gateway does with frames from backends (seed 000 step 7.1.1): replies and pushes
+//! go to sessions found in the registry, kicks close sessions, relays go to another dest's
+//! pool (backend -> backend through the gateway).
+//!
+//! Nothing here waits: a session's queue is pushed without blocking (its slow-consumer policy
+//! applies) and a relay that finds the target queue full is counted and logged, so a backend
+//! connection's reader never stalls behind a client or another backend.
+
+use std::sync::Arc;
+
+use super::Shared;
+use crate::protocol::backend::BackendFrame;
+use crate::session::CloseReason;
+
+/// Handles one frame received from the backend of `from_dest`.
+pub(super) fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: BackendFrame) {
+    match frame {
+        BackendFrame::Reply { session_id, msg_id, seq, body } => match shared.registry.get(session_id) {
+            Some(session) => {
+                session.send(msg_id, seq, body);
+            }
+            None => not_here(shared, from_dest, "reply", session_id),
+        },
+        BackendFrame::PushUser { user_id, msg_id, body } => {
+            let sessions = shared.registry.of_user(&user_id);
+            if sessions.is_empty() {
+                shared.metrics.undeliverable.inc();
+                tracing::debug!(from_dest, user_id, "push for a user with no session on this node");
+            }
+            for session in sessions {
+                session.send(msg_id, 0, body.clone());
+            }
+        }
+        BackendFrame::Kick { session_id, reason } => match shared.registry.get(session_id) {
+            Some(session) => session.close(CloseReason::Kicked, &reason),
+            None => not_here(shared, from_dest, "kick", session_id),
+        },
+        BackendFrame::Relay { dest_id, session_id, msg_id, seq, body } => {
+            let relayed = BackendFrame::Relayed { from_dest, session_id, msg_id, seq, body };
+            relay(shared, dest_id, session_id, relayed);
+        }
+        BackendFrame::Hello { .. } | BackendFrame::Forward { .. } | BackendFrame::Relayed { .. } => {
+            tracing::warn!(from_dest, "backend sent a gateway-to-backend frame; ignored");
+        }
+    }
+}
+
+fn relay(shared: &Arc<Shared>, dest: u32, key: u64, frame: BackendFrame) {
+    let table = shared.table.load();
+    let Some(pool) = table.get(&dest) else {
+        shared.metrics.undeliverable.inc();
+        tracing::warn!(dest, "relay to a dest not in dest_map; dropped");
+        return;
+    };
+    if let Err((e, frame)) = pool.try_send(key, frame) {
+        undeliverable(shared, dest, frame, &e.to_string());
+    }
+}
+
+fn not_here(shared: &Shared, from_dest: u32, what: &str, session_id: u64) {
+    shared.metrics.undeliverable.inc();
+    tracing::debug!(from_dest, session_id, "{what} for a session not on this node");
+}
+
+/// A frame for `dest` that could not be written: the session it came from gets an
+/// `upstream_unavailable` error frame; a relay is counted and logged.
+pub(super) fn undeliverable(shared: &Shared, dest: u32, frame: BackendFrame, why: &str) {
+    match frame {
+        BackendFrame::Forward { session_id, seq, .. } => {
+            if let Some(session) = shared.registry.get(session_id) {
+                session.send_error(seq, "upstream_unavailable", &format!("dest {dest}: {why}"));
+            }
+        }
+        other => {
+            shared.metrics.undeliverable.inc();
+            tracing::warn!(dest, why, kind = ?std::mem::discriminant(&other), "relayed frame not delivered");
+        }
+    }
+}

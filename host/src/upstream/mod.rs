@@ -1,0 +1,155 @@
+//! Upstream queue pools (seed 000: `QueuePoolTable`): per dest id of `dest_map.json`,
+//! `poolNums` TCP connections speaking backend protocol v1.
+//!
+//! - A session's messages always take the same connection of a pool (picked by a hash of the
+//!   session id), so one session's messages reach the backend in order.
+//! - A message for a dest that has no pool, or whose connection is down, gets an error frame
+//!   (`unknown_dest`, `upstream_unavailable`); a full connection queue makes the session wait
+//!   up to `enqueue_timeout_ms`, then `upstream_busy`. Frames queued or unflushed when a
+//!   connection fails are answered with `upstream_unavailable` too. A request already written
+//!   to a backend that then dies gets no reply (the backend may or may not have handled it).
+//! - [`Upstreams::apply`] swaps in a new `dest_map` atomically: unchanged dests keep their
+//!   pools and connections, changed and removed ones are drained (queued frames are written,
+//!   replies are read for a grace period) and closed.
+
+mod dispatch;
+mod pool;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::task::TaskTracker;
+
+use self::pool::Pool;
+use crate::config::UpstreamConfig;
+use crate::maps::DestMap;
+use crate::metrics::{DestLabel, DestOutcomeLabel, Metrics};
+use crate::protocol::backend::BackendFrame;
+use crate::session::Registry;
+
+/// Why a message could not be handed to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("dest {0} is not in dest_map")]
+    UnknownDest(u32),
+    #[error("dest {0} is unavailable")]
+    Unavailable(u32),
+    #[error("dest {0} is busy")]
+    Busy(u32),
+}
+
+impl UpstreamError {
+    /// The error frame `code` for this error.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UnknownDest(_) => "unknown_dest",
+            Self::Unavailable(_) => "upstream_unavailable",
+            Self::Busy(_) => "upstream_busy",
+        }
+    }
+}
+
+/// Who this gateway is, told to backends in the `Hello` frame.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub id: u32,
+    pub name: String,
+}
+
+pub(crate) struct Shared {
+    table: ArcSwap<HashMap<u32, Arc<Pool>>>,
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    settings: UpstreamConfig,
+    node: NodeIdentity,
+    tasks: TaskTracker,
+}
+
+/// The queue-pool table.
+#[derive(Clone)]
+pub struct Upstreams {
+    shared: Arc<Shared>,
+}
+
+impl Upstreams {
+    /// An empty table; pools appear with [`Upstreams::apply`]. Connection tasks are spawned on
+    /// `tasks` (tracked for shutdown).
+    pub fn new(
+        registry: Arc<Registry>,
+        metrics: Metrics,
+        settings: UpstreamConfig,
+        node: NodeIdentity,
+        tasks: TaskTracker,
+    ) -> Self {
+        let shared = Shared { table: ArcSwap::default(), registry, metrics, settings, node, tasks };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Makes the table match `map`: unchanged entries keep their pools, new and changed ones
+    /// get new pools (connecting in the background), removed and replaced ones drain and close.
+    /// Must run inside a tokio runtime.
+    pub fn apply(&self, map: &DestMap) {
+        let old = self.shared.table.load_full();
+        let mut next = HashMap::with_capacity(map.len());
+        for (&dest, entry) in map {
+            match old.get(&dest) {
+                Some(pool) if pool.entry == *entry => {
+                    next.insert(dest, pool.clone());
+                }
+                _ => {
+                    next.insert(dest, Pool::start(dest, entry.clone(), &self.shared));
+                }
+            }
+        }
+        self.shared.table.store(Arc::new(next));
+        let new = self.shared.table.load();
+        for (dest, pool) in old.iter() {
+            if !new.get(dest).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+                tracing::info!(dest, "dest removed or changed: draining its old pool");
+                pool.stop();
+                if !new.contains_key(dest) {
+                    self.shared
+                        .metrics
+                        .upstream_connections_wanted
+                        .get_or_create(&DestLabel { dest: *dest })
+                        .set(0);
+                }
+            }
+        }
+    }
+
+    /// Queues `frame` for `dest` on the connection picked by `key` (the session id).
+    ///
+    /// Errors: [`UpstreamError::UnknownDest`] when `dest` has no pool,
+    /// [`UpstreamError::Unavailable`] when its connection is down,
+    /// [`UpstreamError::Busy`] when its queue stayed full for `enqueue_timeout_ms`.
+    pub async fn forward(&self, dest: u32, key: u64, frame: BackendFrame) -> Result<(), UpstreamError> {
+        let result = match self.shared.table.load().get(&dest) {
+            Some(pool) => {
+                pool.send(key, frame, Duration::from_millis(self.shared.settings.enqueue_timeout_ms)).await
+            }
+            None => Err(UpstreamError::UnknownDest(dest)),
+        };
+        let outcome = match result {
+            Ok(()) => "ok",
+            Err(e) => e.code(),
+        };
+        self.shared.metrics.routed.get_or_create(&DestOutcomeLabel { dest, outcome }).inc();
+        result
+    }
+
+    /// Number of pool connections currently up for `dest` (0 if unknown).
+    pub fn connections_up(&self, dest: u32) -> usize {
+        self.shared.table.load().get(&dest).map_or(0, |p| p.connections_up())
+    }
+
+    /// Drains and closes every pool (graceful shutdown).
+    pub fn shutdown(&self) {
+        let table = self.shared.table.swap(Arc::default());
+        for pool in table.values() {
+            pool.stop();
+        }
+    }
+}

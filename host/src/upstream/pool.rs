@@ -1,0 +1,309 @@
+//! One dest's queue pool: `poolNums` connections, each a bounded frame queue and a task that
+//! connects, writes batches, reads replies on a companion task, and reconnects with
+//! exponential backoff (with jitter) when the backend goes away.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, UpstreamError, dispatch};
+use crate::maps::DestEntry;
+use crate::metrics::DestLabel;
+use crate::protocol::backend::{BackendCodec, BackendFrame, PROTOCOL_VERSION};
+
+/// How long a draining connection keeps reading replies after its last write.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+struct Conn {
+    tx: mpsc::Sender<BackendFrame>,
+    up: Arc<AtomicBool>,
+}
+
+pub(super) struct Pool {
+    dest: u32,
+    pub(super) entry: DestEntry,
+    conns: Box<[Conn]>,
+    stop: CancellationToken,
+    up_count: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    /// Creates the pool and spawns its connection tasks.
+    pub(super) fn start(dest: u32, entry: DestEntry, shared: &Arc<Shared>) -> Arc<Self> {
+        let stop = CancellationToken::new();
+        let up_count = Arc::new(AtomicUsize::new(0));
+        shared
+            .metrics
+            .upstream_connections_wanted
+            .get_or_create(&DestLabel { dest })
+            .set(entry.pool_nums as i64);
+        let conns = (0..entry.pool_nums)
+            .map(|index| {
+                let (tx, rx) = mpsc::channel(shared.settings.queue_len);
+                let up = Arc::new(AtomicBool::new(false));
+                let task = ConnTask {
+                    dest,
+                    index,
+                    addr: entry.srv_addr.clone(),
+                    rx,
+                    up: up.clone(),
+                    up_count: up_count.clone(),
+                    stop: stop.clone(),
+                    shared: shared.clone(),
+                };
+                shared.tasks.spawn(task.run());
+                Conn { tx, up }
+            })
+            .collect();
+        Arc::new(Self { dest, entry, conns, stop, up_count })
+    }
+
+    pub(super) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    pub(super) fn connections_up(&self) -> usize {
+        self.up_count.load(Ordering::Relaxed)
+    }
+
+    fn conn_for(&self, key: u64) -> &Conn {
+        // Fibonacci hashing spreads sequential session ids over the connections.
+        let index = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.conns.len();
+        &self.conns[index]
+    }
+
+    /// Queues a frame without waiting; gives the frame back with the reason on failure.
+    pub(super) fn try_send(
+        &self,
+        key: u64,
+        frame: BackendFrame,
+    ) -> Result<(), (UpstreamError, BackendFrame)> {
+        let conn = self.conn_for(key);
+        if !conn.up.load(Ordering::Acquire) {
+            return Err((UpstreamError::Unavailable(self.dest), frame));
+        }
+        conn.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(f) => (UpstreamError::Busy(self.dest), f),
+            mpsc::error::TrySendError::Closed(f) => (UpstreamError::Unavailable(self.dest), f),
+        })
+    }
+
+    /// Queues a frame on the connection for `key`.
+    pub(super) async fn send(
+        &self,
+        key: u64,
+        frame: BackendFrame,
+        wait: Duration,
+    ) -> Result<(), UpstreamError> {
+        let dest = self.dest;
+        let conn = self.conn_for(key);
+        if !conn.up.load(Ordering::Acquire) {
+            return Err(UpstreamError::Unavailable(dest));
+        }
+        match tokio::time::timeout(wait, conn.tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(UpstreamError::Unavailable(dest)),
+            Err(_) => Err(UpstreamError::Busy(dest)),
+        }
+    }
+}
+
+struct ConnTask {
+    dest: u32,
+    index: usize,
+    addr: String,
+    rx: mpsc::Receiver<BackendFrame>,
+    up: Arc<AtomicBool>,
+    up_count: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+enum Ended {
+    /// The pool was stopped and drained.
+    Stopped,
+    /// The connection failed; reconnect.
+    Broken,
+}
+
+impl ConnTask {
+    async fn run(mut self) {
+        let settings = self.shared.settings.clone();
+        let initial = Duration::from_millis(settings.backoff_initial_ms.max(1));
+        let max = Duration::from_millis(settings.backoff_max_ms.max(settings.backoff_initial_ms));
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let mut backoff = initial;
+        let mut failures = 0u32;
+        loop {
+            let connected = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                r = tokio::time::timeout(connect_timeout, TcpStream::connect(&self.addr)) => r,
+            };
+            match connected {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    if failures > 0 {
+                        tracing::info!(dest = self.dest, conn = self.index, addr = %self.addr, "upstream connected after {failures} failed attempts");
+                    }
+                    failures = 0;
+                    backoff = initial;
+                    self.set_up(true);
+                    let ended = self.serve(stream).await;
+                    self.set_up(false);
+                    self.fail_queued("connection lost");
+                    if matches!(ended, Ended::Stopped) {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => self.connect_failed(&mut failures, &e.to_string()),
+                Err(_) => self.connect_failed(&mut failures, "connect timed out"),
+            }
+            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(max);
+        }
+        self.fail_queued("dest removed");
+    }
+
+    fn connect_failed(&mut self, failures: &mut u32, why: &str) {
+        *failures += 1;
+        if *failures == 1 {
+            tracing::warn!(dest = self.dest, conn = self.index, addr = %self.addr, "upstream connect failed: {why}");
+        } else {
+            tracing::debug!(dest = self.dest, conn = self.index, addr = %self.addr, "upstream connect failed again: {why}");
+        }
+        self.fail_queued("dest unavailable");
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::AcqRel) == up {
+            return;
+        }
+        let gauge =
+            self.shared.metrics.upstream_connections_up.get_or_create(&DestLabel { dest: self.dest }).clone();
+        if up {
+            self.up_count.fetch_add(1, Ordering::Relaxed);
+            gauge.inc();
+        } else {
+            self.up_count.fetch_sub(1, Ordering::Relaxed);
+            gauge.dec();
+        }
+    }
+
+    /// Answers every queued frame with an error to its session.
+    fn fail_queued(&mut self, why: &str) {
+        while let Ok(frame) = self.rx.try_recv() {
+            dispatch::undeliverable(&self.shared, self.dest, frame, why);
+        }
+    }
+
+    async fn serve(&mut self, stream: TcpStream) -> Ended {
+        let (read, write) = stream.into_split();
+        let mut writer = FramedWrite::new(write, BackendCodec::default());
+        let hello = BackendFrame::Hello {
+            version: PROTOCOL_VERSION,
+            node_id: self.shared.node.id,
+            node_name: self.shared.node.name.clone(),
+        };
+        if writer.send(hello).await.is_err() {
+            return Ended::Broken;
+        }
+        let mut reader = tokio::spawn(read_loop(
+            FramedRead::new(read, BackendCodec::default()),
+            self.dest,
+            self.shared.clone(),
+        ));
+        let mut batch = Vec::new();
+        let ended = loop {
+            tokio::select! {
+                biased;
+                _ = &mut reader => break Ended::Broken,
+                _ = self.stop.cancelled() => {
+                    // Drain: write what is queued, half-close, keep reading replies a while.
+                    while let Ok(frame) = self.rx.try_recv() {
+                        batch.push(frame);
+                    }
+                    if !self.write_batch(&mut writer, &mut batch).await {
+                        break Ended::Stopped;
+                    }
+                    let _ = writer.get_mut().shutdown().await;
+                    let _ = tokio::time::timeout(DRAIN_GRACE, &mut reader).await;
+                    break Ended::Stopped;
+                }
+                frame = self.rx.recv() => {
+                    let Some(frame) = frame else { break Ended::Stopped };
+                    batch.push(frame);
+                    while batch.len() < 256 {
+                        match self.rx.try_recv() {
+                            Ok(frame) => batch.push(frame),
+                            Err(_) => break,
+                        }
+                    }
+                    if !self.write_batch(&mut writer, &mut batch).await {
+                        break Ended::Broken;
+                    }
+                }
+            }
+        };
+        reader.abort();
+        ended
+    }
+
+    /// Writes and flushes `batch`; on failure answers its frames with errors. Returns whether
+    /// the write succeeded.
+    async fn write_batch(
+        &mut self,
+        writer: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, BackendCodec>,
+        batch: &mut Vec<BackendFrame>,
+    ) -> bool {
+        let mut ok = true;
+        for frame in batch.iter() {
+            if writer.feed(frame.clone()).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        ok = ok && writer.flush().await.is_ok();
+        if ok {
+            batch.clear();
+        } else {
+            tracing::warn!(
+                dest = self.dest,
+                conn = self.index,
+                "upstream write failed; answering {} frames with errors",
+                batch.len()
+            );
+            for frame in batch.drain(..) {
+                dispatch::undeliverable(&self.shared, self.dest, frame, "connection lost");
+            }
+        }
+        ok
+    }
+}
+
+async fn read_loop(mut reader: FramedRead<OwnedReadHalf, BackendCodec>, dest: u32, shared: Arc<Shared>) {
+    let frames_in = shared.metrics.upstream_frames_in.get_or_create(&DestLabel { dest }).clone();
+    while let Some(next) = reader.next().await {
+        match next {
+            Ok(frame) => {
+                frames_in.inc();
+                dispatch::from_backend(&shared, dest, frame);
+            }
+            Err(e) => {
+                tracing::warn!(dest, "bad frame from backend, closing connection: {e}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Watches `dest_map.json` and `message_map.json` (seed 000 step 5: file listeners with reload
+//! callbacks) and applies valid changes live.
+//!
+//! The parent directories are watched (editors and deploy tools replace files by rename).
+//! Events are coalesced: a change is applied [`DEBOUNCE`] after the last event for that file.
+//! A valid `dest_map` is applied atomically (only changed pools rebuilt); a valid `message_map`
+//! re-initialises the router on fresh instances and swaps them in. An invalid file keeps the
+//! running table, logs an error naming the problem and counts
+//! `wasmgate_map_reloads_total{reason="invalid"}`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::Notify;
+
+use crate::gateway::{Core, message_routes};
+use crate::maps;
+use crate::metrics::ReasonLabel;
+
+/// Quiet time after the last file event before a reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Keeps the file watcher alive; dropping it stops watching.
+pub struct MapWatcher {
+    _watcher: RecommendedWatcher,
+}
+
+#[derive(Clone, Copy)]
+enum MapKind {
+    Dest,
+    Message,
+}
+
+impl MapWatcher {
+    /// Starts watching the configured map files; `None` when no file is configured.
+    pub(crate) fn start(core: Arc<Core>) -> anyhow::Result<Option<Self>> {
+        let files: Vec<(PathBuf, MapKind)> = [
+            (core.config.maps.dest_map.clone(), MapKind::Dest),
+            (core.config.maps.message_map.clone(), MapKind::Message),
+        ]
+        .into_iter()
+        .filter_map(|(path, kind)| path.map(|p| (p, kind)))
+        .collect();
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let signals: Vec<(PathBuf, MapKind, Arc<Notify>)> =
+            files.iter().map(|(p, k)| (p.clone(), *k, Arc::new(Notify::new()))).collect();
+        let callback_signals = signals.clone();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            for (path, _, notify) in &callback_signals {
+                if event.paths.iter().any(|p| same_file_name(p, path)) {
+                    notify.notify_one();
+                }
+            }
+        })?;
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .map(|(p, _)| p.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf))
+            .collect();
+        for dir in dirs {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        }
+        for (path, kind, notify) in signals {
+            let core = core.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = core.shutdown.cancelled() => return,
+                        _ = notify.notified() => {}
+                    }
+                    // Coalesce a burst of events (write + rename + chmod...).
+                    loop {
+                        tokio::select! {
+                            _ = notify.notified() => continue,
+                            _ = tokio::time::sleep(DEBOUNCE) => break,
+                        }
+                    }
+                    reload(&core, &path, kind).await;
+                }
+            });
+        }
+        Ok(Some(Self { _watcher: watcher }))
+    }
+}
+
+fn same_file_name(event_path: &Path, watched: &Path) -> bool {
+    event_path.file_name().is_some() && event_path.file_name() == watched.file_name()
+}
+
+async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
+    let result = match kind {
+        MapKind::Dest => maps::read(path).and_then(|t| maps::parse_dest_map(&t)).map(|map| {
+            core.upstreams.apply(&map);
+            format!("{} dests", map.len())
+        }),
+        MapKind::Message => match maps::read(path).and_then(|t| maps::parse_message_map(&t)) {
+            Ok(map) => {
+                let routes = message_routes(&map);
+                match core.router.reload(routes).await {
+                    Ok(()) => Ok(format!("{} message ids", map.len())),
+                    Err(e) => Err(maps::MapError::Invalid { what: "message_map", message: e.to_string() }),
+                }
+            }
+            Err(e) => Err(e),
+        },
+    };
+    let reason = match &result {
+        Ok(summary) => {
+            tracing::info!(path = %path.display(), "map reloaded: {summary}");
+            "ok"
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), "map reload rejected, keeping the running map: {e}");
+            "invalid"
+        }
+    };
+    core.metrics.map_reloads.get_or_create(&ReasonLabel { reason }).inc();
+}

@@ -1,0 +1,81 @@
+//! Default login script: verifies an HS256 JWT (RFC 7519) and returns its subject as user id.
+//!
+//! Configuration (JSON, the `config` table of `[scripts.auth]`):
+//! - `secret` (string, required): the HMAC-SHA256 key.
+//! - `issuer` (string, optional): when set, the token's `iss` must equal it.
+//! - `leeway_s` (integer, default 30): clock skew tolerated on `exp` and `nbf`, in seconds.
+//!
+//! The token must carry `sub` (the user id) and `exp`; expiry is always checked.
+
+use std::sync::OnceLock;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use serde::Deserialize;
+use wasmgate_guest::auth::{Guest, Identity, Rejection, Session};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    secret: String,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default = "default_leeway")]
+    leeway_s: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+static VERIFIER: OnceLock<Verifier> = OnceLock::new();
+
+struct Auth;
+
+impl Guest for Auth {
+    fn init(config: String) -> Result<(), String> {
+        let config: Config = serde_json::from_str(&config).map_err(|e| format!("auth config: {e}"))?;
+        if config.secret.is_empty() {
+            return Err("auth config: `secret` must not be empty".into());
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = config.leeway_s;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let verifier = Verifier { key: DecodingKey::from_secret(config.secret.as_bytes()), validation };
+        // `init` runs once per instance; a second call keeps the first configuration.
+        let _ = VERIFIER.set(verifier);
+        Ok(())
+    }
+
+    fn authenticate(_session: Session, token: String) -> Result<Identity, Rejection> {
+        let verifier =
+            VERIFIER.get().ok_or_else(|| Rejection::Forbidden("auth script not initialised".into()))?;
+        match decode::<Claims>(&token, &verifier.key, &verifier.validation) {
+            Ok(data) if data.claims.sub.is_empty() => {
+                Err(Rejection::InvalidToken("empty `sub` claim".into()))
+            }
+            Ok(data) => Ok(Identity { user_id: data.claims.sub }),
+            Err(e) => Err(match e.kind() {
+                ErrorKind::ExpiredSignature => Rejection::Expired,
+                ErrorKind::InvalidIssuer => Rejection::Forbidden("wrong issuer".into()),
+                ErrorKind::ImmatureSignature => Rejection::Forbidden("token not yet valid".into()),
+                _ => Rejection::InvalidToken(e.to_string()),
+            }),
+        }
+    }
+}
+
+wasmgate_guest::auth::export!(Auth);

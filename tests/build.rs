@@ -1,0 +1,14 @@
+//! Builds the test guests (`tests/guests/*`) and tells the tests where they are.
+
+#[path = "../host/build_guests.rs"]
+mod build_guests;
+
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let workspace = manifest.parent().unwrap_or(Path::new(".."));
+    let built = build_guests::build_guests(workspace, &["wasmgate-test-hostile-router"]);
+    println!("cargo:rustc-env=HOSTILE_ROUTER_WASM={}", built[0].display());
+    println!("cargo:rerun-if-changed=build.rs");
+}

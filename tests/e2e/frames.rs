@@ -1,0 +1,98 @@
+//! Malformed and oversized frames get the documented close; other sessions are unaffected.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Message;
+use wasmgate::config::TcpFramingConfig;
+use wasmgate_examples::client::Client;
+use wasmgate_tests::{Harness, PROMPT, Received, error_of, token};
+
+async fn expect_close(c: &mut Client, code: u16, error_code: &str) {
+    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error_of(&error.body).0, error_code);
+    match c.recv_within(PROMPT).await.unwrap() {
+        Received::Closed { code: got, .. } => assert_eq!(got, Some(code)),
+        other => panic!("expected close {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ws_frames_close_with_documented_codes() {
+    let h = Harness::start_with(|c| c.limits.max_msg_len = 1024).await;
+    let mut bystander = h.logged_in_ws("bystander").await;
+
+    let mut short = h.ws(false).await;
+    short.send_ws_raw(Message::Binary(Bytes::from_static(&[0, 0, 1]))).await.unwrap();
+    expect_close(&mut short, 1002, "malformed_frame").await;
+
+    let mut bad_json = h.ws(true).await;
+    bad_json.send_ws_raw(Message::text("{not json")).await.unwrap();
+    expect_close(&mut bad_json, 1007, "malformed_json").await;
+
+    let mut big = h.ws(false).await;
+    big.login(1, &token("big")).await.unwrap();
+    big.send(100, &vec![7u8; 4096]).await.unwrap();
+    match big.recv_within(PROMPT).await.unwrap() {
+        // tungstenite may refuse before the gateway can queue its error frame.
+        Received::Packet(p) => {
+            assert_eq!(error_of(&p.body).0, "message_too_big");
+            assert!(matches!(
+                big.recv_within(PROMPT).await.unwrap(),
+                Received::Closed { code: Some(1009), .. }
+            ));
+        }
+        Received::Closed { code, .. } => assert_eq!(code, Some(1009)),
+    }
+
+    let seq = bystander.send(100, b"unaffected").await.unwrap();
+    bystander.recv_reply(100, seq, PROMPT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_tcp_frames_close_after_an_error_frame() {
+    let h = Harness::start_with(|c| c.limits.max_msg_len = 1024).await;
+    let mut short = h.tcp().await;
+    short.send_tcp_raw(Bytes::from_static(&[1, 2, 3])).await.unwrap();
+    let error = short.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error_of(&error.body).0, "malformed_frame");
+    assert!(matches!(short.recv_within(PROMPT).await.unwrap(), Received::Closed { .. }));
+
+    let mut big = h.tcp().await;
+    let mut frame = BytesMut::new();
+    frame.put_u32(100);
+    frame.put_u32(1);
+    frame.put_slice(&[0u8; 2000]);
+    big.send_tcp_raw(frame.freeze()).await.unwrap();
+    let error = big.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error_of(&error.body).0, "message_too_big");
+    assert!(matches!(big.recv_within(PROMPT).await.unwrap(), Received::Closed { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_byte_little_endian_length_prefix() {
+    let h = Harness::start_with(|c| {
+        c.tcp = TcpFramingConfig { len_msg_len: 2, little_endian: true };
+        c.limits.max_msg_len = 4096;
+    })
+    .await;
+    let mut c = Client::tcp(h.gateway.tcp_addr().unwrap(), &h.config.tcp).await.unwrap();
+    c.login(1, &token("le")).await.unwrap();
+    let seq = c.send(100, b"little endian").await.unwrap();
+    let (reply, _) = c.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert_eq!(&reply.body[..], b"little endian");
+    // A big-endian client speaks garbage to this gateway and is closed, not served.
+    let mut wrong = Client::tcp(
+        h.gateway.tcp_addr().unwrap(),
+        &TcpFramingConfig { len_msg_len: 2, little_endian: false },
+    )
+    .await
+    .unwrap();
+    wrong.send(1, token("x").as_bytes()).await.unwrap();
+    let mut closed = false;
+    for _ in 0..3 {
+        if let Ok(Received::Closed { .. }) | Err(_) = wrong.recv_within(PROMPT).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a mis-framed client must be closed");
+}

@@ -1,0 +1,127 @@
+//! Login through the auth script, timers, local routes.
+
+use std::time::Duration;
+
+use wasmgate_examples::client::mint_token;
+use wasmgate_tests::{Harness, ISSUER, PROMPT, Received, SECRET, error_of, token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_over_ws_binary_returns_user_and_session() {
+    let h = Harness::start().await;
+    let mut c = h.ws(false).await;
+    let reply = c.login(1, &token("alice")).await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["user_id"], "alice");
+    let session_id: u64 = body["session_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(wasmgate::session::id::node_of(session_id), h.config.node.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_over_tcp_and_ws_text() {
+    let h = Harness::start().await;
+    let mut tcp = h.tcp().await;
+    tcp.login(1, &token("bob")).await.unwrap();
+    let mut text = h.ws(true).await;
+    // Text mode: the token as a JSON string, and as {"token": ...}.
+    let reply = text.login(1, &token("carol")).await.unwrap();
+    assert!(String::from_utf8_lossy(&reply.body).contains("carol"));
+    let mut text2 = h.ws(true).await;
+    let body = serde_json::json!({ "token": token("dave") }).to_string();
+    let seq = text2.send(1, body.as_bytes()).await.unwrap();
+    let (reply, _) = text2.recv_reply(1, seq, PROMPT).await.unwrap();
+    assert!(String::from_utf8_lossy(&reply.body).contains("dave"));
+}
+
+async fn expect_rejection(h: &Harness, token: &str, code: &str) {
+    let mut c = h.ws(false).await;
+    let seq = c.send(1, token.as_bytes()).await.unwrap();
+    assert!(seq > 0);
+    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error.msg_id, 4, "an error frame");
+    assert_eq!(error_of(&error.body).0, code);
+    match c.recv_within(PROMPT).await.unwrap() {
+        Received::Closed { code, .. } => assert_eq!(code, Some(4003)),
+        other => panic!("expected close 4003, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_expired_and_foreign_tokens_are_rejected_then_closed() {
+    let h = Harness::start().await;
+    expect_rejection(&h, "not-a-jwt", "invalid_token").await;
+    let wrong_key = mint_token("another-secret", "eve", Some(ISSUER), 3600).unwrap();
+    expect_rejection(&h, &wrong_key, "invalid_token").await;
+    // Beyond the default 30 s leeway.
+    let expired = mint_token(SECRET, "eve", Some(ISSUER), -120).unwrap();
+    expect_rejection(&h, &expired, "expired").await;
+    let wrong_issuer = mint_token(SECRET, "eve", Some("someone-else"), 3600).unwrap();
+    expect_rejection(&h, &wrong_issuer, "forbidden").await;
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert_eq!(wasmgate_tests::metric(&metrics, "wasmgate_logins_total{reason=\"rejected\"}"), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_login_within_the_timeout_closes_4001() {
+    let h = Harness::start_with(|c| c.timeouts.login_ms = 300).await;
+    let mut c = h.tcp().await;
+    let started = tokio::time::Instant::now();
+    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error_of(&error.body).0, "login_timeout");
+    assert!(matches!(c.recv_within(PROMPT).await.unwrap(), Received::Closed { .. }));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let mut ws = h.ws(false).await;
+    let _error = ws.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(
+        ws.recv_within(PROMPT).await.unwrap(),
+        Received::Closed { code: Some(4001), reason: "login_timeout: no login in time".into() }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_is_answered_and_silence_closes_4002() {
+    let h = Harness::start_with(|c| c.timeouts.heartbeat_ms = 600).await;
+    let mut c = h.logged_in_ws("hb").await;
+    // Heartbeats keep the session alive past several heartbeat periods.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seq = c.send(2, b"").await.unwrap();
+        let (reply, _) = c.recv_reply(2, seq, PROMPT).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let server_ms = body["server_time_ms"].as_u64().unwrap();
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(now_ms.abs_diff(server_ms) < 5_000);
+    }
+    // Then silence.
+    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error_of(&error.body).0, "heartbeat_timeout");
+    match c.recv_within(PROMPT).await.unwrap() {
+        Received::Closed { code, .. } => assert_eq!(code, Some(4002)),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_before_login_get_not_logged_in() {
+    let h = Harness::start().await;
+    let mut c = h.ws(false).await;
+    let seq = c.send(100, b"too early").await.unwrap();
+    let (error, _) = c.recv_reply(4, seq, PROMPT).await.unwrap();
+    assert_eq!(error_of(&error.body).0, "not_logged_in");
+    // The session is still usable.
+    c.login(1, &token("late")).await.unwrap();
+    let seq = c.send(1, token("late").as_bytes()).await.unwrap();
+    let (error, _) = c.recv_reply(4, seq, PROMPT).await.unwrap();
+    assert_eq!(error_of(&error.body).0, "already_logged_in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_route_closes_normally() {
+    let h = Harness::start().await;
+    let mut c = h.logged_in_ws("bye").await;
+    c.send(3, b"").await.unwrap();
+    match c.recv_within(PROMPT).await.unwrap() {
+        Received::Closed { code, .. } => assert_eq!(code, Some(1000)),
+        other => panic!("expected close, got {other:?}"),
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real gateway, real example backends, real WS/TCP clients, real compiled
+//! components. One test binary (linking wasmtime once), one module per area.
+
+mod frames;
+mod login;
+mod reload;
+mod routing;
+mod sandbox;
+mod service;

@@ -1,0 +1,64 @@
+//! `dest_map.json` / `message_map.json` edits applied live, with no connection dropped.
+
+use std::time::Duration;
+
+use wasmgate_tests::{
+    Backend, Harness, PROMPT, error_of, metric, write_atomic, write_dest_map, write_message_map,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_edits_apply_live_and_invalid_files_keep_the_old_maps() {
+    let h = Harness::start().await;
+    let second = Backend::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut c = h.logged_in_ws("live").await;
+
+    let seq = c.send(200, b"x").await.unwrap();
+    let (error, _) = c.recv_reply(4, seq, PROMPT).await.unwrap();
+    assert_eq!(error_of(&error.body).0, "unknown_message");
+
+    // Add dest 201 and route message 200 to it.
+    write_dest_map(&h.dir, &[(101, h.backend.addr), (201, second.addr)]);
+    h.wait_upstream(201, 2).await;
+    assert_eq!(h.gateway.upstream_connections_up(101), 2, "an unchanged dest keeps its pool");
+    write_message_map(&h.dir, &[(100, 101), (200, 201)]);
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let seq = c.send(200, b"to 201").await.unwrap();
+        let p = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+        assert_eq!(p.seq, seq);
+        if p.msg_id == 200 {
+            assert_eq!(&p.body[..], b"to 201");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "message_map edit never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Broken files are rejected; the running maps stay.
+    write_atomic(h.dir.path().join("message_map.json"), "{ not json");
+    write_atomic(h.dir.path().join("dest_map.json"), r#"{"201": {"poolNums": 0, "srvAddr": "x:1"}}"#);
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        if metric(&metrics, "wasmgate_map_reloads_total{reason=\"invalid\"}") >= 2.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "invalid maps were never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seq = c.send(200, b"still routed").await.unwrap();
+    let (reply, _) = c.recv_reply(200, seq, PROMPT).await.unwrap();
+    assert_eq!(&reply.body[..], b"still routed");
+    assert_eq!(h.gateway.upstream_connections_up(201), 2);
+
+    // Removing the dest drains its pool; the session survived every edit.
+    write_dest_map(&h.dir, &[(101, h.backend.addr)]);
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    while h.gateway.upstream_connections_up(201) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "removed dest still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seq = c.send(100, b"same connection").await.unwrap();
+    c.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert_eq!(h.gateway.sessions(), 1);
+}

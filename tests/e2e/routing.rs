@@ -1,0 +1,134 @@
+//! Routing through the router script and the queue pools to a real backend.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wasmgate_tests::{Backend, Harness, PROMPT, Received, error_of};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_message_is_answered_by_the_backend_on_every_transport() {
+    let h = Harness::start().await;
+    let mut ws = h.logged_in_ws("alice").await;
+    let seq = ws.send(100, b"hello over ws").await.unwrap();
+    let (reply, _) = ws.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert_eq!(&reply.body[..], b"hello over ws");
+
+    let mut tcp = h.tcp().await;
+    tcp.login(1, &wasmgate_tests::token("bob")).await.unwrap();
+    let seq = tcp.send(100, b"hello over tcp").await.unwrap();
+    let (reply, _) = tcp.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert_eq!(&reply.body[..], b"hello over tcp");
+
+    let mut text = h.ws(true).await;
+    text.login(1, &wasmgate_tests::token("carol")).await.unwrap();
+    let seq = text.send(100, br#"{"move":[1,2]}"#).await.unwrap();
+    let (reply, _) = text.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert_eq!(&reply.body[..], br#"{"move":[1,2]}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sessions_messages_arrive_in_order() {
+    let h = Harness::start().await;
+    let mut c = h.logged_in_ws("order").await;
+    for i in 0..200u32 {
+        c.send_seq(100, 1000 + i, i.to_string().as_bytes()).await.unwrap();
+    }
+    for i in 0..200u32 {
+        let p = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+        assert_eq!((p.msg_id, p.seq), (100, 1000 + i));
+        assert_eq!(p.body, i.to_string().as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_message_id_gets_an_error_frame_and_the_session_goes_on() {
+    let h = Harness::start().await;
+    let mut c = h.logged_in_ws("u").await;
+    let seq = c.send(777, b"?").await.unwrap();
+    let (error, _) = c.recv_reply(4, seq, PROMPT).await.unwrap();
+    assert_eq!(error_of(&error.body).0, "unknown_message");
+    let seq = c.send(100, b"still here").await.unwrap();
+    c.recv_reply(100, seq, PROMPT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_to_user_relay_between_backends_and_kick() {
+    let h = Harness::start().await;
+    let mut a1 = h.logged_in_ws("pat").await;
+    let mut a2 = h.logged_in_ws("pat").await;
+    // 101: reply to the sender, push 500 to every session of the user.
+    let seq = a1.send(101, b"ping").await.unwrap();
+    let (_, before) = a1.recv_reply(101, seq, PROMPT).await.unwrap();
+    let pushed = if before.iter().any(|p| p.msg_id == 500) {
+        before.into_iter().find(|p| p.msg_id == 500).unwrap()
+    } else {
+        a1.recv_within(PROMPT).await.unwrap().packet().unwrap()
+    };
+    assert_eq!(pushed.msg_id, 500);
+    assert!(String::from_utf8_lossy(&pushed.body).contains("pat"));
+    let other = a2.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!((other.msg_id, other.seq), (500, 0));
+    // 102: backend -> gateway -> backend (dest 101) -> reply.
+    let seq = a1.send(102, b"via relay").await.unwrap();
+    let (relayed, _) = a1.recv_reply(102, seq, PROMPT).await.unwrap();
+    assert_eq!(&relayed.body[..], b"relayed from 101: via relay");
+    // 103: the backend kicks the session.
+    a2.send(103, b"").await.unwrap();
+    let error = a2.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error_of(&error.body).0, "kicked");
+    match a2.recv_within(PROMPT).await.unwrap() {
+        Received::Closed { code, .. } => assert_eq!(code, Some(4004)),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_gives_errors_then_recovers_when_it_returns() {
+    let h = Harness::start().await;
+    let mut c = h.logged_in_ws("resilient").await;
+    let seq = c.send(100, b"before").await.unwrap();
+    c.recv_reply(100, seq, PROMPT).await.unwrap();
+
+    let addr: SocketAddr = h.backend.addr;
+    h.backend.stop();
+    // The gateway notices the backend left (a request written into the socket in that very
+    // instant cannot be answered; docs/protocol.md says so).
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    while h.gateway.upstream_connections_up(101) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway never noticed the backend left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // From then on every message is answered with an error, in order, while it is away.
+    for _ in 0..5 {
+        let seq = c.send(100, b"while down").await.unwrap();
+        let (error, others) = c.recv_reply(4, seq, PROMPT).await.unwrap();
+        assert!(others.is_empty(), "unexpected {others:?}");
+        assert_eq!(error_of(&error.body).0, "upstream_unavailable");
+    }
+
+    let _back = Backend::start(addr).await;
+    h.wait_upstream(101, 2).await;
+    let seq = c.send(100, b"after").await.unwrap();
+    let (reply, _) = c.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert_eq!(&reply.body[..], b"after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dest_not_in_dest_map_gets_unknown_dest() {
+    let h = Harness::start().await;
+    wasmgate_tests::write_message_map(&h.dir, &[(100, 101), (150, 999)]);
+    let mut c = h.logged_in_ws("nodest").await;
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let seq = c.send(150, b"x").await.unwrap();
+        let (error, _) = c.recv_reply(4, seq, PROMPT).await.unwrap();
+        match error_of(&error.body).0.as_str() {
+            "unknown_dest" => break,
+            "unknown_message" => {
+                assert!(tokio::time::Instant::now() < deadline, "message_map never reloaded")
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,61 @@
+//! Hostile scripts: a trap, an endless loop, a memory bomb and runaway recursion each cost
+//! one error frame for that message; the instance is rebuilt and everyone else keeps working.
+
+use std::time::{Duration, Instant};
+
+use wasmgate_tests::{HOSTILE_ROUTER, Harness, PROMPT, error_of, metric};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_looping_and_greedy_scripts_fail_one_message_only() {
+    let h = Harness::start_with(|c| {
+        c.scripts.router.path = Some(HOSTILE_ROUTER.into());
+        c.scripts.deadline_ms = 100;
+        c.scripts.memory_bytes = 16 << 20;
+    })
+    .await;
+    let mut victim = h.logged_in_ws("victim").await;
+    let mut bystander = h.logged_in_ws("bystander").await;
+
+    for (msg_id, what) in
+        [(900, "panic"), (901, "endless loop"), (902, "memory bomb"), (903, "deep recursion")]
+    {
+        let started = Instant::now();
+        let seq = victim.send(msg_id, b"").await.unwrap();
+        let (error, _) = victim.recv_reply(4, seq, PROMPT).await.unwrap();
+        assert_eq!(error_of(&error.body).0, "script_error", "{what}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{what} took {:?}", started.elapsed());
+        // The same session and another one are still routed by the rebuilt instances.
+        for c in [&mut victim, &mut bystander] {
+            let seq = c.send(100, what.as_bytes()).await.unwrap();
+            let (reply, _) = c.recv_reply(100, seq, PROMPT).await.unwrap();
+            assert_eq!(&reply.body[..], what.as_bytes());
+        }
+    }
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "wasmgate_script_calls_total{script=\"router\",outcome=\"deadline\"}"), 1.0);
+    assert_eq!(metric(&metrics, "wasmgate_script_calls_total{script=\"router\",outcome=\"trap\"}"), 3.0);
+    assert_eq!(h.gateway.sessions(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_is_not_a_router_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    wasmgate_tests::write_dest_map(&dir, &[]);
+    wasmgate_tests::write_message_map(&dir, &[]);
+    let mut config = wasmgate_tests::test_config(&dir);
+    // The hostile router as the auth script: wrong world.
+    config.scripts.auth.path = Some(HOSTILE_ROUTER.into());
+    let err = wasmgate::RunningGateway::start(config).await.err().expect("must refuse");
+    assert!(format!("{err:#}").contains("does not fit its world"), "{err:#}");
+
+    let mut config = wasmgate_tests::test_config(&dir);
+    std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
+    config.scripts.router.path = Some(dir.path().join("junk.wasm"));
+    let err = wasmgate::RunningGateway::start(config).await.err().expect("must refuse");
+    assert!(format!("{err:#}").contains("cannot be loaded"), "{err:#}");
+
+    let mut config = wasmgate_tests::test_config(&dir);
+    config.scripts.auth.config = toml::Table::new();
+    let err = wasmgate::RunningGateway::start(config).await.err().expect("must refuse");
+    assert!(format!("{err:#}").contains("secret"), "{err:#}");
+}

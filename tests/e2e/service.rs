@@ -1,0 +1,60 @@
+//! The HTTP side (`/ping`, `/metrics`, `/healthz`), limits and graceful shutdown.
+
+use std::time::Duration;
+
+use wasmgate_tests::{Harness, PROMPT, Received, error_of, http_get, metric};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_metrics_and_health() {
+    let h = Harness::start().await;
+    let (status, body) = http_get(h.gateway.ws_addr().unwrap(), "/ping").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, "pong");
+
+    let mut c = h.logged_in_ws("m").await;
+    let seq = c.send(100, b"count me").await.unwrap();
+    c.recv_reply(100, seq, PROMPT).await.unwrap();
+    let (status, metrics) = h.admin_get("/metrics").await;
+    assert!(status.contains("200"));
+    assert_eq!(metric(&metrics, "wasmgate_connections_total{transport=\"websocket\"}"), 1.0);
+    assert_eq!(metric(&metrics, "wasmgate_sessions{transport=\"websocket\"}"), 1.0);
+    assert_eq!(metric(&metrics, "wasmgate_messages_received_total{transport=\"websocket\"}"), 2.0);
+    assert_eq!(metric(&metrics, "wasmgate_routed_total{dest=\"101\",outcome=\"ok\"}"), 1.0);
+    assert_eq!(metric(&metrics, "wasmgate_upstream_connections_up{dest=\"101\"}"), 2.0);
+    assert_eq!(metric(&metrics, "wasmgate_script_calls_total{script=\"auth\",outcome=\"ok\"}"), 1.0);
+
+    let (status, health) = h.admin_get("/healthz").await;
+    assert!(status.contains("200"));
+    assert!(health.contains("\"sessions\":1"), "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_conn_num_holds_extra_connections_until_one_leaves() {
+    let h = Harness::start_with(|c| c.limits.max_conn_num = 2).await;
+    let mut a = h.logged_in_ws("a").await;
+    let _b = h.logged_in_ws("b").await;
+    // The third connects at TCP level (kernel backlog) but is not served yet.
+    let url = h.ws_url();
+    let third = tokio::spawn(async move { wasmgate_examples::client::Client::ws(&url, false).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third connection was served beyond max_conn_num");
+    a.send(3, b"").await.unwrap();
+    let mut c = tokio::time::timeout(PROMPT, third).await.unwrap().unwrap().unwrap();
+    c.login(1, &wasmgate_tests::token("c")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_clients_going_away() {
+    let h = Harness::start().await;
+    let mut ws = h.logged_in_ws("w").await;
+    let mut tcp = h.tcp().await;
+    tcp.login(1, &wasmgate_tests::token("t")).await.unwrap();
+    let Harness { gateway, backend: _backend, dir: _dir, .. } = h;
+    let stopping = tokio::spawn(gateway.shutdown(Duration::from_secs(5)));
+    let error = ws.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error_of(&error.body).0, "going_away");
+    assert!(matches!(ws.recv_within(PROMPT).await.unwrap(), Received::Closed { code: Some(1001), .. }));
+    let error = tcp.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!(error_of(&error.body).0, "going_away");
+    tokio::time::timeout(PROMPT, stopping).await.unwrap().unwrap();
+}

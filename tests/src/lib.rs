@@ -1,0 +1,206 @@
+//! Test harness: a real gateway in-process on port 0, real example backends on real sockets,
+//! real clients, and map files in a temporary directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wasmgate::{Config, RunningGateway};
+use wasmgate_examples::backend::{self, BackendOptions};
+use wasmgate_examples::client::{Client, mint_token};
+
+pub use wasmgate_examples::client::Received;
+
+/// Secret the test gateways' auth script is configured with.
+pub const SECRET: &str = "e2e-test-secret";
+/// Issuer the test gateways require.
+pub const ISSUER: &str = "wasmgate-tests";
+/// The hostile router component (built by build.rs).
+pub const HOSTILE_ROUTER: &str = env!("HOSTILE_ROUTER_WASM");
+/// How long tests wait for something that should happen promptly.
+pub const PROMPT: Duration = Duration::from_secs(10);
+
+/// Logs for a failing test: `RUST_LOG=wasmgate=debug cargo test ...`.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A valid token for `user`.
+pub fn token(user: &str) -> String {
+    mint_token(SECRET, user, Some(ISSUER), 3600).expect("minting a token")
+}
+
+/// An example backend on a real socket.
+pub struct Backend {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Backend {
+    /// Starts a backend on `addr` (port 0 for a free one).
+    pub async fn start(addr: SocketAddr) -> Self {
+        Self::start_with(addr, BackendOptions::default()).await
+    }
+
+    pub async fn start_with(addr: SocketAddr, options: BackendOptions) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("binding the backend");
+        let addr = listener.local_addr().expect("backend address");
+        let stop = CancellationToken::new();
+        tokio::spawn(backend::run(listener, options, stop.clone()));
+        Self { addr, stop }
+    }
+
+    /// Closes the listener and every connection.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A gateway wired to one example backend (dest 101), with its maps in a temp dir.
+pub struct Harness {
+    pub gateway: RunningGateway,
+    pub backend: Backend,
+    pub dir: TempDir,
+    pub config: Config,
+}
+
+/// The config of a test gateway: loopback port 0 everywhere, maps in `dir`.
+pub fn test_config(dir: &TempDir) -> Config {
+    let mut config = Config::default();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.ws = Some(any);
+    config.listen.tcp = Some(any);
+    config.listen.admin = Some(any);
+    config.maps.dest_map = Some(dir.path().join("dest_map.json"));
+    config.maps.message_map = Some(dir.path().join("message_map.json"));
+    config.scripts.auth.config = toml::Table::from_iter([
+        ("secret".to_string(), toml::Value::String(SECRET.into())),
+        ("issuer".to_string(), toml::Value::String(ISSUER.into())),
+    ]);
+    config.upstream.backoff_initial_ms = 20;
+    config.upstream.backoff_max_ms = 200;
+    config
+}
+
+/// Writes `dest_map.json` with dest 101 -> `backend` (2 connections) plus `extra` entries.
+pub fn write_dest_map(dir: &TempDir, dests: &[(u32, SocketAddr)]) {
+    let map: serde_json::Map<String, serde_json::Value> = dests
+        .iter()
+        .map(|(id, addr)| {
+            (id.to_string(), serde_json::json!({ "poolNums": 2, "srvAddr": addr.to_string(), "srvName": format!("backend-{id}") }))
+        })
+        .collect();
+    write_atomic(dir.path().join("dest_map.json"), &serde_json::Value::Object(map).to_string());
+}
+
+/// Writes `message_map.json`.
+pub fn write_message_map(dir: &TempDir, routes: &[(u32, u32)]) {
+    let map: serde_json::Map<String, serde_json::Value> =
+        routes.iter().map(|(m, d)| (m.to_string(), serde_json::json!(d))).collect();
+    write_atomic(dir.path().join("message_map.json"), &serde_json::Value::Object(map).to_string());
+}
+
+/// Writes a file by rename, as deploy tools do.
+pub fn write_atomic(path: PathBuf, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("writing a map");
+    std::fs::rename(&tmp, &path).expect("renaming a map");
+}
+
+impl Harness {
+    /// Gateway + backend with the example routes (100-103 -> 101).
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Same, with `tweak` applied to the config before start.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = Backend::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
+        write_dest_map(&dir, &[(101, backend.addr)]);
+        write_message_map(&dir, &[(100, 101), (101, 101), (102, 101), (103, 101)]);
+        let mut config = test_config(&dir);
+        tweak(&mut config);
+        let gateway = RunningGateway::start(config.clone()).await.expect("starting the gateway");
+        let harness = Self { gateway, backend, dir, config };
+        harness.wait_upstream(101, 1).await;
+        harness
+    }
+
+    /// Waits until `dest` has at least `n` pool connections up.
+    pub async fn wait_upstream(&self, dest: u32, n: usize) {
+        let deadline = tokio::time::Instant::now() + PROMPT;
+        while self.gateway.upstream_connections_up(dest) < n {
+            assert!(tokio::time::Instant::now() < deadline, "dest {dest} never got {n} connections up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.gateway.ws_addr().expect("ws listener"))
+    }
+
+    /// A WebSocket client (binary frames unless `text`).
+    pub async fn ws(&self, text: bool) -> Client {
+        Client::ws(&self.ws_url(), text).await.expect("ws connect")
+    }
+
+    /// A TCP client with the gateway's framing.
+    pub async fn tcp(&self) -> Client {
+        Client::tcp(self.gateway.tcp_addr().expect("tcp listener"), &self.config.tcp)
+            .await
+            .expect("tcp connect")
+    }
+
+    /// A logged-in WebSocket client for `user`.
+    pub async fn logged_in_ws(&self, user: &str) -> Client {
+        let mut client = self.ws(false).await;
+        client.login(self.config.routes.login, &token(user)).await.expect("login");
+        client
+    }
+
+    /// GET `path` on the admin port; returns (status line, body).
+    pub async fn admin_get(&self, path: &str) -> (String, String) {
+        http_get(self.gateway.admin_addr().expect("admin listener"), path).await
+    }
+}
+
+/// A minimal HTTP/1.0 GET over a real socket.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("http connect");
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.expect("http write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("http read");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+/// The value of `name{labels}` in Prometheus text (first match), 0 if absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Parses an error frame body: (code, message).
+pub fn error_of(body: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("error frame is JSON");
+    (
+        v["code"].as_str().unwrap_or_default().to_string(),
+        v["message"].as_str().unwrap_or_default().to_string(),
+    )
+}

@@ -370,3 +370,33 @@ mod tests {
         assert!(!shown.contains(DEV_JWT_SECRET), "{shown}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    #[test]
+    fn the_example_config_loads_and_resolves_paths() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wasmgate.toml");
+        let config = Config::load(&path).unwrap();
+        let dest_map = config.maps.dest_map.unwrap();
+        assert!(dest_map.ends_with("examples/maps/dest_map.json"), "{}", dest_map.display());
+        assert!(dest_map.exists());
+        assert_eq!(config.limits.max_msg_len, 64 * 1024);
+        assert_eq!(config.scripts.auth.config_json(), r#"{"leeway_s":30,"secret":"wasmgate-dev-secret"}"#);
+    }
+
+    #[test]
+    fn load_names_the_file_and_the_field() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[timeouts]\nlogin_ms = \"soon\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains("login_ms"), "{err}");
+        std::fs::write(&path, "[timeouts]\nlogin_ms = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("timeouts.login_ms"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -62,3 +62,54 @@ async fn map_edits_apply_live_and_invalid_files_keep_the_old_maps() {
     c.recv_reply(100, seq, PROMPT).await.unwrap();
     assert_eq!(h.gateway.sessions(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_map_swaps_under_load_lose_and_duplicate_nothing() {
+    let h = Harness::start().await;
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        clients.push(h.logged_in_ws(&format!("load-{i}")).await);
+    }
+    const PER_CLIENT: u32 = 400;
+    let senders: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                // Send everything, then read; every seq must be answered exactly once, in order.
+                for i in 0..PER_CLIENT {
+                    c.send_seq(100, i, i.to_string().as_bytes()).await.unwrap();
+                    if i % 50 == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                for i in 0..PER_CLIENT {
+                    let p = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+                    assert_eq!(
+                        (p.msg_id, p.seq),
+                        (100, i),
+                        "answer {i}: {:?}",
+                        String::from_utf8_lossy(&p.body)
+                    );
+                    assert_eq!(p.body, i.to_string().as_bytes());
+                }
+                c
+            })
+        })
+        .collect();
+    // Meanwhile, swap the router's map again and again (message 100 stays routed).
+    for round in 0..10u32 {
+        write_message_map(&h.dir, &[(100, 101), (300 + round, 101)]);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut still_open = Vec::new();
+    for s in senders {
+        still_open.push(tokio::time::timeout(PROMPT * 3, s).await.unwrap().unwrap());
+    }
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert!(metric(&metrics, "wasmgate_map_reloads_total{reason=\"ok\"}") >= 3.0, "maps were swapped");
+    assert_eq!(
+        metric(&metrics, "wasmgate_routed_total{dest=\"101\",outcome=\"ok\"}"),
+        f64::from(4 * PER_CLIENT)
+    );
+    assert_eq!(h.gateway.sessions(), 4);
+}

@@ -58,3 +58,39 @@ async fn shutdown_tells_clients_going_away() {
     assert_eq!(error_of(&error.body).0, "going_away");
     tokio::time::timeout(PROMPT, stopping).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let h = Harness::start_with(|c| {
+        c.limits.pending_write_num = 4;
+        c.timeouts.write_ms = 500;
+    })
+    .await;
+    let mut stalled = h.logged_in_ws("stalled").await;
+    let mut bystander = h.logged_in_ws("bystander").await;
+    // Echoes of 60 KB each pile up behind a client that never reads: first in the kernel's
+    // socket buffers, then in the session's 4-packet queue.
+    let body = vec![b'x'; 60_000];
+    let flood = async {
+        for _ in 0..400 {
+            if stalled.send(100, &body).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(PROMPT, flood).await;
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        if metric(&metrics, "wasmgate_sessions_closed_total{reason=\"slow_consumer\"}") == 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the stalled client was never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nobody else noticed.
+    let seq = bystander.send(100, b"fine").await.unwrap();
+    let (reply, _) = bystander.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert_eq!(&reply.body[..], b"fine");
+    assert_eq!(h.gateway.sessions(), 1);
+}

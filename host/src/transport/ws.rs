@@ -48,6 +48,7 @@ pub(crate) async fn serve(
     // The permit follows the connection into the WebSocket session after the upgrade.
     let permit = Arc::new(Mutex::new(Some(permit)));
     let handshake = Duration::from_millis(core.config.timeouts.handshake_ms);
+    let core_shutdown = core.shutdown.clone();
     let service = hyper::service::service_fn(move |req| {
         let (core, permit) = (core.clone(), permit.clone());
         async move { Ok::<_, Infallible>(handle(core, req, peer, &permit)) }
@@ -56,10 +57,15 @@ pub(crate) async fn serve(
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    match tokio::time::timeout(handshake, conn).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(%peer, "http connection error: {e}"),
-        Err(_) => tracing::debug!(%peer, "http request not completed within handshake_ms"),
+    let shutdown = core_shutdown;
+    tokio::select! {
+        // An upgraded connection has left `conn` already; this only ends plain HTTP ones.
+        _ = shutdown.cancelled() => {}
+        served = tokio::time::timeout(handshake, conn) => match served {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(%peer, "http connection error: {e}"),
+            Err(_) => tracing::debug!(%peer, "http request not completed within handshake_ms"),
+        },
     }
 }
 

@@ -1,0 +1,111 @@
+//! Micro-benchmark of one script call into a live instance: ns per `route` (default router)
+//! and per `authenticate` (default auth, HS256 JWT), next to the same routing done natively
+//! (a `HashMap` lookup). Prints median and p99 over batches.
+//!
+//! Run: `cargo bench -p wasmgate --bench script_call` (release profile). Figures are recorded
+//! in docs/benchmarks.md.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+use wasmgate::embedded;
+use wasmgate::metrics::Metrics;
+use wasmgate::script::bindings::{MessageRoute, Packet, Session, Transport};
+use wasmgate::script::{Auth, Limits, Router, ScriptSource};
+
+const BATCH: usize = 1_000;
+const BATCHES: usize = 200;
+
+/// Per-call ns of each batch, sorted.
+fn summarize(name: &str, mut per_call_ns: Vec<f64>) {
+    per_call_ns.sort_by(f64::total_cmp);
+    let median = per_call_ns[per_call_ns.len() / 2];
+    let p99 = per_call_ns[per_call_ns.len() * 99 / 100];
+    println!("{name:<28} median {median:>9.1} ns/call   p99 (of {BATCH}-call batches) {p99:>9.1} ns/call");
+}
+
+fn token() -> String {
+    #[derive(serde::Serialize)]
+    struct Claims {
+        sub: &'static str,
+        exp: u64,
+    }
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let key = jsonwebtoken::EncodingKey::from_secret(wasmgate::config::DEV_JWT_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &Claims { sub: "bench-user", exp }, &key).unwrap()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let metrics = Metrics::new();
+        let limits =
+            Limits { deadline: std::time::Duration::from_millis(200), memory_bytes: 64 << 20, instances: 1 };
+        let routes: Vec<MessageRoute> =
+            (100..200).map(|m| MessageRoute { msg_id: m, dest_id: 101 }).collect();
+        let native: HashMap<u32, u32> = routes.iter().map(|r| (r.msg_id, r.dest_id)).collect();
+        let router = Router::load(
+            &ScriptSource {
+                name: "router".into(),
+                bytes: embedded::DEFAULT_ROUTER.into(),
+                config_json: "{}".into(),
+            },
+            limits,
+            &metrics,
+            routes,
+        )
+        .await
+        .unwrap();
+        let secret = serde_json::json!({ "secret": wasmgate::config::DEV_JWT_SECRET }).to_string();
+        let auth = Auth::load(
+            &ScriptSource { name: "auth".into(), bytes: embedded::DEFAULT_AUTH.into(), config_json: secret },
+            limits,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        let session = Session {
+            id: 1,
+            node_id: 1,
+            transport: Transport::Websocket,
+            peer_addr: "127.0.0.1:50000".into(),
+            user_id: Some("bench-user".into()),
+        };
+        let packet = Packet { msg_id: 150, seq: 1, body: vec![7; 64] };
+
+        for _ in 0..10_000 {
+            black_box(router.route(&session, &packet).await.unwrap());
+        }
+        let mut samples = Vec::with_capacity(BATCHES);
+        for _ in 0..BATCHES {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                black_box(router.route(black_box(&session), black_box(&packet)).await.unwrap());
+            }
+            samples.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
+        }
+        summarize("router.route (wasm)", samples);
+
+        let mut samples = Vec::with_capacity(BATCHES);
+        for _ in 0..BATCHES {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                black_box(native.get(&black_box(packet.msg_id)));
+            }
+            samples.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
+        }
+        summarize("route (native HashMap)", samples);
+
+        let token = token();
+        let mut samples = Vec::with_capacity(BATCHES / 10);
+        for _ in 0..BATCHES / 10 {
+            let start = Instant::now();
+            for _ in 0..BATCH / 10 {
+                black_box(auth.authenticate(&session, &token).await.unwrap().unwrap());
+            }
+            samples.push(start.elapsed().as_nanos() as f64 / (BATCH / 10) as f64);
+        }
+        summarize("auth.authenticate (wasm)", samples);
+    });
+}

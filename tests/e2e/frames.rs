@@ -4,16 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::Message;
 use wasmgate::config::TcpFramingConfig;
 use wasmgate_examples::client::Client;
-use wasmgate_tests::{Harness, PROMPT, Received, error_of, token};
-
-async fn expect_close(c: &mut Client, code: u16, error_code: &str) {
-    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error_of(&error.body).0, error_code);
-    match c.recv_within(PROMPT).await.unwrap() {
-        Received::Closed { code: got, .. } => assert_eq!(got, Some(code)),
-        other => panic!("expected close {code}, got {other:?}"),
-    }
-}
+use wasmgate_tests::{Harness, PROMPT, Received, error_of, expect_error_then_close, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_ws_frames_close_with_documented_codes() {
@@ -22,11 +13,11 @@ async fn malformed_ws_frames_close_with_documented_codes() {
 
     let mut short = h.ws(false).await;
     short.send_ws_raw(Message::Binary(Bytes::from_static(&[0, 0, 1]))).await.unwrap();
-    expect_close(&mut short, 1002, "malformed_frame").await;
+    expect_error_then_close(&mut short, "malformed_frame", Some(1002)).await;
 
     let mut bad_json = h.ws(true).await;
     bad_json.send_ws_raw(Message::text("{not json")).await.unwrap();
-    expect_close(&mut bad_json, 1007, "malformed_json").await;
+    expect_error_then_close(&mut bad_json, "malformed_json", Some(1007)).await;
 
     let mut big = h.ws(false).await;
     big.login(1, &token("big")).await.unwrap();
@@ -52,9 +43,7 @@ async fn malformed_and_oversized_tcp_frames_close_after_an_error_frame() {
     let h = Harness::start_with(|c| c.limits.max_msg_len = 1024).await;
     let mut short = h.tcp().await;
     short.send_tcp_raw(Bytes::from_static(&[1, 2, 3])).await.unwrap();
-    let error = short.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error_of(&error.body).0, "malformed_frame");
-    assert!(matches!(short.recv_within(PROMPT).await.unwrap(), Received::Closed { .. }));
+    expect_error_then_close(&mut short, "malformed_frame", None).await;
 
     let mut big = h.tcp().await;
     let mut frame = BytesMut::new();
@@ -62,9 +51,7 @@ async fn malformed_and_oversized_tcp_frames_close_after_an_error_frame() {
     frame.put_u32(1);
     frame.put_slice(&[0u8; 2000]);
     big.send_tcp_raw(frame.freeze()).await.unwrap();
-    let error = big.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error_of(&error.body).0, "message_too_big");
-    assert!(matches!(big.recv_within(PROMPT).await.unwrap(), Received::Closed { .. }));
+    expect_error_then_close(&mut big, "message_too_big", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

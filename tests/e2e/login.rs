@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use wasmgate_examples::client::mint_token;
-use wasmgate_tests::{Harness, ISSUER, PROMPT, Received, SECRET, error_of, token};
+use wasmgate_tests::{
+    Harness, ISSUER, PROMPT, Received, SECRET, error_of, expect_closed, expect_error_then_close, token,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_over_ws_binary_returns_user_and_session() {
@@ -34,15 +36,8 @@ async fn login_over_tcp_and_ws_text() {
 
 async fn expect_rejection(h: &Harness, token: &str, code: &str) {
     let mut c = h.ws(false).await;
-    let seq = c.send(1, token.as_bytes()).await.unwrap();
-    assert!(seq > 0);
-    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error.msg_id, 4, "an error frame");
-    assert_eq!(error_of(&error.body).0, code);
-    match c.recv_within(PROMPT).await.unwrap() {
-        Received::Closed { code, .. } => assert_eq!(code, Some(4003)),
-        other => panic!("expected close 4003, got {other:?}"),
-    }
+    c.send(1, token.as_bytes()).await.unwrap();
+    expect_error_then_close(&mut c, code, Some(4003)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +60,7 @@ async fn no_login_within_the_timeout_closes_4001() {
     let h = Harness::start_with(|c| c.timeouts.login_ms = 300).await;
     let mut c = h.tcp().await;
     let started = tokio::time::Instant::now();
-    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error_of(&error.body).0, "login_timeout");
-    assert!(matches!(c.recv_within(PROMPT).await.unwrap(), Received::Closed { .. }));
+    expect_error_then_close(&mut c, "login_timeout", None).await;
     assert!(started.elapsed() >= Duration::from_millis(250));
     let mut ws = h.ws(false).await;
     let _error = ws.recv_within(PROMPT).await.unwrap().packet().unwrap();
@@ -93,12 +86,7 @@ async fn heartbeat_is_answered_and_silence_closes_4002() {
         assert!(now_ms.abs_diff(server_ms) < 5_000);
     }
     // Then silence.
-    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error_of(&error.body).0, "heartbeat_timeout");
-    match c.recv_within(PROMPT).await.unwrap() {
-        Received::Closed { code, .. } => assert_eq!(code, Some(4002)),
-        other => panic!("expected close, got {other:?}"),
-    }
+    expect_error_then_close(&mut c, "heartbeat_timeout", Some(4002)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,8 +108,5 @@ async fn close_route_closes_normally() {
     let h = Harness::start().await;
     let mut c = h.logged_in_ws("bye").await;
     c.send(3, b"").await.unwrap();
-    match c.recv_within(PROMPT).await.unwrap() {
-        Received::Closed { code, .. } => assert_eq!(code, Some(1000)),
-        other => panic!("expected close, got {other:?}"),
-    }
+    expect_closed(&mut c, Some(1000)).await;
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use wasmgate_tests::{
-    Backend, Harness, PROMPT, error_of, metric, write_atomic, write_dest_map, write_message_map,
+    Backend, Harness, PROMPT, error_of, metric, wait_until, write_atomic, write_dest_map, write_message_map,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,15 +37,11 @@ async fn map_edits_apply_live_and_invalid_files_keep_the_old_maps() {
     // Broken files are rejected; the running maps stay.
     write_atomic(h.dir.path().join("message_map.json"), "{ not json");
     write_atomic(h.dir.path().join("dest_map.json"), r#"{"201": {"poolNums": 0, "srvAddr": "x:1"}}"#);
-    let deadline = tokio::time::Instant::now() + PROMPT;
-    loop {
+    wait_until("both invalid maps are reported", || async {
         let (_, metrics) = h.admin_get("/metrics").await;
-        if metric(&metrics, "wasmgate_map_reloads_total{reason=\"invalid\"}") >= 2.0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "invalid maps were never reported");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        metric(&metrics, "wasmgate_map_reloads_total{reason=\"invalid\"}") >= 2.0
+    })
+    .await;
     let seq = c.send(200, b"still routed").await.unwrap();
     let (reply, _) = c.recv_reply(200, seq, PROMPT).await.unwrap();
     assert_eq!(&reply.body[..], b"still routed");
@@ -53,11 +49,8 @@ async fn map_edits_apply_live_and_invalid_files_keep_the_old_maps() {
 
     // Removing the dest drains its pool; the session survived every edit.
     write_dest_map(&h.dir, &[(101, h.backend.addr)]);
-    let deadline = tokio::time::Instant::now() + PROMPT;
-    while h.gateway.upstream_connections_up(201) > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "removed dest still connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the removed dest disconnects", || async { h.gateway.upstream_connections_up(201) == 0 })
+        .await;
     let seq = c.send(100, b"same connection").await.unwrap();
     c.recv_reply(100, seq, PROMPT).await.unwrap();
     assert_eq!(h.gateway.sessions(), 1);

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wasmgate_tests::{Backend, Harness, PROMPT, Received, error_of};
+use wasmgate_tests::{Backend, Harness, PROMPT, error_of, expect_error_then_close, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_message_is_answered_by_the_backend_on_every_transport() {
@@ -74,12 +74,7 @@ async fn push_to_user_relay_between_backends_and_kick() {
     assert_eq!(&relayed.body[..], b"relayed from 101: via relay");
     // 103: the backend kicks the session.
     a2.send(103, b"").await.unwrap();
-    let error = a2.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error_of(&error.body).0, "kicked");
-    match a2.recv_within(PROMPT).await.unwrap() {
-        Received::Closed { code, .. } => assert_eq!(code, Some(4004)),
-        other => panic!("expected close, got {other:?}"),
-    }
+    expect_error_then_close(&mut a2, "kicked", Some(4004)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,11 +88,10 @@ async fn backend_down_gives_errors_then_recovers_when_it_returns() {
     h.backend.stop();
     // The gateway notices the backend left (a request written into the socket in that very
     // instant cannot be answered; docs/protocol.md says so).
-    let deadline = tokio::time::Instant::now() + PROMPT;
-    while h.gateway.upstream_connections_up(101) > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the gateway never noticed the backend left");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the gateway notices the backend left", || async {
+        h.gateway.upstream_connections_up(101) == 0
+    })
+    .await;
     // From then on every message is answered with an error, in order, while it is away.
     for _ in 0..5 {
         let seq = c.send(100, b"while down").await.unwrap();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use wasmgate_tests::{Harness, PROMPT, Received, error_of, http_get, metric};
+use wasmgate_tests::{Harness, PROMPT, expect_error_then_close, http_get, metric, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_metrics_and_health() {
@@ -51,11 +51,8 @@ async fn shutdown_tells_clients_going_away() {
     tcp.login(1, &wasmgate_tests::token("t")).await.unwrap();
     let Harness { gateway, backend: _backend, dir: _dir, .. } = h;
     let stopping = tokio::spawn(gateway.shutdown(Duration::from_secs(5)));
-    let error = ws.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error_of(&error.body).0, "going_away");
-    assert!(matches!(ws.recv_within(PROMPT).await.unwrap(), Received::Closed { code: Some(1001), .. }));
-    let error = tcp.recv_within(PROMPT).await.unwrap().packet().unwrap();
-    assert_eq!(error_of(&error.body).0, "going_away");
+    expect_error_then_close(&mut ws, "going_away", Some(1001)).await;
+    expect_error_then_close(&mut tcp, "going_away", None).await;
     tokio::time::timeout(PROMPT, stopping).await.unwrap().unwrap();
 }
 
@@ -79,15 +76,11 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
         }
     };
     let _ = tokio::time::timeout(PROMPT, flood).await;
-    let deadline = tokio::time::Instant::now() + PROMPT;
-    loop {
+    wait_until("the stalled client is closed", || async {
         let (_, metrics) = h.admin_get("/metrics").await;
-        if metric(&metrics, "wasmgate_sessions_closed_total{reason=\"slow_consumer\"}") == 1.0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the stalled client was never closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        metric(&metrics, "wasmgate_sessions_closed_total{reason=\"slow_consumer\"}") == 1.0
+    })
+    .await;
     // Nobody else noticed.
     let seq = bystander.send(100, b"fine").await.unwrap();
     let (reply, _) = bystander.recv_reply(100, seq, PROMPT).await.unwrap();

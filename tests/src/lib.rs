@@ -204,3 +204,33 @@ pub fn error_of(body: &[u8]) -> (String, String) {
         v["message"].as_str().unwrap_or_default().to_string(),
     )
 }
+
+/// Reads the next item and asserts it is the close, with `code` on WebSocket (`None` for TCP,
+/// whose close has no code).
+pub async fn expect_closed(client: &mut Client, code: Option<u16>) {
+    match client.recv_within(PROMPT).await.expect("a close") {
+        Received::Closed { code: got, reason } => {
+            if code.is_some() {
+                assert_eq!(got, code, "close reason: {reason}");
+            }
+        }
+        other => panic!("expected a close with {code:?}, got {other:?}"),
+    }
+}
+
+/// Reads an error frame with `error_code`, then the close with `code` (see [`expect_closed`]).
+pub async fn expect_error_then_close(client: &mut Client, error_code: &str, code: Option<u16>) {
+    let error = client.recv_within(PROMPT).await.expect("an error frame").packet().expect("an error frame");
+    assert_eq!(error.msg_id, 4, "an error frame, got {error:?}");
+    assert_eq!(error_of(&error.body).0, error_code);
+    expect_closed(client, code).await;
+}
+
+/// Polls `check` every 10 ms until it holds; fails the test after [`PROMPT`].
+pub async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -131,6 +131,23 @@ impl Client {
         }
     }
 
+    /// Closes politely: a WebSocket close handshake (waiting up to 1 s for the server's
+    /// answer), or a TCP shutdown.
+    pub async fn close(&mut self) -> anyhow::Result<()> {
+        match &mut self.transport {
+            Transport::Ws { ws, .. } => {
+                (**ws).close(None).await?;
+                let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            }
+            Transport::Tcp { framed } => {
+                use tokio::io::AsyncWriteExt;
+                framed.get_mut().shutdown().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the next packet or the close.
     pub async fn recv(&mut self) -> anyhow::Result<Received> {
         match &mut self.transport {
@@ -196,7 +213,12 @@ impl Client {
         let seq = self.send(login_id, token.as_bytes()).await?;
         let packet = self.recv_within(Duration::from_secs(10)).await?.packet()?;
         if packet.msg_id != login_id || packet.seq != seq {
-            bail!("login answered with {packet:?} ({})", String::from_utf8_lossy(&packet.body));
+            bail!(
+                "msg_id={} seq={} body={}",
+                packet.msg_id,
+                packet.seq,
+                String::from_utf8_lossy(&packet.body)
+            );
         }
         Ok(packet)
     }

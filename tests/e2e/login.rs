@@ -36,8 +36,11 @@ async fn login_over_tcp_and_ws_text() {
 
 async fn expect_rejection(h: &Harness, token: &str, code: &str) {
     let mut c = h.ws(false).await;
-    c.send(1, token.as_bytes()).await.unwrap();
-    expect_error_then_close(&mut c, code, Some(4003)).await;
+    let seq = c.send(1, token.as_bytes()).await.unwrap();
+    let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+    assert_eq!((error.msg_id, error.seq), (4, seq), "an error frame answering the login");
+    assert_eq!(error_of(&error.body).0, code);
+    expect_closed(&mut c, Some(4003)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,7 +66,18 @@ async fn main() -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("give --ws URL or --tcp ADDR"),
             };
             let routes = RoutesConfig::default();
-            let login = client.login(routes.login, &token).await?;
+            let login = match client.login(routes.login, &token).await {
+                Ok(login) => login,
+                Err(e) => {
+                    println!("login refused: {e}");
+                    if let Ok(Received::Closed { code, reason }) =
+                        client.recv_within(Duration::from_secs(1)).await
+                    {
+                        println!("closed: code={code:?} reason={reason}");
+                    }
+                    std::process::exit(1);
+                }
+            };
             println!("login: {}", String::from_utf8_lossy(&login.body));
             let seq = client.send(msg_id, data.as_bytes()).await?;
             println!("sent: msg_id={msg_id} seq={seq} body={data}");
@@ -86,7 +97,10 @@ async fn main() -> anyhow::Result<()> {
                         println!("closed: code={code:?} reason={reason}");
                         break;
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        client.close().await?;
+                        break;
+                    }
                 }
             }
         }

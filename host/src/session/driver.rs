@@ -237,7 +237,7 @@ impl Session {
                     Rejection::Expired => ("expired", "token expired"),
                     Rejection::Forbidden(m) => ("forbidden", m.as_str()),
                 };
-                self.handle.close_with_error(CloseReason::AuthRejected, code, message);
+                self.handle.close_with_error(CloseReason::AuthRejected, packet.seq, code, message);
             }
             Err(e) => {
                 // Auth fails closed: a broken login script logs nobody in.
@@ -245,6 +245,7 @@ impl Session {
                 tracing::warn!("login refused, auth script failed: {e}");
                 self.handle.close_with_error(
                     CloseReason::AuthRejected,
+                    packet.seq,
                     "auth_unavailable",
                     "login is unavailable",
                 );

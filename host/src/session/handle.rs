@@ -129,14 +129,15 @@ impl SessionHandle {
     }
 
     /// Closes gracefully: what is queued is written first, then (if the reason is announced)
-    /// an error frame with `code`/`message`, then the close. Only the first close counts.
-    pub fn close_with_error(&self, reason: CloseReason, code: &str, message: &str) {
+    /// an error frame with `code`/`message` answering packet `seq` (0: none), then the close.
+    /// Only the first close counts.
+    pub fn close_with_error(&self, reason: CloseReason, seq: u32, code: &str, message: &str) {
         if self.0.close_reason.set((reason, message.to_string())).is_err() {
             return;
         }
         if reason.announce() {
             let error =
-                Outbound::Packet { msg_id: self.0.error_msg_id, seq: 0, body: error_body(code, message) };
+                Outbound::Packet { msg_id: self.0.error_msg_id, seq, body: error_body(code, message) };
             if self.0.tx.try_send(error).is_err() {
                 self.0.abort.cancel();
             }
@@ -149,7 +150,7 @@ impl SessionHandle {
 
     /// [`Self::close_with_error`] with the reason's own name as the error code.
     pub fn close(&self, reason: CloseReason, message: &str) {
-        self.close_with_error(reason, reason.name(), message);
+        self.close_with_error(reason, 0, reason.name(), message);
     }
 
     /// Closes now, dropping whatever is queued (slow consumer, shutdown deadline).

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub upstream_connections_up: Family<DestLabel, Gauge>,
     pub upstream_connections_wanted: Family<DestLabel, Gauge>,
     pub undeliverable: Counter,
+    pub script_drops: Counter,
     pub script_calls: Family<ScriptOutcomeLabel, Counter>,
     pub script_counters: Family<ScriptCounterLabel, Counter>,
     pub map_reloads: Family<ReasonLabel, Counter>,
@@ -96,6 +97,7 @@ impl Metrics {
             upstream_connections_up: Family::default(),
             upstream_connections_wanted: Family::default(),
             undeliverable: Counter::default(),
+            script_drops: Counter::default(),
             script_calls: Family::default(),
             script_counters: Family::default(),
             map_reloads: Family::default(),
@@ -122,6 +124,11 @@ impl Metrics {
             "undeliverable",
             "Backend frames for sessions or users not on this node",
             m.undeliverable.clone(),
+        );
+        r.register(
+            "script_dropped",
+            "Client packets the router script chose to drop",
+            m.script_drops.clone(),
         );
         r.register("script_calls", "Script calls, by script and outcome", m.script_calls.clone());
         r.register("script_counter", "Counters kept by scripts", m.script_counters.clone());

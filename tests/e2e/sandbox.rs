@@ -31,7 +31,13 @@ async fn trapping_looping_and_greedy_scripts_fail_one_message_only() {
             assert_eq!(&reply.body[..], what.as_bytes());
         }
     }
+    // A dropped packet gets no answer and is counted; the next one is answered.
+    victim.send(904, b"into the void").await.unwrap();
+    let seq = victim.send(100, b"after the drop").await.unwrap();
+    let (_, before) = victim.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert!(before.is_empty(), "a dropped packet was answered: {before:?}");
     let (_, metrics) = h.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "wasmgate_script_dropped_total"), 1.0);
     assert_eq!(metric(&metrics, "wasmgate_script_calls_total{script=\"router\",outcome=\"deadline\"}"), 1.0);
     assert_eq!(metric(&metrics, "wasmgate_script_calls_total{script=\"router\",outcome=\"trap\"}"), 3.0);
     assert_eq!(h.gateway.sessions(), 2);

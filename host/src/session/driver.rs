@@ -281,7 +281,9 @@ impl Session {
             Decision::Reply(reply) => {
                 self.handle.send(reply.msg_id, seq, Bytes::from(reply.body));
             }
-            Decision::Drop => {}
+            Decision::Drop => {
+                self.core.metrics.script_drops.inc();
+            }
             Decision::Close(reason) => {
                 let reason: String = reason.chars().take(120).collect();
                 self.handle.close(CloseReason::ScriptClose, &reason);

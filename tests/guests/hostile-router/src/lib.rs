@@ -4,6 +4,7 @@
 //! - msg id 901: loops forever (stopped by the epoch deadline).
 //! - msg id 902: allocates until the memory cap traps it.
 //! - msg id 903: recurses until the stack overflows.
+//! - msg id 904: dropped (a legitimate decision, to check it is counted).
 //! - any other id: forwarded to dest `id / 100 * 100 + 1` (100 -> 101), like the example map.
 
 use wasmgate_guest::router::{Decision, Guest, MessageRoute, Packet, Session};
@@ -29,6 +30,7 @@ impl Guest for Hostile {
                 }
             }
             903 => Decision::Forward(recurse(packet.seq as u64)),
+            904 => Decision::Drop,
             id => Decision::Forward(id / 100 * 100 + 1),
         }
     }

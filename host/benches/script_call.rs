@@ -17,7 +17,24 @@ use wasmgate::script::{Auth, Limits, Router, ScriptSource};
 const BATCH: usize = 1_000;
 const BATCHES: usize = 200;
 
-/// Per-call ns of each batch, sorted.
+/// Runs `batches` batches of `batch` calls of `f`; returns the mean ns per call of each batch.
+async fn time_batches<F, Fut>(batches: usize, batch: usize, mut f: F) -> Vec<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut samples = Vec::with_capacity(batches);
+    for _ in 0..batches {
+        let start = Instant::now();
+        for _ in 0..batch {
+            f().await;
+        }
+        samples.push(start.elapsed().as_nanos() as f64 / batch as f64);
+    }
+    samples
+}
+
+/// Prints the median and p99 of per-call ns samples.
 fn summarize(name: &str, mut per_call_ns: Vec<f64>) {
     per_call_ns.sort_by(f64::total_cmp);
     let median = per_call_ns[per_call_ns.len() / 2];
@@ -77,35 +94,18 @@ fn main() {
         for _ in 0..10_000 {
             black_box(router.route(&session, &packet).await.unwrap());
         }
-        let mut samples = Vec::with_capacity(BATCHES);
-        for _ in 0..BATCHES {
-            let start = Instant::now();
-            for _ in 0..BATCH {
-                black_box(router.route(black_box(&session), black_box(&packet)).await.unwrap());
-            }
-            samples.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
-        }
-        summarize("router.route (wasm)", samples);
-
-        let mut samples = Vec::with_capacity(BATCHES);
-        for _ in 0..BATCHES {
-            let start = Instant::now();
-            for _ in 0..BATCH {
-                black_box(native.get(&black_box(packet.msg_id)));
-            }
-            samples.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
-        }
-        summarize("route (native HashMap)", samples);
-
+        let route = || async {
+            black_box(router.route(black_box(&session), black_box(&packet)).await.unwrap());
+        };
+        summarize("router.route (wasm)", time_batches(BATCHES, BATCH, route).await);
+        let native_route = || async {
+            black_box(native.get(&black_box(packet.msg_id)));
+        };
+        summarize("route (native HashMap)", time_batches(BATCHES, BATCH, native_route).await);
         let token = token();
-        let mut samples = Vec::with_capacity(BATCHES / 10);
-        for _ in 0..BATCHES / 10 {
-            let start = Instant::now();
-            for _ in 0..BATCH / 10 {
-                black_box(auth.authenticate(&session, &token).await.unwrap().unwrap());
-            }
-            samples.push(start.elapsed().as_nanos() as f64 / (BATCH / 10) as f64);
-        }
-        summarize("auth.authenticate (wasm)", samples);
+        let login = || async {
+            black_box(auth.authenticate(&session, &token).await.unwrap().unwrap());
+        };
+        summarize("auth.authenticate (wasm)", time_batches(BATCHES / 10, BATCH / 10, login).await);
     });
 }

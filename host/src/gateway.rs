@@ -179,12 +179,6 @@ impl RunningGateway {
         self.core.upstreams.connections_up(dest)
     }
 
-    /// Resolves when shutdown has been requested (for instance by a signal handler calling
-    /// [`RunningGateway::shutdown`] from elsewhere).
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.core.shutdown.clone()
-    }
-
     /// Graceful shutdown: stop accepting; every session flushes its queue and gets an error
     /// frame `going_away` and close code 1001; upstream pools write what they hold and read
     /// replies briefly; then waits for all tasks, at most `grace`. Sessions still open after

@@ -1,6 +1,6 @@
 //! Long-lived instances of one script, reused across calls.
 //!
-//! A fresh instance per message would cost ~15 µs; a call into a live one ~1.3 µs
+//! A fresh instance per message would cost ~15 µs; a call into a live one ~1 µs
 //! (docs/benchmarks.md).
 //! A pool keeps up to `instances` live instances of one component, each in its own store. A
 //! call checks one out (waiting asynchronously when all are busy), runs it, and puts it back.

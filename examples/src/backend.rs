@@ -8,6 +8,12 @@
 //!   backend that receives the `Relayed` frame replies to the session with
 //!   `relayed from <dest>: <body>`.
 //! - 103 `kick`: asks the gateway to kick the sender.
+//! - 104 `join`: adds the sender to the room named by the body (backend `JoinRoom`), then
+//!   replies.
+//! - 105 `room push`: pushes `{"room_push": <user>}` as message 501 to every member of the room
+//!   named by the body (backend `PushRoom`), then replies.
+//! - 106 `push all`: pushes `{"push_all": <user>}` as message 502 to every session (backend
+//!   `PushAll`), then replies.
 //! - anything else: replies with the same body.
 
 use std::net::SocketAddr;
@@ -25,8 +31,15 @@ pub mod ids {
     pub const PUSH: u32 = 101;
     pub const RELAY: u32 = 102;
     pub const KICK: u32 = 103;
+    pub const JOIN: u32 = 104;
+    pub const ROOM_PUSH: u32 = 105;
+    pub const PUSH_ALL: u32 = 106;
     /// Message id of the push sent for [`PUSH`].
     pub const PUSHED: u32 = 500;
+    /// Message id of the room push sent for [`ROOM_PUSH`].
+    pub const ROOM_PUSHED: u32 = 501;
+    /// Message id of the push sent for [`PUSH_ALL`].
+    pub const ALL_PUSHED: u32 = 502;
 }
 
 /// Backend settings.
@@ -101,6 +114,25 @@ pub fn handle(frame: BackendFrame, peer: SocketAddr, options: BackendOptions) ->
                 }
                 ids::KICK => {
                     vec![BackendFrame::Kick { session_id, reason: "kicked by the example backend".into() }]
+                }
+                ids::JOIN => {
+                    let room = String::from_utf8_lossy(&body).into_owned();
+                    vec![BackendFrame::JoinRoom { session_id, room }, reply]
+                }
+                ids::ROOM_PUSH => {
+                    let room = String::from_utf8_lossy(&body).into_owned();
+                    let push = Bytes::from(serde_json::json!({ "room_push": user_id }).to_string());
+                    let frame = BackendFrame::PushRoom {
+                        room,
+                        exclude_session: 0,
+                        msg_id: ids::ROOM_PUSHED,
+                        body: push,
+                    };
+                    vec![frame, reply]
+                }
+                ids::PUSH_ALL => {
+                    let push = Bytes::from(serde_json::json!({ "push_all": user_id }).to_string());
+                    vec![BackendFrame::PushAll { msg_id: ids::ALL_PUSHED, body: push }, reply]
                 }
                 _ => vec![reply],
             }

@@ -23,7 +23,7 @@
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component the gateway loads. `scripts/auth` and
-//! `scripts/router` in the repository are complete examples.
+//! `scripts/router` and `scripts/rooms` in the repository are complete examples.
 //!
 //! Host capabilities (logging, time, counters) are in [`host`]; everything else a script might
 //! reach through WASI (files, sockets, environment variables) is denied by the gateway.
@@ -59,6 +59,28 @@ pub mod router {
     });
 
     pub use self::exports::wasmgate::gateway::router::{Decision, Guest, MessageRoute, Reply, RouteError};
+    pub use crate::auth::wasmgate::gateway::types::{Packet, Session, Transport};
+}
+
+/// Bindings of the `rooms-script` world: implement [`rooms::Guest`] and call
+/// [`rooms::export!`].
+pub mod rooms {
+    wit_bindgen::generate!({
+        world: "rooms-script",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "wasmgate_guest::rooms",
+        with: {
+            "wasmgate:gateway/types@0.1.0": crate::auth::wasmgate::gateway::types,
+            "wasmgate:gateway/host@0.1.0": crate::auth::wasmgate::gateway::host,
+        },
+    });
+
+    pub use self::exports::wasmgate::gateway::rooms::{
+        Answer, Broadcast, Direct, Effect, Guest, JoinAccept, JoinRefusal, JoinRequest, Kick, LeaveCause,
+        MessageError, RoomInfo,
+    };
     pub use crate::auth::wasmgate::gateway::types::{Packet, Session, Transport};
 }
 

@@ -36,6 +36,8 @@ pub struct Config {
     pub maps: MapsConfig,
     pub upstream: UpstreamConfig,
     pub scripts: ScriptsConfig,
+    pub rooms: RoomsConfig,
+    pub admin: AdminConfig,
 }
 
 /// This gateway node's identity.
@@ -143,11 +145,99 @@ pub struct RoutesConfig {
     pub close: u32,
     /// Error frames the gateway sends (server -> client only).
     pub error: u32,
+    /// Join a room: body `{"room": "..", "data": <any>}` (docs/protocol.md).
+    pub join: u32,
+    /// Leave a room: body `{"room": ".."}`.
+    pub leave: u32,
+    /// A message to a room the session is in: body `{"room": "..", "data": <any>}`; also the
+    /// id of the default rooms script's broadcasts.
+    pub room_message: u32,
+    /// The room list (seed 000 step 6.1.1: "request game room list").
+    pub room_list: u32,
+    /// Id of pushes that name none (go-push's `/push/room` and `/push/all` forms).
+    pub push: u32,
 }
 
 impl Default for RoutesConfig {
     fn default() -> Self {
-        Self { login: 1, heartbeat: 2, close: 3, error: 4 }
+        Self {
+            login: 1,
+            heartbeat: 2,
+            close: 3,
+            error: 4,
+            join: 5,
+            leave: 6,
+            room_message: 7,
+            room_list: 8,
+            push: 9,
+        }
+    }
+}
+
+impl RoutesConfig {
+    /// Every built-in id with its field name.
+    pub fn all(&self) -> [(&'static str, u32); 9] {
+        [
+            ("login", self.login),
+            ("heartbeat", self.heartbeat),
+            ("close", self.close),
+            ("error", self.error),
+            ("join", self.join),
+            ("leave", self.leave),
+            ("room_message", self.room_message),
+            ("room_list", self.room_list),
+            ("push", self.push),
+        ]
+    }
+}
+
+/// Rooms and fan-out (seed 002, go-push).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Hard cap of rooms one session is in, whatever the rooms script allows (it bounds
+    /// memory). The default rooms script's own limit (`max_rooms_per_session`, 32) is lower.
+    pub max_rooms_per_session: usize,
+    /// Longest room name, in bytes.
+    pub max_name_len: usize,
+    /// Fan-out buckets (go-push's `BucketCount`): sessions are spread over them by id, each
+    /// has its own job queue and worker task. A power of two, at most 64.
+    pub buckets: usize,
+    /// Fan-out jobs queued per bucket; a publisher waits (asynchronously) when its bucket's
+    /// queue is full.
+    pub bucket_queue_len: usize,
+    /// Most rooms returned by one room list (client route or `GET /rooms`).
+    pub list_limit: usize,
+    /// Let go-push JSON clients (`{"type":"JOIN",...}`) use rooms without logging in, as
+    /// go-push does. Off: they log in like everyone else (`?token=` on the WebSocket URL).
+    pub gopush_anonymous: bool,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms_per_session: 256,
+            max_name_len: 64,
+            buckets: 8,
+            bucket_queue_len: 4096,
+            list_limit: 1000,
+            gopush_anonymous: false,
+        }
+    }
+}
+
+/// The admin port's API (docs/api.md).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token of the push and query API (`Authorization: Bearer <token>`). `None`
+    /// disables that API (`/metrics` and `/healthz` stay open).
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig").field("token", &self.token.as_ref().map(|_| "***")).finish()
     }
 }
 
@@ -198,6 +288,7 @@ impl Default for UpstreamConfig {
 pub struct ScriptsConfig {
     pub auth: ScriptConfig,
     pub router: ScriptConfig,
+    pub rooms: ScriptConfig,
     /// Epoch deadline of every script call, in ms. Generous by default: on a loaded 2-core
     /// machine a 10 ms budget fired on well-behaved scripts.
     pub deadline_ms: u64,
@@ -220,6 +311,7 @@ impl Default for ScriptsConfig {
                 )]),
             },
             router: ScriptConfig::default(),
+            rooms: ScriptConfig::default(),
             deadline_ms: 200,
             memory_bytes: 64 << 20,
             instances: 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -283,6 +375,7 @@ impl Config {
         fix(&mut self.maps.message_map);
         fix(&mut self.scripts.auth.path);
         fix(&mut self.scripts.router.path);
+        fix(&mut self.scripts.rooms.path);
     }
 
     /// Checks ranges and consistency. Called by [`Config::load`] and by the gateway before it
@@ -304,7 +397,7 @@ impl Config {
                 format!("must be <= {} with a 2-byte length prefix", u16::MAX as usize - 8),
             ));
         }
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 13] = [
             ("limits.max_conn_num", self.limits.max_conn_num as u64),
             ("limits.pending_write_num", self.limits.pending_write_num as u64),
             ("limits.max_msg_len", self.limits.max_msg_len as u64),
@@ -314,14 +407,27 @@ impl Config {
             ("upstream.queue_len", self.upstream.queue_len as u64),
             ("scripts.deadline_ms", self.scripts.deadline_ms),
             ("scripts.instances", self.scripts.instances as u64),
+            ("rooms.max_rooms_per_session", self.rooms.max_rooms_per_session as u64),
+            ("rooms.max_name_len", self.rooms.max_name_len as u64),
+            ("rooms.bucket_queue_len", self.rooms.bucket_queue_len as u64),
+            ("rooms.list_limit", self.rooms.list_limit as u64),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(field, "must be greater than 0"));
         }
-        let r = &self.routes;
-        let ids = [r.login, r.heartbeat, r.close, r.error];
-        if ids.iter().enumerate().any(|(i, a)| ids[i + 1..].contains(a)) {
-            return Err(invalid("routes", "login, heartbeat, close and error ids must differ"));
+        let ids = self.routes.all();
+        if ids.iter().enumerate().any(|(i, (_, a))| ids[i + 1..].iter().any(|(_, b)| a == b)) {
+            return Err(invalid("routes", "every built-in route id must differ"));
+        }
+        let buckets = self.rooms.buckets;
+        if !buckets.is_power_of_two() || buckets > 64 {
+            return Err(invalid("rooms.buckets", "must be a power of two from 1 to 64"));
+        }
+        if self.rooms.max_name_len > u8::MAX as usize {
+            return Err(invalid("rooms.max_name_len", "must be <= 255"));
+        }
+        if self.admin.token.as_deref().is_some_and(|t| t.len() < 8) {
+            return Err(invalid("admin.token", "must be at least 8 characters"));
         }
         if self.listen.ws.is_none() && self.listen.tcp.is_none() {
             return Err(invalid("listen", "needs at least one of `ws` and `tcp`"));

@@ -5,3 +5,5 @@
 pub const DEFAULT_AUTH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/auth.wasm"));
 /// `scripts/router`: `message_map` routing.
 pub const DEFAULT_ROUTER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/router.wasm"));
+/// `scripts/rooms`: room limits and chat broadcast.
+pub const DEFAULT_ROOMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rooms.wasm"));

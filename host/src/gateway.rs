@@ -17,8 +17,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ScriptConfig};
 use crate::maps::{self, DestMap, MessageMap};
 use crate::metrics::Metrics;
+use crate::rooms::Rooms;
 use crate::script::bindings::MessageRoute;
-use crate::script::{Auth, Limits, Router, ScriptSource};
+use crate::script::{Auth, Limits, Rooms as RoomsScript, Router, ScriptSource};
 use crate::session::{CloseReason, Registry, SessionIdGen};
 use crate::upstream::{NodeIdentity, Upstreams};
 use crate::{admin, embedded, transport, watch};
@@ -31,6 +32,8 @@ pub(crate) struct Core {
     pub metrics: Metrics,
     pub auth: Auth,
     pub router: Router,
+    pub rooms_script: RoomsScript,
+    pub rooms: Arc<Rooms>,
     pub upstreams: Upstreams,
     pub conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
@@ -104,6 +107,8 @@ impl RunningGateway {
         let routes = message_routes(&message_map);
         let auth = Auth::load(&auth_source, limits, &metrics).await?;
         let router = Router::load(&router_source, limits, &metrics, routes).await?;
+        let rooms_source = script_source("rooms", &config.scripts.rooms, embedded::DEFAULT_ROOMS)?;
+        let rooms_script = RoomsScript::load(&rooms_source, limits, &metrics).await?;
 
         let ws = bind(config.listen.ws, "WebSocket").await?;
         let tcp = bind(config.listen.tcp, "TCP").await?;
@@ -112,8 +117,16 @@ impl RunningGateway {
         let registry = Arc::new(Registry::default());
         let tasks = TaskTracker::new();
         let node = NodeIdentity { id: config.node.id, name: config.node.name.clone() };
-        let upstreams =
-            Upstreams::new(registry.clone(), metrics.clone(), config.upstream.clone(), node, tasks.clone());
+        let shutdown = CancellationToken::new();
+        let rooms = Arc::new(Rooms::new(&config.rooms, registry.clone(), &metrics, &tasks, shutdown.clone()));
+        let upstreams = Upstreams::new(
+            registry.clone(),
+            rooms.clone(),
+            metrics.clone(),
+            config.upstream.clone(),
+            node,
+            tasks.clone(),
+        );
         let core = Arc::new(Core {
             ids: SessionIdGen::new(config.node.id),
             conn_limit: Arc::new(Semaphore::new(config.limits.max_conn_num)),
@@ -122,8 +135,10 @@ impl RunningGateway {
             metrics,
             auth,
             router,
+            rooms_script,
+            rooms,
             upstreams,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks,
         });
         core.upstreams.apply(&dest_map);

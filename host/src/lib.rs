@@ -26,6 +26,7 @@ mod gateway;
 pub mod maps;
 pub mod metrics;
 pub mod protocol;
+pub mod rooms;
 pub mod script;
 pub mod session;
 pub mod transport;

@@ -72,6 +72,12 @@ pub struct Metrics {
     pub script_calls: Family<ScriptOutcomeLabel, Counter>,
     pub script_counters: Family<ScriptCounterLabel, Counter>,
     pub map_reloads: Family<ReasonLabel, Counter>,
+    pub rooms: Gauge,
+    pub room_members: Gauge,
+    pub room_joins: Family<ReasonLabel, Counter>,
+    pub fanout_delivered: Counter,
+    pub fanout_undelivered: Counter,
+    pub pushes: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,6 +107,12 @@ impl Metrics {
             script_calls: Family::default(),
             script_counters: Family::default(),
             map_reloads: Family::default(),
+            rooms: Gauge::default(),
+            room_members: Gauge::default(),
+            room_joins: Family::default(),
+            fanout_delivered: Counter::default(),
+            fanout_undelivered: Counter::default(),
+            pushes: Family::default(),
         };
         r.register("connections", "Client connections accepted", m.connections_total.clone());
         r.register("sessions", "Client sessions currently open", m.connections.clone());
@@ -133,6 +145,24 @@ impl Metrics {
         r.register("script_calls", "Script calls, by script and outcome", m.script_calls.clone());
         r.register("script_counter", "Counters kept by scripts", m.script_counters.clone());
         r.register("map_reloads", "dest_map/message_map reloads, by result", m.map_reloads.clone());
+        r.register("rooms", "Rooms currently open on this node", m.rooms.clone());
+        r.register(
+            "room_members",
+            "Room memberships (a session in 3 rooms counts 3)",
+            m.room_members.clone(),
+        );
+        r.register("room_joins", "Room joins, by result", m.room_joins.clone());
+        r.register(
+            "fanout_delivered",
+            "Room and push-to-all packets queued to sessions",
+            m.fanout_delivered.clone(),
+        );
+        r.register(
+            "fanout_undelivered",
+            "Fan-out packets not queued: the member was closing or its queue was full (closed as a slow consumer)",
+            m.fanout_undelivered.clone(),
+        );
+        r.register("pushes", "Pushes received (HTTP API and backends), by target", m.pushes.clone());
         Self { registry: Arc::new(r), ..m }
     }
 

@@ -3,7 +3,9 @@
 
 mod frames;
 mod login;
+mod push;
 mod reload;
+mod rooms;
 mod routing;
 mod sandbox;
 mod service;

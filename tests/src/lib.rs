@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wasmgate::{Config, RunningGateway};
 use wasmgate_examples::backend::{self, BackendOptions};
-use wasmgate_examples::client::{Client, mint_token};
+pub use wasmgate_examples::client::Client;
+use wasmgate_examples::client::mint_token;
 
 pub use wasmgate_examples::client::Received;
 
@@ -20,6 +21,8 @@ pub const SECRET: &str = "e2e-test-secret";
 pub const ISSUER: &str = "wasmgate-tests";
 /// The hostile router component (built by build.rs).
 pub const HOSTILE_ROUTER: &str = env!("HOSTILE_ROUTER_WASM");
+/// Bearer token of the admin API in gateways started with [`with_admin_token`].
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// How long tests wait for something that should happen promptly.
 pub const PROMPT: Duration = Duration::from_secs(10);
 
@@ -120,7 +123,7 @@ pub fn write_atomic(path: PathBuf, text: &str) {
 }
 
 impl Harness {
-    /// Gateway + backend with the example routes (100-103 -> 101).
+    /// Gateway + backend with the example routes (100-106 -> 101).
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
@@ -131,7 +134,7 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
         write_dest_map(&dir, &[(101, backend.addr)]);
-        write_message_map(&dir, &[(100, 101), (101, 101), (102, 101), (103, 101)]);
+        write_message_map(&dir, &(100..=106).map(|id| (id, 101)).collect::<Vec<_>>());
         let mut config = test_config(&dir);
         tweak(&mut config);
         let gateway = RunningGateway::start(config.clone()).await.expect("starting the gateway");
@@ -172,6 +175,29 @@ impl Harness {
         client
     }
 
+    /// `method path` on the admin port with `body` (JSON unless `form`) and the bearer `token`
+    /// if any; returns (status code, body as JSON, `null` if it is not JSON).
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        form: bool,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![(
+            "Content-Type",
+            if form { "application/x-www-form-urlencoded" } else { "application/json" },
+        )];
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer.as_str()));
+        }
+        let addr = self.gateway.admin_addr().expect("admin listener");
+        let (status, text) = http(addr, method, path, &headers, body.as_bytes()).await;
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
     /// GET `path` on the admin port; returns (status line, body).
     pub async fn admin_get(&self, path: &str) -> (String, String) {
         http_get(self.gateway.admin_addr().expect("admin listener"), path).await
@@ -180,13 +206,41 @@ impl Harness {
 
 /// A minimal HTTP/1.0 GET over a real socket.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let (status, body) = http(addr, "GET", path, &[], b"").await;
+    (status_line(status), body)
+}
+
+fn status_line(status: u16) -> String {
+    format!("HTTP/1.0 {status}")
+}
+
+/// A minimal HTTP/1.0 request over a real socket: returns (status code, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("http connect");
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.expect("http write");
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("http write");
+    stream.write_all(body).await.expect("http write");
     let mut text = String::new();
     stream.read_to_string(&mut text).await.expect("http read");
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// Config tweak: enables the admin API with [`ADMIN_TOKEN`].
+pub fn with_admin_token(config: &mut Config) {
+    config.admin.token = Some(ADMIN_TOKEN.into());
 }
 
 /// The value of `name{labels}` in Prometheus text (first match), 0 if absent.

@@ -10,7 +10,9 @@
 //! [`BackendFrame::Forward`] (a client message), [`BackendFrame::Relayed`] (a message another
 //! backend relayed to this dest, seed 000 step 7.1.1.2).
 //! Backend -> gateway: [`BackendFrame::Reply`], [`BackendFrame::PushUser`],
-//! [`BackendFrame::Kick`], [`BackendFrame::Relay`].
+//! [`BackendFrame::Kick`], [`BackendFrame::Relay`], and the room frames
+//! [`BackendFrame::JoinRoom`], [`BackendFrame::LeaveRoom`], [`BackendFrame::PushRoom`],
+//! [`BackendFrame::PushAll`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
@@ -29,6 +31,10 @@ mod kind {
     pub const PUSH_USER: u8 = 0x11;
     pub const KICK: u8 = 0x12;
     pub const RELAY: u8 = 0x13;
+    pub const JOIN_ROOM: u8 = 0x14;
+    pub const LEAVE_ROOM: u8 = 0x15;
+    pub const PUSH_ROOM: u8 = 0x16;
+    pub const PUSH_ALL: u8 = 0x17;
 }
 
 /// One backend protocol frame.
@@ -50,6 +56,15 @@ pub enum BackendFrame {
     /// Backend -> gateway: deliver a message to the backend of `dest_id` (as `Relayed`);
     /// the pool connection is picked by `session_id` like client traffic.
     Relay { dest_id: u32, session_id: u64, msg_id: u32, seq: u32, body: Bytes },
+    /// Backend -> gateway: add a session to a room (no rooms script call; host limits apply).
+    JoinRoom { session_id: u64, room: String },
+    /// Backend -> gateway: remove a session from a room.
+    LeaveRoom { session_id: u64, room: String },
+    /// Backend -> gateway: send a packet (seq 0) to every member of a room except
+    /// `exclude_session` (0: none).
+    PushRoom { room: String, exclude_session: u64, msg_id: u32, body: Bytes },
+    /// Backend -> gateway: send a packet (seq 0) to every logged-in session of this node.
+    PushAll { msg_id: u32, body: Bytes },
 }
 
 /// Why a frame could not be decoded.
@@ -165,6 +180,26 @@ fn parse(mut buf: Bytes) -> Result<BackendFrame, FrameError> {
                 (buf.get_u32(), buf.get_u64(), buf.get_u32(), buf.get_u32());
             BackendFrame::Relay { dest_id, session_id, msg_id, seq, body: buf }
         }
+        kind::JOIN_ROOM | kind::LEAVE_ROOM => {
+            need(&buf, 8, k)?;
+            let session_id = buf.get_u64();
+            let room = get_str(&mut buf, k)?;
+            if k == kind::JOIN_ROOM {
+                BackendFrame::JoinRoom { session_id, room }
+            } else {
+                BackendFrame::LeaveRoom { session_id, room }
+            }
+        }
+        kind::PUSH_ROOM => {
+            let room = get_str(&mut buf, k)?;
+            need(&buf, 12, k)?;
+            let (exclude_session, msg_id) = (buf.get_u64(), buf.get_u32());
+            BackendFrame::PushRoom { room, exclude_session, msg_id, body: buf }
+        }
+        kind::PUSH_ALL => {
+            need(&buf, 4, k)?;
+            BackendFrame::PushAll { msg_id: buf.get_u32(), body: buf }
+        }
         other => return Err(FrameError::UnknownKind(other)),
     })
 }
@@ -221,6 +256,28 @@ fn write(frame: &BackendFrame, dst: &mut BytesMut) -> Result<(), FrameError> {
             dst.put_u32(*seq);
             dst.put_slice(body);
         }
+        BackendFrame::JoinRoom { session_id, room } | BackendFrame::LeaveRoom { session_id, room } => {
+            let k = if matches!(frame, BackendFrame::JoinRoom { .. }) {
+                kind::JOIN_ROOM
+            } else {
+                kind::LEAVE_ROOM
+            };
+            dst.put_u8(k);
+            dst.put_u64(*session_id);
+            put_str(room, dst)?;
+        }
+        BackendFrame::PushRoom { room, exclude_session, msg_id, body } => {
+            dst.put_u8(kind::PUSH_ROOM);
+            put_str(room, dst)?;
+            dst.put_u64(*exclude_session);
+            dst.put_u32(*msg_id);
+            dst.put_slice(body);
+        }
+        BackendFrame::PushAll { msg_id, body } => {
+            dst.put_u8(kind::PUSH_ALL);
+            dst.put_u32(*msg_id);
+            dst.put_slice(body);
+        }
     }
     Ok(())
 }
@@ -259,7 +316,22 @@ mod tests {
         round_trip(BackendFrame::Reply { session_id: 5, msg_id: 100, seq: 9, body: body.clone() });
         round_trip(BackendFrame::PushUser { user_id: "bob".into(), msg_id: 8, body: body.clone() });
         round_trip(BackendFrame::Kick { session_id: 5, reason: "bye".into() });
-        round_trip(BackendFrame::Relay { dest_id: 201, session_id: 0, msg_id: 1, seq: 0, body });
+        round_trip(BackendFrame::Relay {
+            dest_id: 201,
+            session_id: 0,
+            msg_id: 1,
+            seq: 0,
+            body: body.clone(),
+        });
+        round_trip(BackendFrame::JoinRoom { session_id: 5, room: "lobby".into() });
+        round_trip(BackendFrame::LeaveRoom { session_id: 5, room: "lobby".into() });
+        round_trip(BackendFrame::PushRoom {
+            room: "lobby".into(),
+            exclude_session: 5,
+            msg_id: 7,
+            body: body.clone(),
+        });
+        round_trip(BackendFrame::PushAll { msg_id: 9, body });
     }
 
     #[test]

@@ -15,10 +15,15 @@
 //! gateway answers text with text: a body that is valid JSON goes out as `data`, other UTF-8
 //! as a JSON string, and non-UTF-8 bytes as base64 in `data_b64`.
 
+use std::sync::OnceLock;
+
 use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::gopush;
 
 /// Bytes of the binary packet header (msg_id + seq).
 pub const HEADER_LEN: usize = 8;
@@ -82,16 +87,19 @@ struct JsonOut<'a> {
 /// Decodes a JSON text packet.
 pub fn decode_json(text: &str) -> Result<Packet, DecodeError> {
     let packet: JsonIn<'_> = serde_json::from_str(text).map_err(|e| DecodeError::BadJson(e.to_string()))?;
-    let body = match packet.data {
-        None => Bytes::new(),
-        Some(raw) if raw.get().starts_with('"') => {
-            let s: String =
-                serde_json::from_str(raw.get()).map_err(|e| DecodeError::BadJson(e.to_string()))?;
-            Bytes::from(s)
-        }
-        Some(raw) => Bytes::copy_from_slice(raw.get().as_bytes()),
-    };
+    let body = data_body(packet.data).map_err(|e| DecodeError::BadJson(e.to_string()))?;
     Ok(Packet { msg_id: packet.id, seq: packet.seq, body })
+}
+
+/// A JSON `data` value as a packet body: a string's contents as UTF-8, any other value as its
+/// JSON text, nothing as an empty body. The same rule serves client packets, room requests
+/// and the push API.
+pub fn data_body(data: Option<&RawValue>) -> Result<Bytes, serde_json::Error> {
+    Ok(match data {
+        None => Bytes::new(),
+        Some(raw) if raw.get().starts_with('"') => Bytes::from(serde_json::from_str::<String>(raw.get())?),
+        Some(raw) => Bytes::copy_from_slice(raw.get().as_bytes()),
+    })
 }
 
 /// Encodes a packet as JSON text (see the module docs for how the body is represented).
@@ -112,6 +120,45 @@ pub fn encode_json(msg_id: u32, seq: u32, body: &[u8]) -> String {
     // Serialising these types cannot fail: every field is a number, a valid raw JSON value or
     // a string.
     serde_json::to_string(&out).unwrap_or_default()
+}
+
+/// A packet sent to many sessions (fan-out). Each wire encoding (binary, JSON text, go-push
+/// JSON) is built once, by the first writer that needs it, and then shared by every other
+/// writer as a reference-counted buffer: a broadcast to 10,000 members encodes at most three
+/// times, not 10,000.
+#[derive(Debug)]
+pub struct SharedPacket {
+    pub msg_id: u32,
+    pub seq: u32,
+    pub body: Bytes,
+    binary: OnceLock<Bytes>,
+    json: OnceLock<Utf8Bytes>,
+    gopush: OnceLock<Utf8Bytes>,
+}
+
+impl SharedPacket {
+    pub fn new(msg_id: u32, seq: u32, body: Bytes) -> Self {
+        Self { msg_id, seq, body, binary: OnceLock::new(), json: OnceLock::new(), gopush: OnceLock::new() }
+    }
+
+    /// Header + body ([`encode_binary`]).
+    pub fn binary(&self) -> &Bytes {
+        self.binary.get_or_init(|| {
+            let mut buf = BytesMut::with_capacity(HEADER_LEN + self.body.len());
+            encode_binary(self.msg_id, self.seq, &self.body, &mut buf);
+            buf.freeze()
+        })
+    }
+
+    /// The JSON text form ([`encode_json`]).
+    pub fn json(&self) -> &Utf8Bytes {
+        self.json.get_or_init(|| encode_json(self.msg_id, self.seq, &self.body).into())
+    }
+
+    /// The go-push form ([`gopush::encode`]).
+    pub fn gopush(&self, ids: &gopush::Ids) -> &Utf8Bytes {
+        self.gopush.get_or_init(|| gopush::encode(ids, self.msg_id, &self.body).into())
+    }
 }
 
 #[cfg(test)]
@@ -150,5 +197,16 @@ mod tests {
         assert_eq!(encode_json(5, 0, b"plain text"), r#"{"id":5,"seq":0,"data":"plain text"}"#);
         assert_eq!(encode_json(6, 0, &[0xff, 0]), r#"{"id":6,"seq":0,"data_b64":"/wA="}"#);
         assert_eq!(encode_json(7, 0, b""), r#"{"id":7,"seq":0}"#);
+    }
+
+    #[test]
+    fn shared_packet_encodes_like_the_unshared_functions() {
+        let p = SharedPacket::new(7, 0, Bytes::from_static(br#"{"x":1}"#));
+        let mut buf = BytesMut::new();
+        encode_binary(7, 0, br#"{"x":1}"#, &mut buf);
+        assert_eq!(p.binary(), &buf.freeze());
+        assert_eq!(p.json().as_str(), encode_json(7, 0, br#"{"x":1}"#));
+        // Built once: the same buffer comes back.
+        assert_eq!(p.binary().as_ptr(), p.binary().as_ptr());
     }
 }

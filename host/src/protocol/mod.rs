@@ -1,4 +1,6 @@
-//! Wire formats: client packets ([`client`]) and backend protocol v1 ([`backend`]).
+//! Wire formats: client packets ([`client`]), go-push's JSON ([`gopush`]) and backend
+//! protocol v1 ([`backend`]).
 
 pub mod backend;
 pub mod client;
+pub mod gopush;

@@ -1,6 +1,6 @@
 //! The one place that owns the `wasmtime::component::bindgen!` output for `wit/world.wit`.
 //! The `types` and `host` interfaces are generated once (under [`auth`]) and shared with
-//! [`router`], so one `Host` implementation serves every world.
+//! [`router`] and [`rooms`], so one `Host` implementation serves every world.
 
 /// Bindings of the `auth-script` world.
 pub mod auth {
@@ -26,7 +26,23 @@ pub mod router {
     });
 }
 
+/// Bindings of the `rooms-script` world.
+pub mod rooms {
+    wasmtime::component::bindgen!({
+        world: "rooms-script",
+        path: "../wit",
+        exports: { default: async },
+        with: {
+            "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
+            "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,
+        },
+    });
+}
+
 pub use auth::exports::wasmgate::gateway::auth::{Identity, Rejection};
 pub use auth::wasmgate::gateway::host::Level;
 pub use auth::wasmgate::gateway::types::{Packet, Session, Transport};
+pub use rooms::exports::wasmgate::gateway::rooms::{
+    Effect, JoinAccept, JoinRefusal, JoinRequest, LeaveCause, MessageError, RoomInfo,
+};
 pub use router::exports::wasmgate::gateway::router::{Decision, MessageRoute, Reply, RouteError};

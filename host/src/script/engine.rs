@@ -25,11 +25,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Wasm stack per call, in bytes; deeper recursion traps.
 const MAX_WASM_STACK: usize = 512 << 10;
 
-/// The shared engine plus linkers for each world.
+/// The shared engine plus the linker of every world.
 pub struct ScriptEngine {
     pub engine: Engine,
-    pub auth_linker: Linker<ScriptState>,
-    pub router_linker: Linker<ScriptState>,
+    pub linker: Linker<ScriptState>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
 }
 
@@ -55,18 +54,11 @@ impl ScriptEngine {
             .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
         let engine = Engine::new(&config)?;
 
-        let mut auth_linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut auth_linker)?;
-        bindings::auth::AuthScript::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-            &mut auth_linker,
-            |s| s,
-        )?;
-        let mut router_linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut router_linker)?;
-        bindings::router::RouterScript::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-            &mut router_linker,
-            |s| s,
-        )?;
+        // Every world imports the same `host` interface (and WASI, denied by the store's
+        // context), so one linker serves them all.
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::auth::AuthScript::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
         let weak = engine.weak();
         std::thread::Builder::new().name("wasmgate-epoch".into()).spawn(move || {
@@ -76,7 +68,7 @@ impl ScriptEngine {
                 std::thread::sleep(EPOCH_TICK);
             }
         })?;
-        Ok(Self { engine, auth_linker, router_linker, compiled: Mutex::default() })
+        Ok(Self { engine, linker, compiled: Mutex::default() })
     }
 
     /// Compiles `bytes` (a component) or returns the cached compilation of identical bytes.

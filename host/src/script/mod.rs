@@ -5,7 +5,7 @@
 //! - [`pool`]: live, reusable instances with deadline, memory cap and trap recovery.
 //! - [`state`]: per-store state and the `host` interface scripts import.
 //!
-//! [`Auth`] and [`Router`] are what the gateway calls.
+//! [`Auth`], [`Router`] and [`Rooms`] are what the gateway calls.
 
 pub mod bindings;
 pub mod engine;
@@ -19,11 +19,15 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 
 use self::bindings::auth::{AuthScript, AuthScriptPre};
+use self::bindings::rooms::{RoomsScript, RoomsScriptPre};
 use self::bindings::router::{RouterScript, RouterScriptPre};
-use self::bindings::{Decision, Identity, MessageRoute, Packet, Rejection, Session};
+use self::bindings::{
+    Decision, Effect, Identity, JoinAccept, JoinRefusal, JoinRequest, LeaveCause, MessageError, MessageRoute,
+    Packet, Rejection, RoomInfo, Session,
+};
 use self::engine::ScriptEngine;
 pub use self::pool::Limits;
-use self::pool::{InitFn, ScriptPool, Slot, World};
+use self::pool::{InitFn, ScriptPool, Slot, SlotFuture, World};
 use self::state::{ScriptMeta, ScriptState};
 use crate::metrics::Metrics;
 
@@ -46,7 +50,7 @@ pub enum ScriptError {
 impl World for AuthScript {
     type Pre = AuthScriptPre<ScriptState>;
     fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
-        AuthScriptPre::new(engine.auth_linker.instantiate_pre(component)?)
+        AuthScriptPre::new(engine.linker.instantiate_pre(component)?)
     }
     async fn instantiate(pre: &Self::Pre, store: &mut Store<ScriptState>) -> wasmtime::Result<Self> {
         pre.instantiate_async(store).await
@@ -56,7 +60,17 @@ impl World for AuthScript {
 impl World for RouterScript {
     type Pre = RouterScriptPre<ScriptState>;
     fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
-        RouterScriptPre::new(engine.router_linker.instantiate_pre(component)?)
+        RouterScriptPre::new(engine.linker.instantiate_pre(component)?)
+    }
+    async fn instantiate(pre: &Self::Pre, store: &mut Store<ScriptState>) -> wasmtime::Result<Self> {
+        pre.instantiate_async(store).await
+    }
+}
+
+impl World for RoomsScript {
+    type Pre = RoomsScriptPre<ScriptState>;
+    fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
+        RoomsScriptPre::new(engine.linker.instantiate_pre(component)?)
     }
     async fn instantiate(pre: &Self::Pre, store: &mut Store<ScriptState>) -> wasmtime::Result<Self> {
         pre.instantiate_async(store).await
@@ -81,6 +95,24 @@ async fn compile(source: &ScriptSource) -> Result<(Arc<ScriptEngine>, Component)
     Ok((engine, component))
 }
 
+/// A world's `init(config)` call on one instance.
+type InitCall<W> = fn(Slot<W>, Arc<str>) -> SlotFuture<W, Result<(), String>>;
+
+/// Compiles `source` and builds its instance pool; every fresh instance gets `init(config)`
+/// through `call_init` (the world's own `init` export).
+async fn configured_pool<W: World>(
+    source: &ScriptSource,
+    limits: Limits,
+    metrics: &Metrics,
+    call_init: InitCall<W>,
+) -> Result<ScriptPool<W>, ScriptError> {
+    let (engine, component) = compile(source).await?;
+    let meta = ScriptMeta::new(&source.name, metrics.clone());
+    let config: Arc<str> = source.config_json.as_str().into();
+    let init: InitFn<W> = Arc::new(move |slot: Slot<W>| call_init(slot, config.clone()));
+    ScriptPool::new(engine, meta, &component, limits, init).await
+}
+
 /// The login script (`auth-script` world).
 pub struct Auth {
     pool: ScriptPool<AuthScript>,
@@ -89,17 +121,14 @@ pub struct Auth {
 impl Auth {
     /// Compiles, instantiates and initialises the script. Errors: see [`ScriptError`].
     pub async fn load(source: &ScriptSource, limits: Limits, metrics: &Metrics) -> Result<Self, ScriptError> {
-        let (engine, component) = compile(source).await?;
-        let meta = ScriptMeta::new(&source.name, metrics.clone());
-        let config: Arc<str> = source.config_json.as_str().into();
-        let init: InitFn<AuthScript> = Arc::new(move |mut slot: Slot<AuthScript>| {
-            let config = config.clone();
+        let pool = configured_pool(source, limits, metrics, |mut slot: Slot<AuthScript>, config| {
             Box::pin(async move {
                 let r = slot.bindings.wasmgate_gateway_auth().call_init(&mut slot.store, &config).await;
                 (slot, r)
             })
-        });
-        Ok(Self { pool: ScriptPool::new(engine, meta, &component, limits, init).await? })
+        })
+        .await?;
+        Ok(Self { pool })
     }
 
     /// Checks `token` for `session`. The outer error is a script failure (the gateway fails
@@ -195,5 +224,82 @@ impl Router {
             (slot, r)
         })
         .await
+    }
+}
+
+/// The room logic script (`rooms-script` world). Calls that fail (trap, deadline) are errors:
+/// the gateway then refuses the join or the message (rooms fail closed); a leave has happened
+/// anyway and only its effects are lost.
+pub struct Rooms {
+    pool: ScriptPool<RoomsScript>,
+}
+
+impl Rooms {
+    /// Compiles, instantiates and initialises the script. Errors: see [`ScriptError`].
+    pub async fn load(source: &ScriptSource, limits: Limits, metrics: &Metrics) -> Result<Self, ScriptError> {
+        let pool = configured_pool(source, limits, metrics, |mut slot: Slot<RoomsScript>, config| {
+            Box::pin(async move {
+                let r = slot.bindings.wasmgate_gateway_rooms().call_init(&mut slot.store, &config).await;
+                (slot, r)
+            })
+        })
+        .await?;
+        Ok(Self { pool })
+    }
+
+    /// May `session` join `request.room`?
+    pub async fn on_join(
+        &self,
+        session: &Session,
+        request: &JoinRequest,
+    ) -> Result<Result<JoinAccept, JoinRefusal>, ScriptError> {
+        self.pool
+            .call(|mut slot| async move {
+                let r = slot
+                    .bindings
+                    .wasmgate_gateway_rooms()
+                    .call_on_join(&mut slot.store, session, request)
+                    .await;
+                (slot, r)
+            })
+            .await
+    }
+
+    /// `session` has left `room`; returns the effects the script wants.
+    pub async fn on_leave(
+        &self,
+        session: &Session,
+        room: &RoomInfo,
+        cause: LeaveCause,
+    ) -> Result<Vec<Effect>, ScriptError> {
+        self.pool
+            .call(|mut slot| async move {
+                let r = slot
+                    .bindings
+                    .wasmgate_gateway_rooms()
+                    .call_on_leave(&mut slot.store, session, room, cause)
+                    .await;
+                (slot, r)
+            })
+            .await
+    }
+
+    /// A member's message to `room`.
+    pub async fn on_message(
+        &self,
+        session: &Session,
+        room: &RoomInfo,
+        packet: &Packet,
+    ) -> Result<Result<Vec<Effect>, MessageError>, ScriptError> {
+        self.pool
+            .call(|mut slot| async move {
+                let r = slot
+                    .bindings
+                    .wasmgate_gateway_rooms()
+                    .call_on_message(&mut slot.store, session, room, packet)
+                    .await;
+                (slot, r)
+            })
+            .await
     }
 }

@@ -30,6 +30,8 @@ use crate::script::bindings::{self, Decision, Rejection, RouteError};
 /// What a transport's reader yields.
 pub(crate) enum Inbound {
     Packet(Packet),
+    /// A go-push JSON message (WebSocket text frames).
+    GoPush(crate::protocol::gopush::Request),
     /// The client closed the connection.
     Closed,
     /// The connection cannot go on (malformed or oversized frame, transport error).
@@ -51,6 +53,11 @@ pub(crate) trait PacketWriter: Send + 'static {
         seq: u32,
         body: &[u8],
     ) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Buffers one fan-out packet, using its shared encoding.
+    fn feed_shared(
+        &mut self,
+        packet: &crate::protocol::client::SharedPacket,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Writes everything buffered.
     fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Closes the connection, telling the client why if the transport can (WebSocket close
@@ -63,11 +70,13 @@ pub(crate) trait PacketWriter: Send + 'static {
 }
 
 /// Runs a session to its end. `reader`/`writer` are the two halves of an established
-/// transport (WebSocket after the upgrade, TCP after accept).
+/// transport (WebSocket after the upgrade, TCP after accept); `token`, if any, logs the
+/// session in before its first packet (WebSocket `?token=`).
 pub(crate) async fn run(
     core: Arc<Core>,
     transport: TransportKind,
     peer: std::net::SocketAddr,
+    token: Option<String>,
     reader: impl PacketReader,
     writer: impl PacketWriter,
 ) {
@@ -91,7 +100,11 @@ pub(crate) async fn run(
     let writer_task = tokio::spawn(write_loop(writer, rx, handle.clone(), write_timeout, out_counter));
 
     let mut session = Session::new(core.clone(), handle.clone());
+    if let Some(token) = token {
+        session.login(0, &token, false).await;
+    }
     session.read_loop(reader).await;
+    session.leave_rooms_on_close().await;
 
     // The writer ends after the close it was sent; bound the wait in case the client stalls.
     if timeout(write_timeout + Duration::from_secs(1), writer_task).await.is_err() {
@@ -104,11 +117,11 @@ pub(crate) async fn run(
     tracing::debug!(reason = reason.name(), "session closed");
 }
 
-struct Session {
-    core: Arc<Core>,
-    handle: SessionHandle,
+pub(super) struct Session {
+    pub(super) core: Arc<Core>,
+    pub(super) handle: SessionHandle,
     /// What scripts are told about this session (kept, not rebuilt per call).
-    info: bindings::Session,
+    pub(super) info: bindings::Session,
     last_seen: Instant,
     login_deadline: Option<Instant>,
     messages_in: prometheus_client::metrics::counter::Counter,
@@ -173,6 +186,11 @@ impl Session {
                         self.messages_in.inc();
                         self.on_packet(packet).await;
                     }
+                    Inbound::GoPush(request) => {
+                        self.last_seen = Instant::now();
+                        self.messages_in.inc();
+                        self.on_gopush(request).await;
+                    }
                     Inbound::Closed => {
                         self.handle.close(CloseReason::Normal, "client closed");
                         return;
@@ -189,33 +207,71 @@ impl Session {
     async fn on_packet(&mut self, packet: Packet) {
         let routes = &self.core.config.routes;
         let seq = packet.seq;
-        if packet.msg_id == routes.heartbeat {
-            let body = serde_json::json!({ "server_time_ms": unix_ms() }).to_string();
-            self.handle.send(routes.heartbeat, seq, Bytes::from(body));
-        } else if packet.msg_id == routes.login {
-            self.login(packet).await;
-        } else if packet.msg_id == routes.close {
+        let id = packet.msg_id;
+        if id == routes.heartbeat {
+            self.heartbeat(seq);
+        } else if id == routes.login {
+            self.login(seq, &token_of(&packet.body), true).await;
+        } else if id == routes.close {
             self.handle.close(CloseReason::Normal, "client asked to close");
-        } else if packet.msg_id == routes.error {
-            self.handle.send_error(seq, "bad_request", "the error id is server-to-client only");
+        } else if id == routes.error || id == routes.push {
+            self.handle.send_error(seq, "bad_request", "this id is server-to-client only");
         } else if self.info.user_id.is_none() {
             self.handle.send_error(seq, "not_logged_in", "log in before sending other messages");
+        } else if id == routes.join {
+            self.join_request(seq, &packet.body).await;
+        } else if id == routes.leave {
+            self.leave_request(seq, &packet.body).await;
+        } else if id == routes.room_message {
+            self.room_message(packet).await;
+        } else if id == routes.room_list {
+            self.room_list(seq, &packet.body);
         } else {
             self.route(packet).await;
         }
     }
 
-    async fn login(&mut self, packet: Packet) {
+    fn heartbeat(&self, seq: u32) {
+        let body = serde_json::json!({ "server_time_ms": unix_ms() }).to_string();
+        self.handle.send(self.core.config.routes.heartbeat, seq, Bytes::from(body));
+    }
+
+    /// go-push's PING, JOIN and LEAVE (seed 002). Without a login they are refused unless
+    /// `rooms.gopush_anonymous` admits the session as go-push does.
+    async fn on_gopush(&mut self, request: crate::protocol::gopush::Request) {
+        use crate::protocol::gopush::Request;
+        if request == Request::Ping {
+            return self.heartbeat(0);
+        }
+        if self.info.user_id.is_none() {
+            if !self.core.config.rooms.gopush_anonymous {
+                self.handle.send_error(0, "not_logged_in", "log in first (WebSocket URL `?token=`)");
+                return;
+            }
+            self.handle.admit();
+            self.login_deadline = None;
+        }
+        match request {
+            Request::Join { room } => self.join(0, room, Bytes::new()).await,
+            Request::Leave { room } => self.leave(0, &room).await,
+            Request::Ping => {}
+        }
+    }
+
+    /// Logs the session in with `token` (the login packet's, or the WebSocket URL's); `seq`
+    /// is the login packet's (0 for the URL). `answer`: send the login reply (not for URL
+    /// tokens: their clients, go-push's among them, expect nothing; a refusal still closes the
+    /// connection with 4003).
+    pub(super) async fn login(&mut self, seq: u32, token: &str, answer: bool) {
         let (routes, metrics) = (&self.core.config.routes, &self.core.metrics);
         let count =
             |result: &'static str| metrics.logins.get_or_create(&ReasonLabel { reason: result }).inc();
         if self.info.user_id.is_some() {
             count("duplicate");
-            self.handle.send_error(packet.seq, "already_logged_in", "this session is logged in");
+            self.handle.send_error(seq, "already_logged_in", "this session is logged in");
             return;
         }
-        let token = token_of(&packet.body);
-        match self.core.auth.authenticate(&self.info, &token).await {
+        match self.core.auth.authenticate(&self.info, token).await {
             Ok(Ok(identity)) => {
                 count("ok");
                 let user: Arc<str> = identity.user_id.as_str().into();
@@ -228,7 +284,9 @@ impl Session {
                     "session_id": self.handle.id().to_string(),
                     "node_id": self.core.config.node.id,
                 });
-                self.handle.send(routes.login, packet.seq, Bytes::from(body.to_string()));
+                if answer {
+                    self.handle.send(routes.login, seq, Bytes::from(body.to_string()));
+                }
             }
             Ok(Err(rejection)) => {
                 count("rejected");
@@ -237,7 +295,7 @@ impl Session {
                     Rejection::Expired => ("expired", "token expired"),
                     Rejection::Forbidden(m) => ("forbidden", m.as_str()),
                 };
-                self.handle.close_with_error(CloseReason::AuthRejected, packet.seq, code, message);
+                self.handle.close_with_error(CloseReason::AuthRejected, seq, code, message);
             }
             Err(e) => {
                 // Auth fails closed: a broken login script logs nobody in.
@@ -245,7 +303,7 @@ impl Session {
                 tracing::warn!("login refused, auth script failed: {e}");
                 self.handle.close_with_error(
                     CloseReason::AuthRejected,
-                    packet.seq,
+                    seq,
                     "auth_unavailable",
                     "login is unavailable",
                 );
@@ -330,13 +388,8 @@ async fn write_loop(
 ) {
     let result = async {
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = handle.aborted() => return Ok(()),
-                next = rx.recv() => next,
-            };
+            let mut next = rx.recv().await;
             let mut closing = false;
-            let mut next = first;
             // Batch what is already queued into one flush.
             loop {
                 match next {
@@ -346,6 +399,10 @@ async fn write_loop(
                     }
                     Some(Outbound::Packet { msg_id, seq, body }) => {
                         timeout(write_timeout, writer.feed(msg_id, seq, &body)).await??;
+                        sent.inc();
+                    }
+                    Some(Outbound::Shared(packet)) => {
+                        timeout(write_timeout, writer.feed_shared(&packet)).await??;
                         sent.inc();
                     }
                 }
@@ -360,7 +417,13 @@ async fn write_loop(
             }
         }
     };
-    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = result.await;
+    // An abort (slow consumer, shutdown deadline) stops the writer even inside a blocked
+    // write, so the connection is released at once rather than after `write_ms`.
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = tokio::select! {
+        biased;
+        _ = handle.aborted() => return,
+        result = result => result,
+    };
     if let Err(e) = result {
         let reason = if e.is::<tokio::time::error::Elapsed>() {
             CloseReason::SlowConsumer

@@ -7,19 +7,24 @@
 //! delays a backend connection, a fan-out or another session.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::CloseReason;
+use crate::protocol::client::SharedPacket;
 
 /// Something for a session's writer.
 #[derive(Debug)]
 pub enum Outbound {
     /// A packet to the client.
     Packet { msg_id: u32, seq: u32, body: Bytes },
+    /// A fan-out packet, encoded once for all its recipients.
+    Shared(Arc<SharedPacket>),
     /// Close after everything queued before it (reason in the handle).
     Close,
 }
@@ -46,12 +51,24 @@ struct Shared {
     peer: SocketAddr,
     error_msg_id: u32,
     user_id: OnceLock<Arc<str>>,
+    /// Logged in, or an anonymous go-push session: receives pushes to everyone.
+    admitted: AtomicBool,
     tx: mpsc::Sender<Outbound>,
     close_reason: OnceLock<(CloseReason, String)>,
     /// Cancelled when the session starts closing (the reader stops).
     closing: CancellationToken,
     /// Cancelled when the writer must stop without flushing (parent of `closing`).
     abort: CancellationToken,
+    /// Rooms this session is in (kept by [`crate::rooms::Rooms`]).
+    rooms: Mutex<Memberships>,
+}
+
+/// The rooms of one session. `closed` is set when the session leaves them all for good, so a
+/// join racing with the close cannot leave a dead member behind.
+#[derive(Debug, Default)]
+pub(crate) struct Memberships {
+    pub rooms: Vec<Arc<str>>,
+    pub closed: bool,
 }
 
 /// Cheap to clone; the registry and backend dispatch hold these.
@@ -80,10 +97,12 @@ impl SessionHandle {
             peer,
             error_msg_id,
             user_id: OnceLock::new(),
+            admitted: AtomicBool::new(false),
             tx,
             close_reason: OnceLock::new(),
             closing: abort.child_token(),
             abort,
+            rooms: Mutex::default(),
         };
         (Self(Arc::new(shared)), rx)
     }
@@ -107,7 +126,19 @@ impl SessionHandle {
 
     /// Records the login. Returns false if the session was already logged in.
     pub(crate) fn set_user(&self, user_id: Arc<str>) -> bool {
-        self.0.user_id.set(user_id).is_ok()
+        let first = self.0.user_id.set(user_id).is_ok();
+        self.admit();
+        first
+    }
+
+    /// Marks the session as one that receives pushes to everyone (done at login).
+    pub(crate) fn admit(&self) {
+        self.0.admitted.store(true, Ordering::Relaxed);
+    }
+
+    /// Logged in (or an anonymous go-push session): pushes to everyone reach it.
+    pub fn is_admitted(&self) -> bool {
+        self.0.admitted.load(Ordering::Relaxed)
     }
 
     /// Queues a packet. Returns false if the session is closing or was just closed as a slow
@@ -121,6 +152,28 @@ impl SessionHandle {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Queues a fan-out packet, under the same slow-consumer policy as [`Self::send`].
+    pub fn send_shared(&self, packet: Arc<SharedPacket>) -> bool {
+        match self.0.tx.try_send(Outbound::Shared(packet)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.abort(CloseReason::SlowConsumer, "outbound queue full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// The session's room memberships (locked briefly by the room table only).
+    pub(crate) fn memberships(&self) -> &Mutex<Memberships> {
+        &self.0.rooms
+    }
+
+    /// Names of the rooms this session is in.
+    pub fn rooms(&self) -> Vec<Arc<str>> {
+        self.0.rooms.lock().rooms.clone()
     }
 
     /// Queues an error frame (`code`, human-readable `message`) answering the packet `seq`.

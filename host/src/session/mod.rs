@@ -4,6 +4,7 @@
 //! - [`handle`]: the shareable handle with the bounded outbound queue.
 //! - [`registry`]: live sessions by id and by user.
 //! - [`driver`]: the per-connection tasks (read loop with timers and local routes; write loop).
+//! - `room_routes`: the join, leave, room message and room list routes.
 //! - [`close`]: the documented close reasons and codes.
 
 mod close;
@@ -11,6 +12,7 @@ pub(crate) mod driver;
 mod handle;
 pub mod id;
 mod registry;
+mod room_routes;
 
 pub use close::CloseReason;
 pub use handle::{Outbound, SessionHandle, TransportKind, error_body};

@@ -90,6 +90,18 @@ impl Registry {
         self.sessions.iter().flat_map(|s| s.read().values().cloned().collect::<Vec<_>>()).collect()
     }
 
+    /// Calls `f` for every session whose id falls in fan-out bucket `index` of `count`
+    /// (`id % count == index`; `count` divides the 64 shards), holding one shard's read lock at
+    /// a time. `f` must not block.
+    pub fn for_each_in_bucket(&self, index: usize, count: usize, mut f: impl FnMut(&SessionHandle)) {
+        debug_assert!(SHARDS.is_multiple_of(count));
+        for shard in self.sessions.iter().skip(index).step_by(count) {
+            for handle in shard.read().values() {
+                f(handle);
+            }
+        }
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

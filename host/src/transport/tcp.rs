@@ -45,7 +45,7 @@ pub(crate) async fn serve(
     let (read, write) = stream.into_split();
     let reader = TcpReader { framed: FramedRead::new(read, codec(framing, max_in)) };
     let writer = TcpWriter { framed: FramedWrite::new(write, codec(framing, max_out)) };
-    driver::run(core.clone(), TransportKind::Tcp, peer, reader, writer).await;
+    driver::run(core.clone(), TransportKind::Tcp, peer, None, reader, writer).await;
     drop(permit);
 }
 
@@ -81,6 +81,10 @@ impl PacketWriter for TcpWriter {
         let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
         client::encode_binary(msg_id, seq, body, &mut buf);
         self.framed.feed(buf.freeze()).await
+    }
+
+    async fn feed_shared(&mut self, packet: &client::SharedPacket) -> std::io::Result<()> {
+        self.framed.feed(packet.binary().clone()).await
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

@@ -2,7 +2,9 @@
 //! port (seed 000 step 6.1).
 //!
 //! Any path accepts the upgrade (`/ws` by convention). Binary frames carry binary packets,
-//! text frames JSON packets; the gateway answers in the kind of frame the client last sent.
+//! text frames JSON packets or go-push messages; the gateway answers in the form the client
+//! last used. A `token` query parameter (`/ws?token=...`) logs the session in at once, for
+//! clients that cannot send a login packet first (go-push's).
 //! The HTTP request must arrive within `handshake_ms` (seed 003 `HTTPTimeout`).
 //!
 //! Buffers are sized for many idle connections: a 4 KiB read buffer and no write buffer
@@ -11,7 +13,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,7 +34,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::gateway::Core;
-use crate::protocol::client::{self, HEADER_LEN};
+use crate::protocol::client::{self, HEADER_LEN, SharedPacket};
+use crate::protocol::gopush;
 use crate::session::driver::{self, Inbound, PacketReader, PacketWriter};
 use crate::session::{CloseReason, TransportKind};
 
@@ -110,6 +113,9 @@ fn handle(
     let Some(permit) = permit.lock().take() else {
         return text(StatusCode::BAD_REQUEST, "connection already upgraded\n");
     };
+    let token = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+    });
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max = core.config.limits.max_msg_len + HEADER_LEN;
@@ -124,10 +130,17 @@ fn handle(
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                     .await;
                 let (sink, stream) = ws.split();
-                let text_mode = Arc::new(AtomicBool::new(false));
-                let reader = WsReader { stream, text_mode: text_mode.clone() };
-                let writer = WsWriter { sink, text_mode };
-                driver::run(core, TransportKind::WebSocket, peer, reader, writer).await;
+                let mode = Arc::new(AtomicU8::new(MODE_BINARY));
+                let reader = WsReader { stream, mode: mode.clone() };
+                let routes = &core.config.routes;
+                let ids = gopush::Ids {
+                    heartbeat: routes.heartbeat,
+                    error: routes.error,
+                    join: routes.join,
+                    leave: routes.leave,
+                };
+                let writer = WsWriter { sink, mode, ids };
+                driver::run(core, TransportKind::WebSocket, peer, token, reader, writer).await;
             }
             Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
         }
@@ -144,9 +157,15 @@ fn handle(
     response
 }
 
+/// What the client last sent, and so how the writer encodes: binary packets, JSON packets or
+/// go-push messages.
+const MODE_BINARY: u8 = 0;
+const MODE_JSON: u8 = 1;
+const MODE_GOPUSH: u8 = 2;
+
 struct WsReader {
     stream: SplitStream<WebSocketStream<Upgraded>>,
-    text_mode: Arc<AtomicBool>,
+    mode: Arc<AtomicU8>,
 }
 
 impl PacketReader for WsReader {
@@ -164,19 +183,29 @@ impl PacketReader for WsReader {
             };
             return match message {
                 Message::Binary(data) => {
-                    self.text_mode.store(false, Ordering::Relaxed);
+                    self.mode.store(MODE_BINARY, Ordering::Relaxed);
                     match client::decode_binary(data) {
                         Ok(packet) => Inbound::Packet(packet),
                         Err(e) => Inbound::Failed(CloseReason::MalformedFrame, e.to_string()),
                     }
                 }
-                Message::Text(text) => {
-                    self.text_mode.store(true, Ordering::Relaxed);
-                    match client::decode_json(text.as_str()) {
-                        Ok(packet) => Inbound::Packet(packet),
-                        Err(e) => Inbound::Failed(CloseReason::MalformedJson, e.to_string()),
+                Message::Text(text) => match client::decode_json(text.as_str()) {
+                    Ok(packet) => {
+                        self.mode.store(MODE_JSON, Ordering::Relaxed);
+                        Inbound::Packet(packet)
                     }
-                }
+                    // Not a packet: a go-push message?
+                    Err(e) if !text.contains("\"type\"") => {
+                        Inbound::Failed(CloseReason::MalformedJson, e.to_string())
+                    }
+                    Err(_) => match gopush::decode(text.as_str()) {
+                        Ok(request) => {
+                            self.mode.store(MODE_GOPUSH, Ordering::Relaxed);
+                            Inbound::GoPush(request)
+                        }
+                        Err(e) => Inbound::Failed(CloseReason::MalformedJson, e),
+                    },
+                },
                 Message::Close(_) => Inbound::Closed,
                 // Pings are answered by tungstenite; pongs and raw frames carry nothing.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
@@ -187,7 +216,8 @@ impl PacketReader for WsReader {
 
 struct WsWriter {
     sink: SplitSink<WebSocketStream<Upgraded>, Message>,
-    text_mode: Arc<AtomicBool>,
+    mode: Arc<AtomicU8>,
+    ids: gopush::Ids,
 }
 
 fn io_error(e: WsError) -> std::io::Error {
@@ -199,12 +229,23 @@ fn io_error(e: WsError) -> std::io::Error {
 
 impl PacketWriter for WsWriter {
     async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
-        let message = if self.text_mode.load(Ordering::Relaxed) {
-            Message::text(client::encode_json(msg_id, seq, body))
-        } else {
-            let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
-            client::encode_binary(msg_id, seq, body, &mut buf);
-            Message::Binary(buf.freeze())
+        let message = match self.mode.load(Ordering::Relaxed) {
+            MODE_JSON => Message::text(client::encode_json(msg_id, seq, body)),
+            MODE_GOPUSH => Message::text(gopush::encode(&self.ids, msg_id, body)),
+            _ => {
+                let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
+                client::encode_binary(msg_id, seq, body, &mut buf);
+                Message::Binary(buf.freeze())
+            }
+        };
+        self.sink.feed(message).await.map_err(io_error)
+    }
+
+    async fn feed_shared(&mut self, packet: &SharedPacket) -> std::io::Result<()> {
+        let message = match self.mode.load(Ordering::Relaxed) {
+            MODE_JSON => Message::Text(packet.json().clone()),
+            MODE_GOPUSH => Message::Text(packet.gopush(&self.ids).clone()),
+            _ => Message::Binary(packet.binary().clone()),
         };
         self.sink.feed(message).await.map_err(io_error)
     }

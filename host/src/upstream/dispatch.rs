@@ -1,19 +1,25 @@
 //! What the gateway does with frames from backends (seed 000 step 7.1.1): replies and pushes
 //! go to sessions found in the registry, kicks close sessions, relays go to another dest's
-//! pool (backend -> backend through the gateway).
+//! pool (backend -> backend through the gateway), room frames go to the room table.
 //!
-//! Nothing here waits: a session's queue is pushed without blocking (its slow-consumer policy
-//! applies) and a relay that finds the target queue full is counted and logged, so a backend
-//! connection's reader never stalls behind a client or another backend.
+//! Nothing here waits for a client: a session's queue is pushed without blocking (its
+//! slow-consumer policy applies) and a relay that finds the target queue full is counted and
+//! logged. The one wait is a room or push-to-all fan-out whose bucket job queue is full: the
+//! backend connection's reader then slows down with the fan-out (backpressure, no loss).
 
 use std::sync::Arc;
 
 use super::Shared;
+use crate::metrics::ReasonLabel;
 use crate::protocol::backend::BackendFrame;
+use crate::protocol::client::SharedPacket;
+use crate::rooms::JoinOutcome;
 use crate::session::CloseReason;
 
 /// Handles one frame received from the backend of `from_dest`.
-pub(super) fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: BackendFrame) {
+pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: BackendFrame) {
+    let count_push =
+        |target: &'static str| shared.metrics.pushes.get_or_create(&ReasonLabel { reason: target }).inc();
     match frame {
         BackendFrame::Reply { session_id, msg_id, seq, body } => match shared.registry.get(session_id) {
             Some(session) => {
@@ -22,6 +28,7 @@ pub(super) fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: BackendF
             None => not_here(shared, from_dest, "reply", session_id),
         },
         BackendFrame::PushUser { user_id, msg_id, body } => {
+            count_push("user");
             let sessions = shared.registry.of_user(&user_id);
             if sessions.is_empty() {
                 shared.metrics.undeliverable.inc();
@@ -38,6 +45,36 @@ pub(super) fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: BackendF
         BackendFrame::Relay { dest_id, session_id, msg_id, seq, body } => {
             let relayed = BackendFrame::Relayed { from_dest, session_id, msg_id, seq, body };
             relay(shared, dest_id, session_id, relayed);
+        }
+        BackendFrame::JoinRoom { session_id, room } => {
+            let Some(session) = shared.registry.get(session_id) else {
+                return not_here(shared, from_dest, "join", session_id);
+            };
+            if let Err(e) = shared.rooms.check_name(&room) {
+                tracing::warn!(from_dest, room, "backend join refused: {e}");
+                return;
+            }
+            match shared.rooms.join(&session, &room, None) {
+                JoinOutcome::Joined { .. } | JoinOutcome::AlreadyMember { .. } | JoinOutcome::Closed => {}
+                refused => tracing::warn!(from_dest, session_id, room, ?refused, "backend join refused"),
+            }
+        }
+        BackendFrame::LeaveRoom { session_id, room } => match shared.registry.get(session_id) {
+            Some(session) => {
+                shared.rooms.leave(&session, &room);
+            }
+            None => not_here(shared, from_dest, "leave", session_id),
+        },
+        BackendFrame::PushRoom { room, exclude_session, msg_id, body } => {
+            count_push("room");
+            let exclude = (exclude_session != 0).then_some(exclude_session);
+            if shared.rooms.broadcast(&room, SharedPacket::new(msg_id, 0, body), exclude).await.is_none() {
+                tracing::debug!(from_dest, room, "push to a room with no members on this node");
+            }
+        }
+        BackendFrame::PushAll { msg_id, body } => {
+            count_push("all");
+            shared.rooms.push_all(SharedPacket::new(msg_id, 0, body)).await;
         }
         BackendFrame::Hello { .. } | BackendFrame::Forward { .. } | BackendFrame::Relayed { .. } => {
             tracing::warn!(from_dest, "backend sent a gateway-to-backend frame; ignored");

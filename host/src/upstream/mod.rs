@@ -27,6 +27,7 @@ use crate::config::UpstreamConfig;
 use crate::maps::DestMap;
 use crate::metrics::{DestLabel, DestOutcomeLabel, Metrics};
 use crate::protocol::backend::BackendFrame;
+use crate::rooms::Rooms;
 use crate::session::Registry;
 
 /// Why a message could not be handed to an upstream.
@@ -61,6 +62,7 @@ pub struct NodeIdentity {
 pub(crate) struct Shared {
     table: ArcSwap<HashMap<u32, Arc<Pool>>>,
     registry: Arc<Registry>,
+    rooms: Arc<Rooms>,
     metrics: Metrics,
     settings: UpstreamConfig,
     node: NodeIdentity,
@@ -78,12 +80,13 @@ impl Upstreams {
     /// `tasks` (tracked for shutdown).
     pub fn new(
         registry: Arc<Registry>,
+        rooms: Arc<Rooms>,
         metrics: Metrics,
         settings: UpstreamConfig,
         node: NodeIdentity,
         tasks: TaskTracker,
     ) -> Self {
-        let shared = Shared { table: ArcSwap::default(), registry, metrics, settings, node, tasks };
+        let shared = Shared { table: ArcSwap::default(), registry, rooms, metrics, settings, node, tasks };
         Self { shared: Arc::new(shared) }
     }
 

@@ -298,7 +298,7 @@ async fn read_loop(mut reader: FramedRead<OwnedReadHalf, BackendCodec>, dest: u3
         match next {
             Ok(frame) => {
                 frames_in.inc();
-                dispatch::from_backend(&shared, dest, frame);
+                dispatch::from_backend(&shared, dest, frame).await;
             }
             Err(e) => {
                 tracing::warn!(dest, "bad frame from backend, closing connection: {e}");

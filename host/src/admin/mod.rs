@@ -1,0 +1,176 @@
+//! Admin HTTP (hyper) on its own port (docs/api.md).
+//!
+//! Open: `GET /metrics` (Prometheus text), `GET /healthz`.
+//! With `Authorization: Bearer <admin.token>`: the push API ([`push`]) and queries
+//! (`GET /rooms`, `GET /sessions`). Without a configured token that API answers 403
+//! `api_disabled`. Every error is JSON `{"error": "<code>", "reason": "<text>"}`.
+
+mod push;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::gateway::Core;
+
+/// Largest request body of the admin API, in bytes.
+const MAX_BODY: usize = 1 << 20;
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// Serves admin requests until shutdown.
+pub(crate) async fn serve(core: Arc<Core>, listener: TcpListener) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            let shutdown = core.shutdown.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let core = core.clone();
+                async move { Ok::<_, Infallible>(respond(&core, req).await) }
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                r = conn => if let Err(e) = r { tracing::debug!("admin connection: {e}") },
+            }
+        });
+    }
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A JSON answer.
+fn json(status: StatusCode, value: serde_json::Value) -> HttpResponse {
+    response(status, "application/json", value.to_string())
+}
+
+/// A JSON error: `{"error": code, "reason": reason}`.
+fn error(status: StatusCode, code: &str, reason: impl std::fmt::Display) -> HttpResponse {
+    json(status, serde_json::json!({ "error": code, "reason": reason.to_string() }))
+}
+
+async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => response(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            core.metrics.render(),
+        ),
+        (&Method::GET, "/healthz") => {
+            json(StatusCode::OK, serde_json::json!({ "status": "ok", "sessions": core.registry.len() }))
+        }
+        (_, "/push/session" | "/push/user" | "/push/room" | "/push/all" | "/rooms" | "/sessions") => {
+            if let Err(denied) = authorize(core, &req) {
+                return denied;
+            }
+            api(core, req, &path).await
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; see docs/api.md (GET /metrics, /healthz, /rooms, /sessions; POST /push/...)",
+        ),
+    }
+}
+
+/// Checks the bearer token (compared through SHA-256 digests, so the time taken does not
+/// depend on how much of the token matched).
+#[allow(clippy::result_large_err)]
+fn authorize(core: &Core, req: &Request<Incoming>) -> Result<(), HttpResponse> {
+    let Some(expected) = core.config.admin.token.as_deref() else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "api_disabled",
+            "the push API is off: set `admin.token` in the config",
+        ));
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if Sha256::digest(given.trim().as_bytes()) == Sha256::digest(expected.as_bytes()) {
+        return Ok(());
+    }
+    let mut denied = error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token");
+    denied.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(denied)
+}
+
+async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
+    let method = req.method().clone();
+    match (method, path) {
+        (Method::GET, "/rooms") => {
+            let query = req.uri().query().unwrap_or_default().to_string();
+            let mut prefix = String::new();
+            let mut limit = core.config.rooms.list_limit;
+            for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+                match &*key {
+                    "prefix" => prefix = value.into_owned(),
+                    "limit" => match value.parse::<usize>() {
+                        Ok(n) => limit = n.min(core.config.rooms.list_limit),
+                        Err(_) => {
+                            return error(StatusCode::BAD_REQUEST, "bad_request", "limit must be a number");
+                        }
+                    },
+                    _ => {}
+                }
+            }
+            let (rooms, total) = core.rooms.list(&prefix, limit);
+            json(StatusCode::OK, serde_json::json!({ "rooms": rooms, "total": total }))
+        }
+        (Method::GET, "/sessions") => {
+            json(StatusCode::OK, serde_json::json!({ "sessions": core.registry.len() }))
+        }
+        (Method::POST, _) if path.starts_with("/push/") => {
+            let form = req
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("request body over {MAX_BODY} bytes or unreadable: {e}"),
+                    );
+                }
+            };
+            push::handle(core, &path["/push/".len()..], form, &body).await
+        }
+        (method, _) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed here: pushes are POST, queries GET"),
+        ),
+    }
+}

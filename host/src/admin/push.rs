@@ -1,0 +1,174 @@
+//! The push API: `POST /push/{session,user,room,all}` (docs/api.md).
+//!
+//! JSON bodies: `{"session_id" | "user_id" | "room": .., "msg_id": u32, "data": <any>}`
+//! (`data_b64` instead of `data` for bytes; `msg_id` defaults to `routes.push`;
+//! `exclude_session` for rooms). go-push's form bodies also work: `/push/room` with
+//! `room=..&msg=<json>` and `/push/all` with `msg=<json>` (seed 002).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{HttpResponse, error, json};
+use crate::gateway::Core;
+use crate::metrics::ReasonLabel;
+use crate::protocol::client::{SharedPacket, data_body};
+
+/// A session id as a JSON number or string (ids above 2^53 do not survive JavaScript numbers,
+/// so the login answer gives them as strings).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SessionId {
+    Number(u64),
+    Text(String),
+}
+
+impl SessionId {
+    fn value(&self) -> Option<u64> {
+        match self {
+            Self::Number(n) => Some(*n),
+            Self::Text(s) => s.parse().ok(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest<'a> {
+    session_id: Option<SessionId>,
+    user_id: Option<String>,
+    room: Option<String>,
+    exclude_session: Option<SessionId>,
+    msg_id: Option<u32>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    data_b64: Option<String>,
+}
+
+/// What to send, parsed from either body form.
+struct Push {
+    session_id: Option<u64>,
+    user_id: Option<String>,
+    room: Option<String>,
+    exclude: Option<u64>,
+    msg_id: u32,
+    body: Bytes,
+}
+
+fn parse_json(core: &Core, body: &[u8]) -> Result<Push, String> {
+    let request: PushRequest<'_> = serde_json::from_slice(body).map_err(|e| format!("JSON body: {e}"))?;
+    let body = match (request.data, &request.data_b64) {
+        (Some(_), Some(_)) => return Err("give `data` or `data_b64`, not both".into()),
+        (_, Some(b64)) => Bytes::from(
+            base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("data_b64: {e}"))?,
+        ),
+        (data, None) => data_body(data).map_err(|e| format!("data: {e}"))?,
+    };
+    let id = |field: &Option<SessionId>, name: &str| match field {
+        None => Ok(None),
+        Some(id) => id.value().map(Some).ok_or(format!("{name} is not a session id")),
+    };
+    Ok(Push {
+        session_id: id(&request.session_id, "session_id")?,
+        exclude: id(&request.exclude_session, "exclude_session")?,
+        user_id: request.user_id,
+        room: request.room,
+        msg_id: request.msg_id.unwrap_or(core.config.routes.push),
+        body,
+    })
+}
+
+/// go-push's form: `room`, `msg` (the pushed JSON, sent as is), optional `msg_id`.
+fn parse_form(core: &Core, body: &[u8]) -> Result<Push, String> {
+    let mut push = Push {
+        session_id: None,
+        user_id: None,
+        room: None,
+        exclude: None,
+        msg_id: core.config.routes.push,
+        body: Bytes::new(),
+    };
+    for (key, value) in form_urlencoded::parse(body) {
+        match &*key {
+            "room" => push.room = Some(value.into_owned()),
+            "msg" => push.body = Bytes::from(value.into_owned()),
+            "user_id" => push.user_id = Some(value.into_owned()),
+            "session_id" => push.session_id = Some(value.parse().map_err(|_| "session_id is not a number")?),
+            "msg_id" => push.msg_id = value.parse().map_err(|_| "msg_id is not a u32")?,
+            other => return Err(format!("unknown form field `{other}`")),
+        }
+    }
+    Ok(push)
+}
+
+/// Handles `POST /push/<target>`.
+pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -> HttpResponse {
+    let push = match if form { parse_form(core, body) } else { parse_json(core, body) } {
+        Ok(push) => push,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason),
+    };
+    if push.body.len() > core.config.limits.max_msg_len {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the pushed body is over limits.max_msg_len ({} bytes)", core.config.limits.max_msg_len),
+        );
+    }
+    let missing =
+        |field: &str| error(StatusCode::BAD_REQUEST, "bad_request", format!("`{field}` is required"));
+    let counted =
+        |target: &'static str| core.metrics.pushes.get_or_create(&ReasonLabel { reason: target }).inc();
+    match target {
+        "session" => {
+            let Some(id) = push.session_id else { return missing("session_id") };
+            counted("session");
+            match core.registry.get(id) {
+                Some(session) if session.send(push.msg_id, 0, push.body) => {
+                    json(StatusCode::OK, serde_json::json!({ "delivered": 1 }))
+                }
+                Some(_) => error(StatusCode::CONFLICT, "session_closing", format!("session {id} is closing")),
+                None => error(StatusCode::NOT_FOUND, "not_found", format!("no session {id} on this node")),
+            }
+        }
+        "user" => {
+            let Some(user) = push.user_id else { return missing("user_id") };
+            counted("user");
+            let sessions = core.registry.of_user(&user);
+            if sessions.is_empty() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("user `{user}` has no session on this node"),
+                );
+            }
+            let packet = Arc::new(SharedPacket::new(push.msg_id, 0, push.body));
+            let delivered = sessions.iter().filter(|s| s.send_shared(packet.clone())).count();
+            json(StatusCode::OK, serde_json::json!({ "delivered": delivered }))
+        }
+        "room" => {
+            let Some(room) = push.room else { return missing("room") };
+            counted("room");
+            let packet = SharedPacket::new(push.msg_id, 0, push.body);
+            match core.rooms.broadcast(&room, packet, push.exclude).await {
+                Some(members) => {
+                    json(StatusCode::OK, serde_json::json!({ "room": room, "members": members }))
+                }
+                None => error(StatusCode::NOT_FOUND, "not_found", format!("no room `{room}` on this node")),
+            }
+        }
+        "all" => {
+            counted("all");
+            let sessions = core.rooms.push_all(SharedPacket::new(push.msg_id, 0, push.body)).await;
+            json(StatusCode::OK, serde_json::json!({ "sessions": sessions }))
+        }
+        other => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no push target `{other}`: use session, user, room or all"),
+        ),
+    }
+}

@@ -58,6 +58,10 @@ async fn push_api_reaches_each_target_only_with_the_token() {
         (200, json!({"room": "r", "members": 1}))
     );
     assert_eq!(json_of(&expect_packet(&mut alice, 601).await.1), json!([1, 2]));
+    // `curl -d '{..}'` sends JSON labelled as a form: still JSON.
+    let (status, _) = h.admin("POST", "/push/room", r#"{"room":"r","msg_id":603}"#, true, ok).await;
+    assert_eq!(status, 200);
+    assert_eq!(expect_packet(&mut alice, 603).await.1, b"");
     let (status, _) = h.admin("POST", "/push/room", "room=r&msg=%7B%22x%22%3A1%7D", true, ok).await;
     assert_eq!(status, 200, "go-push's form");
     assert_eq!(json_of(&expect_packet(&mut alice, 9).await.1), json!({"x": 1}));

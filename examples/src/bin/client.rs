@@ -50,6 +50,9 @@ enum Command {
         /// How long to print incoming packets, in ms.
         #[arg(long, default_value_t = 1000)]
         wait_ms: u64,
+        /// Join this room (route 5) after login, before sending; repeatable.
+        #[arg(long)]
+        join: Vec<String>,
     },
 }
 
@@ -59,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token { user, secret, issuer, ttl } => {
             println!("{}", mint_token(&secret, &user, issuer.as_deref(), ttl)?);
         }
-        Command::Send { ws, tcp, text, token, msg_id, data, wait_ms } => {
+        Command::Send { ws, tcp, text, token, msg_id, data, wait_ms, join } => {
             let mut client = match (ws, tcp) {
                 (Some(url), _) => Client::ws(&url, text).await?,
                 (None, Some(addr)) => Client::tcp(addr, &TcpFramingConfig::default()).await?,
@@ -79,6 +82,17 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             println!("login: {}", String::from_utf8_lossy(&login.body));
+            for room in join {
+                let seq = client.send(routes.join, room.as_bytes()).await?;
+                // The answer (or an error frame) carries the join's seq.
+                let answer = loop {
+                    let packet = client.recv_within(Duration::from_secs(10)).await?.packet()?;
+                    if packet.seq == seq {
+                        break packet;
+                    }
+                };
+                println!("join {room}: msg_id={} {}", answer.msg_id, String::from_utf8_lossy(&answer.body));
+            }
             let seq = client.send(msg_id, data.as_bytes()).await?;
             println!("sent: msg_id={msg_id} seq={seq} body={data}");
             let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms);

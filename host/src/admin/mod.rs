@@ -165,6 +165,8 @@ async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
                     );
                 }
             };
+            // `curl -d '{...}'` labels JSON as a form: a body that starts like JSON is JSON.
+            let form = form && !body.trim_ascii_start().starts_with(b"{");
             push::handle(core, &path["/push/".len()..], form, &body).await
         }
         (method, _) => error(

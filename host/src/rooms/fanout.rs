@@ -23,6 +23,9 @@ use tokio_util::task::TaskTracker;
 use crate::protocol::client::SharedPacket;
 use crate::session::{Registry, SessionHandle};
 
+/// Most jobs a worker takes from its queue at once.
+const JOB_BATCH: usize = 32;
+
 /// Members of one bucket, by room.
 pub(super) type BucketMembers = RwLock<HashMap<Arc<str>, HashMap<u64, SessionHandle>>>;
 
@@ -86,14 +89,12 @@ struct Worker {
 
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+        let mut jobs = Vec::with_capacity(JOB_BATCH);
         loop {
-            let job = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
-                job = rx.recv() => match job {
-                    Some(job) => job,
-                    None => return,
-                },
+                n = rx.recv_many(&mut jobs, JOB_BATCH) => if n == 0 { return },
             };
             let (mut delivered, mut undelivered) = (0u64, 0u64);
             let mut deliver = |session: &SessionHandle, packet: &Arc<SharedPacket>| {
@@ -103,23 +104,27 @@ impl Worker {
                     undelivered += 1;
                 }
             };
-            match job {
-                Job::Room { room, packet, exclude } => {
-                    let members = self.members.read();
-                    if let Some(room) = members.get(&room) {
-                        for (id, session) in room {
-                            if Some(*id) != exclude {
-                                deliver(session, &packet);
+            // Several jobs before yielding: a member's writer then finds several packets
+            // queued and writes them with one syscall.
+            for job in jobs.drain(..) {
+                match job {
+                    Job::Room { room, packet, exclude } => {
+                        let members = self.members.read();
+                        if let Some(room) = members.get(&room) {
+                            for (id, session) in room {
+                                if Some(*id) != exclude {
+                                    deliver(session, &packet);
+                                }
                             }
                         }
                     }
-                }
-                Job::All { packet } => {
-                    self.registry.for_each_in_bucket(self.index, self.count, |session| {
-                        if session.is_admitted() {
-                            deliver(session, &packet);
-                        }
-                    });
+                    Job::All { packet } => {
+                        self.registry.for_each_in_bucket(self.index, self.count, |session| {
+                            if session.is_admitted() {
+                                deliver(session, &packet);
+                            }
+                        });
+                    }
                 }
             }
             self.counters.delivered.inc_by(delivered);

@@ -379,6 +379,35 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes `first` and whatever else is queued already, then flushes once. Returns true when
+/// the session's close was reached.
+async fn write_batch(
+    writer: &mut impl PacketWriter,
+    rx: &mut mpsc::Receiver<Outbound>,
+    first: Option<Outbound>,
+    sent: &prometheus_client::metrics::counter::Counter,
+) -> std::io::Result<bool> {
+    let (mut next, mut count, mut closing) = (first, 0, false);
+    loop {
+        match next {
+            None | Some(Outbound::Close) => {
+                closing = true;
+                break;
+            }
+            Some(Outbound::Packet { msg_id, seq, body }) => writer.feed(msg_id, seq, &body).await?,
+            Some(Outbound::Shared(packet)) => writer.feed_shared(&packet).await?,
+        }
+        count += 1;
+        match rx.try_recv() {
+            Ok(item) => next = Some(item),
+            Err(_) => break,
+        }
+    }
+    sent.inc_by(count);
+    writer.flush().await?;
+    Ok(closing)
+}
+
 async fn write_loop(
     mut writer: impl PacketWriter,
     mut rx: mpsc::Receiver<Outbound>,
@@ -388,30 +417,9 @@ async fn write_loop(
 ) {
     let result = async {
         loop {
-            let mut next = rx.recv().await;
-            let mut closing = false;
-            // Batch what is already queued into one flush.
-            loop {
-                match next {
-                    None | Some(Outbound::Close) => {
-                        closing = true;
-                        break;
-                    }
-                    Some(Outbound::Packet { msg_id, seq, body }) => {
-                        timeout(write_timeout, writer.feed(msg_id, seq, &body)).await??;
-                        sent.inc();
-                    }
-                    Some(Outbound::Shared(packet)) => {
-                        timeout(write_timeout, writer.feed_shared(&packet)).await??;
-                        sent.inc();
-                    }
-                }
-                match rx.try_recv() {
-                    Ok(item) => next = Some(item),
-                    Err(_) => break,
-                }
-            }
-            timeout(write_timeout, writer.flush()).await??;
+            let first = rx.recv().await;
+            // One time limit per batch (its writes and the flush): one timer, not one per packet.
+            let closing = timeout(write_timeout, write_batch(&mut writer, &mut rx, first, &sent)).await??;
             if closing {
                 return Ok(());
             }

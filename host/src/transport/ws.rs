@@ -41,6 +41,10 @@ use crate::session::{CloseReason, TransportKind};
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
+/// Frames are gathered up to this many bytes before a write; a flush writes the rest. With no
+/// write buffer every frame costs a syscall, which caps fan-out (docs/benchmarks.md).
+const WRITE_BUFFER: usize = 8 * 1024;
+
 /// Serves one accepted TCP connection: HTTP until it upgrades, then a WebSocket session.
 pub(crate) async fn serve(
     core: Arc<Core>,
@@ -121,7 +125,7 @@ fn handle(
     let max = core.config.limits.max_msg_len + HEADER_LEN;
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     core.tasks.clone().spawn(async move {

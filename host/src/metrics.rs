@@ -25,6 +25,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// `target` label of pushes: `session`, `user`, `room`, `all`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: &'static str,
+}
+
 /// `dest` label (dest id of `dest_map.json`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestLabel {
@@ -77,7 +83,7 @@ pub struct Metrics {
     pub room_joins: Family<ReasonLabel, Counter>,
     pub fanout_delivered: Counter,
     pub fanout_undelivered: Counter,
-    pub pushes: Family<ReasonLabel, Counter>,
+    pub pushes: Family<TargetLabel, Counter>,
 }
 
 impl Default for Metrics {

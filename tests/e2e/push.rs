@@ -4,7 +4,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use wasmgate_examples::backend::ids;
-use wasmgate_tests::{ADMIN_TOKEN, Client, Harness, PROMPT, token, with_admin_token};
+use wasmgate_tests::{ADMIN_TOKEN, Client, Harness, PROMPT, metric, token, with_admin_token};
 
 /// Reads packets until one with `msg_id` arrives; returns its seq and body.
 async fn expect_packet(client: &mut Client, msg_id: u32) -> (u32, Vec<u8>) {
@@ -87,6 +87,15 @@ async fn push_api_reaches_each_target_only_with_the_token() {
         let (got, answer) = h.admin(method, path, &body, false, ok).await;
         assert_eq!((got, answer["error"].as_str()), (status, Some(code)), "{method} {path} {body}: {answer}");
         assert!(answer["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    // Counted by target once the target is known (the 404s too, not the 400s).
+    let (_, metrics) = h.admin_get("/metrics").await;
+    for (target, count) in [("session", 2.0), ("user", 2.0), ("room", 4.0), ("all", 1.0)] {
+        assert_eq!(
+            metric(&metrics, &format!("wasmgate_pushes_total{{target=\"{target}\"}}")),
+            count,
+            "{target}"
+        );
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use super::{HttpResponse, error, json};
 use crate::gateway::Core;
-use crate::metrics::ReasonLabel;
+use crate::metrics::TargetLabel;
 use crate::protocol::client::{SharedPacket, data_body};
 
 /// A session id as a JSON number or string (ids above 2^53 do not survive JavaScript numbers,
@@ -120,8 +120,7 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
     }
     let missing =
         |field: &str| error(StatusCode::BAD_REQUEST, "bad_request", format!("`{field}` is required"));
-    let counted =
-        |target: &'static str| core.metrics.pushes.get_or_create(&ReasonLabel { reason: target }).inc();
+    let counted = |target: &'static str| core.metrics.pushes.get_or_create(&TargetLabel { target }).inc();
     match target {
         "session" => {
             let Some(id) = push.session_id else { return missing("session_id") };

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::Shared;
-use crate::metrics::ReasonLabel;
+use crate::metrics::TargetLabel;
 use crate::protocol::backend::BackendFrame;
 use crate::protocol::client::SharedPacket;
 use crate::rooms::JoinOutcome;
@@ -19,7 +19,7 @@ use crate::session::CloseReason;
 /// Handles one frame received from the backend of `from_dest`.
 pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: BackendFrame) {
     let count_push =
-        |target: &'static str| shared.metrics.pushes.get_or_create(&ReasonLabel { reason: target }).inc();
+        |target: &'static str| shared.metrics.pushes.get_or_create(&TargetLabel { target }).inc();
     match frame {
         BackendFrame::Reply { session_id, msg_id, seq, body } => match shared.registry.get(session_id) {
             Some(session) => {

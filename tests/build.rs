@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let workspace = manifest.parent().unwrap_or(Path::new(".."));
-    let built = build_guests::build_guests(workspace, &["wasmgate-test-hostile-router"]);
+    let built = build_guests::build_guests(
+        workspace,
+        &["wasmgate-test-hostile-router", "wasmgate-test-forbidden-import"],
+    );
     println!("cargo:rustc-env=HOSTILE_ROUTER_WASM={}", built[0].display());
+    println!("cargo:rustc-env=FORBIDDEN_IMPORT_WASM={}", built[1].display());
     println!("cargo:rerun-if-changed=build.rs");
 }

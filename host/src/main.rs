@@ -35,6 +35,56 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Deploy a component as script NAME (auth, router, rooms) into the running gateway
+    /// (admin API; address and token from the config unless given).
+    Deploy {
+        name: String,
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// The script's JSON config; default: keep the running version's.
+        #[arg(long)]
+        script_config: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Put back the previous version of script NAME.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the running scripts: name, version, deployed at, calls, traps.
+    Scripts {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API is.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin listener address; default: `listen.admin` of the config.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// Bearer token; default: `admin.token` of the config.
+    #[arg(long, env = "WASMGATE_ADMIN_TOKEN")]
+    token: Option<String>,
+}
+
+/// Sends one admin request as the CLI commands do; prints the answer; fails on a non-2xx.
+async fn admin_call(
+    config: &Config,
+    args: AdminArgs,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<()> {
+    let addr = args.admin.or(config.listen.admin).context("no admin address: give --admin")?;
+    let token = args.token.or_else(|| config.admin.token.clone());
+    let (status, text) = wasmgate::admin::client::request(addr, token.as_deref(), method, path, body).await?;
+    println!("{text}");
+    anyhow::ensure!((200..300).contains(&status), "the gateway answered {status}");
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -63,11 +113,30 @@ async fn main() -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
+        Command::Deploy { name, file, script_config, admin } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut path = format!("/scripts/{name}");
+            if let Some(json) = script_config {
+                path.push_str("?config=");
+                path.extend(form_urlencoded::byte_serialize(json.as_bytes()));
+            }
+            admin_call(&load_config(&cli.config)?, admin, "POST", &path, bytes).await
+        }
+        Command::Rollback { name, admin } => {
+            admin_call(
+                &load_config(&cli.config)?,
+                admin,
+                "POST",
+                &format!("/scripts/{name}/rollback"),
+                vec![],
+            )
+            .await
+        }
+        Command::Scripts { admin } => {
+            admin_call(&load_config(&cli.config)?, admin, "GET", "/scripts", vec![]).await
+        }
         Command::Run => {
-            let config = match &cli.config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
+            let config = load_config(&cli.config)?;
             let gateway = RunningGateway::start(config).await.context("starting wasmgate")?;
             wait_for_signal().await?;
             tracing::info!("shutting down (a second signal exits at once)");
@@ -77,6 +146,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

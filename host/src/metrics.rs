@@ -44,11 +44,11 @@ pub struct DestOutcomeLabel {
     pub outcome: &'static str,
 }
 
-/// `script` + `outcome` labels (`ok`, `error` for an expected failure value, `trap`,
-/// `deadline`).
+/// `script` + `version` + `outcome` labels (`ok`, `trap`, `deadline`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScriptOutcomeLabel {
     pub script: String,
+    pub version: String,
     pub outcome: &'static str,
 }
 

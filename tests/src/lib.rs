@@ -21,6 +21,8 @@ pub const SECRET: &str = "e2e-test-secret";
 pub const ISSUER: &str = "wasmgate-tests";
 /// The hostile router component (built by build.rs).
 pub const HOSTILE_ROUTER: &str = env!("HOSTILE_ROUTER_WASM");
+/// A router component that imports `wasi:sockets` (built by build.rs).
+pub const FORBIDDEN_IMPORT: &str = env!("FORBIDDEN_IMPORT_WASM");
 /// Bearer token of the admin API in gateways started with [`with_admin_token`].
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// How long tests wait for something that should happen promptly.
@@ -248,6 +250,17 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or(0.0)
+}
+
+/// The sum of `name` over every label set that includes all of `labels` (`key="value"`
+/// strings), e.g. script calls of any version.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| rest.split_once('}'))
+        .filter(|(set, _)| labels.iter().all(|label| set.split(',').any(|part| part == *label)))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Parses an error frame body: (code, message).

@@ -1,11 +1,13 @@
 //! Admin HTTP (hyper) on its own port (docs/api.md).
 //!
 //! Open: `GET /metrics` (Prometheus text), `GET /healthz`.
-//! With `Authorization: Bearer <admin.token>`: the push API ([`push`]) and queries
-//! (`GET /rooms`, `GET /sessions`). Without a configured token that API answers 403
+//! With `Authorization: Bearer <admin.token>`: the push API ([`push`]), queries
+//! (`GET /rooms`, `GET /sessions`) and script deployment ([`scripts`]). Without a configured token that API answers 403
 //! `api_disabled`. Every error is JSON `{"error": "<code>", "reason": "<text>"}`.
 
+pub mod client;
 mod push;
+mod scripts;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,7 +87,16 @@ async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
         (&Method::GET, "/healthz") => {
             json(StatusCode::OK, serde_json::json!({ "status": "ok", "sessions": core.registry.len() }))
         }
-        (_, "/push/session" | "/push/user" | "/push/room" | "/push/all" | "/rooms" | "/sessions") => {
+        (
+            _,
+            "/push/session" | "/push/user" | "/push/room" | "/push/all" | "/rooms" | "/sessions" | "/scripts",
+        ) => {
+            if let Err(denied) = authorize(core, &req) {
+                return denied;
+            }
+            api(core, req, &path).await
+        }
+        (_, p) if p.starts_with("/scripts/") => {
             if let Err(denied) = authorize(core, &req) {
                 return denied;
             }
@@ -149,6 +160,27 @@ async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
         (Method::GET, "/sessions") => {
             json(StatusCode::OK, serde_json::json!({ "sessions": core.registry.len() }))
         }
+        (Method::GET, "/scripts") => scripts::list(core),
+        (Method::POST, _) if path.starts_with("/scripts/") => {
+            let rest = &path["/scripts/".len()..];
+            if let Some(name) = rest.strip_suffix("/rollback") {
+                return scripts::rollback(core, name).await;
+            }
+            let config = req.uri().query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "config").map(|(_, v)| v.into_owned())
+            });
+            let component = match Limited::new(req.into_body(), scripts::MAX_COMPONENT).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("component over {} bytes or unreadable: {e}", scripts::MAX_COMPONENT),
+                    );
+                }
+            };
+            scripts::deploy(core, rest, component, config).await
+        }
         (Method::POST, _) if path.starts_with("/push/") => {
             let form = req
                 .headers()
@@ -172,7 +204,7 @@ async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
         (method, _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{method} is not allowed here: pushes are POST, queries GET"),
+            format!("{method} is not allowed here: pushes and deploys are POST, queries GET"),
         ),
     }
 }

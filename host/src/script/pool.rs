@@ -99,7 +99,11 @@ impl<W: World> ScriptPool<W> {
         let pre = W::prepare(&engine, component)
             .map_err(|e| ScriptError::Link { script: meta.name.to_string(), message: format!("{e:#}") })?;
         let outcome = |outcome| {
-            let label = ScriptOutcomeLabel { script: meta.name.to_string(), outcome };
+            let label = ScriptOutcomeLabel {
+                script: meta.name.to_string(),
+                version: meta.version.to_string(),
+                outcome,
+            };
             meta.metrics.script_calls.get_or_create(&label).clone()
         };
         let outcomes = Outcomes { ok: outcome("ok"), trap: outcome("trap"), deadline: outcome("deadline") };
@@ -122,6 +126,11 @@ impl<W: World> ScriptPool<W> {
     /// The script's name.
     pub fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    /// Calls so far: (ok, trapped, over the deadline).
+    pub fn outcomes(&self) -> (u64, u64, u64) {
+        (self.outcomes.ok.get(), self.outcomes.trap.get(), self.outcomes.deadline.get())
     }
 
     async fn build(&self) -> Result<Slot<W>, ScriptError> {
@@ -182,7 +191,12 @@ impl<W: World> ScriptPool<W> {
                 } else {
                     self.outcomes.trap.inc();
                 }
-                tracing::warn!(script = self.name(), deadline, "script call trapped: {err:?}");
+                tracing::warn!(
+                    script = self.name(),
+                    version = &*self.meta.version,
+                    deadline,
+                    "script call trapped: {err:?}"
+                );
                 // The instance may be in any state after a trap: replace it.
                 drop(slot);
                 match self.build().await {

@@ -21,16 +21,23 @@ const MAX_COUNTER_NAME: usize = 64;
 /// Distinct counter names one script may create (bounds the metric's label cardinality).
 const MAX_COUNTERS: usize = 64;
 
-/// What every instance of one script shares: its name and its counters.
+/// What every instance of one script version shares: name, version and counters.
 pub struct ScriptMeta {
     pub name: Arc<str>,
+    /// Version id ([`super::deploy::version_id`]).
+    pub version: Arc<str>,
     pub metrics: Metrics,
     counter_names: Mutex<HashSet<String>>,
 }
 
 impl ScriptMeta {
-    pub fn new(name: &str, metrics: Metrics) -> Arc<Self> {
-        Arc::new(Self { name: name.into(), metrics, counter_names: Mutex::default() })
+    pub fn new(name: &str, version: &str, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            version: version.into(),
+            metrics,
+            counter_names: Mutex::default(),
+        })
     }
 }
 

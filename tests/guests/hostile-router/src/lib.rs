@@ -5,14 +5,34 @@
 //! - msg id 902: allocates until the memory cap traps it.
 //! - msg id 903: recurses until the stack overflows.
 //! - msg id 904: dropped (a legitimate decision, to check it is counted).
+//! - msg id 905: answered directly with `<tag>:<body>`, where `tag` is the config's string
+//!   (`{"tag": "v1"}`), so a test can tell which deployed version answered.
+//! - init fails when the config is `{"fail": true}` (a refused deploy candidate).
 //! - any other id: forwarded to dest `id / 100 * 100 + 1` (100 -> 101), like the example map.
 
-use wasmgate_guest::router::{Decision, Guest, MessageRoute, Packet, Session};
+use std::cell::RefCell;
+
+use wasmgate_guest::router::{Decision, Guest, MessageRoute, Packet, Reply, Session};
+
+thread_local! {
+    static TAG: RefCell<String> = const { RefCell::new(String::new()) };
+}
 
 struct Hostile;
 
+/// The string value of `"key":"..."` in a flat JSON object (enough for test configs).
+fn string_field(json: &str, key: &str) -> Option<String> {
+    let start = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let end = json[start..].find('"')? + start;
+    Some(json[start..end].to_string())
+}
+
 impl Guest for Hostile {
-    fn init(_config: String, _map: Vec<MessageRoute>) -> Result<(), String> {
+    fn init(config: String, _map: Vec<MessageRoute>) -> Result<(), String> {
+        if config.contains("\"fail\":true") {
+            return Err("asked to refuse this config".into());
+        }
+        TAG.with(|t| *t.borrow_mut() = string_field(&config, "tag").unwrap_or_default());
         Ok(())
     }
 
@@ -31,6 +51,12 @@ impl Guest for Hostile {
             }
             903 => Decision::Forward(recurse(packet.seq as u64)),
             904 => Decision::Drop,
+            905 => {
+                let mut body = TAG.with(|t| t.borrow().clone()).into_bytes();
+                body.push(b':');
+                body.extend_from_slice(&packet.body);
+                Decision::Reply(Reply { msg_id: 905, body })
+            }
             id => Decision::Forward(id / 100 * 100 + 1),
         }
     }

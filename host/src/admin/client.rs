@@ -1,0 +1,41 @@
+//! A small client of the admin API over hyper, for the `wasmgate deploy`, `rollback` and
+//! `scripts` commands.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+
+/// Sends `method path` with `body` to the admin listener at `addr`, with the bearer `token`.
+/// Returns the status code and the body as text.
+///
+/// Errors: the connection fails, or the answer is not HTTP.
+pub async fn request(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the admin port {addr}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, addr.to_string())
+        .header(CONTENT_TYPE, "application/wasm");
+    if let Some(token) = token {
+        builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = sender.send_request(builder.body(Full::new(Bytes::from(body)))?).await?;
+    let status = response.status().as_u16();
+    let text = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&text).into_owned()))
+}

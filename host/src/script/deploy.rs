@@ -1,0 +1,227 @@
+//! Live deployment of one named script: versions, the atomic swap, rollback.
+//!
+//! Pipeline of every candidate (at start, on deploy, on rollback): content-hash it; compile it
+//! on a blocking thread (cached by hash); check its imports against what scripts may use;
+//! pre-link it against its world (a wrong world is refused here); instantiate it and run its
+//! `init`; then publish it with one atomic pointer swap. A candidate failing any step is
+//! refused with the step's error and the live version stays.
+//!
+//! The version is resolved per event: each call loads the live version once and keeps it to
+//! the end, so calls in flight during a swap finish on the version they started with, and the
+//! next event of every session, however long-lived, uses the new one. No session waits for a
+//! swap: the new version is fully built before it is published.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::engine::ScriptEngine;
+use super::pool::{InitFn, Limits, ScriptPool, World};
+use super::state::ScriptMeta;
+use super::{ScriptError, ScriptSource, compile};
+use crate::metrics::Metrics;
+
+/// Import namespaces a script may use. Rust's standard library imports these WASI interfaces
+/// even when unused; the store's WASI context grants them nothing (no environment variables,
+/// empty stdin, discarded stdout/stderr). Filesystem, sockets, HTTP and anything else are
+/// refused at deploy time.
+const ALLOWED_IMPORTS: [&str; 5] =
+    ["wasmgate:gateway/", "wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"];
+
+/// The version id of a script: the first 16 hex digits of SHA-256 over the component's bytes
+/// and its JSON config (the same bytes with another config are another version).
+pub fn version_id(bytes: &[u8], config_json: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(bytes);
+    hasher.update([0]);
+    hasher.update(config_json.as_bytes());
+    hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Refuses a component that imports anything outside [`ALLOWED_IMPORTS`].
+fn check_imports(engine: &ScriptEngine, script: &str, component: &Component) -> Result<(), ScriptError> {
+    let ty = component.component_type();
+    let denied: Vec<&str> = ty
+        .imports(&engine.engine)
+        .map(|(name, _)| name)
+        .filter(|name| !ALLOWED_IMPORTS.iter().any(|allowed| name.starts_with(allowed)))
+        .collect();
+    if denied.is_empty() {
+        return Ok(());
+    }
+    Err(ScriptError::Link {
+        script: script.into(),
+        message: format!(
+            "imports {} — scripts may import only wasmgate:gateway and wasi:cli/io/clocks/random",
+            denied.join(", ")
+        ),
+    })
+}
+
+/// One deployed version of a script.
+pub struct Version<W: World> {
+    /// [`version_id`] of its bytes and config.
+    pub id: String,
+    /// When it was published, ms since the Unix epoch.
+    pub deployed_at_ms: u64,
+    pub source: ScriptSource,
+    pub pool: ScriptPool<W>,
+}
+
+/// What `GET /scripts` and `wasmgate scripts` show of a script.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScriptInfo {
+    pub name: String,
+    pub version: String,
+    pub deployed_at_ms: u64,
+    pub bytes: usize,
+    pub calls: u64,
+    pub traps: u64,
+    pub deadlines: u64,
+    /// The version `rollback` would restore.
+    pub previous: Option<String>,
+}
+
+/// The live version of one named script and the one before it.
+pub struct Deployed<W: World> {
+    name: String,
+    limits: Limits,
+    metrics: Metrics,
+    live: ArcSwap<Version<W>>,
+    previous: Mutex<Option<Arc<Version<W>>>>,
+    /// One deploy, rollback or rebuild of this script at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl<W: World> Deployed<W> {
+    /// Runs the pipeline on `source` and makes it the first live version.
+    pub async fn load(
+        source: &ScriptSource,
+        limits: Limits,
+        metrics: &Metrics,
+        init: InitFn<W>,
+    ) -> Result<Self, ScriptError> {
+        let version = build(&source.name, source, limits, metrics, init).await?;
+        Ok(Self {
+            name: source.name.clone(),
+            limits,
+            metrics: metrics.clone(),
+            live: ArcSwap::from_pointee(version),
+            previous: Mutex::new(None),
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The live version, for one event (keep the `Arc` for the whole call).
+    pub fn live(&self) -> Arc<Version<W>> {
+        self.live.load_full()
+    }
+
+    /// Runs the pipeline on `source`; on success publishes it and keeps the replaced version
+    /// for [`Self::rollback`]. On error the live version stays.
+    pub async fn deploy(&self, source: ScriptSource, init: InitFn<W>) -> Result<ScriptInfo, ScriptError> {
+        let _busy = self.busy.lock().await;
+        let version = build(&self.name, &source, self.limits, &self.metrics, init).await?;
+        let replaced = self.live.swap(Arc::new(version));
+        tracing::info!(
+            script = self.name,
+            version = self.live.load().id,
+            replaced = replaced.id,
+            "script deployed"
+        );
+        *self.previous.lock() = Some(replaced);
+        Ok(self.info())
+    }
+
+    /// Puts the previous version back, rebuilt through the pipeline with the `init` that
+    /// `make_init` makes from its config (so it sees current state such as the message map);
+    /// the replaced one becomes the previous.
+    ///
+    /// Errors: [`ScriptError::NoPrevious`] when nothing was replaced yet.
+    pub async fn rollback(
+        &self,
+        make_init: impl FnOnce(&str) -> InitFn<W>,
+    ) -> Result<ScriptInfo, ScriptError> {
+        let _busy = self.busy.lock().await;
+        let Some(previous) = self.previous.lock().clone() else {
+            return Err(ScriptError::NoPrevious { script: self.name.clone() });
+        };
+        let init = make_init(&previous.source.config_json);
+        let version = build(&self.name, &previous.source, self.limits, &self.metrics, init).await?;
+        let replaced = self.live.swap(Arc::new(version));
+        tracing::info!(
+            script = self.name,
+            version = previous.id,
+            replaced = replaced.id,
+            "script rolled back"
+        );
+        *self.previous.lock() = Some(replaced);
+        Ok(self.info())
+    }
+
+    /// Rebuilds the live version's instances with a new `init` (same component and id; the
+    /// router's `message_map` reload). The previous version is kept.
+    pub async fn rebuild(&self, init: InitFn<W>) -> Result<(), ScriptError> {
+        let _busy = self.busy.lock().await;
+        let live = self.live();
+        let mut version = build(&self.name, &live.source, self.limits, &self.metrics, init).await?;
+        version.deployed_at_ms = live.deployed_at_ms;
+        self.live.store(Arc::new(version));
+        Ok(())
+    }
+
+    /// Name, live version, its counts, and the version a rollback would restore.
+    pub fn info(&self) -> ScriptInfo {
+        let live = self.live();
+        let (calls, traps, deadlines) = live.pool.outcomes();
+        ScriptInfo {
+            name: self.name.clone(),
+            version: live.id.clone(),
+            deployed_at_ms: live.deployed_at_ms,
+            bytes: live.source.bytes.len(),
+            calls: calls + traps + deadlines,
+            traps,
+            deadlines,
+            previous: self.previous.lock().as_ref().map(|p| p.id.clone()),
+        }
+    }
+}
+
+/// The pipeline: compile (cached, off the async workers), check imports, pre-link against the
+/// world, instantiate and `init`.
+async fn build<W: World>(
+    name: &str,
+    source: &ScriptSource,
+    limits: Limits,
+    metrics: &Metrics,
+    init: InitFn<W>,
+) -> Result<Version<W>, ScriptError> {
+    let (engine, component) = compile(source).await?;
+    check_imports(&engine, name, &component)?;
+    let id = version_id(&source.bytes, &source.config_json);
+    let meta = ScriptMeta::new(name, &id, metrics.clone());
+    let pool = ScriptPool::new(engine, meta, &component, limits, init).await?;
+    Ok(Version { id, deployed_at_ms: unix_ms(), source: source.clone(), pool })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_id;
+
+    #[test]
+    fn version_ids_cover_bytes_and_config() {
+        let a = version_id(b"component", "{}");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, version_id(b"component", "{}"));
+        assert_ne!(a, version_id(b"component", r#"{"tag":1}"#));
+        assert_ne!(a, version_id(b"component2", "{}"));
+    }
+}

@@ -1,0 +1,200 @@
+//! Hot deploy: scripts swapped under load through the admin API, rollback, refused candidates.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wasmgate_tests::{
+    ADMIN_TOKEN, Client, FORBIDDEN_IMPORT, HOSTILE_ROUTER, Harness, PROMPT, error_of, token, with_admin_token,
+};
+
+const TAGGED: u32 = 905;
+
+/// A gateway whose router is the hostile test router tagged `v0`.
+async fn tagged_gateway() -> Harness {
+    Harness::start_with(|c| {
+        with_admin_token(c);
+        c.scripts.router.path = Some(HOSTILE_ROUTER.into());
+        c.scripts.router.config = toml::toml! { tag = "v0" };
+    })
+    .await
+}
+
+async fn deploy(h: &Harness, name: &str, wasm: &[u8], config: Option<Value>) -> (u16, Value) {
+    let mut path = format!("/scripts/{name}");
+    if let Some(config) = config {
+        path.push_str("?config=");
+        path.extend(form_urlencoded_encode(&config.to_string()));
+    }
+    let addr = h.gateway.admin_addr().expect("admin");
+    let (status, text) =
+        wasmgate::admin::client::request(addr, Some(ADMIN_TOKEN), "POST", &path, wasm.to_vec())
+            .await
+            .expect("deploy");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn form_urlencoded_encode(text: &str) -> impl Iterator<Item = char> + '_ {
+    text.bytes().flat_map(|b| {
+        let plain = b.is_ascii_alphanumeric() || b"-_.~".contains(&b);
+        let s = if plain { (b as char).to_string() } else { format!("%{b:02X}") };
+        s.chars().collect::<Vec<_>>()
+    })
+}
+
+/// Asks the router which version answers: the tag of the reply to message 905.
+async fn tag_of(client: &mut Client) -> String {
+    let seq = client.send(TAGGED, b"x").await.expect("send");
+    let (reply, _) = client.recv_reply(TAGGED, seq, PROMPT).await.expect("tagged reply");
+    String::from_utf8_lossy(&reply.body).trim_end_matches(":x").to_string()
+}
+
+#[tokio::test]
+async fn router_swaps_under_load_lose_and_duplicate_nothing() {
+    const ROUNDS: usize = 150;
+    const WINDOW: usize = 10;
+    const SWAPS: usize = 10;
+    let h = tagged_gateway().await;
+    let hostile = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut client = if i % 2 == 0 { h.ws(false).await } else { h.tcp().await };
+        client.login(1, &token(&format!("load-{i}"))).await.expect("login");
+        clients.push(client);
+    }
+    let load = clients.into_iter().map(|mut client| {
+        tokio::spawn(async move {
+            let mut tags = Vec::with_capacity(ROUNDS * WINDOW);
+            for round in 0..ROUNDS {
+                let mut seqs = Vec::with_capacity(WINDOW);
+                for k in 0..WINDOW {
+                    let body = format!("{round}-{k}");
+                    seqs.push((client.send(TAGGED, body.as_bytes()).await.expect("send"), body));
+                }
+                for (seq, body) in seqs {
+                    let packet =
+                        client.recv_within(PROMPT).await.expect("a reply").packet().expect("a reply");
+                    assert_eq!(
+                        (packet.msg_id, packet.seq),
+                        (TAGGED, seq),
+                        "replies come once each, in order"
+                    );
+                    let text = String::from_utf8(packet.body.to_vec()).expect("utf-8");
+                    let (tag, echoed) = text.split_once(':').expect("tag:body");
+                    assert_eq!(echoed, body);
+                    tags.push(tag[1..].parse::<usize>().expect("vN"));
+                }
+            }
+            (tags, client)
+        })
+    });
+    let load: Vec<_> = load.collect();
+    for v in 1..=SWAPS {
+        let (status, info) = deploy(&h, "router", &hostile, Some(json!({ "tag": format!("v{v}") }))).await;
+        assert_eq!(status, 200, "{info}");
+        assert!(info["swap_ms"].as_f64().is_some());
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let mut seen_versions = std::collections::BTreeSet::new();
+    let mut still_open = Vec::new();
+    for task in load {
+        let (tags, mut client) = task.await.expect("load task");
+        assert_eq!(tags.len(), ROUNDS * WINDOW, "every message answered exactly once");
+        assert!(tags.windows(2).all(|w| w[0] <= w[1]), "a session never goes back to an older version");
+        seen_versions.extend(tags);
+        // Still connected, now on the last version.
+        assert_eq!(tag_of(&mut client).await, format!("v{SWAPS}"));
+        still_open.push(client);
+    }
+    assert!(seen_versions.len() > 2, "the load spanned several versions: {seen_versions:?}");
+    assert_eq!(h.gateway.sessions(), 4, "no session was dropped");
+    let (_, scripts) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
+    let router = scripts["scripts"].as_array().expect("list").iter().find(|s| s["name"] == "router").cloned();
+    let router = router.expect("router listed");
+    assert!(router["calls"].as_u64().is_some_and(|c| c > 0) && router["previous"].is_string(), "{router}");
+}
+
+#[tokio::test]
+async fn rollback_restores_the_previous_version() {
+    let h = tagged_gateway().await;
+    let hostile = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
+    let mut client = h.logged_in_ws("alice").await;
+    assert_eq!(tag_of(&mut client).await, "v0");
+    let (status, v1) = deploy(&h, "router", &hostile, Some(json!({"tag": "v1"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(tag_of(&mut client).await, "v1");
+    let (status, back) = h.admin("POST", "/scripts/router/rollback", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(back["previous"], v1["version"]);
+    assert_eq!(tag_of(&mut client).await, "v0");
+    // Rolling back again swaps back.
+    h.admin("POST", "/scripts/router/rollback", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(tag_of(&mut client).await, "v1");
+    let (status, answer) = h.admin("POST", "/scripts/auth/rollback", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, answer["error"].as_str()), (409, Some("no_previous")));
+}
+
+#[tokio::test]
+async fn refused_candidates_leave_the_live_version_running() {
+    let h = tagged_gateway().await;
+    let hostile = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
+    let forbidden = std::fs::read(FORBIDDEN_IMPORT).expect("forbidden-import router");
+    let mut client = h.logged_in_ws("alice").await;
+    let (_, before) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
+    let cases: [(&str, &[u8], Option<Value>, &str); 4] = [
+        ("router", b"definitely not wasm", None, "cannot be loaded"),
+        ("auth", &hostile, None, "does not fit its world"),
+        ("router", &forbidden, None, "wasi:sockets"),
+        ("router", &hostile, Some(json!({"fail": true})), "failed to initialise"),
+    ];
+    for (name, wasm, config, why) in cases {
+        let (status, answer) = deploy(&h, name, wasm, config).await;
+        assert_eq!((status, answer["error"].as_str()), (422, Some("rejected")), "{answer}");
+        assert!(answer["reason"].as_str().is_some_and(|r| r.contains(why)), "{why}: {answer}");
+        assert_eq!(tag_of(&mut client).await, "v0", "the live router still answers");
+    }
+    let (_, after) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
+    for i in 0..3 {
+        assert_eq!(before["scripts"][i]["version"], after["scripts"][i]["version"]);
+    }
+    let (status, _) = deploy(&h, "nope", &hostile, None).await;
+    assert_eq!(status, 404);
+    let addr = h.gateway.admin_addr().expect("admin");
+    let (status, _) =
+        wasmgate::admin::client::request(addr, None, "POST", "/scripts/router", hostile.clone())
+            .await
+            .expect("post");
+    assert_eq!(status, 401, "deploys need the token");
+}
+
+#[tokio::test]
+async fn auth_and_rooms_swap_without_dropping_sessions_or_membership() {
+    let h = Harness::start_with(with_admin_token).await;
+    let mut alice = h.logged_in_ws("alice").await;
+    let seq = alice.send(5, b"lobby").await.expect("join");
+    alice.recv_reply(5, seq, PROMPT).await.expect("joined");
+
+    // A new auth version with another secret: new logins need the new secret; alice stays.
+    let (status, info) =
+        deploy(&h, "auth", wasmgate::embedded::DEFAULT_AUTH, Some(json!({"secret": "rotated-secret"}))).await;
+    assert_eq!(status, 200, "{info}");
+    let mut old = h.ws(false).await;
+    let seq = old.send(1, token("bob").as_bytes()).await.expect("login");
+    let refused = old.recv_within(PROMPT).await.expect("answer").packet().expect("error frame");
+    assert_eq!((refused.msg_id, refused.seq, error_of(&refused.body).0.as_str()), (4, seq, "invalid_token"));
+    let mut new = h.ws(false).await;
+    let rotated = wasmgate_examples::client::mint_token("rotated-secret", "carol", None, 60).expect("token");
+    new.login(1, &rotated).await.expect("login with the rotated secret");
+
+    // A new rooms version with a member cap of 1: the room keeps alice; carol is refused.
+    let (status, _) =
+        deploy(&h, "rooms", wasmgate::embedded::DEFAULT_ROOMS, Some(json!({"max_members": 1}))).await;
+    assert_eq!(status, 200);
+    let (_, rooms) = h.admin("GET", "/rooms", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(rooms["rooms"], json!([{"room": "lobby", "members": 1}]), "membership survived the swap");
+    let seq = new.send(5, b"lobby").await.expect("join");
+    let answer = new.recv_within(PROMPT).await.expect("answer").packet().expect("answer");
+    assert_eq!((answer.seq, error_of(&answer.body).0.as_str()), (seq, "room_full"));
+    // alice's session went through both swaps.
+    let seq = alice.send(2, b"").await.expect("heartbeat");
+    alice.recv_reply(2, seq, PROMPT).await.expect("alive");
+}

@@ -57,8 +57,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let metrics = Metrics::new();
-        let limits =
-            Limits { deadline: std::time::Duration::from_millis(200), memory_bytes: 64 << 20, instances: 1 };
+        let limits = Limits {
+            deadline: std::time::Duration::from_millis(200),
+            memory_bytes: 64 << 20,
+            instances: 1,
+            cache_dir: None,
+        };
         let routes: Vec<MessageRoute> =
             (100..200).map(|m| MessageRoute { msg_id: m, dest_id: 101 }).collect();
         let native: HashMap<u32, u32> = routes.iter().map(|r| (r.msg_id, r.dest_id)).collect();
@@ -68,7 +72,7 @@ fn main() {
                 bytes: embedded::DEFAULT_ROUTER.into(),
                 config_json: "{}".into(),
             },
-            limits,
+            limits.clone(),
             &metrics,
             routes,
         )

@@ -298,6 +298,10 @@ pub struct ScriptsConfig {
     /// (asynchronously) for a free instance beyond that. Instances are built on demand.
     /// Default: 4 per CPU, so a few calls stuck until their deadline do not stall the rest.
     pub instances: usize,
+    /// Directory of precompiled scripts, so a restart does not recompile (files named by the
+    /// component's SHA-256 and the engine configuration). `None`: compile at every start. Keep
+    /// it writable only by the gateway: its files are loaded as trusted native code.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for ScriptsConfig {
@@ -315,6 +319,7 @@ impl Default for ScriptsConfig {
             deadline_ms: 200,
             memory_bytes: 64 << 20,
             instances: 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cache_dir: None,
         }
     }
 }
@@ -376,6 +381,7 @@ impl Config {
         fix(&mut self.scripts.auth.path);
         fix(&mut self.scripts.router.path);
         fix(&mut self.scripts.rooms.path);
+        fix(&mut self.scripts.cache_dir);
     }
 
     /// Checks ranges and consistency. Called by [`Config::load`] and by the gateway before it

@@ -101,12 +101,13 @@ impl RunningGateway {
             deadline: Duration::from_millis(config.scripts.deadline_ms),
             memory_bytes: config.scripts.memory_bytes,
             instances: config.scripts.instances,
+            cache_dir: config.scripts.cache_dir.as_deref().map(Into::into),
         };
         let auth_source = script_source("auth", &config.scripts.auth, embedded::DEFAULT_AUTH)?;
         let router_source = script_source("router", &config.scripts.router, embedded::DEFAULT_ROUTER)?;
         let routes = message_routes(&message_map);
-        let auth = Auth::load(&auth_source, limits, &metrics).await?;
-        let router = Router::load(&router_source, limits, &metrics, routes).await?;
+        let auth = Auth::load(&auth_source, limits.clone(), &metrics).await?;
+        let router = Router::load(&router_source, limits.clone(), &metrics, routes).await?;
         let rooms_source = script_source("rooms", &config.scripts.rooms, embedded::DEFAULT_ROOMS)?;
         let rooms_script = RoomsScript::load(&rooms_source, limits, &metrics).await?;
 

@@ -31,6 +31,12 @@ pub struct TargetLabel {
     pub target: &'static str,
 }
 
+/// `from` label of script compiles: `memory_cache`, `disk_cache`, `compiler`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FromLabel {
+    pub from: &'static str,
+}
+
 /// `dest` label (dest id of `dest_map.json`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestLabel {
@@ -84,6 +90,7 @@ pub struct Metrics {
     pub fanout_delivered: Counter,
     pub fanout_undelivered: Counter,
     pub pushes: Family<TargetLabel, Counter>,
+    pub script_compiles: Family<FromLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -119,6 +126,7 @@ impl Metrics {
             fanout_delivered: Counter::default(),
             fanout_undelivered: Counter::default(),
             pushes: Family::default(),
+            script_compiles: Family::default(),
         };
         r.register("connections", "Client connections accepted", m.connections_total.clone());
         r.register("sessions", "Client sessions currently open", m.connections.clone());
@@ -169,6 +177,11 @@ impl Metrics {
             m.fanout_undelivered.clone(),
         );
         r.register("pushes", "Pushes received (HTTP API and backends), by target", m.pushes.clone());
+        r.register(
+            "script_compiles",
+            "Script components loaded, by where the compiled code came from",
+            m.script_compiles.clone(),
+        );
         Self { registry: Arc::new(r), ..m }
     }
 

@@ -198,3 +198,60 @@ async fn auth_and_rooms_swap_without_dropping_sessions_or_membership() {
     let seq = alice.send(2, b"").await.expect("heartbeat");
     alice.recv_reply(2, seq, PROMPT).await.expect("alive");
 }
+
+#[tokio::test]
+async fn a_restart_loads_compiled_scripts_from_the_disk_cache() {
+    use sha2::Digest as _;
+    let cache = tempfile::tempdir().expect("cache dir");
+    // A router no other test compiles: the hostile router plus a unique custom section.
+    let mut wasm = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
+    let unique = format!("cache-test-{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let mut section = vec![5u8];
+    section.extend_from_slice(b"cache");
+    section.extend_from_slice(unique.as_bytes());
+    wasm.push(0); // custom section id
+    wasm.push(section.len() as u8);
+    wasm.extend_from_slice(&section);
+    let router = cache.path().join("router.wasm");
+    std::fs::write(&router, &wasm).expect("write router");
+    let hash: String = sha2::Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    let start = |cache: std::path::PathBuf, router: std::path::PathBuf| {
+        Harness::start_with(move |c| {
+            c.scripts.router.path = Some(router);
+            c.scripts.router.config = toml::toml! { tag = "cached" };
+            c.scripts.cache_dir = Some(cache);
+        })
+    };
+    let compiles = |metrics: &str, from: &str| {
+        wasmgate_tests::metric(metrics, &format!("wasmgate_script_compiles_total{{from=\"{from}\"}}"))
+    };
+
+    let first = start(cache.path().into(), router.clone()).await;
+    let (_, metrics) = first.admin_get("/metrics").await;
+    assert!(compiles(&metrics, "compiler") >= 1.0, "{metrics}");
+    let files: Vec<String> = std::fs::read_dir(cache.path())
+        .expect("cache dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&hash) && n.ends_with(".cwasm"))
+        .collect();
+    assert_eq!(files.len(), 1, "the precompiled router is in the cache");
+    first.gateway.shutdown(Duration::from_secs(2)).await;
+
+    // The restart finds it on disk (the in-memory cache is gone, as in a new process).
+    wasmgate::script::engine::ScriptEngine::shared().expect("engine").clear_memory_cache();
+    let second = start(cache.path().into(), router.clone()).await;
+    let (_, metrics) = second.admin_get("/metrics").await;
+    assert!(compiles(&metrics, "disk_cache") >= 1.0, "{metrics}");
+    let mut client = second.logged_in_ws("alice").await;
+    assert_eq!(tag_of(&mut client).await, "cached");
+    second.gateway.shutdown(Duration::from_secs(2)).await;
+
+    // A damaged cache file is not trusted: the router is compiled again.
+    std::fs::write(cache.path().join(&files[0]), b"garbage").expect("damage the cache");
+    wasmgate::script::engine::ScriptEngine::shared().expect("engine").clear_memory_cache();
+    let third = start(cache.path().into(), router).await;
+    let (_, metrics) = third.admin_get("/metrics").await;
+    assert!(compiles(&metrics, "compiler") >= 1.0, "{metrics}");
+    let mut client = third.logged_in_ws("alice").await;
+    assert_eq!(tag_of(&mut client).await, "cached");
+}

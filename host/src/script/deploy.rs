@@ -23,7 +23,7 @@ use super::engine::ScriptEngine;
 use super::pool::{InitFn, Limits, ScriptPool, World};
 use super::state::ScriptMeta;
 use super::{ScriptError, ScriptSource, compile};
-use crate::metrics::Metrics;
+use crate::metrics::{FromLabel, Metrics};
 
 /// Import namespaces a script may use. Rust's standard library imports these WASI interfaces
 /// even when unused; the store's WASI context grants them nothing (no environment variables,
@@ -109,7 +109,7 @@ impl<W: World> Deployed<W> {
         metrics: &Metrics,
         init: InitFn<W>,
     ) -> Result<Self, ScriptError> {
-        let version = build(&source.name, source, limits, metrics, init).await?;
+        let version = build(&source.name, source, limits.clone(), metrics, init).await?;
         Ok(Self {
             name: source.name.clone(),
             limits,
@@ -129,7 +129,7 @@ impl<W: World> Deployed<W> {
     /// for [`Self::rollback`]. On error the live version stays.
     pub async fn deploy(&self, source: ScriptSource, init: InitFn<W>) -> Result<ScriptInfo, ScriptError> {
         let _busy = self.busy.lock().await;
-        let version = build(&self.name, &source, self.limits, &self.metrics, init).await?;
+        let version = build(&self.name, &source, self.limits.clone(), &self.metrics, init).await?;
         let replaced = self.live.swap(Arc::new(version));
         tracing::info!(
             script = self.name,
@@ -155,7 +155,7 @@ impl<W: World> Deployed<W> {
             return Err(ScriptError::NoPrevious { script: self.name.clone() });
         };
         let init = make_init(&previous.source.config_json);
-        let version = build(&self.name, &previous.source, self.limits, &self.metrics, init).await?;
+        let version = build(&self.name, &previous.source, self.limits.clone(), &self.metrics, init).await?;
         let replaced = self.live.swap(Arc::new(version));
         tracing::info!(
             script = self.name,
@@ -172,7 +172,7 @@ impl<W: World> Deployed<W> {
     pub async fn rebuild(&self, init: InitFn<W>) -> Result<(), ScriptError> {
         let _busy = self.busy.lock().await;
         let live = self.live();
-        let mut version = build(&self.name, &live.source, self.limits, &self.metrics, init).await?;
+        let mut version = build(&self.name, &live.source, self.limits.clone(), &self.metrics, init).await?;
         version.deployed_at_ms = live.deployed_at_ms;
         self.live.store(Arc::new(version));
         Ok(())
@@ -204,7 +204,8 @@ async fn build<W: World>(
     metrics: &Metrics,
     init: InitFn<W>,
 ) -> Result<Version<W>, ScriptError> {
-    let (engine, component) = compile(source).await?;
+    let (engine, component, from) = compile(source, limits.cache_dir.clone()).await?;
+    metrics.script_compiles.get_or_create(&FromLabel { from: from.name() }).inc();
     check_imports(&engine, name, &component)?;
     let id = version_id(&source.bytes, &source.config_json);
     let meta = ScriptMeta::new(name, &id, metrics.clone());

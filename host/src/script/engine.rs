@@ -6,6 +6,8 @@
 //! compiled code of identical components, keyed by the SHA-256 of their bytes.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -71,18 +73,96 @@ impl ScriptEngine {
         Ok(Self { engine, linker, compiled: Mutex::default() })
     }
 
-    /// Compiles `bytes` (a component) or returns the cached compilation of identical bytes.
-    /// Compilation is CPU-heavy (tens to hundreds of ms): call it off the async workers.
+    /// Compiles `bytes` (a component) or returns the cached compilation of identical bytes:
+    /// from memory, else from `cache_dir` (files `<sha256>-<engine>.cwasm`, written after a
+    /// compile, loaded only into an engine with the same configuration). Compilation is
+    /// CPU-heavy (tens to hundreds of ms): call it off the async workers.
     ///
-    /// Errors: [`ScriptError::Load`] when the bytes are not a valid component.
-    pub fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component, ScriptError> {
+    /// Errors: [`ScriptError::Load`] when the bytes are not a valid component. A cache file
+    /// that cannot be read or written is logged and skipped.
+    pub fn compile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> Result<(Component, CompiledFrom), ScriptError> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(c) = self.compiled.lock().get(&hash) {
-            return Ok(c.clone());
+            return Ok((c.clone(), CompiledFrom::Memory));
+        }
+        let file = cache_dir.map(|dir| dir.join(self.cache_file_name(&hash)));
+        if let Some(file) = file.as_deref().filter(|f| f.exists()) {
+            // SAFETY: wasmtime requires that a deserialized artifact come from a trusted
+            // `serialize` of a compatible engine. The file name carries the engine's
+            // compatibility hash and the files are written only by this function; the cache
+            // directory must not be writable by anyone the gateway does not trust (docs).
+            // Read into memory rather than map the file: a mapped file truncated underneath a
+            // live component would crash the process (SIGBUS).
+            let loaded = std::fs::read(file).map_err(wasmtime::Error::from).and_then(|bytes| {
+                // SAFETY: see above.
+                unsafe { Component::deserialize(&self.engine, bytes) }
+            });
+            match loaded {
+                Ok(component) => {
+                    self.compiled.lock().insert(hash, component.clone());
+                    return Ok((component, CompiledFrom::Disk));
+                }
+                Err(e) => {
+                    tracing::warn!(script = name, file = %file.display(), "unusable cache file, recompiling: {e:#}")
+                }
+            }
         }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| ScriptError::Load { script: name.into(), message: format!("{e:#}") })?;
+        if let Some(file) = &file
+            && let Err(e) = write_cache_file(file, &component)
+        {
+            tracing::warn!(script = name, file = %file.display(), "cannot write the compile cache: {e:#}");
+        }
         self.compiled.lock().insert(hash, component.clone());
-        Ok(component)
+        Ok((component, CompiledFrom::Compiled))
     }
+
+    /// `<sha256 of the component>-<engine compatibility hash>.cwasm`.
+    fn cache_file_name(&self, hash: &[u8; 32]) -> String {
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{hex}-{:016x}.cwasm", engine_hash.finish())
+    }
+
+    /// Forgets the in-memory compile cache (the next compile of each component goes to the
+    /// disk cache or the compiler). For tests and memory pressure.
+    pub fn clear_memory_cache(&self) {
+        self.compiled.lock().clear();
+    }
+}
+
+/// Where a compiled component came from (`wasmgate_script_compiles_total{from}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompiledFrom {
+    Memory,
+    Disk,
+    Compiled,
+}
+
+impl CompiledFrom {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory_cache",
+            Self::Disk => "disk_cache",
+            Self::Compiled => "compiler",
+        }
+    }
+}
+
+/// Writes the precompiled artifact next to its final name, then renames it into place.
+fn write_cache_file(file: &Path, component: &Component) -> wasmtime::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, component.serialize()?)?;
+    std::fs::rename(&tmp, file)?;
+    Ok(())
 }

@@ -85,12 +85,17 @@ pub struct ScriptSource {
     pub config_json: String,
 }
 
-/// Compiles a script's component (cached by content hash) on a blocking thread.
-async fn compile(source: &ScriptSource) -> Result<(Arc<ScriptEngine>, Component), ScriptError> {
+/// Compiles a script's component (cached by content hash, in memory and in `cache_dir`) on a
+/// blocking thread.
+async fn compile(
+    source: &ScriptSource,
+    cache_dir: Option<Arc<std::path::Path>>,
+) -> Result<(Arc<ScriptEngine>, Component, engine::CompiledFrom), ScriptError> {
     let engine = ScriptEngine::shared()?;
     let (e, name, bytes) = (engine.clone(), source.name.clone(), source.bytes.clone());
-    let component = tokio::task::spawn_blocking(move || e.compile(&name, &bytes))
-        .await
-        .map_err(|e| ScriptError::Engine(format!("compile task failed: {e}")))??;
-    Ok((engine, component))
+    let (component, from) =
+        tokio::task::spawn_blocking(move || e.compile(&name, &bytes, cache_dir.as_deref()))
+            .await
+            .map_err(|e| ScriptError::Engine(format!("compile task failed: {e}")))??;
+    Ok((engine, component, from))
 }

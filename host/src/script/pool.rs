@@ -52,8 +52,8 @@ pub type SlotFuture<W, R> = Pin<Box<dyn Future<Output = (Slot<W>, wasmtime::Resu
 /// Runs the world's `init` on a fresh instance: `Ok(Err(_))` is the script's own refusal.
 pub type InitFn<W> = Arc<dyn Fn(Slot<W>) -> SlotFuture<W, Result<(), String>> + Send + Sync>;
 
-/// Sandbox limits of every instance of a pool.
-#[derive(Debug, Clone, Copy)]
+/// Sandbox limits of every instance of a pool, and where compiled scripts are cached.
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Wall-clock budget of one call.
     pub deadline: Duration,
@@ -61,6 +61,8 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Most instances (and so concurrent calls) of one script.
     pub instances: usize,
+    /// Directory of precompiled components (`scripts.cache_dir`); `None`: memory only.
+    pub cache_dir: Option<std::sync::Arc<std::path::Path>>,
 }
 
 struct Outcomes {

@@ -302,6 +302,10 @@ pub struct ScriptsConfig {
     /// component's SHA-256 and the engine configuration). `None`: compile at every start. Keep
     /// it writable only by the gateway: its files are loaded as trusted native code.
     pub cache_dir: Option<PathBuf>,
+    /// Failure policy of the router: when it traps, overruns its deadline or cannot be built,
+    /// the message is forwarded to this dest id; `None` (default): the client gets a
+    /// `script_error` error frame. (Auth always fails closed; rooms refuse the action.)
+    pub router_fallback_dest: Option<u32>,
 }
 
 impl Default for ScriptsConfig {
@@ -320,6 +324,7 @@ impl Default for ScriptsConfig {
             memory_bytes: 64 << 20,
             instances: 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_dir: None,
+            router_fallback_dest: None,
         }
     }
 }

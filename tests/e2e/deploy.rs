@@ -255,3 +255,53 @@ async fn a_restart_loads_compiled_scripts_from_the_disk_cache() {
     let mut client = third.logged_in_ws("alice").await;
     assert_eq!(tag_of(&mut client).await, "cached");
 }
+
+#[tokio::test]
+async fn a_script_that_cannot_be_rebuilt_backs_off_and_recovers_on_deploy() {
+    let h = tagged_gateway().await;
+    let hostile = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    // This version initialises now but refuses every init from 300 ms on.
+    let config = json!({"tag": "doomed", "fail_init_after_ms": now_ms as u64 + 300});
+    let (status, _) = deploy(&h, "router", &hostile, Some(config)).await;
+    assert_eq!(status, 200);
+    let mut client = h.logged_in_ws("alice").await;
+    assert_eq!(tag_of(&mut client).await, "doomed");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A trap discards the only instance; its replacement cannot be built.
+    let seq = client.send(900, b"").await.expect("send");
+    let answer = client.recv_within(PROMPT).await.expect("answer").packet().expect("error frame");
+    assert_eq!((answer.seq, error_of(&answer.body).0.as_str()), (seq, "script_error"));
+    // Further messages fail fast while rebuilds back off; the session stays.
+    for _ in 0..5 {
+        let seq = client.send(TAGGED, b"x").await.expect("send");
+        let answer = client.recv_within(PROMPT).await.expect("answer").packet().expect("error frame");
+        assert_eq!((answer.seq, error_of(&answer.body).0.as_str()), (seq, "script_error"));
+    }
+    let (_, metrics) = h.admin_get("/metrics").await;
+    let unavailable = wasmgate_tests::metric_sum(
+        &metrics,
+        "wasmgate_script_calls_total",
+        &["script=\"router\"", "outcome=\"unavailable\""],
+    );
+    assert!(unavailable >= 1.0, "calls refused during the back-off: {metrics}");
+    // A good version goes live at once.
+    let (status, _) = deploy(&h, "router", &hostile, Some(json!({"tag": "fixed"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(tag_of(&mut client).await, "fixed");
+}
+
+#[tokio::test]
+async fn a_failing_router_falls_back_to_the_configured_dest() {
+    let h = Harness::start_with(|c| {
+        c.scripts.router.path = Some(HOSTILE_ROUTER.into());
+        c.scripts.router_fallback_dest = Some(101);
+    })
+    .await;
+    let mut client = h.logged_in_ws("alice").await;
+    // 900 traps the router: the fallback sends it to dest 101, whose example backend echoes.
+    let seq = client.send(900, b"still served").await.expect("send");
+    let (reply, _) = client.recv_reply(900, seq, PROMPT).await.expect("the backend's echo");
+    assert_eq!(&reply.body[..], b"still served");
+}

@@ -45,6 +45,8 @@ pub enum ScriptError {
     Trap { script: String, deadline: bool, message: String },
     #[error("script `{script}` has no previous version to roll back to")]
     NoPrevious { script: String },
+    #[error("script `{script}` cannot build instances; next attempt in {retry_in_ms} ms")]
+    Unavailable { script: String, retry_in_ms: u64 },
 }
 
 impl World for AuthScript {

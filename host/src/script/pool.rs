@@ -12,7 +12,10 @@
 //! cap, stack overflow) its instance is thrown away and a new one is built from the pre-linked
 //! component, with `init` run again; the caller gets [`ScriptError::Trap`] for that one event
 //! and every other call is unaffected. A call whose future is dropped midway (its session was
-//! aborted) loses its instance, which the pool replaces on demand.
+//! aborted) loses its instance, which the pool replaces on demand. When building an instance
+//! fails (its `init` refuses or traps), further builds back off — 50 ms doubling to 5 s — and
+//! calls that find no live instance meanwhile fail at once (`outcome="unavailable"`) instead of
+//! paying for a doomed build each.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -69,6 +72,22 @@ struct Outcomes {
     ok: Counter,
     trap: Counter,
     deadline: Counter,
+    /// Calls refused at once while instance rebuilds are backing off.
+    unavailable: Counter,
+}
+
+/// First wait after a failed instance build; doubles per consecutive failure.
+const REBUILD_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+/// Longest wait between instance build attempts.
+const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Consecutive failed instance builds and when the next attempt is allowed (Envoy's
+/// FAIL_RELOAD idea: a script that cannot be rebuilt is retried with back-off, not on every
+/// call).
+#[derive(Default)]
+struct Rebuilds {
+    failures: u32,
+    next_attempt: Option<Instant>,
 }
 
 /// Live instances of one script component.
@@ -81,6 +100,7 @@ pub struct ScriptPool<W: World> {
     free: Mutex<Vec<Slot<W>>>,
     permits: Semaphore,
     outcomes: Outcomes,
+    rebuilds: Mutex<Rebuilds>,
 }
 
 impl<W: World> ScriptPool<W> {
@@ -108,7 +128,12 @@ impl<W: World> ScriptPool<W> {
             };
             meta.metrics.script_calls.get_or_create(&label).clone()
         };
-        let outcomes = Outcomes { ok: outcome("ok"), trap: outcome("trap"), deadline: outcome("deadline") };
+        let outcomes = Outcomes {
+            ok: outcome("ok"),
+            trap: outcome("trap"),
+            deadline: outcome("deadline"),
+            unavailable: outcome("unavailable"),
+        };
         let instances = limits.instances.max(1);
         let pool = Self {
             meta,
@@ -119,6 +144,7 @@ impl<W: World> ScriptPool<W> {
             free: Mutex::new(Vec::with_capacity(instances)),
             permits: Semaphore::new(instances),
             outcomes,
+            rebuilds: Mutex::default(),
         };
         let first = pool.build().await?;
         pool.free.lock().push(first);
@@ -162,10 +188,47 @@ impl<W: World> ScriptPool<W> {
         }
     }
 
+    /// Builds an instance after the first (on demand, or to replace a trapped one), backing
+    /// off after failures: while backing off it fails at once with
+    /// [`ScriptError::Unavailable`] instead of trying again.
+    async fn rebuild(&self) -> Result<Slot<W>, ScriptError> {
+        let now = Instant::now();
+        if let Some(at) = self.rebuilds.lock().next_attempt.filter(|at| *at > now) {
+            self.outcomes.unavailable.inc();
+            return Err(ScriptError::Unavailable {
+                script: self.name().into(),
+                retry_in_ms: at.duration_since(now).as_millis() as u64,
+            });
+        }
+        match self.build().await {
+            Ok(slot) => {
+                *self.rebuilds.lock() = Rebuilds::default();
+                Ok(slot)
+            }
+            Err(e) => {
+                let mut rebuilds = self.rebuilds.lock();
+                rebuilds.failures += 1;
+                let wait = REBUILD_BACKOFF_FIRST
+                    .saturating_mul(1 << rebuilds.failures.min(16).saturating_sub(1))
+                    .min(REBUILD_BACKOFF_MAX);
+                rebuilds.next_attempt = Some(Instant::now() + wait);
+                tracing::error!(
+                    script = self.name(),
+                    version = &*self.meta.version,
+                    failures = rebuilds.failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "cannot build a script instance; backing off: {e}"
+                );
+                Err(e)
+            }
+        }
+    }
+
     /// Runs `f` on a live instance under the epoch deadline.
     ///
     /// Errors: [`ScriptError::Trap`] when the call traps or overruns its deadline (the
-    /// instance is replaced); [`ScriptError::Init`] when no instance could be built.
+    /// instance is replaced); [`ScriptError::Init`] when no instance could be built;
+    /// [`ScriptError::Unavailable`] while failed builds back off.
     pub async fn call<R, Fut>(&self, f: impl FnOnce(Slot<W>) -> Fut) -> Result<R, ScriptError>
     where
         Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
@@ -175,7 +238,7 @@ impl<W: World> ScriptPool<W> {
         let popped = self.free.lock().pop();
         let mut slot = match popped {
             Some(slot) => slot,
-            None => self.build().await?,
+            None => self.rebuild().await?,
         };
         slot.store.data_mut().call_started = Instant::now();
         slot.store.set_epoch_deadline(1);
@@ -201,9 +264,8 @@ impl<W: World> ScriptPool<W> {
                 );
                 // The instance may be in any state after a trap: replace it.
                 drop(slot);
-                match self.build().await {
-                    Ok(fresh) => self.free.lock().push(fresh),
-                    Err(e) => tracing::error!(script = self.name(), "cannot rebuild instance: {e}"),
+                if let Ok(fresh) = self.rebuild().await {
+                    self.free.lock().push(fresh);
                 }
                 Err(ScriptError::Trap { script: self.name().into(), deadline, message: format!("{err:#}") })
             }

@@ -316,11 +316,18 @@ impl Session {
         let record = bindings::Packet { msg_id: packet.msg_id, seq, body: packet.body.to_vec() };
         let decision = match self.core.router.route(&self.info, &record).await {
             Ok(decision) => decision,
-            Err(e) => {
-                tracing::debug!("router failed: {e}");
-                self.handle.send_error(seq, "script_error", "the router failed on this message");
-                return;
-            }
+            // Failure policy: the configured fallback dest, else an error reply.
+            Err(e) => match self.core.config.scripts.router_fallback_dest {
+                Some(dest) => {
+                    tracing::debug!(dest, "router failed, forwarding to the fallback dest: {e}");
+                    Decision::Forward(dest)
+                }
+                None => {
+                    tracing::debug!("router failed: {e}");
+                    self.handle.send_error(seq, "script_error", "the router failed on this message");
+                    return;
+                }
+            },
         };
         match decision {
             Decision::Forward(dest) => {

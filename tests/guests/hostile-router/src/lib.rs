@@ -7,7 +7,9 @@
 //! - msg id 904: dropped (a legitimate decision, to check it is counted).
 //! - msg id 905: answered directly with `<tag>:<body>`, where `tag` is the config's string
 //!   (`{"tag": "v1"}`), so a test can tell which deployed version answered.
-//! - init fails when the config is `{"fail": true}` (a refused deploy candidate).
+//! - init fails when the config is `{"fail": true}` (a refused deploy candidate), or once the
+//!   clock passes `fail_init_after_ms` (ms since the Unix epoch): instances built after that
+//!   (to replace a trapped one) fail, to exercise the rebuild back-off.
 //! - any other id: forwarded to dest `id / 100 * 100 + 1` (100 -> 101), like the example map.
 
 use std::cell::RefCell;
@@ -27,10 +29,20 @@ fn string_field(json: &str, key: &str) -> Option<String> {
     Some(json[start..end].to_string())
 }
 
+/// The number value of `"key":123` in a flat JSON object.
+fn number_field(json: &str, key: &str) -> Option<u64> {
+    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = json[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 impl Guest for Hostile {
     fn init(config: String, _map: Vec<MessageRoute>) -> Result<(), String> {
         if config.contains("\"fail\":true") {
             return Err("asked to refuse this config".into());
+        }
+        if number_field(&config, "fail_init_after_ms").is_some_and(|t| wasmgate_guest::host::now_ms() > t) {
+            return Err("init refused: past fail_init_after_ms".into());
         }
         TAG.with(|t| *t.borrow_mut() = string_field(&config, "tag").unwrap_or_default());
         Ok(())

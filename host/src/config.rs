@@ -306,6 +306,10 @@ pub struct ScriptsConfig {
     /// the message is forwarded to this dest id; `None` (default): the client gets a
     /// `script_error` error frame. (Auth always fails closed; rooms refuse the action.)
     pub router_fallback_dest: Option<u32>,
+    /// Watched directory of script files: writing `auth.wasm`, `router.wasm` or `rooms.wasm`
+    /// there deploys it live (same pipeline as `wasmgate deploy`; the script keeps its
+    /// config). The directory must exist. `None`: no watching.
+    pub watch_dir: Option<PathBuf>,
 }
 
 impl Default for ScriptsConfig {
@@ -325,6 +329,7 @@ impl Default for ScriptsConfig {
             instances: 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_dir: None,
             router_fallback_dest: None,
+            watch_dir: None,
         }
     }
 }
@@ -387,6 +392,7 @@ impl Config {
         fix(&mut self.scripts.router.path);
         fix(&mut self.scripts.rooms.path);
         fix(&mut self.scripts.cache_dir);
+        fix(&mut self.scripts.watch_dir);
     }
 
     /// Checks ranges and consistency. Called by [`Config::load`] and by the gateway before it

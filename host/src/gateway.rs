@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ScriptConfig};
 use crate::maps::{self, DestMap, MessageMap};
 use crate::metrics::Metrics;
+use crate::metrics::ReasonLabel;
 use crate::rooms::Rooms;
 use crate::script::bindings::MessageRoute;
-use crate::script::{Auth, Limits, Rooms as RoomsScript, Router, ScriptSource};
+use crate::script::{Auth, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptSource};
 use crate::session::{CloseReason, Registry, SessionIdGen};
 use crate::upstream::{NodeIdentity, Upstreams};
 use crate::{admin, embedded, transport, watch};
@@ -38,6 +39,51 @@ pub(crate) struct Core {
     pub conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+}
+
+/// The scripts a gateway runs, by name (deploys, rollbacks, the watched scripts directory).
+pub const SCRIPT_NAMES: [&str; 3] = ["auth", "router", "rooms"];
+
+impl Core {
+    /// Deploys `bytes` live as script `name` (one of [`SCRIPT_NAMES`]) with `config` (JSON
+    /// text; `None` keeps the live version's). Counted in `wasmgate_script_deploys_total`.
+    ///
+    /// Errors: any step of the pipeline ([`crate::script::deploy`]); an unknown name is a
+    /// [`ScriptError::Load`].
+    pub(crate) async fn deploy_script(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        config: Option<String>,
+    ) -> Result<ScriptInfo, ScriptError> {
+        let source = |live: ScriptSource| ScriptSource {
+            name: name.to_string(),
+            bytes: bytes.into(),
+            config_json: config.clone().unwrap_or(live.config_json),
+        };
+        let result = match name {
+            "auth" => self.auth.deploy(source(self.auth.source())).await,
+            "router" => self.router.deploy(source(self.router.source())).await,
+            "rooms" => self.rooms_script.deploy(source(self.rooms_script.source())).await,
+            _ => Err(ScriptError::Load { script: name.into(), message: "no such script".into() }),
+        };
+        let reason = if result.is_ok() { "ok" } else { "rejected" };
+        self.metrics.script_deploys.get_or_create(&ReasonLabel { reason }).inc();
+        if let Err(e) = &result {
+            tracing::warn!(script = name, "deploy refused, the live version stays: {e}");
+        }
+        result
+    }
+
+    /// Puts the previous version of script `name` back.
+    pub(crate) async fn rollback_script(&self, name: &str) -> Result<ScriptInfo, ScriptError> {
+        match name {
+            "auth" => self.auth.rollback().await,
+            "router" => self.router.rollback().await,
+            "rooms" => self.rooms_script.rollback().await,
+            _ => Err(ScriptError::Load { script: name.into(), message: "no such script".into() }),
+        }
+    }
 }
 
 /// A running gateway. Dropping it does not stop it: call [`RunningGateway::shutdown`].
@@ -160,7 +206,7 @@ impl RunningGateway {
         if let Some(listener) = admin_listener {
             core.tasks.spawn(admin::serve(core.clone(), listener));
         }
-        let watcher = if core.config.maps.no_watch { None } else { watch::MapWatcher::start(core.clone())? };
+        let watcher = watch::MapWatcher::start(core.clone())?;
         tracing::info!(node = core.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");
         Ok(Self { core, ws_addr, tcp_addr, admin_addr, _watcher: watcher })
     }

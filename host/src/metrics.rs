@@ -91,6 +91,7 @@ pub struct Metrics {
     pub fanout_undelivered: Counter,
     pub pushes: Family<TargetLabel, Counter>,
     pub script_compiles: Family<FromLabel, Counter>,
+    pub script_deploys: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -127,6 +128,7 @@ impl Metrics {
             fanout_undelivered: Counter::default(),
             pushes: Family::default(),
             script_compiles: Family::default(),
+            script_deploys: Family::default(),
         };
         r.register("connections", "Client connections accepted", m.connections_total.clone());
         r.register("sessions", "Client sessions currently open", m.connections.clone());
@@ -182,6 +184,7 @@ impl Metrics {
             "Script components loaded, by where the compiled code came from",
             m.script_compiles.clone(),
         );
+        r.register("script_deploys", "Script deploys, by result (ok, rejected)", m.script_deploys.clone());
         Self { registry: Arc::new(r), ..m }
     }
 

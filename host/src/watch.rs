@@ -1,5 +1,7 @@
 //! Watches `dest_map.json` and `message_map.json` (seed 000 step 5: file listeners with reload
-//! callbacks) and applies valid changes live.
+//! callbacks) and, with `scripts.watch_dir`, the script files `auth.wasm`, `router.wasm` and
+//! `rooms.wasm` in it, and applies valid changes live (a script file goes through the deploy
+//! pipeline, keeping the live config; a refused one leaves the live version).
 //!
 //! The parent directories are watched (editors and deploy tools replace files by rename).
 //! Events are coalesced: a change is applied [`DEBOUNCE`] after the last event for that file.
@@ -32,18 +34,26 @@ pub struct MapWatcher {
 enum MapKind {
     Dest,
     Message,
+    Script(&'static str),
 }
 
 impl MapWatcher {
-    /// Starts watching the configured map files; `None` when no file is configured.
+    /// Starts watching the configured map files (unless `maps.no_watch`) and script files;
+    /// `None` when there is nothing to watch.
     pub(crate) fn start(core: Arc<Core>) -> anyhow::Result<Option<Self>> {
-        let files: Vec<(PathBuf, MapKind)> = [
+        let mut files: Vec<(PathBuf, MapKind)> = [
             (core.config.maps.dest_map.clone(), MapKind::Dest),
             (core.config.maps.message_map.clone(), MapKind::Message),
         ]
         .into_iter()
+        .filter(|_| !core.config.maps.no_watch)
         .filter_map(|(path, kind)| path.map(|p| (p, kind)))
         .collect();
+        if let Some(dir) = &core.config.scripts.watch_dir {
+            for name in crate::gateway::SCRIPT_NAMES {
+                files.push((dir.join(format!("{name}.wasm")), MapKind::Script(name)));
+            }
+        }
         if files.is_empty() {
             return Ok(None);
         }
@@ -93,7 +103,11 @@ fn same_file_name(event_path: &Path, watched: &Path) -> bool {
 }
 
 async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
+    if let MapKind::Script(name) = kind {
+        return deploy_file(core, path, name).await;
+    }
     let result = match kind {
+        MapKind::Script(_) => return,
         MapKind::Dest => maps::read(path).and_then(|t| maps::parse_dest_map(&t)).map(|map| {
             core.upstreams.apply(&map);
             format!("{} dests", map.len())
@@ -120,4 +134,16 @@ async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
         }
     };
     core.metrics.map_reloads.get_or_create(&ReasonLabel { reason }).inc();
+}
+
+/// Deploys a changed script file (the deploy is counted and logged by the pipeline).
+async fn deploy_file(core: &Arc<Core>, path: &Path, name: &str) {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        // Deleted or renamed away: the live version stays.
+        Err(e) => return tracing::debug!(path = %path.display(), "script file not readable: {e}"),
+    };
+    if let Ok(info) = core.deploy_script(name, &bytes, None).await {
+        tracing::info!(path = %path.display(), script = name, version = info.version, "script file deployed");
+    }
 }

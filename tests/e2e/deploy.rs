@@ -305,3 +305,42 @@ async fn a_failing_router_falls_back_to_the_configured_dest() {
     let (reply, _) = client.recv_reply(900, seq, PROMPT).await.expect("the backend's echo");
     assert_eq!(&reply.body[..], b"still served");
 }
+
+#[tokio::test]
+async fn a_script_file_written_to_the_watched_directory_goes_live() {
+    let scripts = tempfile::tempdir().expect("scripts dir");
+    let dir = scripts.path().to_path_buf();
+    let h = Harness::start_with(move |c| {
+        with_admin_token(c);
+        c.scripts.router.path = Some(HOSTILE_ROUTER.into());
+        c.scripts.router.config = toml::toml! { tag = "from-config" };
+        c.scripts.watch_dir = Some(dir);
+    })
+    .await;
+    let mut client = h.logged_in_ws("alice").await;
+    assert_eq!(tag_of(&mut client).await, "from-config");
+    // A file that is not a component: refused, the live router stays.
+    wasmgate_tests::write_atomic(scripts.path().join("router.wasm"), "not a component");
+    wasmgate_tests::wait_until("the bad file is refused", || async {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        wasmgate_tests::metric(&metrics, "wasmgate_script_deploys_total{reason=\"rejected\"}") == 1.0
+    })
+    .await;
+    assert_eq!(tag_of(&mut client).await, "from-config");
+    // A new build of the router (here: the same code plus a custom section) dropped in by
+    // rename: it goes live with the running config.
+    let mut wasm = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
+    wasm.extend_from_slice(&[0, 6, 5, b'b', b'u', b'i', b'l', b'd']);
+    std::fs::write(scripts.path().join("router.tmp"), &wasm).expect("write");
+    std::fs::rename(scripts.path().join("router.tmp"), scripts.path().join("router.wasm")).expect("rename");
+    wasmgate_tests::wait_until("the new router is live", || async {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        wasmgate_tests::metric(&metrics, "wasmgate_script_deploys_total{reason=\"ok\"}") == 1.0
+    })
+    .await;
+    let expected = wasmgate::script::deploy::version_id(&wasm, r#"{"tag":"from-config"}"#);
+    let (_, list) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(list["scripts"][1]["name"], "router");
+    assert_eq!(list["scripts"][1]["version"], expected.as_str());
+    assert_eq!(tag_of(&mut client).await, "from-config");
+}

@@ -8,13 +8,12 @@ use hyper::StatusCode;
 
 use super::{HttpResponse, error, json};
 use crate::gateway::Core;
-use crate::script::{ScriptError, ScriptInfo, ScriptSource};
+use crate::script::{ScriptError, ScriptInfo};
 
 /// Largest component accepted, in bytes.
 pub(super) const MAX_COMPONENT: usize = 64 << 20;
 
-/// The scripts a gateway runs, by name.
-pub(super) const NAMES: [&str; 3] = ["auth", "router", "rooms"];
+use crate::gateway::SCRIPT_NAMES as NAMES;
 
 /// `GET /scripts`.
 pub(super) fn list(core: &Core) -> HttpResponse {
@@ -53,34 +52,20 @@ pub(super) async fn deploy(
     {
         return error(StatusCode::BAD_REQUEST, "bad_request", format!("config is not JSON: {e}"));
     }
-    let started = Instant::now();
-    let source = |live: ScriptSource| ScriptSource {
-        name: name.to_string(),
-        bytes: component.to_vec().into(),
-        config_json: config.clone().unwrap_or(live.config_json),
-    };
-    let result = match name {
-        "auth" => core.auth.deploy(source(core.auth.source())).await,
-        "router" => core.router.deploy(source(core.router.source())).await,
-        "rooms" => core.rooms_script.deploy(source(core.rooms_script.source())).await,
-        _ => return unknown(name),
-    };
-    if let Err(e) = &result {
-        tracing::warn!(script = name, "deploy refused: {e}");
+    if !NAMES.contains(&name) {
+        return unknown(name);
     }
-    answer(result, started)
+    let started = Instant::now();
+    answer(core.deploy_script(name, &component, config).await, started)
 }
 
 /// `POST /scripts/{name}/rollback`.
 pub(super) async fn rollback(core: &Core, name: &str) -> HttpResponse {
+    if !NAMES.contains(&name) {
+        return unknown(name);
+    }
     let started = Instant::now();
-    let result = match name {
-        "auth" => core.auth.rollback().await,
-        "router" => core.router.rollback().await,
-        "rooms" => core.rooms_script.rollback().await,
-        _ => return unknown(name),
-    };
-    answer(result, started)
+    answer(core.rollback_script(name).await, started)
 }
 
 fn unknown(name: &str) -> HttpResponse {

@@ -3,4 +3,5 @@
 //! them; the end-to-end tests use them as the real peers.
 
 pub mod backend;
+pub mod bench;
 pub mod client;

@@ -14,15 +14,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use wasmgate::config::TcpFramingConfig;
+use wasmgate_examples::bench::{GatewayProcess, cpu_seconds, free_port, percentile_ms, rss_kib, unix_ns};
 use wasmgate_examples::client::{Client, mint_token};
 
 const SECRET: &str = "fanout-bench-secret";
@@ -63,62 +63,8 @@ struct Args {
     buckets: usize,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-/// CPU time (user + system) of a process so far, from /proc (clock ticks of 10 ms).
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-    ticks / 100.0
-}
-
-/// Resident set size of a process, in KiB (VmRSS of /proc/<pid>/status).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
-struct Gateway {
-    child: Child,
-    ws: SocketAddr,
-    tcp: SocketAddr,
-    _dir: PathBuf,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
 async fn start_gateway(args: &Args, members: usize) -> anyhow::Result<Gateway> {
-    let binary = match &args.gateway {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("wasmgate"),
-    };
-    if !binary.exists() {
-        bail!("{} not found: run `cargo build --release -p wasmgate -p wasmgate-examples`", binary.display());
-    }
     let (ws, tcp) = (free_port()?, free_port()?);
-    let dir = std::env::temp_dir().join(format!("wasmgate-fanout-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     let config = format!(
         r#"[listen]
 ws = "127.0.0.1:{ws}"
@@ -142,30 +88,15 @@ config = {{ max_members = {conns} }}
         queue = (args.messages + 16).max(256),
         buckets = args.buckets,
     );
-    let path = dir.join("wasmgate.toml");
-    std::fs::write(&path, config)?;
-    let child = Command::new(&binary)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let gateway = Gateway {
-        child,
-        ws: SocketAddr::from(([127, 0, 0, 1], ws)),
-        tcp: SocketAddr::from(([127, 0, 0, 1], tcp)),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(gateway.ws).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the gateway did not start listening within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(gateway)
+    let ws = SocketAddr::from(([127, 0, 0, 1], ws));
+    let process = GatewayProcess::start(args.gateway.as_deref(), &config, ws).await?;
+    Ok(Gateway { process, ws, tcp: SocketAddr::from(([127, 0, 0, 1], tcp)) })
+}
+
+struct Gateway {
+    process: GatewayProcess,
+    ws: SocketAddr,
+    tcp: SocketAddr,
 }
 
 async fn member(gateway: &Gateway, transport: Transport, n: usize) -> anyhow::Result<Client> {
@@ -208,17 +139,9 @@ async fn receive(mut client: Client, expect: usize, sample: bool, limit: Duratio
     seen
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1e6
-}
-
 async fn run(args: &Args, members: usize) -> anyhow::Result<serde_json::Value> {
     let gateway = start_gateway(args, members).await?;
-    let pid = gateway.child.id();
+    let pid = gateway.process.pid();
     let opened = Instant::now();
     let joined = Arc::new(AtomicU64::new(0));
     let clients: Vec<Client> = futures_util::stream::iter(0..members)
@@ -285,8 +208,8 @@ async fn run(args: &Args, members: usize) -> anyhow::Result<serde_json::Value> {
         "lost": expected - delivered,
         "seconds": elapsed,
         "deliveries_per_s": rate,
-        "latency_ms_p50": percentile(&latencies, 0.50),
-        "latency_ms_p99": percentile(&latencies, 0.99),
+        "latency_ms_p50": percentile_ms(&latencies, 0.50),
+        "latency_ms_p99": percentile_ms(&latencies, 0.99),
         "latency_samples": latencies.len(),
         "gateway_cpu_s": cpu,
         "gateway_cpu_ns_per_delivery": cpu * 1e9 / delivered.max(1) as f64,
@@ -301,8 +224,8 @@ async fn run(args: &Args, members: usize) -> anyhow::Result<serde_json::Value> {
         args.messages,
         if args.rate > 0.0 { format!("{}/s", args.rate) } else { "max".into() },
         rate,
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
+        percentile_ms(&latencies, 0.50),
+        percentile_ms(&latencies, 0.99),
         expected - delivered,
         cpu,
         cpu * 1e9 / delivered.max(1) as f64,

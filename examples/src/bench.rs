@@ -1,0 +1,115 @@
+//! Shared pieces of the benchmark commands (`fanout`, `swap`): a gateway child process, free
+//! ports, process CPU and memory from /proc, percentiles.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A free loopback TCP port (bound, then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Wall-clock nanoseconds since the Unix epoch (latency stamps shared by processes).
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of a process so far, in seconds (clock ticks of 10 ms).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
+/// Resident set size of a process, in KiB (VmRSS of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// The `p` quantile (0..=1) of sorted nanosecond samples, in ms; NaN when empty.
+pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
+/// A `wasmgate run` child process with its own config file; killed on drop.
+pub struct GatewayProcess {
+    pub child: Child,
+    dir: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Writes `config` (TOML) to a temp dir, starts `binary` (default: `wasmgate` next to the
+    /// running executable) on it, and waits until `ready` accepts connections (30 s at most).
+    pub async fn start(binary: Option<&Path>, config: &str, ready: SocketAddr) -> anyhow::Result<Self> {
+        let binary = match binary {
+            Some(path) => path.to_path_buf(),
+            None => std::env::current_exe()?.with_file_name("wasmgate"),
+        };
+        if !binary.exists() {
+            bail!(
+                "{} not found: run `cargo build --release -p wasmgate -p wasmgate-examples`",
+                binary.display()
+            );
+        }
+        let dir =
+            std::env::temp_dir().join(format!("wasmgate-bench-{}-{}", std::process::id(), ready.port()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("wasmgate.toml");
+        std::fs::write(&path, config)?;
+        let child = Command::new(&binary)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let gateway = Self { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(ready).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the gateway did not start listening within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(gateway)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory of its config (for map files next to it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,173 @@
+//! `swap`: message latency while scripts are swapped live (docs/benchmarks.md).
+//!
+//! Starts the example backend in this process and a real gateway process (`wasmgate run`, the
+//! release binary next to this one) routing message 100 to it. `--clients` sessions each send
+//! message 100 and wait for its echo, in a loop, for `--seconds` of steady state and then
+//! `--seconds` while the router is redeployed every `--every-ms` through the admin API (the
+//! same component, so the compile cache is warm: what is measured is the pipeline and the
+//! swap). Prints round-trip p50/p99/p99.9 for both phases, messages lost, and the swap times.
+//!
+//! Build both binaries first: `cargo build --release -p wasmgate -p wasmgate-examples`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wasmgate_examples::backend::{self, BackendOptions};
+use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
+use wasmgate_examples::client::{Client, mint_token};
+
+const SECRET: &str = "swap-bench-secret";
+const TOKEN: &str = "swap-bench-admin-token";
+
+/// Latency during live script swaps.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Concurrent sessions, each with one message in flight.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Length of each phase (steady, swapping), in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Time between two deploys in the swapping phase, in ms.
+    #[arg(long, default_value_t = 200)]
+    every_ms: u64,
+    /// The gateway binary (default: `wasmgate` next to this binary).
+    #[arg(long)]
+    gateway: Option<PathBuf>,
+}
+
+/// Round trips of one client: (ns, sent during the swapping phase), and messages lost.
+async fn client_loop(
+    mut client: Client,
+    swapping: Arc<AtomicBool>,
+    stop: CancellationToken,
+) -> (Vec<(u64, bool)>, u64) {
+    let (mut samples, mut lost) = (Vec::new(), 0);
+    while !stop.is_cancelled() {
+        let phase = swapping.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let Ok(seq) = client.send(100, b"ping").await else { break };
+        match client.recv_reply(100, seq, Duration::from_secs(5)).await {
+            Ok(_) => samples.push((started.elapsed().as_nanos() as u64, phase)),
+            Err(_) => lost += 1,
+        }
+    }
+    (samples, lost)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let backend_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let backend_addr = backend_listener.local_addr()?;
+    let backend_stop = CancellationToken::new();
+    tokio::spawn(backend::run(backend_listener, BackendOptions::default(), backend_stop.clone()));
+
+    let (ws, admin) = (free_port()?, free_port()?);
+    let maps = std::env::temp_dir().join(format!("wasmgate-swap-maps-{}", std::process::id()));
+    std::fs::create_dir_all(&maps)?;
+    std::fs::write(
+        maps.join("dest_map.json"),
+        serde_json::json!({"101": {"poolNums": 2, "srvAddr": backend_addr.to_string(), "srvName": "echo"}})
+            .to_string(),
+    )?;
+    std::fs::write(maps.join("message_map.json"), r#"{"100": 101}"#)?;
+    let config = format!(
+        r#"[listen]
+ws = "127.0.0.1:{ws}"
+admin = "127.0.0.1:{admin}"
+[maps]
+dest_map = "{dest}"
+message_map = "{message}"
+no_watch = true
+[timeouts]
+heartbeat_ms = 600000
+[admin]
+token = "{TOKEN}"
+[scripts.auth]
+config = {{ secret = "{SECRET}" }}
+"#,
+        dest = maps.join("dest_map.json").display(),
+        message = maps.join("message_map.json").display(),
+    );
+    let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let gateway = GatewayProcess::start(args.gateway.as_deref(), &config, ws_addr).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await; // queue pool connects
+
+    let mut clients = Vec::with_capacity(args.clients);
+    for n in 0..args.clients {
+        let mut client = Client::ws(&format!("ws://{ws_addr}/ws"), false).await?;
+        client.login(1, &mint_token(SECRET, &format!("c{n}"), None, 3600)?).await?;
+        clients.push(client);
+    }
+    let (swapping, stop) = (Arc::new(AtomicBool::new(false)), CancellationToken::new());
+    let tasks: Vec<_> =
+        clients.into_iter().map(|c| tokio::spawn(client_loop(c, swapping.clone(), stop.clone()))).collect();
+
+    let phase = Duration::from_secs_f64(args.seconds);
+    tokio::time::sleep(phase).await;
+    swapping.store(true, Ordering::Relaxed);
+    let router = wasmgate::embedded::DEFAULT_ROUTER.to_vec();
+    let (mut swaps, until) = (Vec::new(), Instant::now() + phase);
+    while Instant::now() < until {
+        let started = Instant::now();
+        let (status, text) = wasmgate::admin::client::request(
+            admin_addr,
+            Some(TOKEN),
+            "POST",
+            "/scripts/router",
+            router.clone(),
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "deploy answered {status}: {text}");
+        swaps.push(started.elapsed().as_nanos() as u64);
+        tokio::time::sleep(Duration::from_millis(args.every_ms)).await;
+    }
+    stop.cancel();
+    let (mut steady, mut during, mut lost) = (Vec::new(), Vec::new(), 0);
+    for task in tasks {
+        let (samples, l) = task.await?;
+        lost += l;
+        for (ns, in_swap) in samples {
+            if in_swap { during.push(ns) } else { steady.push(ns) }
+        }
+    }
+    steady.sort_unstable();
+    during.sort_unstable();
+    swaps.sort_unstable();
+    let result = serde_json::json!({
+        "clients": args.clients,
+        "steady": {"round_trips": steady.len(), "p50_ms": percentile_ms(&steady, 0.5), "p99_ms": percentile_ms(&steady, 0.99), "p999_ms": percentile_ms(&steady, 0.999)},
+        "swapping": {"round_trips": during.len(), "p50_ms": percentile_ms(&during, 0.5), "p99_ms": percentile_ms(&during, 0.99), "p999_ms": percentile_ms(&during, 0.999)},
+        "swaps": swaps.len(),
+        "swap_ms_p50": percentile_ms(&swaps, 0.5),
+        "swap_ms_max": percentile_ms(&swaps, 1.0),
+        "lost": lost,
+    });
+    println!(
+        "swap clients={}: steady p50 {:.3} ms p99 {:.3} ms ({} rt) | during {} swaps p50 {:.3} ms p99 {:.3} ms ({} rt) | swap p50 {:.1} ms max {:.1} ms | lost {}",
+        args.clients,
+        percentile_ms(&steady, 0.5),
+        percentile_ms(&steady, 0.99),
+        steady.len(),
+        swaps.len(),
+        percentile_ms(&during, 0.5),
+        percentile_ms(&during, 0.99),
+        during.len(),
+        percentile_ms(&swaps, 0.5),
+        percentile_ms(&swaps, 1.0),
+        lost,
+    );
+    println!("{result}");
+    drop(gateway);
+    backend_stop.cancel();
+    let _ = std::fs::remove_dir_all(&maps);
+    Ok(())
+}

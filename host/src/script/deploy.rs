@@ -96,7 +96,9 @@ pub struct Deployed<W: World> {
     limits: Limits,
     metrics: Metrics,
     live: ArcSwap<Version<W>>,
-    previous: Mutex<Option<Arc<Version<W>>>>,
+    /// What a rollback restores: the replaced version's id and source. Its instances are
+    /// freed (once calls still running on them end); a rollback rebuilds them.
+    previous: Mutex<Option<(String, ScriptSource)>>,
     /// One deploy, rollback or rebuild of this script at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -137,7 +139,7 @@ impl<W: World> Deployed<W> {
             replaced = replaced.id,
             "script deployed"
         );
-        *self.previous.lock() = Some(replaced);
+        *self.previous.lock() = Some((replaced.id.clone(), replaced.source.clone()));
         Ok(self.info())
     }
 
@@ -151,19 +153,19 @@ impl<W: World> Deployed<W> {
         make_init: impl FnOnce(&str) -> InitFn<W>,
     ) -> Result<ScriptInfo, ScriptError> {
         let _busy = self.busy.lock().await;
-        let Some(previous) = self.previous.lock().clone() else {
+        let Some((previous_id, previous)) = self.previous.lock().clone() else {
             return Err(ScriptError::NoPrevious { script: self.name.clone() });
         };
-        let init = make_init(&previous.source.config_json);
-        let version = build(&self.name, &previous.source, self.limits.clone(), &self.metrics, init).await?;
+        let init = make_init(&previous.config_json);
+        let version = build(&self.name, &previous, self.limits.clone(), &self.metrics, init).await?;
         let replaced = self.live.swap(Arc::new(version));
         tracing::info!(
             script = self.name,
-            version = previous.id,
+            version = previous_id,
             replaced = replaced.id,
             "script rolled back"
         );
-        *self.previous.lock() = Some(replaced);
+        *self.previous.lock() = Some((replaced.id.clone(), replaced.source.clone()));
         Ok(self.info())
     }
 
@@ -190,7 +192,7 @@ impl<W: World> Deployed<W> {
             calls: calls + traps + deadlines,
             traps,
             deadlines,
-            previous: self.previous.lock().as_ref().map(|p| p.id.clone()),
+            previous: self.previous.lock().as_ref().map(|(id, _)| id.clone()),
         }
     }
 }

@@ -99,11 +99,6 @@ impl GatewayProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
-
-    /// The directory of its config (for map files next to it).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 impl Drop for GatewayProcess {

@@ -171,11 +171,6 @@ impl SessionHandle {
         &self.0.rooms
     }
 
-    /// Names of the rooms this session is in.
-    pub fn rooms(&self) -> Vec<Arc<str>> {
-        self.0.rooms.lock().rooms.clone()
-    }
-
     /// Queues an error frame (`code`, human-readable `message`) answering the packet `seq`.
     pub fn send_error(&self, seq: u32, code: &str, message: &str) -> bool {
         self.send(self.0.error_msg_id, seq, error_body(code, message))

@@ -23,7 +23,7 @@ async fn deploy(h: &Harness, name: &str, wasm: &[u8], config: Option<Value>) -> 
     let mut path = format!("/scripts/{name}");
     if let Some(config) = config {
         path.push_str("?config=");
-        path.extend(form_urlencoded_encode(&config.to_string()));
+        path.extend(form_urlencoded::byte_serialize(config.to_string().as_bytes()));
     }
     let addr = h.gateway.admin_addr().expect("admin");
     let (status, text) =
@@ -33,12 +33,17 @@ async fn deploy(h: &Harness, name: &str, wasm: &[u8], config: Option<Value>) -> 
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn form_urlencoded_encode(text: &str) -> impl Iterator<Item = char> + '_ {
-    text.bytes().flat_map(|b| {
-        let plain = b.is_ascii_alphanumeric() || b"-_.~".contains(&b);
-        let s = if plain { (b as char).to_string() } else { format!("%{b:02X}") };
-        s.chars().collect::<Vec<_>>()
-    })
+/// The hostile router with a custom section `payload` appended: the same code, other bytes
+/// (another version, another cache entry). `payload` must be under 100 bytes.
+fn hostile_build(payload: &str) -> Vec<u8> {
+    let mut wasm = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
+    let name = b"build";
+    wasm.push(0); // custom section id
+    wasm.push((1 + name.len() + payload.len()) as u8); // section size (LEB128, < 128)
+    wasm.push(name.len() as u8);
+    wasm.extend_from_slice(name);
+    wasm.extend_from_slice(payload.as_bytes());
+    wasm
 }
 
 /// Asks the router which version answers: the tag of the reply to message 905.
@@ -204,14 +209,8 @@ async fn a_restart_loads_compiled_scripts_from_the_disk_cache() {
     use sha2::Digest as _;
     let cache = tempfile::tempdir().expect("cache dir");
     // A router no other test compiles: the hostile router plus a unique custom section.
-    let mut wasm = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
-    let unique = format!("cache-test-{}-{:?}", std::process::id(), std::time::SystemTime::now());
-    let mut section = vec![5u8];
-    section.extend_from_slice(b"cache");
-    section.extend_from_slice(unique.as_bytes());
-    wasm.push(0); // custom section id
-    wasm.push(section.len() as u8);
-    wasm.extend_from_slice(&section);
+    let unique = format!("cache-{}-{}", std::process::id(), wasmgate_examples::bench::unix_ns());
+    let wasm = hostile_build(&unique);
     let router = cache.path().join("router.wasm");
     std::fs::write(&router, &wasm).expect("write router");
     let hash: String = sha2::Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
@@ -329,8 +328,7 @@ async fn a_script_file_written_to_the_watched_directory_goes_live() {
     assert_eq!(tag_of(&mut client).await, "from-config");
     // A new build of the router (here: the same code plus a custom section) dropped in by
     // rename: it goes live with the running config.
-    let mut wasm = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
-    wasm.extend_from_slice(&[0, 6, 5, b'b', b'u', b'i', b'l', b'd']);
+    let wasm = hostile_build("");
     std::fs::write(scripts.path().join("router.tmp"), &wasm).expect("write");
     std::fs::rename(scripts.path().join("router.tmp"), scripts.path().join("router.wasm")).expect("rename");
     wasmgate_tests::wait_until("the new router is live", || async {

@@ -10,9 +10,10 @@ fn main() {
     let workspace = manifest.parent().unwrap_or(Path::new(".."));
     let built = build_guests::build_guests(
         workspace,
-        &["wasmgate-test-hostile-router", "wasmgate-test-forbidden-import"],
+        &["wasmgate-test-hostile-router", "wasmgate-test-forbidden-import", "wasmgate-test-counter-handler"],
     );
     println!("cargo:rustc-env=HOSTILE_ROUTER_WASM={}", built[0].display());
     println!("cargo:rustc-env=FORBIDDEN_IMPORT_WASM={}", built[1].display());
+    println!("cargo:rustc-env=COUNTER_HANDLER_WASM={}", built[2].display());
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -84,6 +84,25 @@ pub mod rooms {
     pub use crate::auth::wasmgate::gateway::types::{Packet, Session, Transport};
 }
 
+/// Bindings of the `handler-script` world (user-named scripts that `message_map.json` sends
+/// message ids to): implement [`handler::Guest`] and call [`handler::export!`].
+pub mod handler {
+    wit_bindgen::generate!({
+        world: "handler-script",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "wasmgate_guest::handler",
+        with: {
+            "wasmgate:gateway/types@0.1.0": crate::auth::wasmgate::gateway::types,
+            "wasmgate:gateway/host@0.1.0": crate::auth::wasmgate::gateway::host,
+        },
+    });
+
+    pub use self::exports::wasmgate::gateway::handler::{Answer, Guest, HandlerError, Outcome};
+    pub use crate::auth::wasmgate::gateway::types::{Packet, Session, Transport};
+}
+
 /// Host capabilities every script may call.
 pub mod host {
     pub use crate::auth::wasmgate::gateway::host::{Level, counter_add, log, now_ms};

@@ -306,10 +306,14 @@ pub struct ScriptsConfig {
     /// the message is forwarded to this dest id; `None` (default): the client gets a
     /// `script_error` error frame. (Auth always fails closed; rooms refuse the action.)
     pub router_fallback_dest: Option<u32>,
-    /// Watched directory of script files: writing `auth.wasm`, `router.wasm` or `rooms.wasm`
-    /// there deploys it live (same pipeline as `wasmgate deploy`; the script keeps its
-    /// config). The directory must exist. `None`: no watching.
-    pub watch_dir: Option<PathBuf>,
+    /// The scripts directory, watched: `manifest.toml` there describes the handler scripts
+    /// `message_map.json` may name (docs/scripting.md), and a change to the manifest or a file
+    /// it names re-applies it; writing `auth.wasm`, `router.wasm` or `rooms.wasm` there
+    /// deploys that built-in script live (same pipeline as `wasmgate deploy`; the script keeps
+    /// its config). The directory must exist. `None`: no handler scripts, no watching.
+    /// (`watch_dir` is accepted as an older name.)
+    #[serde(alias = "watch_dir")]
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for ScriptsConfig {
@@ -329,7 +333,7 @@ impl Default for ScriptsConfig {
             instances: 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_dir: None,
             router_fallback_dest: None,
-            watch_dir: None,
+            dir: None,
         }
     }
 }
@@ -392,7 +396,7 @@ impl Config {
         fix(&mut self.scripts.router.path);
         fix(&mut self.scripts.rooms.path);
         fix(&mut self.scripts.cache_dir);
-        fix(&mut self.scripts.watch_dir);
+        fix(&mut self.scripts.dir);
     }
 
     /// Checks ranges and consistency. Called by [`Config::load`] and by the gateway before it

@@ -20,7 +20,9 @@ use crate::metrics::Metrics;
 use crate::metrics::ReasonLabel;
 use crate::rooms::Rooms;
 use crate::script::bindings::MessageRoute;
-use crate::script::{Auth, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptSource};
+use crate::script::{
+    Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptSource,
+};
 use crate::session::{CloseReason, Registry, SessionIdGen};
 use crate::upstream::{NodeIdentity, Upstreams};
 use crate::{admin, embedded, transport, watch};
@@ -34,6 +36,8 @@ pub(crate) struct Core {
     pub auth: Auth,
     pub router: Router,
     pub rooms_script: RoomsScript,
+    /// User-named handler scripts and the message ids `message_map` gives them.
+    pub handlers: Handlers,
     pub rooms: Arc<Rooms>,
     pub upstreams: Upstreams,
     pub conn_limit: Arc<Semaphore>,
@@ -41,15 +45,17 @@ pub(crate) struct Core {
     pub tasks: TaskTracker,
 }
 
-/// The scripts a gateway runs, by name (deploys, rollbacks, the watched scripts directory).
+/// The built-in scripts every gateway runs, by name (deploys, rollbacks, the watched scripts
+/// directory). Handler scripts come and go with `message_map`.
 pub const SCRIPT_NAMES: [&str; 3] = ["auth", "router", "rooms"];
 
 impl Core {
-    /// Deploys `bytes` live as script `name` (one of [`SCRIPT_NAMES`]) with `config` (JSON
-    /// text; `None` keeps the live version's). Counted in `wasmgate_script_deploys_total`.
+    /// Deploys `bytes` live as script `name` (one of [`SCRIPT_NAMES`] or a loaded handler
+    /// script) with `config` (JSON text; `None` keeps the live version's). Counted in
+    /// `wasmgate_script_deploys_total`.
     ///
-    /// Errors: any step of the pipeline ([`crate::script::deploy`]); an unknown name is a
-    /// [`ScriptError::Load`].
+    /// Errors: any step of the pipeline ([`crate::script::deploy`]); an unknown name is
+    /// [`ScriptError::Unknown`].
     pub(crate) async fn deploy_script(
         &self,
         name: &str,
@@ -65,7 +71,10 @@ impl Core {
             "auth" => self.auth.deploy(source(self.auth.source())).await,
             "router" => self.router.deploy(source(self.router.source())).await,
             "rooms" => self.rooms_script.deploy(source(self.rooms_script.source())).await,
-            _ => Err(ScriptError::Load { script: name.into(), message: "no such script".into() }),
+            _ => match self.handlers.get(name) {
+                Some(handler) => handler.deploy(source(handler.source())).await,
+                None => Err(ScriptError::Unknown { script: name.into() }),
+            },
         };
         let reason = if result.is_ok() { "ok" } else { "rejected" };
         self.metrics.script_deploys.get_or_create(&ReasonLabel { reason }).inc();
@@ -81,7 +90,10 @@ impl Core {
             "auth" => self.auth.rollback().await,
             "router" => self.router.rollback().await,
             "rooms" => self.rooms_script.rollback().await,
-            _ => Err(ScriptError::Load { script: name.into(), message: "no such script".into() }),
+            _ => match self.handlers.get(name) {
+                Some(handler) => handler.rollback().await,
+                None => Err(ScriptError::Unknown { script: name.into() }),
+            },
         }
     }
 }
@@ -107,7 +119,7 @@ fn script_source(name: &str, script: &ScriptConfig, default: &[u8]) -> anyhow::R
 
 /// `message_map` as the router's `init` receives it.
 pub(crate) fn message_routes(map: &MessageMap) -> Vec<MessageRoute> {
-    map.iter().map(|(&msg_id, &dest_id)| MessageRoute { msg_id, dest_id }).collect()
+    maps::dest_routes(map).map(|(msg_id, dest_id)| MessageRoute { msg_id, dest_id }).collect()
 }
 
 fn initial_maps(config: &Config) -> anyhow::Result<(DestMap, MessageMap)> {
@@ -155,7 +167,12 @@ impl RunningGateway {
         let auth = Auth::load(&auth_source, limits.clone(), &metrics).await?;
         let router = Router::load(&router_source, limits.clone(), &metrics, routes).await?;
         let rooms_source = script_source("rooms", &config.scripts.rooms, embedded::DEFAULT_ROOMS)?;
-        let rooms_script = RoomsScript::load(&rooms_source, limits, &metrics).await?;
+        let rooms_script = RoomsScript::load(&rooms_source, limits.clone(), &metrics).await?;
+        let handlers = Handlers::new(config.scripts.dir.clone(), limits, &metrics);
+        let applied = handlers.apply(Some(maps::script_routes(&message_map))).await?;
+        if !applied.loaded.is_empty() {
+            tracing::info!(scripts = ?applied.loaded, "handler scripts loaded");
+        }
 
         let ws = bind(config.listen.ws, "WebSocket").await?;
         let tcp = bind(config.listen.tcp, "TCP").await?;
@@ -183,6 +200,7 @@ impl RunningGateway {
             auth,
             router,
             rooms_script,
+            handlers,
             rooms,
             upstreams,
             shutdown,

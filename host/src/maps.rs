@@ -3,8 +3,8 @@
 //! ```json
 //! // dest_map.json: dest id -> queue pool
 //! { "101": { "poolNums": 4, "srvAddr": "127.0.0.1:7201", "srvName": "echo" } }
-//! // message_map.json: message id -> dest id
-//! { "100": 101, "101": 101 }
+//! // message_map.json: message id -> dest id, or -> the name of a handler script
+//! { "100": 101, "101": 101, "110": "inventory" }
 //! ```
 //!
 //! Keys are decimal strings (JSON object keys); parsing rejects anything else with an error
@@ -34,8 +34,38 @@ pub struct DestEntry {
 
 /// dest id -> upstream service.
 pub type DestMap = BTreeMap<u32, DestEntry>;
-/// message id -> dest id.
-pub type MessageMap = BTreeMap<u32, u32>;
+/// Where `message_map.json` sends a message id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Target {
+    /// A dest id (seed 000): the router script decides, usually forwarding to this dest.
+    Dest(u32),
+    /// The name of a handler script from the scripts directory's manifest, which handles the
+    /// message instead of the router.
+    Script(String),
+}
+
+/// message id -> dest id or handler script.
+pub type MessageMap = BTreeMap<u32, Target>;
+
+/// Longest handler script name, in bytes.
+pub const MAX_SCRIPT_NAME_LEN: usize = 64;
+
+/// Checks a handler script name: 1 to [`MAX_SCRIPT_NAME_LEN`] bytes of `a-z`, `0-9`, `_`, `-`
+/// (it appears in metric labels, URLs and file names), and not a built-in script's name.
+pub fn check_script_name(name: &str) -> Result<(), String> {
+    let charset_ok =
+        name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if name.is_empty() || name.len() > MAX_SCRIPT_NAME_LEN || !charset_ok {
+        return Err(format!(
+            "script name `{name}` must be 1 to {MAX_SCRIPT_NAME_LEN} characters of a-z, 0-9, `_`, `-`"
+        ));
+    }
+    if ["auth", "router", "rooms"].contains(&name) {
+        return Err(format!("`{name}` is a built-in script, not a handler script"));
+    }
+    Ok(())
+}
 
 /// A map file that cannot be used; the running map stays.
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +110,42 @@ pub fn parse_dest_map(text: &str) -> Result<DestMap, MapError> {
     Ok(map)
 }
 
-/// Parses `message_map.json` text.
+/// Parses `message_map.json` text: each value a dest id (number) or a handler script name
+/// (string, see [`check_script_name`]).
 pub fn parse_message_map(text: &str) -> Result<MessageMap, MapError> {
     const WHAT: &str = "message_map";
-    let raw: BTreeMap<String, u32> =
-        serde_json::from_str(text).map_err(|e| MapError::Invalid { what: WHAT, message: e.to_string() })?;
-    parse_keys(WHAT, raw)
+    let raw: BTreeMap<String, Target> = serde_json::from_str(text).map_err(|e| MapError::Invalid {
+        what: WHAT,
+        message: format!("{e} (each value is a dest id or a handler script name)"),
+    })?;
+    let map = parse_keys(WHAT, raw)?;
+    for (id, target) in &map {
+        if let Target::Script(name) = target {
+            check_script_name(name).map_err(|message| MapError::Invalid {
+                what: WHAT,
+                message: format!("message {id}: {message}"),
+            })?;
+        }
+    }
+    Ok(map)
+}
+
+/// The dest entries of a message map (what the router's `init` receives).
+pub fn dest_routes(map: &MessageMap) -> impl Iterator<Item = (u32, u32)> + '_ {
+    map.iter().filter_map(|(&msg, target)| match target {
+        Target::Dest(dest) => Some((msg, *dest)),
+        Target::Script(_) => None,
+    })
+}
+
+/// The handler script entries of a message map: message id -> script name.
+pub fn script_routes(map: &MessageMap) -> BTreeMap<u32, String> {
+    map.iter()
+        .filter_map(|(&msg, target)| match target {
+            Target::Script(name) => Some((msg, name.clone())),
+            Target::Dest(_) => None,
+        })
+        .collect()
 }
 
 /// Reads a map file.
@@ -110,8 +170,10 @@ mod tests {
             parse_dest_map(r#"{"21": {"poolNums": 16, "srvAddr": "srv.test.lan:8505", "srvName": "proxy"}}"#)
                 .unwrap();
         assert_eq!(dest[&21].pool_nums, 16);
-        let msgs = parse_message_map(r#"{"1": 1, "100": 101, "102": 101}"#).unwrap();
-        assert_eq!(msgs.get(&102), Some(&101));
+        let msgs = parse_message_map(r#"{"1": 1, "100": 101, "102": 101, "110": "inventory"}"#).unwrap();
+        assert_eq!(msgs.get(&102), Some(&Target::Dest(101)));
+        assert_eq!(dest_routes(&msgs).count(), 3);
+        assert_eq!(script_routes(&msgs).get(&110).map(String::as_str), Some("inventory"));
     }
 
     #[test]
@@ -124,6 +186,12 @@ mod tests {
     fn errors_name_the_problem() {
         let e = parse_message_map(r#"{"abc": 1}"#).unwrap_err().to_string();
         assert!(e.contains("`abc`"), "{e}");
+        let e = parse_message_map(r#"{"7": "Bad Name"}"#).unwrap_err().to_string();
+        assert!(e.contains("message 7") && e.contains("Bad Name"), "{e}");
+        let e = parse_message_map(r#"{"7": "router"}"#).unwrap_err().to_string();
+        assert!(e.contains("built-in"), "{e}");
+        let e = parse_message_map(r#"{"7": 1.5}"#).unwrap_err().to_string();
+        assert!(e.contains("handler script name"), "{e}");
         let e = parse_dest_map(r#"{"1": {"poolNums": 0, "srvAddr": "a:1"}}"#).unwrap_err().to_string();
         assert!(e.contains("poolNums"), "{e}");
         let e = parse_dest_map(r#"{"1": {"poolNums": 1, "srvAddr": "nohost"}}"#).unwrap_err().to_string();

@@ -1,12 +1,16 @@
 //! Watches `dest_map.json` and `message_map.json` (seed 000 step 5: file listeners with reload
-//! callbacks) and, with `scripts.watch_dir`, the script files `auth.wasm`, `router.wasm` and
+//! callbacks) and, with `scripts.dir`, the script files `auth.wasm`, `router.wasm` and
 //! `rooms.wasm` in it, and applies valid changes live (a script file goes through the deploy
-//! pipeline, keeping the live config; a refused one leaves the live version).
+//! pipeline, keeping the live config; a refused one leaves the live version). A change to the
+//! directory's `manifest.toml` or any other `.wasm` there re-applies the handler scripts
+//! ([`crate::script::Handlers::apply`]): only scripts whose file or config changed are
+//! replaced.
 //!
 //! The parent directories are watched (editors and deploy tools replace files by rename).
 //! Events are coalesced: a change is applied [`DEBOUNCE`] after the last event for that file.
 //! A valid `dest_map` is applied atomically (only changed pools rebuilt); a valid `message_map`
-//! re-initialises the router on fresh instances and swaps them in. An invalid file keeps the
+//! first brings in, replaces or retires the handler scripts it names, then re-initialises the
+//! router on fresh instances and swaps them in. An invalid file keeps the
 //! running table, logs an error naming the problem and counts
 //! `wasmgate_map_reloads_total{reason="invalid"}`.
 
@@ -18,9 +22,11 @@ use std::time::Duration;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
-use crate::gateway::{Core, message_routes};
+use crate::gateway::{Core, SCRIPT_NAMES, message_routes};
 use crate::maps;
 use crate::metrics::ReasonLabel;
+use crate::script::ScriptError;
+use crate::script::manifest::MANIFEST_FILE;
 
 /// Quiet time after the last file event before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -35,6 +41,9 @@ enum MapKind {
     Dest,
     Message,
     Script(&'static str),
+    /// The scripts directory's manifest and handler components (the path is the directory's
+    /// manifest; any `.wasm` there other than the built-ins' matches too).
+    Handlers,
 }
 
 impl MapWatcher {
@@ -49,10 +58,11 @@ impl MapWatcher {
         .filter(|_| !core.config.maps.no_watch)
         .filter_map(|(path, kind)| path.map(|p| (p, kind)))
         .collect();
-        if let Some(dir) = &core.config.scripts.watch_dir {
-            for name in crate::gateway::SCRIPT_NAMES {
+        if let Some(dir) = &core.config.scripts.dir {
+            for name in SCRIPT_NAMES {
                 files.push((dir.join(format!("{name}.wasm")), MapKind::Script(name)));
             }
+            files.push((dir.join(MANIFEST_FILE), MapKind::Handlers));
         }
         if files.is_empty() {
             return Ok(None);
@@ -62,8 +72,8 @@ impl MapWatcher {
         let callback_signals = signals.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
-            for (path, _, notify) in &callback_signals {
-                if event.paths.iter().any(|p| same_file_name(p, path)) {
+            for (path, kind, notify) in &callback_signals {
+                if event.paths.iter().any(|p| matches(p, path, *kind)) {
                     notify.notify_one();
                 }
             }
@@ -102,22 +112,45 @@ fn same_file_name(event_path: &Path, watched: &Path) -> bool {
     event_path.file_name().is_some() && event_path.file_name() == watched.file_name()
 }
 
+/// Whether a file event at `event_path` concerns the watched `path` of `kind`.
+fn matches(event_path: &Path, path: &Path, kind: MapKind) -> bool {
+    if same_file_name(event_path, path) {
+        return true;
+    }
+    let handler_component = || {
+        let builtin =
+            event_path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| SCRIPT_NAMES.contains(&s));
+        event_path.extension().is_some_and(|e| e == "wasm") && !builtin
+    };
+    matches!(kind, MapKind::Handlers) && event_path.parent() == path.parent() && handler_component()
+}
+
 async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
     if let MapKind::Script(name) = kind {
         return deploy_file(core, path, name).await;
     }
     let result = match kind {
         MapKind::Script(_) => return,
+        MapKind::Handlers => core
+            .handlers
+            .apply(None)
+            .await
+            .map(|applied| format!("handler scripts: {applied}"))
+            .map_err(|e| maps::MapError::Invalid { what: "scripts manifest", message: e.to_string() }),
         MapKind::Dest => maps::read(path).and_then(|t| maps::parse_dest_map(&t)).map(|map| {
             core.upstreams.apply(&map);
             format!("{} dests", map.len())
         }),
         MapKind::Message => match maps::read(path).and_then(|t| maps::parse_message_map(&t)) {
             Ok(map) => {
-                let routes = message_routes(&map);
-                match core.router.reload(routes).await {
-                    Ok(()) => Ok(format!("{} message ids", map.len())),
-                    Err(e) => Err(maps::MapError::Invalid { what: "message_map", message: e.to_string() }),
+                let invalid =
+                    |e: ScriptError| maps::MapError::Invalid { what: "message_map", message: e.to_string() };
+                match core.handlers.apply(Some(maps::script_routes(&map))).await {
+                    Ok(applied) => match core.router.reload(message_routes(&map)).await {
+                        Ok(()) => Ok(format!("{} message ids; handler scripts: {applied}", map.len())),
+                        Err(e) => Err(invalid(e)),
+                    },
+                    Err(e) => Err(invalid(e)),
                 }
             }
             Err(e) => Err(e),

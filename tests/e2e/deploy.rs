@@ -19,20 +19,6 @@ async fn tagged_gateway() -> Harness {
     .await
 }
 
-async fn deploy(h: &Harness, name: &str, wasm: &[u8], config: Option<Value>) -> (u16, Value) {
-    let mut path = format!("/scripts/{name}");
-    if let Some(config) = config {
-        path.push_str("?config=");
-        path.extend(form_urlencoded::byte_serialize(config.to_string().as_bytes()));
-    }
-    let addr = h.gateway.admin_addr().expect("admin");
-    let (status, text) =
-        wasmgate::admin::client::request(addr, Some(ADMIN_TOKEN), "POST", &path, wasm.to_vec())
-            .await
-            .expect("deploy");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// The hostile router with a custom section `payload` appended: the same code, other bytes
 /// (another version, another cache entry). `payload` must be under 100 bytes.
 fn hostile_build(payload: &str) -> Vec<u8> {
@@ -94,7 +80,7 @@ async fn router_swaps_under_load_lose_and_duplicate_nothing() {
     });
     let load: Vec<_> = load.collect();
     for v in 1..=SWAPS {
-        let (status, info) = deploy(&h, "router", &hostile, Some(json!({ "tag": format!("v{v}") }))).await;
+        let (status, info) = h.deploy("router", &hostile, Some(json!({ "tag": format!("v{v}") }))).await;
         assert_eq!(status, 200, "{info}");
         assert!(info["swap_ms"].as_f64().is_some());
         tokio::time::sleep(Duration::from_millis(15)).await;
@@ -124,7 +110,7 @@ async fn rollback_restores_the_previous_version() {
     let hostile = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
     let mut client = h.logged_in_ws("alice").await;
     assert_eq!(tag_of(&mut client).await, "v0");
-    let (status, v1) = deploy(&h, "router", &hostile, Some(json!({"tag": "v1"}))).await;
+    let (status, v1) = h.deploy("router", &hostile, Some(json!({"tag": "v1"}))).await;
     assert_eq!(status, 200);
     assert_eq!(tag_of(&mut client).await, "v1");
     let (status, back) = h.admin("POST", "/scripts/router/rollback", "", false, Some(ADMIN_TOKEN)).await;
@@ -152,7 +138,7 @@ async fn refused_candidates_leave_the_live_version_running() {
         ("router", &hostile, Some(json!({"fail": true})), "failed to initialise"),
     ];
     for (name, wasm, config, why) in cases {
-        let (status, answer) = deploy(&h, name, wasm, config).await;
+        let (status, answer) = h.deploy(name, wasm, config).await;
         assert_eq!((status, answer["error"].as_str()), (422, Some("rejected")), "{answer}");
         assert!(answer["reason"].as_str().is_some_and(|r| r.contains(why)), "{why}: {answer}");
         assert_eq!(tag_of(&mut client).await, "v0", "the live router still answers");
@@ -161,7 +147,7 @@ async fn refused_candidates_leave_the_live_version_running() {
     for i in 0..3 {
         assert_eq!(before["scripts"][i]["version"], after["scripts"][i]["version"]);
     }
-    let (status, _) = deploy(&h, "nope", &hostile, None).await;
+    let (status, _) = h.deploy("nope", &hostile, None).await;
     assert_eq!(status, 404);
     let addr = h.gateway.admin_addr().expect("admin");
     let (status, _) =
@@ -180,7 +166,7 @@ async fn auth_and_rooms_swap_without_dropping_sessions_or_membership() {
 
     // A new auth version with another secret: new logins need the new secret; alice stays.
     let (status, info) =
-        deploy(&h, "auth", wasmgate::embedded::DEFAULT_AUTH, Some(json!({"secret": "rotated-secret"}))).await;
+        h.deploy("auth", wasmgate::embedded::DEFAULT_AUTH, Some(json!({"secret": "rotated-secret"}))).await;
     assert_eq!(status, 200, "{info}");
     let mut old = h.ws(false).await;
     let seq = old.send(1, token("bob").as_bytes()).await.expect("login");
@@ -192,7 +178,7 @@ async fn auth_and_rooms_swap_without_dropping_sessions_or_membership() {
 
     // A new rooms version with a member cap of 1: the room keeps alice; carol is refused.
     let (status, _) =
-        deploy(&h, "rooms", wasmgate::embedded::DEFAULT_ROOMS, Some(json!({"max_members": 1}))).await;
+        h.deploy("rooms", wasmgate::embedded::DEFAULT_ROOMS, Some(json!({"max_members": 1}))).await;
     assert_eq!(status, 200);
     let (_, rooms) = h.admin("GET", "/rooms", "", false, Some(ADMIN_TOKEN)).await;
     assert_eq!(rooms["rooms"], json!([{"room": "lobby", "members": 1}]), "membership survived the swap");
@@ -263,7 +249,7 @@ async fn a_script_that_cannot_be_rebuilt_backs_off_and_recovers_on_deploy() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
     // This version initialises now but refuses every init from 300 ms on.
     let config = json!({"tag": "doomed", "fail_init_after_ms": now_ms as u64 + 300});
-    let (status, _) = deploy(&h, "router", &hostile, Some(config)).await;
+    let (status, _) = h.deploy("router", &hostile, Some(config)).await;
     assert_eq!(status, 200);
     let mut client = h.logged_in_ws("alice").await;
     assert_eq!(tag_of(&mut client).await, "doomed");
@@ -286,7 +272,7 @@ async fn a_script_that_cannot_be_rebuilt_backs_off_and_recovers_on_deploy() {
     );
     assert!(unavailable >= 1.0, "calls refused during the back-off: {metrics}");
     // A good version goes live at once.
-    let (status, _) = deploy(&h, "router", &hostile, Some(json!({"tag": "fixed"}))).await;
+    let (status, _) = h.deploy("router", &hostile, Some(json!({"tag": "fixed"}))).await;
     assert_eq!(status, 200);
     assert_eq!(tag_of(&mut client).await, "fixed");
 }
@@ -313,7 +299,7 @@ async fn a_script_file_written_to_the_watched_directory_goes_live() {
         with_admin_token(c);
         c.scripts.router.path = Some(HOSTILE_ROUTER.into());
         c.scripts.router.config = toml::toml! { tag = "from-config" };
-        c.scripts.watch_dir = Some(dir);
+        c.scripts.dir = Some(dir);
     })
     .await;
     let mut client = h.logged_in_ws("alice").await;

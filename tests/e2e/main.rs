@@ -3,6 +3,7 @@
 
 mod deploy;
 mod frames;
+mod handlers;
 mod login;
 mod push;
 mod reload;

@@ -23,6 +23,8 @@ pub const ISSUER: &str = "wasmgate-tests";
 pub const HOSTILE_ROUTER: &str = env!("HOSTILE_ROUTER_WASM");
 /// A router component that imports `wasi:sockets` (built by build.rs).
 pub const FORBIDDEN_IMPORT: &str = env!("FORBIDDEN_IMPORT_WASM");
+/// A stateful handler script component (built by build.rs).
+pub const COUNTER_HANDLER: &str = env!("COUNTER_HANDLER_WASM");
 /// Bearer token of the admin API in gateways started with [`with_admin_token`].
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// How long tests wait for something that should happen promptly.
@@ -198,6 +200,31 @@ impl Harness {
         let addr = self.gateway.admin_addr().expect("admin listener");
         let (status, text) = http(addr, method, path, &headers, body.as_bytes()).await;
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `POST /scripts/{name}[?config=..]` with `wasm` (the admin API's deploy); returns
+    /// (status code, body as JSON).
+    pub async fn deploy(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        config: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut path = format!("/scripts/{name}");
+        if let Some(config) = config {
+            path.push_str("?config=");
+            path.extend(form_urlencoded::byte_serialize(config.to_string().as_bytes()));
+        }
+        let addr = self.admin_addr();
+        let (status, text) =
+            wasmgate::admin::client::request(addr, Some(ADMIN_TOKEN), "POST", &path, wasm.to_vec())
+                .await
+                .expect("deploy request");
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn admin_addr(&self) -> SocketAddr {
+        self.gateway.admin_addr().expect("admin listener")
     }
 
     /// GET `path` on the admin port; returns (status line, body).

@@ -17,13 +17,16 @@ use crate::gateway::SCRIPT_NAMES as NAMES;
 
 /// `GET /scripts`.
 pub(super) fn list(core: &Core) -> HttpResponse {
-    let scripts = [core.auth.info(), core.router.info(), core.rooms_script.info()];
+    let mut scripts = vec![core.auth.info(), core.router.info(), core.rooms_script.info()];
+    scripts.extend(core.handlers.infos());
     json(StatusCode::OK, serde_json::json!({ "scripts": scripts }))
 }
 
 fn refused(e: ScriptError) -> HttpResponse {
     match e {
         ScriptError::NoPrevious { .. } => error(StatusCode::CONFLICT, "no_previous", e),
+        // Retired between the lookup and the deploy (a message_map reload).
+        ScriptError::Unknown { .. } => error(StatusCode::NOT_FOUND, "not_found", e),
         e => error(StatusCode::UNPROCESSABLE_ENTITY, "rejected", e),
     }
 }
@@ -52,7 +55,7 @@ pub(super) async fn deploy(
     {
         return error(StatusCode::BAD_REQUEST, "bad_request", format!("config is not JSON: {e}"));
     }
-    if !NAMES.contains(&name) {
+    if !known(core, name) {
         return unknown(name);
     }
     let started = Instant::now();
@@ -61,17 +64,25 @@ pub(super) async fn deploy(
 
 /// `POST /scripts/{name}/rollback`.
 pub(super) async fn rollback(core: &Core, name: &str) -> HttpResponse {
-    if !NAMES.contains(&name) {
+    if !known(core, name) {
         return unknown(name);
     }
     let started = Instant::now();
     answer(core.rollback_script(name).await, started)
 }
 
+/// A built-in script or a loaded handler script.
+fn known(core: &Core, name: &str) -> bool {
+    NAMES.contains(&name) || core.handlers.get(name).is_some()
+}
+
 fn unknown(name: &str) -> HttpResponse {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no script `{name}`: the scripts are {}", NAMES.join(", ")),
+        format!(
+            "no script `{name}`: the scripts are {} and the handler scripts message_map names",
+            NAMES.join(", ")
+        ),
     )
 }

@@ -1,6 +1,6 @@
 //! The one place that owns the `wasmtime::component::bindgen!` output for `wit/world.wit`.
 //! The `types` and `host` interfaces are generated once (under [`auth`]) and shared with
-//! [`router`] and [`rooms`], so one `Host` implementation serves every world.
+//! [`router`], [`rooms`] and [`handler`], so one `Host` implementation serves every world.
 
 /// Bindings of the `auth-script` world.
 pub mod auth {
@@ -39,9 +39,23 @@ pub mod rooms {
     });
 }
 
+/// Bindings of the `handler-script` world.
+pub mod handler {
+    wasmtime::component::bindgen!({
+        world: "handler-script",
+        path: "../wit",
+        exports: { default: async },
+        with: {
+            "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
+            "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,
+        },
+    });
+}
+
 pub use auth::exports::wasmgate::gateway::auth::{Identity, Rejection};
 pub use auth::wasmgate::gateway::host::Level;
 pub use auth::wasmgate::gateway::types::{Packet, Session, Transport};
+pub use handler::exports::wasmgate::gateway::handler::{Answer, HandlerError, Outcome};
 pub use rooms::exports::wasmgate::gateway::rooms::{
     Effect, JoinAccept, JoinRefusal, JoinRequest, LeaveCause, MessageError, RoomInfo,
 };

@@ -10,6 +10,12 @@
 //! the end, so calls in flight during a swap finish on the version they started with, and the
 //! next event of every session, however long-lived, uses the new one. No session waits for a
 //! swap: the new version is fully built before it is published.
+//!
+//! A stateful script (one instance; see [`Carry`]) also carries its state across: once the new
+//! version is built, the live one is held (calls wait), its `snapshot` is taken and handed to
+//! the new version's `restore`, the new version is published and the old one retired, so
+//! calls that waited run on the new version: no update is lost or applied twice. A failing
+//! snapshot or restore refuses the swap and the old version resumes with its state.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,7 +26,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::engine::ScriptEngine;
-use super::pool::{InitFn, Limits, ScriptPool, World};
+use super::pool::{InitFn, Limits, ScriptPool, Slot, SlotFuture, World};
 use super::state::ScriptMeta;
 use super::{ScriptError, ScriptSource, compile};
 use crate::metrics::{FromLabel, Metrics};
@@ -65,6 +71,18 @@ fn check_imports(engine: &ScriptEngine, script: &str, component: &Component) -> 
         ),
     })
 }
+
+/// How a stateful script's state moves from the live version to its replacement: `snapshot`
+/// runs on the old instance, `restore` on the new one (the world's exports of those names).
+pub struct Carry<W> {
+    pub snapshot: SnapshotFn<W>,
+    pub restore: RestoreFn<W>,
+}
+
+/// Calls `snapshot` on an instance: `Ok(Err(_))` is the script's refusal.
+pub type SnapshotFn<W> = fn(Slot<W>) -> SlotFuture<W, Result<Vec<u8>, String>>;
+/// Calls `restore(state)` on an instance: `Ok(Err(_))` is the script's refusal.
+pub type RestoreFn<W> = fn(Slot<W>, Arc<[u8]>) -> SlotFuture<W, Result<(), String>>;
 
 /// One deployed version of a script.
 pub struct Version<W: World> {
@@ -127,12 +145,17 @@ impl<W: World> Deployed<W> {
         self.live.load_full()
     }
 
-    /// Runs the pipeline on `source`; on success publishes it and keeps the replaced version
-    /// for [`Self::rollback`]. On error the live version stays.
-    pub async fn deploy(&self, source: ScriptSource, init: InitFn<W>) -> Result<ScriptInfo, ScriptError> {
+    /// Runs the pipeline on `source`; on success publishes it (carrying state with `carry`)
+    /// and keeps the replaced version for [`Self::rollback`]. On error the live version stays.
+    pub async fn deploy(
+        &self,
+        source: ScriptSource,
+        init: InitFn<W>,
+        carry: Option<&Carry<W>>,
+    ) -> Result<ScriptInfo, ScriptError> {
         let _busy = self.busy.lock().await;
         let version = build(&self.name, &source, self.limits.clone(), &self.metrics, init).await?;
-        let replaced = self.live.swap(Arc::new(version));
+        let replaced = self.publish(version, carry).await?;
         tracing::info!(
             script = self.name,
             version = self.live.load().id,
@@ -151,6 +174,7 @@ impl<W: World> Deployed<W> {
     pub async fn rollback(
         &self,
         make_init: impl FnOnce(&str) -> InitFn<W>,
+        carry: Option<&Carry<W>>,
     ) -> Result<ScriptInfo, ScriptError> {
         let _busy = self.busy.lock().await;
         let Some((previous_id, previous)) = self.previous.lock().clone() else {
@@ -158,7 +182,7 @@ impl<W: World> Deployed<W> {
         };
         let init = make_init(&previous.config_json);
         let version = build(&self.name, &previous, self.limits.clone(), &self.metrics, init).await?;
-        let replaced = self.live.swap(Arc::new(version));
+        let replaced = self.publish(version, carry).await?;
         tracing::info!(
             script = self.name,
             version = previous_id,
@@ -167,6 +191,37 @@ impl<W: World> Deployed<W> {
         );
         *self.previous.lock() = Some((replaced.id.clone(), replaced.source.clone()));
         Ok(self.info())
+    }
+
+    /// Makes `version` live and returns the replaced one; with `carry`, moves the state over
+    /// first (see the module docs). Errors: [`ScriptError::Carry`] when `snapshot` or `restore`
+    /// refuses; a trap in either.
+    async fn publish(
+        &self,
+        version: Version<W>,
+        carry: Option<&Carry<W>>,
+    ) -> Result<Arc<Version<W>>, ScriptError> {
+        let Some(carry) = carry else {
+            return Ok(self.live.swap(Arc::new(version)));
+        };
+        let old = self.live();
+        let hold = old.pool.hold().await?;
+        let carry_error = |step, message| ScriptError::Carry { script: self.name.clone(), step, message };
+        let state: Arc<[u8]> =
+            old.pool.call_held(&hold, carry.snapshot).await?.map_err(|m| carry_error("snapshot", m))?.into();
+        let bytes = state.len();
+        let restore = carry.restore;
+        version
+            .pool
+            .call(move |slot| restore(slot, state))
+            .await
+            .map_err(|e| carry_error("restore", e.to_string()))?
+            .map_err(|m| carry_error("restore", m))?;
+        let replaced = self.live.swap(Arc::new(version));
+        old.pool.retire(&hold);
+        drop(hold);
+        tracing::info!(script = self.name, bytes, "script state carried to the new version");
+        Ok(replaced)
     }
 
     /// Rebuilds the live version's instances with a new `init` (same component and id; the

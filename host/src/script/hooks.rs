@@ -75,12 +75,12 @@ impl<W: World> Configured<W> {
     /// Deploys a new version live; the running one stays on any error.
     pub async fn deploy(&self, source: ScriptSource) -> Result<ScriptInfo, ScriptError> {
         let init = (self.make_init)(&source.config_json);
-        self.script.deploy(source, init).await
+        self.script.deploy(source, init, None).await
     }
 
     /// Restores the previous version.
     pub async fn rollback(&self) -> Result<ScriptInfo, ScriptError> {
-        self.script.rollback(self.make_init).await
+        self.script.rollback(self.make_init, None).await
     }
 
     pub fn info(&self) -> ScriptInfo {
@@ -185,14 +185,14 @@ impl Router {
     pub async fn deploy(&self, source: ScriptSource) -> Result<ScriptInfo, ScriptError> {
         let _changes = self.changes.lock().await;
         let init = router_init(&source.config_json, self.map.load_full());
-        self.script.deploy(source, init).await
+        self.script.deploy(source, init, None).await
     }
 
     /// Restores the previous version (initialised with the current `message_map`).
     pub async fn rollback(&self) -> Result<ScriptInfo, ScriptError> {
         let _changes = self.changes.lock().await;
         let map = self.map.load_full();
-        self.script.rollback(|config| router_init(config, map)).await
+        self.script.rollback(|config| router_init(config, map), None).await
     }
 
     pub fn info(&self) -> ScriptInfo {

@@ -6,11 +6,15 @@
 //! - [`state`]: per-store state and the `host` interface scripts import.
 //! - [`deploy`]: versions of a named script, the deploy pipeline, atomic swap and rollback.
 //! - [`hooks`]: [`Auth`], [`Router`] and [`Rooms`], what the gateway calls.
+//! - [`manifest`] and [`handlers`]: user-named handler scripts that `message_map.json` sends
+//!   message ids to.
 
 pub mod bindings;
 pub mod deploy;
 pub mod engine;
+pub mod handlers;
 mod hooks;
+pub mod manifest;
 pub mod pool;
 pub mod state;
 
@@ -20,10 +24,12 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 
 use self::bindings::auth::{AuthScript, AuthScriptPre};
+use self::bindings::handler::{HandlerScript, HandlerScriptPre};
 use self::bindings::rooms::{RoomsScript, RoomsScriptPre};
 use self::bindings::router::{RouterScript, RouterScriptPre};
 pub use self::deploy::ScriptInfo;
 use self::engine::ScriptEngine;
+pub use self::handlers::{Handler, Handlers};
 pub use self::hooks::{Auth, Rooms, Router};
 pub use self::pool::Limits;
 use self::pool::World;
@@ -47,37 +53,33 @@ pub enum ScriptError {
     NoPrevious { script: String },
     #[error("script `{script}` cannot build instances; next attempt in {retry_in_ms} ms")]
     Unavailable { script: String, retry_in_ms: u64 },
+    #[error("script `{script}`: this version was replaced while the call waited")]
+    Retired { script: String },
+    #[error("script `{script}`: state not carried to the new version ({step} failed: {message})")]
+    Carry { script: String, step: &'static str, message: String },
+    #[error("script `{script}` is not loaded")]
+    Unknown { script: String },
 }
 
-impl World for AuthScript {
-    type Pre = AuthScriptPre<ScriptState>;
-    fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
-        AuthScriptPre::new(engine.linker.instantiate_pre(component)?)
-    }
-    async fn instantiate(pre: &Self::Pre, store: &mut Store<ScriptState>) -> wasmtime::Result<Self> {
-        pre.instantiate_async(store).await
-    }
+/// Implements [`World`] for a generated world binding and its `*Pre`.
+macro_rules! world {
+    ($world:ty, $pre:ident) => {
+        impl World for $world {
+            type Pre = $pre<ScriptState>;
+            fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
+                $pre::new(engine.linker.instantiate_pre(component)?)
+            }
+            async fn instantiate(pre: &Self::Pre, store: &mut Store<ScriptState>) -> wasmtime::Result<Self> {
+                pre.instantiate_async(store).await
+            }
+        }
+    };
 }
 
-impl World for RouterScript {
-    type Pre = RouterScriptPre<ScriptState>;
-    fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
-        RouterScriptPre::new(engine.linker.instantiate_pre(component)?)
-    }
-    async fn instantiate(pre: &Self::Pre, store: &mut Store<ScriptState>) -> wasmtime::Result<Self> {
-        pre.instantiate_async(store).await
-    }
-}
-
-impl World for RoomsScript {
-    type Pre = RoomsScriptPre<ScriptState>;
-    fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
-        RoomsScriptPre::new(engine.linker.instantiate_pre(component)?)
-    }
-    async fn instantiate(pre: &Self::Pre, store: &mut Store<ScriptState>) -> wasmtime::Result<Self> {
-        pre.instantiate_async(store).await
-    }
-}
+world!(AuthScript, AuthScriptPre);
+world!(RouterScript, RouterScriptPre);
+world!(RoomsScript, RoomsScriptPre);
+world!(HandlerScript, HandlerScriptPre);
 
 /// A loaded script: name, component bytes and the JSON configuration its `init` receives.
 #[derive(Clone)]

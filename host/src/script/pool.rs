@@ -20,11 +20,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
@@ -101,6 +102,14 @@ pub struct ScriptPool<W: World> {
     permits: Semaphore,
     outcomes: Outcomes,
     rebuilds: Mutex<Rebuilds>,
+    /// Set once a newer version holding this one's state is live: calls still waiting here
+    /// are sent to it ([`ScriptError::Retired`]) instead of running on stale state.
+    retired: AtomicBool,
+}
+
+/// Every instance of a pool, held: no call runs on the pool until it is dropped.
+pub struct Hold<'a> {
+    _permits: SemaphorePermit<'a>,
 }
 
 impl<W: World> ScriptPool<W> {
@@ -145,6 +154,7 @@ impl<W: World> ScriptPool<W> {
             permits: Semaphore::new(instances),
             outcomes,
             rebuilds: Mutex::default(),
+            retired: AtomicBool::new(false),
         };
         let first = pool.build().await?;
         pool.free.lock().push(first);
@@ -228,13 +238,54 @@ impl<W: World> ScriptPool<W> {
     ///
     /// Errors: [`ScriptError::Trap`] when the call traps or overruns its deadline (the
     /// instance is replaced); [`ScriptError::Init`] when no instance could be built;
-    /// [`ScriptError::Unavailable`] while failed builds back off.
+    /// [`ScriptError::Unavailable`] while failed builds back off; [`ScriptError::Retired`]
+    /// when a newer version took this pool's state while the call waited (call that one).
     pub async fn call<R, Fut>(&self, f: impl FnOnce(Slot<W>) -> Fut) -> Result<R, ScriptError>
     where
         Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
     {
         let _permit =
             self.permits.acquire().await.map_err(|_| ScriptError::Engine("script pool closed".into()))?;
+        if self.retired.load(Ordering::Acquire) {
+            return Err(ScriptError::Retired { script: self.name().into() });
+        }
+        self.run(f).await
+    }
+
+    /// Waits until no call runs, then keeps every instance: calls wait until the hold is
+    /// dropped. With it, [`Self::call_held`] runs calls (a stateful script's `snapshot`).
+    pub async fn hold(&self) -> Result<Hold<'_>, ScriptError> {
+        let all = u32::try_from(self.limits.instances.max(1)).unwrap_or(u32::MAX);
+        let permits = self
+            .permits
+            .acquire_many(all)
+            .await
+            .map_err(|_| ScriptError::Engine("script pool closed".into()))?;
+        Ok(Hold { _permits: permits })
+    }
+
+    /// Runs `f` like [`Self::call`], on a pool the caller holds.
+    pub async fn call_held<R, Fut>(
+        &self,
+        _hold: &Hold<'_>,
+        f: impl FnOnce(Slot<W>) -> Fut,
+    ) -> Result<R, ScriptError>
+    where
+        Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
+    {
+        self.run(f).await
+    }
+
+    /// Marks the pool retired (under a hold): calls waiting on it get
+    /// [`ScriptError::Retired`] once the hold is dropped.
+    pub fn retire(&self, _hold: &Hold<'_>) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    async fn run<R, Fut>(&self, f: impl FnOnce(Slot<W>) -> Fut) -> Result<R, ScriptError>
+    where
+        Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
+    {
         let popped = self.free.lock().pop();
         let mut slot = match popped {
             Some(slot) => slot,

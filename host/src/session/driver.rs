@@ -25,7 +25,7 @@ use crate::gateway::Core;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::protocol::backend::BackendFrame;
 use crate::protocol::client::Packet;
-use crate::script::bindings::{self, Decision, Rejection, RouteError};
+use crate::script::bindings::{self, Decision, HandlerError, Outcome, Rejection, Reply, RouteError};
 
 /// What a transport's reader yields.
 pub(crate) enum Inbound {
@@ -314,6 +314,19 @@ impl Session {
     async fn route(&mut self, packet: Packet) {
         let seq = packet.seq;
         let record = bindings::Packet { msg_id: packet.msg_id, seq, body: packet.body.to_vec() };
+        if let Some(handler) = self.core.handlers.for_message(packet.msg_id) {
+            // message_map sends this id to a handler script; a failing one answers
+            // `script_error` (no fallback dest: the map chose the script over a dest).
+            let decision = match handler.handle(&self.info, &record).await {
+                Ok(outcome) => decision_of(outcome),
+                Err(e) => {
+                    tracing::debug!("handler script failed: {e}");
+                    self.handle.send_error(seq, "script_error", "the handler script failed on this message");
+                    return;
+                }
+            };
+            return self.apply_decision(decision, packet).await;
+        }
         let decision = match self.core.router.route(&self.info, &record).await {
             Ok(decision) => decision,
             // Failure policy: the configured fallback dest, else an error reply.
@@ -329,6 +342,12 @@ impl Session {
                 }
             },
         };
+        self.apply_decision(decision, packet).await;
+    }
+
+    /// Carries out a router's or handler's decision on `packet`.
+    async fn apply_decision(&mut self, decision: Decision, packet: Packet) {
+        let seq = packet.seq;
         match decision {
             Decision::Forward(dest) => {
                 let frame = BackendFrame::Forward {
@@ -362,6 +381,19 @@ impl Session {
                 self.handle.send_error(seq, code, message);
             }
         }
+    }
+}
+
+/// A handler script's outcome as the router's decision (the same cases, minus
+/// `unknown-message`).
+fn decision_of(outcome: Outcome) -> Decision {
+    match outcome {
+        Outcome::Forward(dest) => Decision::Forward(dest),
+        Outcome::Reply(answer) => Decision::Reply(Reply { msg_id: answer.msg_id, body: answer.body }),
+        Outcome::Drop => Decision::Drop,
+        Outcome::Close(reason) => Decision::Close(reason),
+        Outcome::Reject(HandlerError::BadRequest(m)) => Decision::Reject(RouteError::BadRequest(m)),
+        Outcome::Reject(HandlerError::Forbidden(m)) => Decision::Reject(RouteError::Forbidden(m)),
     }
 }
 

@@ -1,0 +1,253 @@
+//! Handler scripts: user-named scripts (`handler-script` world) that `message_map.json` sends
+//! message ids to, described by the scripts directory's manifest ([`super::manifest`]).
+//!
+//! [`Handlers::apply`] reconciles the loaded scripts with a message map and the manifest:
+//! a newly named script is brought in (the full deploy pipeline), one whose file or config
+//! changed is replaced (a stateful one carrying its state), one no longer named is retired
+//! (calls in flight finish on it). The message id -> script table is published in one atomic
+//! swap once every named script is live; on any error the running table stays (a
+//! replacement that succeeded before the error stays live, as if deployed alone).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use super::bindings::handler::HandlerScript;
+use super::bindings::{Outcome, Packet, Session};
+use super::deploy::{Carry, Deployed, ScriptInfo, version_id};
+use super::manifest::{Manifest, ManifestEntry};
+use super::pool::{InitFn, Limits, Slot};
+use super::{ScriptError, ScriptSource};
+use crate::metrics::Metrics;
+
+fn handler_init(config: &str) -> InitFn<HandlerScript> {
+    let config: Arc<str> = config.into();
+    Arc::new(move |mut slot: Slot<HandlerScript>| {
+        let config = config.clone();
+        Box::pin(async move {
+            let r = slot.bindings.wasmgate_gateway_handler().call_init(&mut slot.store, &config).await;
+            (slot, r)
+        })
+    })
+}
+
+/// `snapshot` / `restore` of the handler world.
+const CARRY: Carry<HandlerScript> = Carry {
+    snapshot: |mut slot| {
+        Box::pin(async move {
+            let r = slot.bindings.wasmgate_gateway_handler().call_snapshot(&mut slot.store).await;
+            (slot, r)
+        })
+    },
+    restore: |mut slot, state| {
+        Box::pin(async move {
+            let r = slot.bindings.wasmgate_gateway_handler().call_restore(&mut slot.store, &state).await;
+            (slot, r)
+        })
+    },
+};
+
+/// How often a call retries when the version it waited on was replaced by a stateful swap
+/// (each retry goes to a newer live version; more than one retry needs swaps back to back).
+const RETIRED_RETRIES: usize = 8;
+
+/// One loaded handler script.
+pub struct Handler {
+    stateful: bool,
+    script: Deployed<HandlerScript>,
+    /// Version id of the manifest file + config last applied: a reconcile replaces the live
+    /// version only when this changes, so a `wasmgate deploy` stays until the file changes.
+    applied: Mutex<String>,
+}
+
+impl Handler {
+    async fn load(
+        entry: &ManifestEntry,
+        source: &ScriptSource,
+        mut limits: Limits,
+        metrics: &Metrics,
+    ) -> Result<Self, ScriptError> {
+        if entry.stateful {
+            // One instance holds the state; calls queue for it.
+            limits.instances = 1;
+        }
+        let script = Deployed::load(source, limits, metrics, handler_init(&source.config_json)).await?;
+        let applied = Mutex::new(version_id(&source.bytes, &source.config_json));
+        Ok(Self { stateful: entry.stateful, script, applied })
+    }
+
+    fn carry(&self) -> Option<&Carry<HandlerScript>> {
+        self.stateful.then_some(&CARRY)
+    }
+
+    /// Handles `packet` on the live version. Errors: [`ScriptError`] (trap, deadline,
+    /// unavailable).
+    pub async fn handle(&self, session: &Session, packet: &Packet) -> Result<Outcome, ScriptError> {
+        let mut attempt = 0;
+        loop {
+            let live = self.script.live();
+            let result = live
+                .pool
+                .call(|mut slot| async move {
+                    let r = slot
+                        .bindings
+                        .wasmgate_gateway_handler()
+                        .call_handle(&mut slot.store, session, packet)
+                        .await;
+                    (slot, r)
+                })
+                .await;
+            match result {
+                Err(ScriptError::Retired { .. }) if attempt < RETIRED_RETRIES => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    /// Deploys a new version live (stateful: carrying its state). Errors: as
+    /// [`Deployed::deploy`].
+    pub async fn deploy(&self, source: ScriptSource) -> Result<ScriptInfo, ScriptError> {
+        let init = handler_init(&source.config_json);
+        self.script.deploy(source, init, self.carry()).await
+    }
+
+    /// Restores the previous version (stateful: carrying the current state).
+    pub async fn rollback(&self) -> Result<ScriptInfo, ScriptError> {
+        self.script.rollback(handler_init, self.carry()).await
+    }
+
+    pub fn info(&self) -> ScriptInfo {
+        self.script.info()
+    }
+
+    /// The live version's source.
+    pub fn source(&self) -> ScriptSource {
+        self.script.live().source.clone()
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    by_msg: HashMap<u32, Arc<Handler>>,
+    by_name: BTreeMap<String, Arc<Handler>>,
+    /// The message map's script entries this table was built from.
+    routes: BTreeMap<u32, String>,
+}
+
+/// What an [`Handlers::apply`] changed, by script name.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub loaded: Vec<String>,
+    pub replaced: Vec<String>,
+    pub retired: Vec<String>,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "loaded {:?}, replaced {:?}, retired {:?}", self.loaded, self.replaced, self.retired)
+    }
+}
+
+/// The handler scripts of a gateway and the message ids they handle.
+pub struct Handlers {
+    dir: Option<PathBuf>,
+    limits: Limits,
+    metrics: Metrics,
+    table: ArcSwap<Table>,
+    /// One reconcile at a time.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Handlers {
+    /// No handlers yet; `dir` is the scripts directory holding the manifest (`scripts.dir`).
+    pub fn new(dir: Option<PathBuf>, limits: Limits, metrics: &Metrics) -> Self {
+        Self {
+            dir,
+            limits,
+            metrics: metrics.clone(),
+            table: ArcSwap::default(),
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The handler of `msg_id`, if the message map sends it to one (one atomic load and a
+    /// hash lookup: the hot path of every routed message).
+    pub fn for_message(&self, msg_id: u32) -> Option<Arc<Handler>> {
+        let table = self.table.load();
+        if table.by_msg.is_empty() {
+            return None;
+        }
+        table.by_msg.get(&msg_id).cloned()
+    }
+
+    /// The loaded handler `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Handler>> {
+        self.table.load().by_name.get(name).cloned()
+    }
+
+    /// Every loaded handler's info, by name.
+    pub fn infos(&self) -> Vec<ScriptInfo> {
+        self.table.load().by_name.values().map(|h| h.info()).collect()
+    }
+
+    /// Reconciles the loaded scripts with `routes` (message id -> script name, the map's
+    /// script entries; `None`: the current ones, after a manifest or file change) and the
+    /// manifest read now (see the module docs).
+    ///
+    /// Errors: [`ScriptError::Load`] when a named script is not in the manifest, its file
+    /// cannot be read or no scripts directory is configured; any deploy pipeline error of a
+    /// script brought in or replaced.
+    pub async fn apply(&self, routes: Option<BTreeMap<u32, String>>) -> Result<Applied, ScriptError> {
+        let _changes = self.changes.lock().await;
+        let current = self.table.load_full();
+        let routes = routes.unwrap_or_else(|| current.routes.clone());
+        let names: BTreeSet<&String> = routes.values().collect();
+        let mut applied = Applied::default();
+        let mut by_name = BTreeMap::new();
+        if let Some(first) = names.first() {
+            let dir = self.dir.as_deref().ok_or_else(|| ScriptError::Load {
+                script: first.to_string(),
+                message: "message_map names a handler script but no scripts directory (scripts.dir) is set"
+                    .into(),
+            })?;
+            let manifest = Manifest::read(dir)?;
+            for &name in &names {
+                let entry = manifest.get(name).ok_or_else(|| ScriptError::Load {
+                    script: name.clone(),
+                    message: format!(
+                        "message_map names it but {} does not",
+                        dir.join("manifest.toml").display()
+                    ),
+                })?;
+                let source = entry.source(dir)?;
+                let id = version_id(&source.bytes, &source.config_json);
+                let handler = match current.by_name.get(name) {
+                    Some(handler) if handler.stateful == entry.stateful => {
+                        if *handler.applied.lock() != id {
+                            handler.deploy(source).await?;
+                            *handler.applied.lock() = id;
+                            applied.replaced.push(name.clone());
+                        }
+                        handler.clone()
+                    }
+                    _ => {
+                        let handler =
+                            Handler::load(entry, &source, self.limits.clone(), &self.metrics).await?;
+                        applied.loaded.push(name.clone());
+                        Arc::new(handler)
+                    }
+                };
+                by_name.insert(name.clone(), handler);
+            }
+        }
+        applied.retired =
+            current.by_name.keys().filter(|name| !by_name.contains_key(*name)).cloned().collect();
+        let by_msg =
+            routes.iter().filter_map(|(&msg, name)| Some((msg, by_name.get(name)?.clone()))).collect();
+        self.table.store(Arc::new(Table { by_msg, by_name, routes }));
+        Ok(applied)
+    }
+}

@@ -1,0 +1,83 @@
+//! Test guest: a stateful handler script, to prove that state survives swaps exactly once.
+//!
+//! - msg id 110: adds one to the sender's counter and answers (msg id 110) `<tag>:<count>`,
+//!   `tag` being the config's string (`{"tag": "v1"}`), so a test can tell which version
+//!   answered and that no increment was lost or applied twice.
+//! - msg id 111: forwarded to dest 101 (the example echo backend).
+//! - msg id 112: refused with `bad_request`.
+//! - `snapshot`: the counters as `user=count` lines; `restore` reads them back, or refuses
+//!   when the config has `"fail_restore":true`. `init` refuses `{"fail":true}`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use wasmgate_guest::handler::{Answer, Guest, HandlerError, Outcome, Packet, Session};
+
+thread_local! {
+    static TAG: RefCell<String> = const { RefCell::new(String::new()) };
+    static FAIL_RESTORE: RefCell<bool> = const { RefCell::new(false) };
+    static COUNTS: RefCell<BTreeMap<String, u64>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// The string value of `"key":"..."` in a flat JSON object (enough for test configs).
+fn string_field(json: &str, key: &str) -> Option<String> {
+    let start = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let end = json[start..].find('"')? + start;
+    Some(json[start..end].to_string())
+}
+
+struct Counter;
+
+impl Guest for Counter {
+    fn init(config: String) -> Result<(), String> {
+        if config.contains("\"fail\":true") {
+            return Err("asked to refuse this config".into());
+        }
+        TAG.with(|t| *t.borrow_mut() = string_field(&config, "tag").unwrap_or_default());
+        FAIL_RESTORE.with(|f| *f.borrow_mut() = config.contains("\"fail_restore\":true"));
+        Ok(())
+    }
+
+    fn handle(session: Session, packet: Packet) -> Outcome {
+        match packet.msg_id {
+            110 => {
+                let user = session.user_id.unwrap_or_default();
+                let count = COUNTS.with(|c| {
+                    let mut counts = c.borrow_mut();
+                    let count = counts.entry(user).or_default();
+                    *count += 1;
+                    *count
+                });
+                let tag = TAG.with(|t| t.borrow().clone());
+                Outcome::Reply(Answer { msg_id: 110, body: format!("{tag}:{count}").into_bytes() })
+            }
+            111 => Outcome::Forward(101),
+            _ => Outcome::Reject(HandlerError::BadRequest(format!(
+                "counter does not handle {}",
+                packet.msg_id
+            ))),
+        }
+    }
+
+    fn snapshot() -> Result<Vec<u8>, String> {
+        let lines: Vec<String> =
+            COUNTS.with(|c| c.borrow().iter().map(|(user, count)| format!("{user}={count}")).collect());
+        Ok(lines.join("\n").into_bytes())
+    }
+
+    fn restore(state: Vec<u8>) -> Result<(), String> {
+        if FAIL_RESTORE.with(|f| *f.borrow()) {
+            return Err("asked to refuse the state".into());
+        }
+        let text = String::from_utf8(state).map_err(|e| e.to_string())?;
+        let mut counts = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (user, count) = line.rsplit_once('=').ok_or_else(|| format!("bad line `{line}`"))?;
+            counts.insert(user.to_string(), count.parse::<u64>().map_err(|e| e.to_string())?);
+        }
+        COUNTS.with(|c| *c.borrow_mut() = counts);
+        Ok(())
+    }
+}
+
+wasmgate_guest::handler::export!(Counter);

@@ -62,6 +62,7 @@ fn main() {
             memory_bytes: 64 << 20,
             instances: 1,
             cache_dir: None,
+            engine: Default::default(),
         };
         let routes: Vec<MessageRoute> =
             (100..200).map(|m| MessageRoute { msg_id: m, dest_id: 101 }).collect();

@@ -314,6 +314,35 @@ pub struct ScriptsConfig {
     /// (`watch_dir` is accepted as an older name.)
     #[serde(alias = "watch_dir")]
     pub dir: Option<PathBuf>,
+    /// wasmtime's pooling allocator.
+    pub pooling: PoolingConfig,
+}
+
+/// wasmtime's pooling allocator: slots for every script instance of the process are reserved
+/// once at start (address space only; memory is committed as instances touch it), so
+/// instantiating — at a deploy, or to replace a trapped instance — takes a free slot instead of
+/// mapping fresh memory. The per-instance memory cap stays `scripts.memory_bytes`. (Gateways
+/// started in one process with the same values share one pool and one compile cache.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolingConfig {
+    /// Use the pooling allocator (default). Off: each instance's memory is mapped on demand.
+    pub enabled: bool,
+    /// Most script instances alive at once, over every script and version (a version being
+    /// deployed runs next to the live one). Beyond it, building an instance fails: a deploy
+    /// is refused (naming the limit), a call that needs a new instance gets `script_error`
+    /// and further builds back off. Default 1000
+    /// (3 built-in scripts x `instances` is 24 on this 2-core machine).
+    pub max_instances: u32,
+    /// Most linear memories alive at once (a component may have several); each reserves
+    /// 4 GiB + guard of address space. Default 2 x `max_instances`.
+    pub max_memories: u32,
+}
+
+impl Default for PoolingConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_instances: 1000, max_memories: 2000 }
+    }
 }
 
 impl Default for ScriptsConfig {
@@ -334,6 +363,7 @@ impl Default for ScriptsConfig {
             cache_dir: None,
             router_fallback_dest: None,
             dir: None,
+            pooling: PoolingConfig::default(),
         }
     }
 }
@@ -435,6 +465,13 @@ impl Config {
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(field, "must be greater than 0"));
+        }
+        let pooling = &self.scripts.pooling;
+        if pooling.enabled && !(1..=100_000).contains(&pooling.max_instances) {
+            return Err(invalid("scripts.pooling.max_instances", "must be 1 to 100000"));
+        }
+        if pooling.enabled && !(pooling.max_instances..=200_000).contains(&pooling.max_memories) {
+            return Err(invalid("scripts.pooling.max_memories", "must be max_instances to 200000"));
         }
         let ids = self.routes.all();
         if ids.iter().enumerate().any(|(i, (_, a))| ids[i + 1..].iter().any(|(_, b)| a == b)) {

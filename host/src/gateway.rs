@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::metrics::ReasonLabel;
 use crate::rooms::Rooms;
 use crate::script::bindings::MessageRoute;
+use crate::script::engine::EngineSettings;
 use crate::script::{
     Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptSource,
 };
@@ -160,6 +161,7 @@ impl RunningGateway {
             memory_bytes: config.scripts.memory_bytes,
             instances: config.scripts.instances,
             cache_dir: config.scripts.cache_dir.as_deref().map(Into::into),
+            engine: EngineSettings::of(&config.scripts.pooling),
         };
         let auth_source = script_source("auth", &config.scripts.auth, embedded::DEFAULT_AUTH)?;
         let router_source = script_source("router", &config.scripts.router, embedded::DEFAULT_ROUTER)?;

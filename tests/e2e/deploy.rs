@@ -328,3 +328,24 @@ async fn a_script_file_written_to_the_watched_directory_goes_live() {
     assert_eq!(list["scripts"][1]["version"], expected.as_str());
     assert_eq!(tag_of(&mut client).await, "from-config");
 }
+
+#[tokio::test]
+async fn the_pooling_allocator_is_sized_from_the_config() {
+    // Three slots: auth, router and rooms take one each at start.
+    let h = Harness::start_with(|c| {
+        with_admin_token(c);
+        c.scripts.pooling.max_instances = 3;
+        c.scripts.pooling.max_memories = 3;
+    })
+    .await;
+    let mut client = h.logged_in_ws("alice").await;
+    // A new router version needs a fourth slot: refused with the pool's error; the live one
+    // keeps serving.
+    let (status, answer) = h.deploy("router", wasmgate::embedded::DEFAULT_ROUTER, None).await;
+    assert_eq!(status, 422, "{answer}");
+    let reason = answer["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("limit") && reason.contains("scripts.pooling"), "{answer}");
+    let seq = client.send(100, b"still routed").await.expect("send");
+    let (echo, _) = client.recv_reply(100, seq, PROMPT).await.expect("echo");
+    assert_eq!(&echo.body[..], b"still routed");
+}

@@ -40,6 +40,10 @@ struct Args {
     /// The gateway binary (default: `wasmgate` next to this binary).
     #[arg(long)]
     gateway: Option<PathBuf>,
+    /// Run the gateway without wasmtime's pooling allocator (`scripts.pooling.enabled =
+    /// false`), to compare instantiation costs.
+    #[arg(long)]
+    no_pooling: bool,
 }
 
 /// Round trips of one client: (ns, sent during the swapping phase), and messages lost.
@@ -92,7 +96,10 @@ heartbeat_ms = 600000
 token = "{TOKEN}"
 [scripts.auth]
 config = {{ secret = "{SECRET}" }}
+[scripts.pooling]
+enabled = {pooling}
 "#,
+        pooling = !args.no_pooling,
         dest = maps.join("dest_map.json").display(),
         message = maps.join("message_map.json").display(),
     );

@@ -261,7 +261,7 @@ async fn build<W: World>(
     metrics: &Metrics,
     init: InitFn<W>,
 ) -> Result<Version<W>, ScriptError> {
-    let (engine, component, from) = compile(source, limits.cache_dir.clone()).await?;
+    let (engine, component, from) = compile(source, &limits).await?;
     metrics.script_compiles.get_or_create(&FromLabel { from: from.name() }).inc();
     check_imports(&engine, name, &component)?;
     let id = version_id(&source.bytes, &source.config_json);

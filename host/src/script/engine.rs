@@ -1,20 +1,21 @@
 //! The wasmtime engine every script runs on, its epoch ticker and the compiled-component
 //! cache.
 //!
-//! One engine per process: its `Config` depends on nothing a gateway configures (deadlines and
-//! memory caps are per store), so every gateway in the process (tests start many) shares the
-//! compiled code of identical components, keyed by the SHA-256 of their bytes.
+//! One engine per process and [`EngineSettings`] (the pooling allocator's size, the only engine
+//! setting a gateway configures; deadlines and memory caps are per store): every gateway of a
+//! process with the same settings (tests start many) shares the compiled code of identical
+//! components, keyed by the SHA-256 of their bytes.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::ScriptError;
 use super::bindings;
@@ -27,26 +28,79 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Wasm stack per call, in bytes; deeper recursion traps.
 const MAX_WASM_STACK: usize = 512 << 10;
 
+/// Engine settings from the gateway config (`scripts.pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineSettings {
+    /// Pooling allocator size: `Some((max component instances, max linear memories))`;
+    /// `None`: on-demand allocation.
+    pub pooling: Option<(u32, u32)>,
+}
+
+impl EngineSettings {
+    /// The settings of a gateway config.
+    pub fn of(config: &crate::config::PoolingConfig) -> Self {
+        Self { pooling: config.enabled.then_some((config.max_instances, config.max_memories)) }
+    }
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self::of(&crate::config::PoolingConfig::default())
+    }
+}
+
+/// Core instances and tables reserved per component instance slot: a Rust component has 1 to 3
+/// core instances; componentize-py and jco components up to about a dozen.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const TABLES_PER_COMPONENT: u32 = 8;
+
 /// The shared engine plus the linker of every world.
 pub struct ScriptEngine {
     pub engine: Engine,
+    pub settings: EngineSettings,
     pub linker: Linker<ScriptState>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
 }
 
-static SHARED: OnceLock<Result<Arc<ScriptEngine>, String>> = OnceLock::new();
+/// The engines of this process, one per distinct [`EngineSettings`] (normally one).
+static ENGINES: Mutex<Vec<Arc<ScriptEngine>>> = Mutex::new(Vec::new());
 
 impl ScriptEngine {
-    /// The process-wide engine, created (and its epoch ticker thread started) on first use.
-    pub fn shared() -> Result<Arc<Self>, ScriptError> {
-        SHARED
-            .get_or_init(|| Self::create().map(Arc::new).map_err(|e| format!("{e:#}")))
-            .clone()
-            .map_err(ScriptError::Engine)
+    /// The process's engine with `settings`, created (and its epoch ticker thread started) on
+    /// first use. Gateways of one process with the same settings share it, and so share
+    /// compiled code; it lives as long as the process.
+    ///
+    /// Errors: [`ScriptError::Engine`] when the engine cannot be created (the pooling
+    /// allocator's address space cannot be reserved).
+    pub fn with_settings(settings: EngineSettings) -> Result<Arc<Self>, ScriptError> {
+        let mut engines = ENGINES.lock();
+        if let Some(engine) = engines.iter().find(|e| e.settings == settings) {
+            return Ok(engine.clone());
+        }
+        let engine = Arc::new(Self::create(settings).map_err(|e| ScriptError::Engine(format!("{e:#}")))?);
+        engines.push(engine.clone());
+        Ok(engine)
     }
 
-    fn create() -> wasmtime::Result<Self> {
+    /// The engine with the default settings (what a gateway with the default
+    /// `scripts.pooling` uses).
+    pub fn shared() -> Result<Arc<Self>, ScriptError> {
+        Self::with_settings(EngineSettings::default())
+    }
+
+    fn create(settings: EngineSettings) -> wasmtime::Result<Self> {
         let mut config = Config::new();
+        if let Some((instances, memories)) = settings.pooling {
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_component_instances(instances)
+                .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+                .total_memories(memories)
+                .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+                // One fiber stack per call in flight; calls in flight <= live instances.
+                .total_stacks(instances)
+                .max_memories_per_component(memories.min(16));
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
         config
             .epoch_interruption(true)
             // Scripts use no component-model async (streams, futures, async exports); leaving
@@ -70,7 +124,7 @@ impl ScriptEngine {
                 std::thread::sleep(EPOCH_TICK);
             }
         })?;
-        Ok(Self { engine, linker, compiled: Mutex::default() })
+        Ok(Self { engine, settings, linker, compiled: Mutex::default() })
     }
 
     /// Compiles `bytes` (a component) or returns the cached compilation of identical bytes:

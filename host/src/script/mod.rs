@@ -89,13 +89,14 @@ pub struct ScriptSource {
     pub config_json: String,
 }
 
-/// Compiles a script's component (cached by content hash, in memory and in `cache_dir`) on a
-/// blocking thread.
+/// Compiles a script's component on the engine `limits` name (cached by content hash, in
+/// memory and in `limits.cache_dir`) on a blocking thread.
 async fn compile(
     source: &ScriptSource,
-    cache_dir: Option<Arc<std::path::Path>>,
+    limits: &Limits,
 ) -> Result<(Arc<ScriptEngine>, Component, engine::CompiledFrom), ScriptError> {
-    let engine = ScriptEngine::shared()?;
+    let engine = ScriptEngine::with_settings(limits.engine)?;
+    let cache_dir = limits.cache_dir.clone();
     let (e, name, bytes) = (engine.clone(), source.name.clone(), source.bytes.clone());
     let (component, from) =
         tokio::task::spawn_blocking(move || e.compile(&name, &bytes, cache_dir.as_deref()))

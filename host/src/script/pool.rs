@@ -67,6 +67,8 @@ pub struct Limits {
     pub instances: usize,
     /// Directory of precompiled components (`scripts.cache_dir`); `None`: memory only.
     pub cache_dir: Option<std::sync::Arc<std::path::Path>>,
+    /// Which engine compiles and runs the script (`scripts.pooling`).
+    pub engine: super::engine::EngineSettings,
 }
 
 struct Outcomes {
@@ -189,8 +191,14 @@ impl<W: World> ScriptPool<W> {
         store.data_mut().call_started = Instant::now();
         store.set_epoch_deadline(1);
         let init_error = |message: String| ScriptError::Init { script: self.meta.name.to_string(), message };
-        let bindings =
-            W::instantiate(&self.pre, &mut store).await.map_err(|e| init_error(format!("{e:#}")))?;
+        let bindings = W::instantiate(&self.pre, &mut store).await.map_err(|e| {
+            let hint = if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                " (raise scripts.pooling.max_instances / max_memories)"
+            } else {
+                ""
+            };
+            init_error(format!("{e:#}{hint}"))
+        })?;
         match (self.init)(Slot { store, bindings }).await {
             (slot, Ok(Ok(()))) => Ok(slot),
             (_, Ok(Err(refusal))) => Err(init_error(refusal)),

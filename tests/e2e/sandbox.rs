@@ -45,8 +45,10 @@ async fn trapping_looping_and_greedy_scripts_fail_one_message_only() {
             &["script=\"router\"", &format!("outcome=\"{outcome}\"")],
         )
     };
-    assert_eq!(calls("deadline"), 1.0);
-    assert_eq!(calls("trap"), 3.0);
+    // The loop ends at the deadline; the others trap (on a CPU-starved machine one of them may
+    // run past the 100 ms deadline first, so only the total is exact).
+    assert!(calls("deadline") >= 1.0, "{metrics}");
+    assert_eq!(calls("trap") + calls("deadline"), 4.0);
     assert_eq!(h.gateway.sessions(), 2);
 }
 

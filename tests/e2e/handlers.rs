@@ -12,6 +12,7 @@ use wasmgate_tests::{
 const COUNT: u32 = 110;
 const FORWARDED: u32 = 111;
 const REFUSED: u32 = 112;
+const TRAP: u32 = 113;
 /// Client error frames' message id.
 const ERROR: u32 = 4;
 
@@ -235,4 +236,34 @@ async fn a_stateless_handler_runs_without_carrying_state_and_a_bad_map_refuses_t
     (config.listen.ws, config.listen.tcp, config.listen.admin) = (Some(any), Some(any), Some(any));
     let error = wasmgate::RunningGateway::start(config).await.err().expect("refused").to_string();
     assert!(error.contains("scripts.dir"), "{error}");
+}
+
+#[tokio::test]
+async fn a_stateful_handler_with_no_live_instance_can_still_be_replaced() {
+    let scripts = tempfile::tempdir().expect("scripts dir");
+    let h = gateway_with_counter(&scripts, true).await;
+    let mut client = h.logged_in_ws("carol").await;
+    // Instances built from now on refuse to start.
+    let fail_after =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    write_manifest(
+        scripts.path(),
+        &format!("{{ tag = \"v1\", fail_init_after_ms = {} }}", fail_after + 1_500),
+        true,
+    );
+    write_map(&h, &[(COUNT, "counter"), (TRAP, "counter")]);
+    wait_until("the counter is live", || async { script_names(&h).await.contains(&"counter".to_string()) })
+        .await;
+    assert_eq!(count(&mut client).await, "v1:1");
+    tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
+    // The trap loses the only instance and its replacement cannot be built.
+    let seq = client.send(TRAP, b"").await.expect("send");
+    let (error, _) = client.recv_reply(ERROR, seq, PROMPT).await.expect("an error frame");
+    assert_eq!(error_of(&error.body).0, "script_error");
+    assert_eq!(count(&mut client).await, "script_error");
+    // A fixed version goes live although there is no state to snapshot; it starts empty.
+    let counter = std::fs::read(COUNTER_HANDLER).expect("counter");
+    let (status, info) = h.deploy("counter", &counter, Some(json!({ "tag": "fixed" }))).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(count(&mut client).await, "fixed:1");
 }

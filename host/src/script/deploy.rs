@@ -207,8 +207,14 @@ impl<W: World> Deployed<W> {
         let old = self.live();
         let hold = old.pool.hold().await?;
         let carry_error = |step, message| ScriptError::Carry { script: self.name.clone(), step, message };
-        let state: Arc<[u8]> =
-            old.pool.call_held(&hold, carry.snapshot).await?.map_err(|m| carry_error("snapshot", m))?.into();
+        // No live instance (it trapped and could not be rebuilt): its state is already lost,
+        // and refusing would keep a broken version live. The new one restores nothing.
+        let state: Arc<[u8]> = if old.pool.has_instance(&hold) {
+            old.pool.call_held(&hold, carry.snapshot).await?.map_err(|m| carry_error("snapshot", m))?.into()
+        } else {
+            tracing::warn!(script = self.name, "the live version has no instance: no state to carry");
+            Arc::from(Vec::new())
+        };
         let bytes = state.len();
         let restore = carry.restore;
         version

@@ -284,6 +284,12 @@ impl<W: World> ScriptPool<W> {
         self.run(f).await
     }
 
+    /// Whether a built instance is waiting in the pool (under a hold: none is in use). `false`
+    /// after a trap whose replacement could not be built: its state is gone.
+    pub fn has_instance(&self, _hold: &Hold<'_>) -> bool {
+        !self.free.lock().is_empty()
+    }
+
     /// Marks the pool retired (under a hold): calls waiting on it get
     /// [`ScriptError::Retired`] once the hold is dropped.
     pub fn retire(&self, _hold: &Hold<'_>) {

@@ -5,8 +5,11 @@
 //!   answered and that no increment was lost or applied twice.
 //! - msg id 111: forwarded to dest 101 (the example echo backend).
 //! - msg id 112: refused with `bad_request`.
+//! - msg id 113: traps (a panic), losing the counters.
 //! - `snapshot`: the counters as `user=count` lines; `restore` reads them back, or refuses
-//!   when the config has `"fail_restore":true`. `init` refuses `{"fail":true}`.
+//!   when the config has `"fail_restore":true`. `init` refuses `{"fail":true}`, and refuses
+//!   once the clock passes `fail_init_after_ms` (so an instance replacing a trapped one cannot
+//!   be built).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -26,12 +29,21 @@ fn string_field(json: &str, key: &str) -> Option<String> {
     Some(json[start..end].to_string())
 }
 
+/// The number value of `"key":123` in a flat JSON object.
+fn number_field(json: &str, key: &str) -> Option<u64> {
+    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    json[start..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
 struct Counter;
 
 impl Guest for Counter {
     fn init(config: String) -> Result<(), String> {
         if config.contains("\"fail\":true") {
             return Err("asked to refuse this config".into());
+        }
+        if number_field(&config, "fail_init_after_ms").is_some_and(|t| wasmgate_guest::host::now_ms() > t) {
+            return Err("init refused: past fail_init_after_ms".into());
         }
         TAG.with(|t| *t.borrow_mut() = string_field(&config, "tag").unwrap_or_default());
         FAIL_RESTORE.with(|f| *f.borrow_mut() = config.contains("\"fail_restore\":true"));
@@ -52,6 +64,7 @@ impl Guest for Counter {
                 Outcome::Reply(Answer { msg_id: 110, body: format!("{tag}:{count}").into_bytes() })
             }
             111 => Outcome::Forward(101),
+            113 => panic!("counter: asked to trap"),
             _ => Outcome::Reject(HandlerError::BadRequest(format!(
                 "counter does not handle {}",
                 packet.msg_id

@@ -4,6 +4,7 @@
 //! load and initialise scripts -> read maps -> bind every listener (fails early, nothing
 //! served yet) -> connect upstream pools -> serve -> watch map files.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,9 @@ use crate::metrics::Metrics;
 use crate::metrics::ReasonLabel;
 use crate::rooms::Rooms;
 use crate::script::bindings::MessageRoute;
+use crate::script::deploy::version_id;
 use crate::script::engine::EngineSettings;
+use crate::script::manifest::Manifest;
 use crate::script::{
     Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptSource,
 };
@@ -39,6 +42,9 @@ pub(crate) struct Core {
     pub rooms_script: RoomsScript,
     /// User-named handler scripts and the message ids `message_map` gives them.
     pub handlers: Handlers,
+    /// Built-in scripts taken from the scripts directory's manifest: name -> version id of the
+    /// entry (file + config) last deployed from it.
+    pub manifest_applied: parking_lot::Mutex<HashMap<&'static str, String>>,
     pub rooms: Arc<Rooms>,
     pub upstreams: Upstreams,
     pub conn_limit: Arc<Semaphore>,
@@ -85,6 +91,29 @@ impl Core {
         result
     }
 
+    /// Deploys each built-in script the scripts directory's manifest describes whose file or
+    /// config changed since it was last applied; returns the names deployed.
+    ///
+    /// Errors: the manifest or a file cannot be read; a deploy is refused (the entries before
+    /// it stay deployed).
+    pub(crate) async fn apply_manifest_builtins(&self) -> Result<Vec<&'static str>, ScriptError> {
+        let Some(dir) = &self.config.scripts.dir else { return Ok(Vec::new()) };
+        let manifest = Manifest::read(dir)?;
+        let mut deployed = Vec::new();
+        for entry in manifest.builtins() {
+            let Some(name) = entry.world.builtin() else { continue };
+            let source = entry.source(dir)?;
+            let id = version_id(&source.bytes, &source.config_json);
+            if self.manifest_applied.lock().get(name) == Some(&id) {
+                continue;
+            }
+            self.deploy_script(name, &source.bytes, Some(source.config_json)).await?;
+            self.manifest_applied.lock().insert(name, id);
+            deployed.push(name);
+        }
+        Ok(deployed)
+    }
+
     /// Puts the previous version of script `name` back.
     pub(crate) async fn rollback_script(&self, name: &str) -> Result<ScriptInfo, ScriptError> {
         match name {
@@ -108,14 +137,32 @@ pub struct RunningGateway {
     _watcher: Option<watch::MapWatcher>,
 }
 
-fn script_source(name: &str, script: &ScriptConfig, default: &[u8]) -> anyhow::Result<ScriptSource> {
+/// Where a built-in script comes from: its manifest entry in `scripts.dir` if there is one,
+/// else `[scripts.<name>]` (its `path`, or the default built into the binary). Returns the
+/// source and, for a manifest entry, its version id.
+fn script_source(
+    name: &str,
+    manifest: &Manifest,
+    config: &Config,
+    default: &[u8],
+) -> anyhow::Result<(ScriptSource, Option<String>)> {
+    if let (Some(dir), Some(entry)) = (&config.scripts.dir, manifest.get(name)) {
+        let source = entry.source(dir)?;
+        let id = version_id(&source.bytes, &source.config_json);
+        return Ok((source, Some(id)));
+    }
+    let script: &ScriptConfig = match name {
+        "auth" => &config.scripts.auth,
+        "router" => &config.scripts.router,
+        _ => &config.scripts.rooms,
+    };
     let bytes: Arc<[u8]> = match &script.path {
         Some(path) => std::fs::read(path)
             .with_context(|| format!("reading script `{name}` from {}", path.display()))?
             .into(),
         None => default.into(),
     };
-    Ok(ScriptSource { name: name.into(), bytes, config_json: script.config_json() })
+    Ok((ScriptSource { name: name.into(), bytes, config_json: script.config_json() }, None))
 }
 
 /// `message_map` as the router's `init` receives it.
@@ -163,12 +210,24 @@ impl RunningGateway {
             cache_dir: config.scripts.cache_dir.as_deref().map(Into::into),
             engine: EngineSettings::of(&config.scripts.pooling),
         };
-        let auth_source = script_source("auth", &config.scripts.auth, embedded::DEFAULT_AUTH)?;
-        let router_source = script_source("router", &config.scripts.router, embedded::DEFAULT_ROUTER)?;
+        let manifest = match &config.scripts.dir {
+            Some(dir) => Manifest::read(dir)?,
+            None => Manifest::default(),
+        };
+        let mut manifest_applied = HashMap::new();
+        let mut source_of = |name: &'static str, default: &[u8]| -> anyhow::Result<ScriptSource> {
+            let (source, id) = script_source(name, &manifest, &config, default)?;
+            if let Some(id) = id {
+                manifest_applied.insert(name, id);
+            }
+            Ok(source)
+        };
+        let auth_source = source_of("auth", embedded::DEFAULT_AUTH)?;
+        let router_source = source_of("router", embedded::DEFAULT_ROUTER)?;
+        let rooms_source = source_of("rooms", embedded::DEFAULT_ROOMS)?;
         let routes = message_routes(&message_map);
         let auth = Auth::load(&auth_source, limits.clone(), &metrics).await?;
         let router = Router::load(&router_source, limits.clone(), &metrics, routes).await?;
-        let rooms_source = script_source("rooms", &config.scripts.rooms, embedded::DEFAULT_ROOMS)?;
         let rooms_script = RoomsScript::load(&rooms_source, limits.clone(), &metrics).await?;
         let handlers = Handlers::new(config.scripts.dir.clone(), limits, &metrics);
         let applied = handlers.apply(Some(maps::script_routes(&message_map))).await?;
@@ -203,6 +262,7 @@ impl RunningGateway {
             router,
             rooms_script,
             handlers,
+            manifest_applied: parking_lot::Mutex::new(manifest_applied),
             rooms,
             upstreams,
             shutdown,

@@ -2,9 +2,10 @@
 //! callbacks) and, with `scripts.dir`, the script files `auth.wasm`, `router.wasm` and
 //! `rooms.wasm` in it, and applies valid changes live (a script file goes through the deploy
 //! pipeline, keeping the live config; a refused one leaves the live version). A change to the
-//! directory's `manifest.toml` or any other `.wasm` there re-applies the handler scripts
-//! ([`crate::script::Handlers::apply`]): only scripts whose file or config changed are
-//! replaced.
+//! directory's `manifest.toml` or any `.wasm` there re-applies the manifest — handler scripts
+//! ([`crate::script::Handlers::apply`]) and built-in entries: only scripts whose file or config
+//! changed are deployed (a built-in file that the manifest describes is deployed by this path
+//! only, with the manifest's config).
 //!
 //! The parent directories are watched (editors and deploy tools replace files by rename).
 //! Events are coalesced: a change is applied [`DEBOUNCE`] after the last event for that file.
@@ -26,7 +27,7 @@ use crate::gateway::{Core, SCRIPT_NAMES, message_routes};
 use crate::maps;
 use crate::metrics::ReasonLabel;
 use crate::script::ScriptError;
-use crate::script::manifest::MANIFEST_FILE;
+use crate::script::manifest::{MANIFEST_FILE, Manifest};
 
 /// Quiet time after the last file event before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -117,12 +118,8 @@ fn matches(event_path: &Path, path: &Path, kind: MapKind) -> bool {
     if same_file_name(event_path, path) {
         return true;
     }
-    let handler_component = || {
-        let builtin =
-            event_path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| SCRIPT_NAMES.contains(&s));
-        event_path.extension().is_some_and(|e| e == "wasm") && !builtin
-    };
-    matches!(kind, MapKind::Handlers) && event_path.parent() == path.parent() && handler_component()
+    let component = event_path.extension().is_some_and(|e| e == "wasm");
+    matches!(kind, MapKind::Handlers) && event_path.parent() == path.parent() && component
 }
 
 async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
@@ -131,12 +128,7 @@ async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
     }
     let result = match kind {
         MapKind::Script(_) => return,
-        MapKind::Handlers => core
-            .handlers
-            .apply(None)
-            .await
-            .map(|applied| format!("handler scripts: {applied}"))
-            .map_err(|e| maps::MapError::Invalid { what: "scripts manifest", message: e.to_string() }),
+        MapKind::Handlers => apply_manifest(core).await,
         MapKind::Dest => maps::read(path).and_then(|t| maps::parse_dest_map(&t)).map(|map| {
             core.upstreams.apply(&map);
             format!("{} dests", map.len())
@@ -169,8 +161,22 @@ async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
     core.metrics.map_reloads.get_or_create(&ReasonLabel { reason }).inc();
 }
 
-/// Deploys a changed script file (the deploy is counted and logged by the pipeline).
+/// Re-applies the scripts directory's manifest: handler scripts, then built-in entries.
+async fn apply_manifest(core: &Arc<Core>) -> Result<String, maps::MapError> {
+    let invalid =
+        |e: ScriptError| maps::MapError::Invalid { what: "scripts manifest", message: e.to_string() };
+    let applied = core.handlers.apply(None).await.map_err(invalid)?;
+    let builtins = core.apply_manifest_builtins().await.map_err(invalid)?;
+    Ok(format!("handler scripts: {applied}; built-in scripts deployed: {builtins:?}"))
+}
+
+/// Deploys a changed script file (the deploy is counted and logged by the pipeline), unless
+/// the manifest describes that script (then the manifest's reload deploys it, with its config).
 async fn deploy_file(core: &Arc<Core>, path: &Path, name: &str) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if Manifest::read(dir).is_ok_and(|m| m.get(name).is_some()) {
+        return tracing::debug!(script = name, "script file changed; its manifest entry applies it");
+    }
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         // Deleted or renamed away: the live version stays.

@@ -67,6 +67,13 @@ async fn wait_counter_version(h: &Harness, config_json: &str) {
     .await;
 }
 
+/// The hostile router's answer to message 905 with body `x`: `<tag>:x`.
+async fn tag_905(client: &mut Client) -> String {
+    let seq = client.send(905, b"x").await.expect("send");
+    let (reply, _) = client.recv_reply(905, seq, PROMPT).await.expect("tagged reply");
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
 async fn script_names(h: &Harness) -> Vec<String> {
     let (status, list) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200);
@@ -266,4 +273,36 @@ async fn a_stateful_handler_with_no_live_instance_can_still_be_replaced() {
     let (status, info) = h.deploy("counter", &counter, Some(json!({ "tag": "fixed" }))).await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(count(&mut client).await, "fixed:1");
+}
+
+#[tokio::test]
+async fn the_manifest_can_describe_a_built_in_script() {
+    let scripts = tempfile::tempdir().expect("scripts dir");
+    std::fs::copy(wasmgate_tests::HOSTILE_ROUTER, scripts.path().join("router.wasm")).expect("copy");
+    let router_entry = |tag: &str| {
+        format!(
+            "[[script]]\nname = \"router\"\nworld = \"router\"\nfile = \"router.wasm\"\nconfig = {{ tag = \"{tag}\" }}\n"
+        )
+    };
+    write_atomic(scripts.path().join("manifest.toml"), &router_entry("m1"));
+    let dir = scripts.path().to_path_buf();
+    // The manifest's entry wins over [scripts.router] (the default router here).
+    let h = Harness::start_with(move |c| {
+        with_admin_token(c);
+        c.scripts.dir = Some(dir);
+    })
+    .await;
+    let mut client = h.logged_in_ws("dave").await;
+    let answer = tag_905(&mut client).await;
+    assert_eq!(answer, "m1:x");
+    // A config change in the manifest redeploys the router live.
+    write_atomic(scripts.path().join("manifest.toml"), &router_entry("m2"));
+    let bytes = std::fs::read(wasmgate_tests::HOSTILE_ROUTER).expect("router");
+    let expected = wasmgate::script::deploy::version_id(&bytes, r#"{"tag":"m2"}"#);
+    wait_until("the manifest's router is live", || async {
+        let (_, list) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
+        list["scripts"][1]["version"] == expected.as_str()
+    })
+    .await;
+    assert_eq!(tag_905(&mut client).await, "m2:x");
 }

@@ -215,7 +215,7 @@ impl Handlers {
             })?;
             let manifest = Manifest::read(dir)?;
             for &name in &names {
-                let entry = manifest.get(name).ok_or_else(|| ScriptError::Load {
+                let entry = manifest.handler(name).ok_or_else(|| ScriptError::Load {
                     script: name.clone(),
                     message: format!(
                         "message_map names it but {} does not",

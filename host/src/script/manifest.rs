@@ -11,8 +11,11 @@
 //! max_items = 100
 //! ```
 //!
-//! A missing manifest is an empty one. A script is loaded only while the message map names
-//! it; the manifest alone deploys nothing.
+//! A missing manifest is an empty one. A handler script is loaded only while the message map
+//! names it; the manifest alone deploys nothing. An entry may also describe a built-in script
+//! (`name = "auth"`, `world = "auth"`; likewise `router`, `rooms`): it then replaces that
+//! script's `[scripts.<name>]` path and config, at start and live whenever its file or config
+//! changes.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -31,6 +34,24 @@ pub const MANIFEST_FILE: &str = "manifest.toml";
 pub enum ScriptWorld {
     /// `handler-script`.
     Handler,
+    /// `auth-script` (only for the entry named `auth`).
+    Auth,
+    /// `router-script` (only for the entry named `router`).
+    Router,
+    /// `rooms-script` (only for the entry named `rooms`).
+    Rooms,
+}
+
+impl ScriptWorld {
+    /// The built-in script this world belongs to; `None` for handlers.
+    pub fn builtin(self) -> Option<&'static str> {
+        match self {
+            Self::Handler => None,
+            Self::Auth => Some("auth"),
+            Self::Router => Some("router"),
+            Self::Rooms => Some("rooms"),
+        }
+    }
 }
 
 /// One `[[script]]` entry.
@@ -70,7 +91,17 @@ impl Manifest {
         let manifest: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let mut names = BTreeSet::new();
         for entry in &manifest.scripts {
-            check_script_name(&entry.name).map_err(invalid)?;
+            match entry.world.builtin() {
+                None => check_script_name(&entry.name).map_err(invalid)?,
+                Some(builtin) if builtin == entry.name && !entry.stateful => {}
+                Some(builtin) => {
+                    return Err(invalid(format!(
+                        "script `{}`: world `{builtin}` is only for the built-in script `{builtin}`, \
+                         which cannot be stateful",
+                        entry.name
+                    )));
+                }
+            }
             if !names.insert(entry.name.as_str()) {
                 return Err(invalid(format!("script `{}` is listed twice", entry.name)));
             }
@@ -98,6 +129,16 @@ impl Manifest {
     /// The entry named `name`.
     pub fn get(&self, name: &str) -> Option<&ManifestEntry> {
         self.scripts.iter().find(|entry| entry.name == name)
+    }
+
+    /// The handler entry named `name` (not a built-in's).
+    pub fn handler(&self, name: &str) -> Option<&ManifestEntry> {
+        self.get(name).filter(|entry| entry.world == ScriptWorld::Handler)
+    }
+
+    /// The entries describing built-in scripts.
+    pub fn builtins(&self) -> impl Iterator<Item = &ManifestEntry> {
+        self.scripts.iter().filter(|entry| entry.world.builtin().is_some())
     }
 }
 
@@ -145,7 +186,14 @@ mod tests {
             format!("[[script]]\nname = \"{name}\"\nworld = \"{world}\"\nfile = \"{file}\"\n")
         };
         let e = Manifest::parse(&entry("a", "router", "a.wasm")).unwrap_err().to_string();
-        assert!(e.contains("router"), "{e}");
+        assert!(e.contains("only for the built-in script `router`"), "{e}");
+        let e = Manifest::parse(&entry("auth", "handler", "a.wasm")).unwrap_err().to_string();
+        assert!(e.contains("built-in"), "{e}");
+        let manifest = Manifest::parse(&entry("router", "router", "r.wasm")).unwrap();
+        assert_eq!(manifest.builtins().count(), 1);
+        assert!(manifest.handler("router").is_none());
+        let e = Manifest::parse(&entry("a", "nonsense", "a.wasm")).unwrap_err().to_string();
+        assert!(e.contains("nonsense"), "{e}");
         let e = Manifest::parse(&entry("a", "handler", "../a.wasm")).unwrap_err().to_string();
         assert!(e.contains("inside the scripts directory"), "{e}");
         let e = Manifest::parse(&entry("A b", "handler", "a.wasm")).unwrap_err().to_string();

@@ -38,6 +38,47 @@ pub struct Config {
     pub scripts: ScriptsConfig,
     pub rooms: RoomsConfig,
     pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Running several gateways as one cluster (docs/cluster.md). With neither Redis nor etcd
+/// configured (the default) the gateway runs standalone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis URL (`redis://127.0.0.1:6379/0`): node id claim (seed 000 step 2), user location
+    /// (step 8.1.1.2) and the cross-node bus (pushes, room broadcasts). `None`: none of these.
+    pub redis_url: Option<String>,
+    /// etcd endpoints (`http://127.0.0.1:2379`): registration and discovery (seed 000 step 3,
+    /// seed 004's node table). Empty: no registration.
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every Redis key and channel (`<prefix>:node:<id>`) and of etcd keys
+    /// (`/<prefix>/nodes/<node.name>/<id>`).
+    pub prefix: String,
+    /// This node's type in discovery (seed 004's node type): `gateway`.
+    pub node_type: String,
+    /// TTL of the node id key in Redis and of the etcd lease, in seconds; refreshed every
+    /// third of it. A crashed node's id and registration free themselves after it.
+    pub ttl_s: u64,
+    /// TTL of a user's location key in Redis, in seconds; refreshed every third of it.
+    pub location_ttl_s: u64,
+    /// Bound of the queue of Redis writes (locations, bus messages); beyond it they are
+    /// dropped and counted (`wasmgate_cluster_messages_total{outcome="dropped"}`).
+    pub queue_len: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            etcd_endpoints: Vec::new(),
+            prefix: "wasmgate".into(),
+            node_type: "gateway".into(),
+            ttl_s: 10,
+            location_ttl_s: 60,
+            queue_len: 65_536,
+        }
+    }
 }
 
 /// This gateway node's identity.
@@ -448,7 +489,7 @@ impl Config {
                 format!("must be <= {} with a 2-byte length prefix", u16::MAX as usize - 8),
             ));
         }
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 16] = [
             ("limits.max_conn_num", self.limits.max_conn_num as u64),
             ("limits.pending_write_num", self.limits.pending_write_num as u64),
             ("limits.max_msg_len", self.limits.max_msg_len as u64),
@@ -462,6 +503,9 @@ impl Config {
             ("rooms.max_name_len", self.rooms.max_name_len as u64),
             ("rooms.bucket_queue_len", self.rooms.bucket_queue_len as u64),
             ("rooms.list_limit", self.rooms.list_limit as u64),
+            ("cluster.ttl_s", self.cluster.ttl_s),
+            ("cluster.location_ttl_s", self.cluster.location_ttl_s),
+            ("cluster.queue_len", self.cluster.queue_len as u64),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(field, "must be greater than 0"));
@@ -486,6 +530,11 @@ impl Config {
         }
         if self.admin.token.as_deref().is_some_and(|t| t.len() < 8) {
             return Err(invalid("admin.token", "must be at least 8 characters"));
+        }
+        let prefix_ok =
+            |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !prefix_ok(&self.cluster.prefix) {
+            return Err(invalid("cluster.prefix", "must be non-empty ASCII letters, digits, `_`, `-`, `.`"));
         }
         if self.listen.ws.is_none() && self.listen.tcp.is_none() {
             return Err(invalid("listen", "needs at least one of `ws` and `tcp`"));

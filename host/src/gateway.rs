@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{Advertised, Cluster, Relay};
 use crate::config::{Config, ScriptConfig};
 use crate::maps::{self, DestMap, MessageMap};
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ pub(crate) struct Core {
     /// entry (file + config) last deployed from it.
     pub manifest_applied: parking_lot::Mutex<HashMap<&'static str, String>>,
     pub rooms: Arc<Rooms>,
+    /// Membership of a cluster (Redis, etcd); `None` standalone.
+    pub cluster: Option<Arc<Cluster>>,
     pub upstreams: Upstreams,
     pub conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
@@ -57,6 +60,11 @@ pub(crate) struct Core {
 pub const SCRIPT_NAMES: [&str; 3] = ["auth", "router", "rooms"];
 
 impl Core {
+    /// The cross-node bus, when the gateway runs in a cluster with Redis.
+    pub(crate) fn relay(&self) -> Option<&Relay> {
+        self.cluster.as_ref().and_then(|c| c.relay.as_ref())
+    }
+
     /// Deploys `bytes` live as script `name` (one of [`SCRIPT_NAMES`] or a loaded handler
     /// script) with `config` (JSON text; `None` keeps the live version's). Counted in
     /// `wasmgate_script_deploys_total`.
@@ -198,7 +206,7 @@ impl RunningGateway {
     ///
     /// Errors: invalid config, a script that cannot be loaded or refuses its config, an
     /// invalid map file, or a listener address that cannot be bound.
-    pub async fn start(config: Config) -> anyhow::Result<Self> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = Metrics::new();
         let (dest_map, message_map) = initial_maps(&config)?;
@@ -235,9 +243,26 @@ impl RunningGateway {
             tracing::info!(scripts = ?applied.loaded, "handler scripts loaded");
         }
 
-        let ws = bind(config.listen.ws, "WebSocket").await?;
-        let tcp = bind(config.listen.tcp, "TCP").await?;
-        let admin_listener = bind(config.listen.admin, "admin").await?;
+        // Claims the node id (Redis) before anything uses it.
+        let cluster = Cluster::join(&config, &metrics).await?.map(Arc::new);
+        if let Some(cluster) = &cluster {
+            config.node.id = cluster.node_id;
+        }
+        let bound = async {
+            let ws = bind(config.listen.ws, "WebSocket").await?;
+            let tcp = bind(config.listen.tcp, "TCP").await?;
+            let admin = bind(config.listen.admin, "admin").await?;
+            anyhow::Ok((ws, tcp, admin))
+        };
+        let (ws, tcp, admin_listener) = match bound.await {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                if let Some(cluster) = &cluster {
+                    cluster.leave(Duration::from_secs(2)).await;
+                }
+                return Err(e);
+            }
+        };
 
         let registry = Arc::new(Registry::default());
         let tasks = TaskTracker::new();
@@ -251,6 +276,7 @@ impl RunningGateway {
             config.upstream.clone(),
             node,
             tasks.clone(),
+            cluster.as_ref().and_then(|c| c.relay.clone()),
         );
         let core = Arc::new(Core {
             ids: SessionIdGen::new(config.node.id),
@@ -264,6 +290,7 @@ impl RunningGateway {
             handlers,
             manifest_applied: parking_lot::Mutex::new(manifest_applied),
             rooms,
+            cluster,
             upstreams,
             shutdown,
             tasks,
@@ -285,6 +312,15 @@ impl RunningGateway {
         }
         if let Some(listener) = admin_listener {
             core.tasks.spawn(admin::serve(core.clone(), listener));
+        }
+        if let Some(cluster) = &core.cluster {
+            let advertised = Advertised {
+                name: core.config.node.name.clone(),
+                ws_addr: ws_addr.map(|a| a.to_string()),
+                tcp_addr: tcp_addr.map(|a| a.to_string()),
+                admin_addr: admin_addr.map(|a| a.to_string()),
+            };
+            cluster.start(core.registry.clone(), core.rooms.clone(), advertised);
         }
         let watcher = watch::MapWatcher::start(core.clone())?;
         tracing::info!(node = core.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");
@@ -316,14 +352,25 @@ impl RunningGateway {
         self.core.registry.len()
     }
 
+    /// The node id in use (claimed in Redis in a cluster, else `node.id`).
+    pub fn node_id(&self) -> u32 {
+        self.core.config.node.id
+    }
+
+    /// The discovery table (empty unless `cluster.etcd_endpoints` is set).
+    pub fn nodes(&self) -> Vec<crate::cluster::NodeInfo> {
+        self.core.cluster.as_ref().map(|c| c.nodes.all()).unwrap_or_default()
+    }
+
     /// Connected pool connections of `dest`.
     pub fn upstream_connections_up(&self, dest: u32) -> usize {
         self.core.upstreams.connections_up(dest)
     }
 
     /// Graceful shutdown: stop accepting; every session flushes its queue and gets an error
-    /// frame `going_away` and close code 1001; upstream pools write what they hold and read
-    /// replies briefly; then waits for all tasks, at most `grace`. Sessions still open after
+    /// frame `going_away` and close code 1001; the node leaves the cluster (etcd lease revoked,
+    /// node id released); upstream pools write what they hold and read replies briefly; then
+    /// waits for all tasks, at most `grace`. Sessions still open after
     /// `grace` are aborted.
     pub async fn shutdown(self, grace: Duration) {
         let core = self.core;
@@ -336,6 +383,10 @@ impl RunningGateway {
             }
         };
         let _ = tokio::time::timeout(grace / 2, sessions_gone).await;
+        if let Some(cluster) = &core.cluster {
+            // After the sessions: their location deletes are flushed with the rest.
+            cluster.leave(Duration::from_secs(2)).await;
+        }
         core.upstreams.shutdown();
         if tokio::time::timeout(grace / 2, core.tasks.wait()).await.is_err() {
             for session in core.registry.all() {

@@ -17,9 +17,11 @@
 //! Map of the crate: [`config`] (TOML), [`transport`] (WebSocket, TCP listeners),
 //! [`session`] (ids, handles, registry, the per-connection driver), [`script`] (the wasmtime
 //! host), [`upstream`] (queue pools to backends), [`protocol`] (client and backend wire
-//! formats), [`maps`] and [`watch`] (`dest_map`/`message_map`), [`metrics`], [`admin`].
+//! formats), [`maps`] and [`watch`] (`dest_map`/`message_map`), [`metrics`], [`admin`],
+//! [`cluster`] (Redis identity and bus, etcd registration and discovery).
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod embedded;
 mod gateway;

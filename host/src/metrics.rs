@@ -25,6 +25,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// `outcome` label of cluster bus messages.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 /// `target` label of pushes: `session`, `user`, `room`, `all`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabel {
@@ -92,6 +98,8 @@ pub struct Metrics {
     pub pushes: Family<TargetLabel, Counter>,
     pub script_compiles: Family<FromLabel, Counter>,
     pub script_deploys: Family<ReasonLabel, Counter>,
+    pub cluster_messages: Family<OutcomeLabel, Counter>,
+    pub cluster_nodes: Gauge,
 }
 
 impl Default for Metrics {
@@ -129,6 +137,8 @@ impl Metrics {
             pushes: Family::default(),
             script_compiles: Family::default(),
             script_deploys: Family::default(),
+            cluster_messages: Family::default(),
+            cluster_nodes: Gauge::default(),
         };
         r.register("connections", "Client connections accepted", m.connections_total.clone());
         r.register("sessions", "Client sessions currently open", m.connections.clone());
@@ -185,6 +195,16 @@ impl Metrics {
             m.script_compiles.clone(),
         );
         r.register("script_deploys", "Script deploys, by result (ok, rejected)", m.script_deploys.clone());
+        r.register(
+            "cluster_messages",
+            "Cross-node bus messages: published, received, dropped (queue full), failed (Redis error)",
+            m.cluster_messages.clone(),
+        );
+        r.register(
+            "cluster_nodes",
+            "Nodes in the discovery table (this one included)",
+            m.cluster_nodes.clone(),
+        );
         Self { registry: Arc::new(r), ..m }
     }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: real gateway, real example backends, real WS/TCP clients, real compiled
 //! components. One test binary (linking wasmtime once), one module per area.
 
+mod cluster;
 mod deploy;
 mod frames;
 mod handlers;

@@ -1,6 +1,8 @@
 //! Test harness: a real gateway in-process on port 0, real example backends on real sockets,
 //! real clients, and map files in a temporary directory.
 
+pub mod servers;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -89,7 +89,8 @@ async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
         }
         (
             _,
-            "/push/session" | "/push/user" | "/push/room" | "/push/all" | "/rooms" | "/sessions" | "/scripts",
+            "/push/session" | "/push/user" | "/push/room" | "/push/all" | "/rooms" | "/sessions" | "/scripts"
+            | "/cluster/nodes",
         ) => {
             if let Err(denied) = authorize(core, &req) {
                 return denied;
@@ -161,6 +162,17 @@ async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
             json(StatusCode::OK, serde_json::json!({ "sessions": core.registry.len() }))
         }
         (Method::GET, "/scripts") => scripts::list(core),
+        (Method::GET, "/cluster/nodes") => {
+            let query = req.uri().query().unwrap_or_default().to_string();
+            let node_type =
+                form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "type").map(|(_, v)| v);
+            let nodes = match (&core.cluster, node_type) {
+                (None, _) => Vec::new(),
+                (Some(cluster), Some(t)) => cluster.nodes.of_type(&t),
+                (Some(cluster), None) => cluster.nodes.all(),
+            };
+            json(StatusCode::OK, serde_json::json!({ "node_id": core.config.node.id, "nodes": nodes }))
+        }
         (Method::POST, _) if path.starts_with("/scripts/") => {
             let rest = &path["/scripts/".len()..];
             if let Some(name) = rest.strip_suffix("/rollback") {

@@ -4,6 +4,10 @@
 //! (`data_b64` instead of `data` for bytes; `msg_id` defaults to `routes.push`;
 //! `exclude_session` for rooms). go-push's form bodies also work: `/push/room` with
 //! `room=..&msg=<json>` and `/push/all` with `msg=<json>` (seed 002).
+//!
+//! In a cluster with Redis a push reaches other nodes over the bus (docs/cluster.md): a
+//! session of another node (its id names the node; answered 202), the node of a user's latest
+//! session, and every node for rooms and push-to-all. Remote delivery is not confirmed.
 
 use std::sync::Arc;
 
@@ -16,7 +20,9 @@ use serde_json::value::RawValue;
 use super::{HttpResponse, error, json};
 use crate::gateway::Core;
 use crate::metrics::TargetLabel;
+use crate::protocol::backend::BackendFrame;
 use crate::protocol::client::{SharedPacket, data_body};
+use crate::session::node_of;
 
 /// A session id as a JSON number or string (ids above 2^53 do not survive JavaScript numbers,
 /// so the login answer gives them as strings).
@@ -125,18 +131,42 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
         "session" => {
             let Some(id) = push.session_id else { return missing("session_id") };
             counted("session");
-            match core.registry.get(id) {
-                Some(session) if session.send(push.msg_id, 0, push.body) => {
+            let node = node_of(id);
+            match (core.registry.get(id), core.relay()) {
+                (Some(session), _) if session.send(push.msg_id, 0, push.body.clone()) => {
                     json(StatusCode::OK, serde_json::json!({ "delivered": 1 }))
                 }
-                Some(_) => error(StatusCode::CONFLICT, "session_closing", format!("session {id} is closing")),
-                None => error(StatusCode::NOT_FOUND, "not_found", format!("no session {id} on this node")),
+                (Some(_), _) => {
+                    error(StatusCode::CONFLICT, "session_closing", format!("session {id} is closing"))
+                }
+                // Another node's session: handed to the bus (at most once, not confirmed).
+                (None, Some(relay)) if node != relay.node_id() => {
+                    let frame =
+                        BackendFrame::Reply { session_id: id, msg_id: push.msg_id, seq: 0, body: push.body };
+                    relay.to_node(node, frame);
+                    json(StatusCode::ACCEPTED, serde_json::json!({ "relayed_to_node": node }))
+                }
+                (None, _) => {
+                    error(StatusCode::NOT_FOUND, "not_found", format!("no session {id} on this node"))
+                }
             }
         }
         "user" => {
             let Some(user) = push.user_id else { return missing("user_id") };
             counted("user");
             let sessions = core.registry.of_user(&user);
+            if let Some(relay) = core.relay() {
+                // The node of the user's latest session, if it is another one (decided in Redis).
+                let frame = BackendFrame::PushUser {
+                    user_id: user.clone(),
+                    msg_id: push.msg_id,
+                    body: push.body.clone(),
+                };
+                relay.push_user(&user, frame);
+                let packet = Arc::new(SharedPacket::new(push.msg_id, 0, push.body));
+                let delivered = sessions.iter().filter(|s| s.send_shared(packet.clone())).count();
+                return json(StatusCode::OK, serde_json::json!({ "delivered": delivered, "relayed": true }));
+            }
             if sessions.is_empty() {
                 return error(
                     StatusCode::NOT_FOUND,
@@ -151,16 +181,37 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
         "room" => {
             let Some(room) = push.room else { return missing("room") };
             counted("room");
+            if let Some(relay) = core.relay() {
+                relay.to_all(BackendFrame::PushRoom {
+                    room: room.clone(),
+                    exclude_session: push.exclude.unwrap_or(0),
+                    msg_id: push.msg_id,
+                    body: push.body.clone(),
+                });
+            }
             let packet = SharedPacket::new(push.msg_id, 0, push.body);
-            match core.rooms.broadcast(&room, packet, push.exclude).await {
-                Some(members) => {
+            match (core.rooms.broadcast(&room, packet, push.exclude).await, core.relay()) {
+                (Some(members), None) => {
                     json(StatusCode::OK, serde_json::json!({ "room": room, "members": members }))
                 }
-                None => error(StatusCode::NOT_FOUND, "not_found", format!("no room `{room}` on this node")),
+                (Some(members), Some(_)) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "room": room, "members": members, "relayed": true }),
+                ),
+                // Members may be on other nodes: the push went to them.
+                (None, Some(_)) => {
+                    json(StatusCode::OK, serde_json::json!({ "room": room, "members": 0, "relayed": true }))
+                }
+                (None, None) => {
+                    error(StatusCode::NOT_FOUND, "not_found", format!("no room `{room}` on this node"))
+                }
             }
         }
         "all" => {
             counted("all");
+            if let Some(relay) = core.relay() {
+                relay.to_all(BackendFrame::PushAll { msg_id: push.msg_id, body: push.body.clone() });
+            }
             let sessions = core.rooms.push_all(SharedPacket::new(push.msg_id, 0, push.body)).await;
             json(StatusCode::OK, serde_json::json!({ "sessions": sessions }))
         }

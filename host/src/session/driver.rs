@@ -111,6 +111,9 @@ pub(crate) async fn run(
         handle.abort(CloseReason::SlowConsumer, "close did not complete");
     }
     core.registry.remove(&handle);
+    if let (Some(relay), Some(user)) = (core.relay(), handle.user_id()) {
+        relay.closed(user.clone(), handle.id());
+    }
     open.dec();
     let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
     metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
@@ -277,6 +280,9 @@ impl Session {
                 let user: Arc<str> = identity.user_id.as_str().into();
                 self.handle.set_user(user.clone());
                 self.core.registry.bind_user(&self.handle, &user);
+                if let Some(relay) = self.core.relay() {
+                    relay.logged_in(user.clone(), self.handle.id());
+                }
                 self.info.user_id = Some(identity.user_id);
                 self.login_deadline = None;
                 let body = serde_json::json!({

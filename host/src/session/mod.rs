@@ -16,5 +16,5 @@ mod room_routes;
 
 pub use close::CloseReason;
 pub use handle::{Outbound, SessionHandle, TransportKind, error_body};
-pub use id::{MAX_NODE_ID, SessionIdGen};
+pub use id::{MAX_NODE_ID, SessionIdGen, node_of};
 pub use registry::Registry;

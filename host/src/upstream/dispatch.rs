@@ -1,6 +1,9 @@
 //! What the gateway does with frames from backends (seed 000 step 7.1.1): replies and pushes
 //! go to sessions found in the registry, kicks close sessions, relays go to another dest's
 //! pool (backend -> backend through the gateway), room frames go to the room table.
+//! In a cluster, what concerns other nodes goes over the bus (docs/cluster.md): a reply or
+//! kick for a session of another node to that node, a push to a user to the node holding the
+//! user's latest session, room pushes and pushes to all to every node.
 //!
 //! Nothing here waits for a client: a session's queue is pushed without blocking (its
 //! slow-consumer policy applies) and a relay that finds the target queue full is counted and
@@ -14,7 +17,7 @@ use crate::metrics::TargetLabel;
 use crate::protocol::backend::BackendFrame;
 use crate::protocol::client::SharedPacket;
 use crate::rooms::JoinOutcome;
-use crate::session::CloseReason;
+use crate::session::{CloseReason, node_of};
 
 /// Handles one frame received from the backend of `from_dest`.
 pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: BackendFrame) {
@@ -25,22 +28,32 @@ pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: Ba
             Some(session) => {
                 session.send(msg_id, seq, body);
             }
-            None => not_here(shared, from_dest, "reply", session_id),
+            None => {
+                let frame = BackendFrame::Reply { session_id, msg_id, seq, body };
+                elsewhere(shared, from_dest, "reply", session_id, frame);
+            }
         },
         BackendFrame::PushUser { user_id, msg_id, body } => {
             count_push("user");
             let sessions = shared.registry.of_user(&user_id);
-            if sessions.is_empty() {
-                shared.metrics.undeliverable.inc();
-                tracing::debug!(from_dest, user_id, "push for a user with no session on this node");
-            }
-            for session in sessions {
+            for session in &sessions {
                 session.send(msg_id, 0, body.clone());
+            }
+            match &shared.relay {
+                Some(relay) => relay
+                    .push_user(&user_id, BackendFrame::PushUser { user_id: user_id.clone(), msg_id, body }),
+                None if sessions.is_empty() => {
+                    shared.metrics.undeliverable.inc();
+                    tracing::debug!(from_dest, user_id, "push for a user with no session on this node");
+                }
+                None => {}
             }
         }
         BackendFrame::Kick { session_id, reason } => match shared.registry.get(session_id) {
             Some(session) => session.close(CloseReason::Kicked, &reason),
-            None => not_here(shared, from_dest, "kick", session_id),
+            None => {
+                elsewhere(shared, from_dest, "kick", session_id, BackendFrame::Kick { session_id, reason })
+            }
         },
         BackendFrame::Relay { dest_id, session_id, msg_id, seq, body } => {
             let relayed = BackendFrame::Relayed { from_dest, session_id, msg_id, seq, body };
@@ -68,12 +81,24 @@ pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: Ba
         BackendFrame::PushRoom { room, exclude_session, msg_id, body } => {
             count_push("room");
             let exclude = (exclude_session != 0).then_some(exclude_session);
+            if let Some(relay) = &shared.relay {
+                let frame = BackendFrame::PushRoom {
+                    room: room.clone(),
+                    exclude_session,
+                    msg_id,
+                    body: body.clone(),
+                };
+                relay.to_all(frame);
+            }
             if shared.rooms.broadcast(&room, SharedPacket::new(msg_id, 0, body), exclude).await.is_none() {
                 tracing::debug!(from_dest, room, "push to a room with no members on this node");
             }
         }
         BackendFrame::PushAll { msg_id, body } => {
             count_push("all");
+            if let Some(relay) = &shared.relay {
+                relay.to_all(BackendFrame::PushAll { msg_id, body: body.clone() });
+            }
             shared.rooms.push_all(SharedPacket::new(msg_id, 0, body)).await;
         }
         BackendFrame::Hello { .. } | BackendFrame::Forward { .. } | BackendFrame::Relayed { .. } => {
@@ -91,6 +116,16 @@ fn relay(shared: &Arc<Shared>, dest: u32, key: u64, frame: BackendFrame) {
     };
     if let Err((e, frame)) = pool.try_send(key, frame) {
         undeliverable(shared, dest, frame, &e.to_string());
+    }
+}
+
+/// A frame for a session not on this node: to its node over the bus when it is another node
+/// of the cluster, else counted as undeliverable.
+fn elsewhere(shared: &Shared, from_dest: u32, what: &str, session_id: u64, frame: BackendFrame) {
+    let node = node_of(session_id);
+    match &shared.relay {
+        Some(relay) if node != relay.node_id() => relay.to_node(node, frame),
+        _ => not_here(shared, from_dest, what, session_id),
     }
 }
 

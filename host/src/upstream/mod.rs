@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 
 use self::pool::Pool;
+use crate::cluster::Relay;
 use crate::config::UpstreamConfig;
 use crate::maps::DestMap;
 use crate::metrics::{DestLabel, DestOutcomeLabel, Metrics};
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     settings: UpstreamConfig,
     node: NodeIdentity,
     tasks: TaskTracker,
+    /// The cross-node bus: pushes for sessions, users and rooms beyond this node.
+    relay: Option<Relay>,
 }
 
 /// The queue-pool table.
@@ -85,8 +88,10 @@ impl Upstreams {
         settings: UpstreamConfig,
         node: NodeIdentity,
         tasks: TaskTracker,
+        relay: Option<Relay>,
     ) -> Self {
-        let shared = Shared { table: ArcSwap::default(), registry, rooms, metrics, settings, node, tasks };
+        let shared =
+            Shared { table: ArcSwap::default(), registry, rooms, metrics, settings, node, tasks, relay };
         Self { shared: Arc::new(shared) }
     }
 

@@ -1,0 +1,378 @@
+//! The cross-node bus (Redis pub/sub) and user location (Redis keys).
+//!
+//! Messages are backend-protocol frames ([`BackendFrame`]: `Reply` as push-to-session,
+//! `PushUser`, `PushRoom`, `PushAll`, `Kick`) prefixed by the publishing node's id:
+//! `<origin u32 BE><frame as on a backend connection>`. Each node subscribes to its own channel
+//! `<prefix>:bus:<id>` and to `<prefix>:bus:all`, and delivers what it receives to its local
+//! sessions and rooms (never re-publishing), skipping its own broadcasts.
+//!
+//! Writes (publishes and location updates) go through one bounded queue to one Redis writer,
+//! which pipelines what has queued up; callers never wait on Redis. A full queue drops and
+//! counts; a Redis error loses that batch (counted, logged). Delivery is therefore **at most
+//! once**, in order per publishing node; see docs/cluster.md for why pub/sub was chosen.
+//!
+//! User location: on login `<prefix>:user:<user id>` = `<node id>:<session id>` with a TTL
+//! (`cluster.location_ttl_s`) refreshed (or restored after a Redis restart) every third of it
+//! for every logged-in session; on
+//! close it is deleted only if it still names that session (a fast reconnect elsewhere is
+//! not undone). A push to a user goes to the node the key names, decided inside Redis by a
+//! script, so a lookup costs no round trip on the caller's side.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::protocol::backend::{BackendCodec, BackendFrame};
+use crate::protocol::client::SharedPacket;
+use crate::rooms::Rooms;
+use crate::session::{CloseReason, Registry};
+
+/// Publishes to the node a user's location names, unless it is this node.
+/// KEYS[1] user key; ARGV[1] channel prefix, ARGV[2] this node's id, ARGV[3] payload.
+const PUSH_USER: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local node = string.match(v, '^(%d+):')
+if not node or node == ARGV[2] then return 0 end
+return redis.call('PUBLISH', ARGV[1] .. node, ARGV[3])";
+
+/// Keeps a user's location: sets it when it is missing (Redis restarted) or still ours.
+/// KEYS[1] user key; ARGV[1] `<node>:<session>`, ARGV[2] TTL in ms.
+const KEEP_LOCATION: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0
+end
+return 0";
+
+/// Most queued writes sent in one pipeline.
+const BATCH: usize = 256;
+
+enum Op {
+    /// To one node's channel, or to every node (`None`).
+    Publish {
+        node: Option<u32>,
+        payload: Bytes,
+    },
+    PushUser {
+        user: String,
+        payload: Bytes,
+    },
+    SetLocation {
+        user: Arc<str>,
+        session: u64,
+    },
+    DelLocation {
+        user: Arc<str>,
+        session: u64,
+    },
+}
+
+/// The sending side of the bus, cheap to clone. Every method queues and returns at once.
+#[derive(Clone)]
+pub struct Relay {
+    tx: mpsc::Sender<Op>,
+    node_id: u32,
+    metrics: Metrics,
+}
+
+impl Relay {
+    /// This node's id.
+    pub fn node_id(&self) -> u32 {
+        self.node_id
+    }
+
+    /// Sends `frame` to node `node` (a push to one of its sessions, a kick).
+    pub fn to_node(&self, node: u32, frame: BackendFrame) {
+        if let Some(payload) = self.envelope(frame) {
+            self.enqueue(Op::Publish { node: Some(node), payload });
+        }
+    }
+
+    /// Sends `frame` to every other node (room broadcasts, push to all).
+    pub fn to_all(&self, frame: BackendFrame) {
+        if let Some(payload) = self.envelope(frame) {
+            self.enqueue(Op::Publish { node: None, payload });
+        }
+    }
+
+    /// Sends `frame` (a `PushUser`) to the node holding `user`'s latest session, if that is
+    /// another node.
+    pub fn push_user(&self, user: &str, frame: BackendFrame) {
+        if let Some(payload) = self.envelope(frame) {
+            self.enqueue(Op::PushUser { user: user.to_string(), payload });
+        }
+    }
+
+    /// Records that `user` is logged in on `session` of this node.
+    pub fn logged_in(&self, user: Arc<str>, session: u64) {
+        self.enqueue(Op::SetLocation { user, session });
+    }
+
+    /// Forgets `user`'s location if it still names `session`.
+    pub fn closed(&self, user: Arc<str>, session: u64) {
+        self.enqueue(Op::DelLocation { user, session });
+    }
+
+    fn envelope(&self, frame: BackendFrame) -> Option<Bytes> {
+        let mut buf = BytesMut::new();
+        buf.put_u32(self.node_id);
+        match BackendCodec::default().encode(frame, &mut buf) {
+            Ok(()) => Some(buf.freeze()),
+            Err(e) => {
+                tracing::warn!("cannot encode a bus message: {e}");
+                None
+            }
+        }
+    }
+
+    fn enqueue(&self, op: Op) {
+        if self.tx.try_send(op).is_err() {
+            self.count("dropped", 1);
+        }
+    }
+
+    fn count(&self, outcome: &'static str, n: u64) {
+        self.metrics.cluster_messages.get_or_create(&OutcomeLabel { outcome }).inc_by(n);
+    }
+}
+
+/// Key names.
+#[derive(Clone)]
+pub(super) struct Keys {
+    pub prefix: String,
+}
+
+impl Keys {
+    fn user(&self, user: &str) -> String {
+        format!("{}:user:{user}", self.prefix)
+    }
+
+    fn channel_prefix(&self) -> String {
+        format!("{}:bus:", self.prefix)
+    }
+
+    fn node_channel(&self, node: u32) -> String {
+        format!("{}:bus:{node}", self.prefix)
+    }
+
+    fn all_channel(&self) -> String {
+        format!("{}:bus:all", self.prefix)
+    }
+}
+
+fn location(node: u32, session: u64) -> String {
+    format!("{node}:{session}")
+}
+
+/// The relay and the writer task that drains it (spawn the future).
+pub(super) fn relay(
+    conn: ConnectionManager,
+    keys: Keys,
+    node_id: u32,
+    queue_len: usize,
+    location_ttl: Duration,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> (Relay, impl std::future::Future<Output = ()>) {
+    let (tx, rx) = mpsc::channel(queue_len.max(1));
+    let relay = Relay { tx, node_id, metrics: metrics.clone() };
+    (relay.clone(), writer(conn, keys, rx, relay, location_ttl, stop))
+}
+
+async fn writer(
+    mut conn: ConnectionManager,
+    keys: Keys,
+    mut rx: mpsc::Receiver<Op>,
+    relay: Relay,
+    location_ttl: Duration,
+    stop: CancellationToken,
+) {
+    let ttl_ms = location_ttl.as_millis() as u64;
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => n,
+            // Leaving: refuse new writes, then send what is queued.
+            _ = stop.cancelled(), if !rx.is_closed() => {
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut published = 0;
+        for op in batch.drain(..) {
+            match op {
+                Op::Publish { node, payload } => {
+                    let channel = node.map_or_else(|| keys.all_channel(), |n| keys.node_channel(n));
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload.as_ref()).ignore();
+                    published += 1;
+                }
+                Op::PushUser { user, payload } => {
+                    pipe.cmd("EVAL")
+                        .arg(PUSH_USER)
+                        .arg(1)
+                        .arg(keys.user(&user))
+                        .arg(keys.channel_prefix())
+                        .arg(relay.node_id)
+                        .arg(payload.as_ref())
+                        .ignore();
+                    published += 1;
+                }
+                Op::SetLocation { user, session } => {
+                    let value = location(relay.node_id, session);
+                    pipe.cmd("SET").arg(keys.user(&user)).arg(value).arg("PX").arg(ttl_ms).ignore();
+                }
+                Op::DelLocation { user, session } => {
+                    let value = location(relay.node_id, session);
+                    pipe.cmd("EVAL")
+                        .arg(super::node_id::RELEASE)
+                        .arg(1)
+                        .arg(keys.user(&user))
+                        .arg(value)
+                        .ignore();
+                }
+            }
+        }
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => relay.count("published", published),
+            Err(e) => {
+                relay.count("failed", published);
+                tracing::warn!("Redis bus write failed, {published} messages lost: {e}");
+            }
+        }
+    }
+}
+
+/// Refreshes the location of every logged-in session of this node, every third of the TTL
+/// (and restores locations a Redis restart lost, unless a newer session took the user).
+pub(super) async fn refresh_locations(
+    mut conn: ConnectionManager,
+    keys: Keys,
+    node_id: u32,
+    registry: Arc<Registry>,
+    location_ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let ttl_ms = location_ttl.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(location_ttl / 3) => {}
+        }
+        let mut pipe = redis::pipe();
+        let mut n = 0;
+        for session in registry.all() {
+            if let Some(user) = session.user_id() {
+                pipe.cmd("EVAL")
+                    .arg(KEEP_LOCATION)
+                    .arg(1)
+                    .arg(keys.user(user))
+                    .arg(location(node_id, session.id()))
+                    .arg(ttl_ms)
+                    .ignore();
+                n += 1;
+            }
+        }
+        if n > 0
+            && let Err(e) = pipe.query_async::<()>(&mut conn).await
+        {
+            tracing::warn!("cannot refresh {n} user locations in Redis: {e}");
+        }
+    }
+}
+
+/// Where bus messages are delivered on this node.
+pub(super) struct Local {
+    pub node_id: u32,
+    pub registry: Arc<Registry>,
+    pub rooms: Arc<Rooms>,
+    pub metrics: Metrics,
+}
+
+/// Receives this node's and the broadcast channel until `shutdown`, reconnecting with
+/// back-off (messages published while disconnected are lost: at most once).
+pub(super) async fn subscribe(client: redis::Client, keys: Keys, local: Local, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let session = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(keys.node_channel(local.node_id)).await?;
+            pubsub.subscribe(keys.all_channel()).await?;
+            tracing::info!(node = local.node_id, "subscribed to the cluster bus");
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                deliver(&local, message.get_payload_bytes()).await;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = session => match result {
+                Ok(()) => tracing::warn!("cluster bus subscription ended; reconnecting in {backoff:?}"),
+                Err(e) => tracing::warn!("cluster bus subscription failed, retrying in {backoff:?}: {e}"),
+            },
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Delivers one bus message to local sessions and rooms.
+async fn deliver(local: &Local, payload: &[u8]) {
+    let mut buf = BytesMut::from(payload);
+    if buf.len() < 4 {
+        return tracing::warn!("bus message shorter than its header; ignored");
+    }
+    let origin = buf.get_u32();
+    if origin == local.node_id {
+        return; // our own broadcast
+    }
+    let frame = match BackendCodec::default().decode(&mut buf) {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return tracing::warn!(origin, "truncated bus message; ignored"),
+        Err(e) => return tracing::warn!(origin, "undecodable bus message: {e}"),
+    };
+    local.metrics.cluster_messages.get_or_create(&OutcomeLabel { outcome: "received" }).inc();
+    match frame {
+        BackendFrame::Reply { session_id, msg_id, seq, body } => {
+            if let Some(session) = local.registry.get(session_id) {
+                session.send(msg_id, seq, body);
+            }
+        }
+        BackendFrame::PushUser { user_id, msg_id, body } => {
+            let packet = Arc::new(SharedPacket::new(msg_id, 0, body));
+            for session in local.registry.of_user(&user_id) {
+                session.send_shared(packet.clone());
+            }
+        }
+        BackendFrame::PushRoom { room, exclude_session, msg_id, body } => {
+            let exclude = (exclude_session != 0).then_some(exclude_session);
+            local.rooms.broadcast(&room, SharedPacket::new(msg_id, 0, body), exclude).await;
+        }
+        BackendFrame::PushAll { msg_id, body } => {
+            local.rooms.push_all(SharedPacket::new(msg_id, 0, body)).await;
+        }
+        BackendFrame::Kick { session_id, reason } => {
+            if let Some(session) = local.registry.get(session_id) {
+                session.close(CloseReason::Kicked, &reason);
+            }
+        }
+        other => {
+            tracing::warn!(origin, kind = ?std::mem::discriminant(&other), "unexpected bus frame; ignored")
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Discovery: the node table, kept in sync with etcd by watching the registration prefix, and
+//! seed 004's `INode` queries on it (pick one of a type at random or least loaded, list by
+//! type, all, by id, has).
+//!
+//! The watch starts from the revision of a full read, so no change between the two is missed;
+//! when the watch breaks (etcd restarted, compaction) the table is read again in full.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// What a node registers (the etcd value, JSON). Other services may register in the same
+/// format under the same prefix to be discoverable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: u32,
+    /// Node type (seed 004's `NodeType`): `gateway`, or a backend's own.
+    #[serde(rename = "type")]
+    pub node_type: String,
+    /// Server name (seed 000's `serverName`).
+    pub name: String,
+    /// Client-facing WebSocket and TCP addresses, `ip:port`.
+    pub ws_addr: Option<String>,
+    pub tcp_addr: Option<String>,
+    /// Internal (admin API) address.
+    pub admin_addr: Option<String>,
+    /// Current load: open sessions.
+    pub load: u64,
+    /// Software version.
+    pub version: String,
+}
+
+/// How [`NodeTable::pick`] chooses among the nodes of a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Random,
+    LeastLoaded,
+}
+
+/// The nodes registered under the prefix, by etcd key.
+#[derive(Default)]
+pub struct NodeTable {
+    nodes: RwLock<BTreeMap<String, NodeInfo>>,
+}
+
+impl NodeTable {
+    /// Every node, ordered by id.
+    pub fn all(&self) -> Vec<NodeInfo> {
+        let mut nodes: Vec<NodeInfo> = self.nodes.read().values().cloned().collect();
+        nodes.sort_by_key(|n| n.id);
+        nodes
+    }
+
+    /// The nodes of `node_type`, ordered by id.
+    pub fn of_type(&self, node_type: &str) -> Vec<NodeInfo> {
+        self.all().into_iter().filter(|n| n.node_type == node_type).collect()
+    }
+
+    /// The node with `id`.
+    pub fn by_id(&self, id: u32) -> Option<NodeInfo> {
+        self.nodes.read().values().find(|n| n.id == id).cloned()
+    }
+
+    /// Whether a node with `id` is registered.
+    pub fn has(&self, id: u32) -> bool {
+        self.nodes.read().values().any(|n| n.id == id)
+    }
+
+    /// One node of `node_type`: uniformly at random, or the least loaded (lowest id on ties).
+    pub fn pick(&self, node_type: &str, how: Pick) -> Option<NodeInfo> {
+        let nodes = self.of_type(node_type);
+        match how {
+            Pick::Random if !nodes.is_empty() => nodes.get(fastrand::usize(..nodes.len())).cloned(),
+            Pick::Random => None,
+            Pick::LeastLoaded => nodes.into_iter().min_by_key(|n| (n.load, n.id)),
+        }
+    }
+
+    fn replace(&self, nodes: BTreeMap<String, NodeInfo>) {
+        *self.nodes.write() = nodes;
+    }
+
+    fn put(&self, key: String, node: NodeInfo) {
+        self.nodes.write().insert(key, node);
+    }
+
+    fn remove(&self, key: &str) {
+        self.nodes.write().remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.nodes.read().len()
+    }
+}
+
+fn parse(key: &[u8], value: &[u8]) -> Option<(String, NodeInfo)> {
+    let key = String::from_utf8_lossy(key).into_owned();
+    match serde_json::from_slice(value) {
+        Ok(node) => Some((key, node)),
+        Err(e) => {
+            tracing::warn!(key, "ignoring a registration that is not node info JSON: {e}");
+            None
+        }
+    }
+}
+
+/// Keeps `table` equal to what etcd holds under `prefix` until `shutdown`.
+pub(super) async fn watch(
+    mut client: etcd_client::Client,
+    prefix: String,
+    table: Arc<NodeTable>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let synced = async {
+            let all = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+            let revision = all.header().map_or(0, |h| h.revision());
+            table.replace(all.kvs().iter().filter_map(|kv| parse(kv.key(), kv.value())).collect());
+            metrics.cluster_nodes.set(table.len() as i64);
+            let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+            let mut stream = client.watch(prefix.as_str(), Some(options)).await?;
+            while let Some(response) = stream.message().await? {
+                if response.canceled() {
+                    break;
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    match event.event_type() {
+                        EventType::Put => {
+                            if let Some((key, node)) = parse(kv.key(), kv.value()) {
+                                table.put(key, node);
+                            }
+                        }
+                        EventType::Delete => table.remove(&String::from_utf8_lossy(kv.key())),
+                    }
+                }
+                metrics.cluster_nodes.set(table.len() as i64);
+            }
+            Ok::<_, etcd_client::Error>(())
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = synced => match result {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => tracing::warn!("etcd discovery watch failed, resyncing in {backoff:?}: {e}"),
+            },
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u32, node_type: &str, load: u64) -> NodeInfo {
+        NodeInfo {
+            id,
+            node_type: node_type.into(),
+            name: "n".into(),
+            ws_addr: None,
+            tcp_addr: None,
+            admin_addr: None,
+            load,
+            version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn seed_004_queries() {
+        let table = NodeTable::default();
+        table.put("a".into(), node(3, "gateway", 10));
+        table.put("b".into(), node(1, "gateway", 5));
+        table.put("c".into(), node(7, "game", 0));
+        assert_eq!(table.all().iter().map(|n| n.id).collect::<Vec<_>>(), [1, 3, 7]);
+        assert_eq!(table.of_type("gateway").len(), 2);
+        assert!(table.has(7) && !table.has(2));
+        assert_eq!(table.by_id(3).map(|n| n.load), Some(10));
+        assert_eq!(table.pick("gateway", Pick::LeastLoaded).map(|n| n.id), Some(1));
+        assert!(table.pick("gateway", Pick::Random).is_some_and(|n| n.node_type == "gateway"));
+        assert!(table.pick("chat", Pick::Random).is_none());
+        table.remove("b");
+        assert_eq!(table.pick("gateway", Pick::LeastLoaded).map(|n| n.id), Some(3));
+    }
+}

@@ -1,0 +1,189 @@
+//! Running several gateways as one cluster (docs/cluster.md): node identity in Redis
+//! ([`node_id`]), registration ([`registration`]) and discovery ([`discovery`]) in etcd, user
+//! location and the cross-node bus in Redis ([`bus`]).
+//!
+//! Without `cluster.redis_url` and `cluster.etcd_endpoints` there is no [`Cluster`] and the
+//! gateway runs standalone with its configured node id.
+
+pub mod bus;
+pub mod discovery;
+mod node_id;
+mod registration;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::bus::Relay;
+pub use self::discovery::{NodeInfo, NodeTable, Pick};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::rooms::Rooms;
+use crate::session::Registry;
+
+/// How long joining waits for Redis or etcd before the start fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct RedisPart {
+    client: redis::Client,
+    conn: redis::aio::ConnectionManager,
+    /// Value of our node id key: who holds the id.
+    token: String,
+}
+
+/// This node's membership of the cluster.
+pub struct Cluster {
+    /// The node id claimed in Redis (or the configured one without Redis).
+    pub node_id: u32,
+    /// The cross-node bus; `None` without Redis.
+    pub relay: Option<Relay>,
+    /// Nodes registered in etcd (empty without etcd).
+    pub nodes: Arc<NodeTable>,
+    redis: Option<RedisPart>,
+    etcd: Option<etcd_client::Client>,
+    config: crate::config::ClusterConfig,
+    metrics: Metrics,
+    /// Stops the cluster tasks ([`Cluster::leave`]).
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// What the registration tells other nodes, besides the id and load.
+pub struct Advertised {
+    pub name: String,
+    pub ws_addr: Option<String>,
+    pub tcp_addr: Option<String>,
+    pub admin_addr: Option<String>,
+}
+
+impl Cluster {
+    /// Connects to Redis and etcd as configured, claims the node id (from `node.id` up) and
+    /// starts the bus writer. `Ok(None)` when neither is configured.
+    ///
+    /// Errors: Redis or etcd unreachable within 5 s, or no free node id.
+    pub async fn join(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Self>> {
+        let settings = &config.cluster;
+        if settings.redis_url.is_none() && settings.etcd_endpoints.is_empty() {
+            return Ok(None);
+        }
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let ttl = Duration::from_secs(settings.ttl_s);
+        let mut node_id = config.node.id;
+        let mut relay = None;
+        let redis = match &settings.redis_url {
+            Some(url) => {
+                let client = redis::Client::open(url.as_str()).context("cluster.redis_url")?;
+                let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, client.get_connection_manager())
+                    .await
+                    .context("connecting to Redis timed out")?
+                    .with_context(|| format!("connecting to Redis at {url}"))?;
+                let token = format!("{}-{}", std::process::id(), fastrand::u64(..));
+                node_id = node_id::claim(&mut conn, &settings.prefix, config.node.id, &token, ttl).await?;
+                tracing::info!(node = node_id, "node id claimed in Redis");
+                let keys = bus::Keys { prefix: settings.prefix.clone() };
+                let location_ttl = Duration::from_secs(settings.location_ttl_s);
+                let (sender, writer) = bus::relay(
+                    conn.clone(),
+                    keys,
+                    node_id,
+                    settings.queue_len,
+                    location_ttl,
+                    metrics.clone(),
+                    stop.clone(),
+                );
+                tasks.spawn(writer);
+                relay = Some(sender);
+                Some(RedisPart { client, conn, token })
+            }
+            None => None,
+        };
+        let etcd = match settings.etcd_endpoints.as_slice() {
+            [] => None,
+            endpoints => Some(
+                tokio::time::timeout(CONNECT_TIMEOUT, etcd_client::Client::connect(endpoints, None))
+                    .await
+                    .context("connecting to etcd timed out")?
+                    .with_context(|| format!("connecting to etcd at {endpoints:?}"))?,
+            ),
+        };
+        Ok(Some(Self {
+            node_id,
+            relay,
+            nodes: Arc::default(),
+            redis,
+            etcd,
+            config: settings.clone(),
+            metrics: metrics.clone(),
+            stop,
+            tasks,
+        }))
+    }
+
+    /// Starts holding the id, refreshing user locations, receiving the bus, registering in
+    /// etcd and watching discovery.
+    pub fn start(&self, registry: Arc<Registry>, rooms: Arc<Rooms>, advertised: Advertised) {
+        let ttl = Duration::from_secs(self.config.ttl_s);
+        let keys = bus::Keys { prefix: self.config.prefix.clone() };
+        if let Some(redis) = &self.redis {
+            self.tasks.spawn(node_id::hold(
+                redis.conn.clone(),
+                self.config.prefix.clone(),
+                self.node_id,
+                redis.token.clone(),
+                ttl,
+                self.stop.clone(),
+            ));
+            self.tasks.spawn(bus::refresh_locations(
+                redis.conn.clone(),
+                keys.clone(),
+                self.node_id,
+                registry.clone(),
+                Duration::from_secs(self.config.location_ttl_s),
+                self.stop.clone(),
+            ));
+            let local = bus::Local {
+                node_id: self.node_id,
+                registry: registry.clone(),
+                rooms,
+                metrics: self.metrics.clone(),
+            };
+            self.tasks.spawn(bus::subscribe(redis.client.clone(), keys, local, self.stop.clone()));
+        }
+        if let Some(etcd) = &self.etcd {
+            let key = registration::key(&self.config.prefix, &advertised.name, self.node_id);
+            let (id, node_type) = (self.node_id, self.config.node_type.clone());
+            let info = move || NodeInfo {
+                id,
+                node_type: node_type.clone(),
+                name: advertised.name.clone(),
+                ws_addr: advertised.ws_addr.clone(),
+                tcp_addr: advertised.tcp_addr.clone(),
+                admin_addr: advertised.admin_addr.clone(),
+                load: registry.len() as u64,
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            self.tasks.spawn(registration::run(etcd.clone(), key, ttl, info, self.stop.clone()));
+            self.tasks.spawn(discovery::watch(
+                etcd.clone(),
+                registration::nodes_prefix(&self.config.prefix),
+                self.nodes.clone(),
+                self.metrics.clone(),
+                self.stop.clone(),
+            ));
+        }
+    }
+
+    /// Leaves the cluster: flushes queued bus writes, revokes the etcd lease (the registration
+    /// disappears at once) and releases the node id. Waits at most `grace`.
+    pub async fn leave(&self, grace: Duration) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!("leaving the cluster took longer than {grace:?}; the TTLs will expire the rest");
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Cluster: three gateway nodes on a real redis-server and a real etcd (started here on free
+//! loopback ports). Node ids, registration and discovery, cross-node pushes and room
+//! broadcasts, graceful leave, a crashed node, etcd and Redis restarts.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wasmgate_tests::servers::{EtcdServer, RedisServer};
+use wasmgate_tests::{ADMIN_TOKEN, Client, Harness, PROMPT, wait_until, with_admin_token};
+
+const JOIN: u32 = 5;
+const ROOM_MESSAGE: u32 = 7;
+const PUSH: u32 = 9;
+/// Node id and lease TTL of the test nodes, s.
+const TTL_S: u64 = 2;
+
+/// A gateway in the cluster of `redis` and `etcd` (either optional), asking for node id 1.
+async fn node(redis: Option<&RedisServer>, etcd: Option<&EtcdServer>) -> Harness {
+    let (redis_url, etcd_endpoint) = (redis.map(RedisServer::url), etcd.map(EtcdServer::endpoint));
+    Harness::start_with(move |c| {
+        with_admin_token(c);
+        c.node.id = 1;
+        c.cluster.redis_url = redis_url;
+        c.cluster.etcd_endpoints = etcd_endpoint.into_iter().collect();
+        c.cluster.ttl_s = TTL_S;
+        c.cluster.location_ttl_s = 3;
+    })
+    .await
+}
+
+async fn three_nodes(redis: &RedisServer, etcd: &EtcdServer) -> [Harness; 3] {
+    let (a, b, c) = tokio::join!(
+        node(Some(redis), Some(etcd)),
+        node(Some(redis), Some(etcd)),
+        node(Some(redis), Some(etcd))
+    );
+    [a, b, c]
+}
+
+/// Waits until `h`'s discovery table lists exactly `ids`.
+async fn wait_nodes(h: &Harness, ids: &[u32]) {
+    wait_until(&format!("node {} sees nodes {ids:?}", h.gateway.node_id()), || async {
+        h.gateway.nodes().iter().map(|n| n.id).collect::<Vec<_>>() == ids
+    })
+    .await;
+}
+
+/// Reads packets until one with `msg_id` arrives; returns its body as JSON (or the raw text).
+async fn next_with(client: &mut Client, msg_id: u32) -> Value {
+    loop {
+        let packet = client.recv_within(PROMPT).await.expect("a packet").packet().expect("a packet");
+        if packet.msg_id == msg_id {
+            return serde_json::from_slice(&packet.body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&packet.body).into_owned()));
+        }
+    }
+}
+
+/// Asserts nothing else with `msg_id` arrives within a short while (no duplicate).
+async fn nothing_more(client: &mut Client, msg_id: u32) {
+    let quiet = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(Ok(received)) = tokio::time::timeout_at(quiet, client.recv_within(PROMPT)).await {
+        if let Ok(packet) = received.packet() {
+            assert_ne!(packet.msg_id, msg_id, "a duplicate: {packet:?}");
+        }
+    }
+}
+
+async fn join(client: &mut Client, room: &str) {
+    let seq = client.send(JOIN, room.as_bytes()).await.expect("send");
+    let (answer, _) = client.recv_reply(JOIN, seq, PROMPT).await.expect("joined");
+    assert!(String::from_utf8_lossy(&answer.body).contains("joined"), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_claim_distinct_ids_register_and_discover_each_other() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let nodes = three_nodes(&redis, &etcd).await;
+    let mut ids: Vec<u32> = nodes.iter().map(|h| h.gateway.node_id()).collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3], "started at once, each took its own id");
+    for h in &nodes {
+        wait_nodes(h, &[1, 2, 3]).await;
+    }
+    // The registration: seed 000's key (server name + id) and node info with the load.
+    let keys = etcd.keys("/wasmgate/nodes/").await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.contains(&"/wasmgate/nodes/wasmgate/1".to_string()), "{keys:?}");
+    let _client = nodes[0].logged_in_ws("loaded").await;
+    let first = nodes[0].gateway.node_id();
+    wait_until("the load reaches discovery", || async {
+        nodes[1].gateway.nodes().iter().any(|n| n.id == first && n.load == 1)
+    })
+    .await;
+    let (status, listed) =
+        nodes[2].admin("GET", "/cluster/nodes?type=gateway", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["nodes"].as_array().map(Vec::len), Some(3), "{listed}");
+    assert!(listed["nodes"][0]["ws_addr"].is_string(), "{listed}");
+    let token: String = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{first}"))).await;
+    assert!(!token.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_room_broadcasts_cross_nodes_exactly_once() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let [a, b, c] = three_nodes(&redis, &etcd).await;
+    let mut alice = b.logged_in_ws("alice").await;
+    // Her location is in Redis: node b, this session.
+    wait_until("alice's location is stored", || async {
+        let location: Option<String> = redis.query(redis::cmd("GET").arg("wasmgate:user:alice")).await;
+        location.is_some_and(|l| l.starts_with(&format!("{}:", b.gateway.node_id())))
+    })
+    .await;
+
+    // Push to a user on another node, through node a's API.
+    let body = json!({ "user_id": "alice", "data": {"n": 1} }).to_string();
+    let (status, answer) = a.admin("POST", "/push/user", &body, false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(next_with(&mut alice, PUSH).await, json!({"n": 1}));
+    nothing_more(&mut alice, PUSH).await;
+
+    // Push to a session of another node: its id names the node (202, handed to the bus).
+    let location: String = redis.query(redis::cmd("GET").arg("wasmgate:user:alice")).await;
+    let session_id = location.split_once(':').map(|(_, s)| s.to_string()).expect("node:session");
+    let body = json!({ "session_id": session_id, "data": "to her session" }).to_string();
+    let (status, answer) = a.admin("POST", "/push/session", &body, false, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, &answer["relayed_to_node"]), (202, &json!(b.gateway.node_id())), "{answer}");
+    assert_eq!(next_with(&mut alice, PUSH).await, json!("to her session"));
+    nothing_more(&mut alice, PUSH).await;
+
+    // A room with a member on every node.
+    let mut members = [a.logged_in_ws("m-a").await, b.logged_in_ws("m-b").await, c.logged_in_ws("m-c").await];
+    for member in &mut members {
+        join(member, "world").await;
+    }
+    // A member's room message (the rooms script broadcasts it to every member).
+    let message = json!({"room": "world", "data": {"hello": "from a"}}).to_string();
+    members[0].send(ROOM_MESSAGE, message.as_bytes()).await.expect("send");
+    for member in &mut members {
+        let broadcast = next_with(member, ROOM_MESSAGE).await;
+        assert_eq!(broadcast["data"], json!({"hello": "from a"}), "{broadcast}");
+    }
+    for member in &mut members {
+        nothing_more(member, ROOM_MESSAGE).await;
+    }
+    // The push API's room push from node c reaches the members of every node once.
+    let body = json!({ "room": "world", "data": "to all members" }).to_string();
+    let (status, answer) = c.admin("POST", "/push/room", &body, false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    for member in &mut members {
+        assert_eq!(next_with(member, PUSH).await, json!("to all members"));
+    }
+    for member in &mut members {
+        nothing_more(member, PUSH).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_revokes_the_registration_and_frees_the_id() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let [a, b, c] = three_nodes(&redis, &etcd).await;
+    wait_nodes(&a, &[1, 2, 3]).await;
+    let leaving = b.gateway.node_id();
+    let started = std::time::Instant::now();
+    b.gateway.shutdown(Duration::from_secs(4)).await;
+    let remaining: Vec<u32> = [1, 2, 3].into_iter().filter(|id| *id != leaving).collect();
+    wait_nodes(&a, &remaining).await;
+    // Revoked, not expired: gone well before the TTL would have run out.
+    assert!(started.elapsed() < Duration::from_secs(TTL_S), "took {:?}", started.elapsed());
+    let held: Option<String> = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{leaving}"))).await;
+    assert_eq!(held, None, "the id is released");
+    // A new node takes the freed id.
+    let d = node(Some(&redis), Some(&etcd)).await;
+    assert_eq!(d.gateway.node_id(), leaving);
+    wait_nodes(&c, &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_leaves_discovery_within_its_ttl_and_its_id_frees_itself() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let a = node(Some(&redis), Some(&etcd)).await;
+    // The crashing node runs on a runtime of its own; dropping that runtime stops every task
+    // of the node at once, with no clean-up (no revoke, no release): a crash, seen from the
+    // cluster.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let (redis_url, etcd_url) = (redis.url(), etcd.endpoint());
+    let crashing = runtime
+        .spawn(async move {
+            Harness::start_with(move |c| {
+                c.node.id = 1;
+                c.cluster.redis_url = Some(redis_url);
+                c.cluster.etcd_endpoints = vec![etcd_url];
+                c.cluster.ttl_s = TTL_S;
+            })
+            .await
+        })
+        .await
+        .expect("node started");
+    let crashed_id = crashing.gateway.node_id();
+    wait_nodes(&a, &[1, 2]).await;
+    let started = std::time::Instant::now();
+    runtime.shutdown_background();
+    wait_nodes(&a, &[a.gateway.node_id()]).await;
+    let gone_after = started.elapsed();
+    assert!(gone_after < Duration::from_secs(TTL_S + 3), "left discovery after {gone_after:?}");
+    wait_until("the crashed node's id key expires", || async {
+        let held: Option<String> =
+            redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{crashed_id}"))).await;
+        held.is_none()
+    })
+    .await;
+    let d = node(Some(&redis), Some(&etcd)).await;
+    assert_eq!(d.gateway.node_id(), crashed_id, "the id is claimable again");
+    drop(crashing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_again_after_etcd_loses_everything_and_recover_after_a_redis_restart() {
+    let (mut redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let [a, b, _c] = three_nodes(&redis, &etcd).await;
+    wait_nodes(&a, &[1, 2, 3]).await;
+    // etcd comes back empty: every node registers again and discovery fills up.
+    let etcd = etcd.restart_empty().await;
+    wait_until("every node registered again", || async { etcd.keys("/wasmgate/nodes/").await.len() == 3 })
+        .await;
+    wait_nodes(&a, &[1, 2, 3]).await;
+
+    // Redis comes back empty: ids are claimed again and locations restored by the refresh.
+    let mut alice = b.logged_in_ws("alice").await;
+    redis.restart().await;
+    let b_id = b.gateway.node_id();
+    wait_until("node ids and alice's location are back", || async {
+        let id: Option<String> = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{b_id}"))).await;
+        let location: Option<String> = redis.query(redis::cmd("GET").arg("wasmgate:user:alice")).await;
+        id.is_some() && location.is_some()
+    })
+    .await;
+    // The bus works again (the subscriber reconnected): a push from node a reaches alice.
+    let body = json!({ "user_id": "alice", "data": "after the restart" }).to_string();
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let (status, answer) = a.admin("POST", "/push/user", &body, false, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "{answer}");
+        if tokio::time::timeout(Duration::from_millis(500), next_with(&mut alice, PUSH)).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no cross-node push after the Redis restart");
+    }
+}
+
+#[tokio::test]
+async fn without_redis_and_etcd_the_gateway_runs_standalone() {
+    let h = node(None, None).await;
+    assert_eq!(h.gateway.node_id(), 1);
+    assert!(h.gateway.nodes().is_empty());
+    let (status, listed) = h.admin("GET", "/cluster/nodes", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, listed), (200, json!({"node_id": 1, "nodes": []})));
+}

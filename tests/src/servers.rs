@@ -1,0 +1,168 @@
+//! Real Redis and etcd servers for the cluster tests, started on free loopback ports (Debian
+//! `redis-server` and `etcd-server`; `.ci/run` installs them) and killed on drop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::PROMPT;
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn spawn(program: &str, args: &[String]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{program}` ({e}); install it: see .ci/run"))
+}
+
+async fn wait_ready(what: &str, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    while !ready().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `redis-server` without persistence.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    async fn start_on(port: u16) -> Self {
+        let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]
+            .map(String::from);
+        let child = spawn("redis-server", &args);
+        let server = Self { port, child };
+        wait_ready("redis-server", async || server.ping().await).await;
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else { return false };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
+        redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+    }
+
+    /// Runs one command, returns its reply.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
+        cmd.query_async(&mut conn).await.expect("redis command")
+    }
+
+    /// Kills the server and starts an empty one on the same port (what a restart without
+    /// persistence looks like to clients).
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Self::start_on(self.port).await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A single-member `etcd` with a temporary data directory.
+pub struct EtcdServer {
+    pub port: u16,
+    peer_port: u16,
+    child: Child,
+    data: TempDir,
+}
+
+impl EtcdServer {
+    pub async fn start() -> Self {
+        let data = tempfile::tempdir().expect("etcd data dir");
+        Self::start_with(free_port(), free_port(), data).await
+    }
+
+    async fn start_with(port: u16, peer_port: u16, data: TempDir) -> Self {
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let dir: PathBuf = data.path().join("member");
+        let args = [
+            "--name",
+            "test",
+            "--data-dir",
+            &dir.display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("test={peer}"),
+            "--heartbeat-interval",
+            "10",
+            "--election-timeout",
+            "100",
+        ]
+        .map(String::from);
+        let child = spawn("etcd", &args);
+        let server = Self { port, peer_port, child, data };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_ready("etcd", async || {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+                && crate::http(addr, "GET", "/health", &[], b"").await.1.contains("true")
+        })
+        .await;
+        server
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts it again on the same ports with an EMPTY data directory:
+    /// every registration is gone and nodes must register again.
+    pub async fn restart_empty(self) -> Self {
+        let (port, peer_port) = (self.port, self.peer_port);
+        drop(self);
+        Self::start_with(port, peer_port, tempfile::tempdir().expect("etcd data dir")).await
+    }
+
+    /// The keys under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut client = etcd_client::Client::connect([self.endpoint()], None).await.expect("etcd connect");
+        let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+        let response = client.get(prefix, Some(options)).await.expect("etcd get");
+        response.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.data;
+    }
+}

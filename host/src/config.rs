@@ -39,6 +39,28 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
+    pub user_centre: UserCentreConfig,
+}
+
+/// User-centre notifications: each login and disconnect POSTed as JSON (seed 000 steps
+/// 8.1.1.3 and 6.3.2; docs/configuration.md). `url` unset (default): none.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserCentreConfig {
+    /// `http://host[:port]/path` receiving the notices.
+    pub url: Option<String>,
+    /// Wait for an answer per attempt, in ms.
+    pub timeout_ms: u64,
+    /// Retries after a failed attempt (non-2xx, no answer), with back-off 100 ms doubling.
+    pub retries: u32,
+    /// Notices queued before new ones are dropped (counted).
+    pub queue_len: usize,
+}
+
+impl Default for UserCentreConfig {
+    fn default() -> Self {
+        Self { url: None, timeout_ms: 2_000, retries: 3, queue_len: 10_000 }
+    }
 }
 
 /// Running several gateways as one cluster (docs/cluster.md). With neither Redis nor etcd
@@ -489,7 +511,7 @@ impl Config {
                 format!("must be <= {} with a 2-byte length prefix", u16::MAX as usize - 8),
             ));
         }
-        let positive: [(&'static str, u64); 16] = [
+        let positive: [(&'static str, u64); 18] = [
             ("limits.max_conn_num", self.limits.max_conn_num as u64),
             ("limits.pending_write_num", self.limits.pending_write_num as u64),
             ("limits.max_msg_len", self.limits.max_msg_len as u64),
@@ -506,6 +528,8 @@ impl Config {
             ("cluster.ttl_s", self.cluster.ttl_s),
             ("cluster.location_ttl_s", self.cluster.location_ttl_s),
             ("cluster.queue_len", self.cluster.queue_len as u64),
+            ("user_centre.timeout_ms", self.user_centre.timeout_ms),
+            ("user_centre.queue_len", self.user_centre.queue_len as u64),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(field, "must be greater than 0"));
@@ -535,6 +559,11 @@ impl Config {
             |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
         if !prefix_ok(&self.cluster.prefix) {
             return Err(invalid("cluster.prefix", "must be non-empty ASCII letters, digits, `_`, `-`, `.`"));
+        }
+        if let Some(url) = &self.user_centre.url
+            && let Err(e) = crate::user_centre::check_url(url)
+        {
+            return Err(invalid("user_centre.url", format!("{e:#}")));
         }
         if self.listen.ws.is_none() && self.listen.tcp.is_none() {
             return Err(invalid("listen", "needs at least one of `ws` and `tcp`"));

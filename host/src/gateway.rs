@@ -30,6 +30,7 @@ use crate::script::{
 };
 use crate::session::{CloseReason, Registry, SessionIdGen};
 use crate::upstream::{NodeIdentity, Upstreams};
+use crate::user_centre::UserCentre;
 use crate::{admin, embedded, transport, watch};
 
 /// Everything a session or listener needs, shared by all of them.
@@ -49,6 +50,8 @@ pub(crate) struct Core {
     pub rooms: Arc<Rooms>,
     /// Membership of a cluster (Redis, etcd); `None` standalone.
     pub cluster: Option<Arc<Cluster>>,
+    /// Login/logout notices to the user centre; `None` without `user_centre.url`.
+    pub user_centre: Option<UserCentre>,
     pub upstreams: Upstreams,
     pub conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
@@ -278,6 +281,7 @@ impl RunningGateway {
             tasks.clone(),
             cluster.as_ref().and_then(|c| c.relay.clone()),
         );
+        let user_centre = UserCentre::start(&config.user_centre, config.node.id, &metrics)?;
         let core = Arc::new(Core {
             ids: SessionIdGen::new(config.node.id),
             conn_limit: Arc::new(Semaphore::new(config.limits.max_conn_num)),
@@ -291,6 +295,7 @@ impl RunningGateway {
             manifest_applied: parking_lot::Mutex::new(manifest_applied),
             rooms,
             cluster,
+            user_centre,
             upstreams,
             shutdown,
             tasks,
@@ -386,6 +391,9 @@ impl RunningGateway {
         if let Some(cluster) = &core.cluster {
             // After the sessions: their location deletes are flushed with the rest.
             cluster.leave(Duration::from_secs(2)).await;
+        }
+        if let Some(user_centre) = &core.user_centre {
+            user_centre.finish(Duration::from_secs(2)).await;
         }
         core.upstreams.shutdown();
         if tokio::time::timeout(grace / 2, core.tasks.wait()).await.is_err() {

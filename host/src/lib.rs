@@ -33,6 +33,7 @@ pub mod script;
 pub mod session;
 pub mod transport;
 pub mod upstream;
+pub mod user_centre;
 pub mod watch;
 
 pub use config::Config;

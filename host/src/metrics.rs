@@ -100,6 +100,7 @@ pub struct Metrics {
     pub script_deploys: Family<ReasonLabel, Counter>,
     pub cluster_messages: Family<OutcomeLabel, Counter>,
     pub cluster_nodes: Gauge,
+    pub user_centre_notices: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -139,6 +140,7 @@ impl Metrics {
             script_deploys: Family::default(),
             cluster_messages: Family::default(),
             cluster_nodes: Gauge::default(),
+            user_centre_notices: Family::default(),
         };
         r.register("connections", "Client connections accepted", m.connections_total.clone());
         r.register("sessions", "Client sessions currently open", m.connections.clone());
@@ -204,6 +206,11 @@ impl Metrics {
             "cluster_nodes",
             "Nodes in the discovery table (this one included)",
             m.cluster_nodes.clone(),
+        );
+        r.register(
+            "user_centre_notices",
+            "Login/logout notices to the user centre: ok, failed (retries spent), dropped (queue full)",
+            m.user_centre_notices.clone(),
         );
         Self { registry: Arc::new(r), ..m }
     }

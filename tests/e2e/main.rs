@@ -12,3 +12,4 @@ mod rooms;
 mod routing;
 mod sandbox;
 mod service;
+mod user_centre;

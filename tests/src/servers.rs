@@ -1,7 +1,7 @@
 //! Real Redis and etcd servers for the cluster tests, started on free loopback ports (Debian
 //! `redis-server` and `etcd-server`; `.ci/run` installs them) and killed on drop.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,8 +11,8 @@ use tempfile::TempDir;
 use crate::PROMPT;
 
 /// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+fn free_port() -> u16 {
+    wasmgate_examples::bench::free_port().expect("a free port")
 }
 
 fn spawn(program: &str, args: &[String]) -> Child {

@@ -1,5 +1,5 @@
-//! A small client of the admin API over hyper, for the `wasmgate deploy`, `rollback` and
-//! `scripts` commands.
+//! A small HTTP/1.1 client over hyper: the admin API client of the `wasmgate deploy`,
+//! `rollback` and `scripts` commands, and the user-centre notifications' POSTs.
 
 use std::net::SocketAddr;
 
@@ -21,18 +21,31 @@ pub async fn request(
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<(u16, String)> {
-    let stream = tokio::net::TcpStream::connect(addr)
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    send(addr, &addr.to_string(), method, path, "application/wasm", bearer.as_deref(), body)
         .await
-        .with_context(|| format!("connecting to the admin port {addr}"))?;
+        .with_context(|| format!("admin API at {addr}"))
+}
+
+/// Sends one request to `addr` with the `Host` header `host`; returns the status code and the
+/// body as text. Errors: the connection fails, or the answer is not HTTP.
+pub async fn send(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    authorization: Option<&str>,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, String)> {
+    let stream =
+        tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(HOST, addr.to_string())
-        .header(CONTENT_TYPE, "application/wasm");
-    if let Some(token) = token {
-        builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+    let mut builder =
+        Request::builder().method(method).uri(path).header(HOST, host).header(CONTENT_TYPE, content_type);
+    if let Some(authorization) = authorization {
+        builder = builder.header(AUTHORIZATION, authorization);
     }
     let response = sender.send_request(builder.body(Full::new(Bytes::from(body)))?).await?;
     let status = response.status().as_u16();

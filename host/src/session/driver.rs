@@ -111,8 +111,13 @@ pub(crate) async fn run(
         handle.abort(CloseReason::SlowConsumer, "close did not complete");
     }
     core.registry.remove(&handle);
-    if let (Some(relay), Some(user)) = (core.relay(), handle.user_id()) {
-        relay.closed(user.clone(), handle.id());
+    if let Some(user) = handle.user_id() {
+        if let Some(relay) = core.relay() {
+            relay.closed(user.clone(), handle.id());
+        }
+        if let Some(user_centre) = &core.user_centre {
+            user_centre.logout(user, handle.id(), handle.peer());
+        }
     }
     open.dec();
     let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
@@ -282,6 +287,9 @@ impl Session {
                 self.core.registry.bind_user(&self.handle, &user);
                 if let Some(relay) = self.core.relay() {
                     relay.logged_in(user.clone(), self.handle.id());
+                }
+                if let Some(user_centre) = &self.core.user_centre {
+                    user_centre.login(&user, self.handle.id(), self.handle.peer());
                 }
                 self.info.user_id = Some(identity.user_id);
                 self.login_deadline = None;

@@ -22,18 +22,9 @@ thread_local! {
     static COUNTS: RefCell<BTreeMap<String, u64>> = const { RefCell::new(BTreeMap::new()) };
 }
 
-/// The string value of `"key":"..."` in a flat JSON object (enough for test configs).
-fn string_field(json: &str, key: &str) -> Option<String> {
-    let start = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let end = json[start..].find('"')? + start;
-    Some(json[start..end].to_string())
-}
-
-/// The number value of `"key":123` in a flat JSON object.
-fn number_field(json: &str, key: &str) -> Option<u64> {
-    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    json[start..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
-}
+#[path = "../../config_fields.rs"]
+mod config_fields;
+use config_fields::{number_field, string_field};
 
 struct Counter;
 

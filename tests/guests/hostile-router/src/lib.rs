@@ -20,21 +20,11 @@ thread_local! {
     static TAG: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+#[path = "../../config_fields.rs"]
+mod config_fields;
+use config_fields::{number_field, string_field};
+
 struct Hostile;
-
-/// The string value of `"key":"..."` in a flat JSON object (enough for test configs).
-fn string_field(json: &str, key: &str) -> Option<String> {
-    let start = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let end = json[start..].find('"')? + start;
-    Some(json[start..end].to_string())
-}
-
-/// The number value of `"key":123` in a flat JSON object.
-fn number_field(json: &str, key: &str) -> Option<u64> {
-    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = json[start..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
 
 impl Guest for Hostile {
     fn init(config: String, _map: Vec<MessageRoute>) -> Result<(), String> {

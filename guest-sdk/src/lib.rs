@@ -39,7 +39,7 @@ pub mod auth {
         default_bindings_module: "wasmgate_guest::auth",
     });
 
-    pub use self::exports::wasmgate::gateway::auth::{Guest, Identity, Rejection};
+    pub use self::exports::wasmgate::gateway::auth::{DuplicateLogin, Guest, Identity, Rejection};
     pub use self::wasmgate::gateway::types::{Session, Transport};
 }
 

@@ -625,7 +625,10 @@ mod example_file {
         assert!(dest_map.ends_with("examples/maps/dest_map.json"), "{}", dest_map.display());
         assert!(dest_map.exists());
         assert_eq!(config.limits.max_msg_len, 64 * 1024);
-        assert_eq!(config.scripts.auth.config_json(), r#"{"leeway_s":30,"secret":"wasmgate-dev-secret"}"#);
+        assert_eq!(
+            config.scripts.auth.config_json(),
+            r#"{"duplicate_login":"kick-older","leeway_s":30,"secret":"wasmgate-dev-secret"}"#
+        );
     }
 
     #[test]

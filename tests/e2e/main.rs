@@ -3,6 +3,7 @@
 
 mod cluster;
 mod deploy;
+mod duplicate;
 mod frames;
 mod handlers;
 mod login;

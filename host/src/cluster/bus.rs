@@ -52,6 +52,11 @@ if v == false or v == ARGV[1] then
 end
 return 0";
 
+/// Reason text of a bus `Kick` that closes the session as [`CloseReason::Replaced`] (4006)
+/// rather than `kicked`: the user logged in again on another node (duplicate login
+/// `kick-older`).
+pub const REPLACED: &str = "the user logged in again";
+
 /// Most queued writes sent in one pipeline.
 const BATCH: usize = 256;
 
@@ -111,6 +116,11 @@ impl Relay {
         }
     }
 
+    /// Closes `session` of node `node` as replaced by a newer login of its user (4006).
+    pub fn replace(&self, node: u32, session: u64) {
+        self.to_node(node, BackendFrame::Kick { session_id: session, reason: REPLACED.into() });
+    }
+
     /// Records that `user` is logged in on `session` of this node.
     pub fn logged_in(&self, user: Arc<str>, session: u64) {
         self.enqueue(Op::SetLocation { user, session });
@@ -151,7 +161,7 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    fn user(&self, user: &str) -> String {
+    pub(super) fn user(&self, user: &str) -> String {
         format!("{}:user:{user}", self.prefix)
     }
 
@@ -368,7 +378,8 @@ async fn deliver(local: &Local, payload: &[u8]) {
         }
         BackendFrame::Kick { session_id, reason } => {
             if let Some(session) = local.registry.get(session_id) {
-                session.close(CloseReason::Kicked, &reason);
+                let why = if reason == REPLACED { CloseReason::Replaced } else { CloseReason::Kicked };
+                session.close(why, &reason);
             }
         }
         other => {

@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod discovery;
+pub mod location;
 mod node_id;
 mod registration;
 
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::bus::Relay;
 pub use self::discovery::{NodeInfo, NodeTable, Pick};
+pub use self::location::{Claim, Location, Policy};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rooms::Rooms;
@@ -49,7 +51,14 @@ pub struct Cluster {
     /// Stops the cluster tasks ([`Cluster::leave`]).
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Serialise the logins of one user on this node (striped by user-id hash): see
+    /// [`Cluster::login_lock`].
+    login_locks: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::hash::RandomState,
 }
+
+/// Stripes of [`Cluster::login_lock`].
+const LOGIN_LOCKS: usize = 256;
 
 /// What the registration tells other nodes, besides the id and load.
 pub struct Advertised {
@@ -120,6 +129,8 @@ impl Cluster {
             metrics: metrics.clone(),
             stop,
             tasks,
+            login_locks: (0..LOGIN_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: std::hash::RandomState::new(),
         }))
     }
 
@@ -175,6 +186,50 @@ impl Cluster {
                 self.stop.clone(),
             ));
         }
+    }
+
+    /// Held by a login of `user` across its location claim and its local binding, so that on
+    /// each node the two happen in the same order for every login of one user (with
+    /// `kick-older` racing logins then leave exactly one session: the last in Redis). One of
+    /// 256 stripes; held for one Redis round trip at most 1 s.
+    pub async fn login_lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let stripe = (self.hasher.hash_one(user) as usize) % LOGIN_LOCKS;
+        self.login_locks[stripe].lock().await
+    }
+
+    /// Claims `user`'s location for this node's `session` under `policy` (see [`location`]).
+    /// A session the location names counts as gone when its node is not in discovery (with
+    /// etcd) or, on this node, when it is not in `registry`. Without Redis there is no
+    /// location: `Taken { previous: None }`.
+    ///
+    /// Errors: Redis failing or slower than [`location::CLAIM_TIMEOUT`] (1 s).
+    pub async fn claim_location(
+        &self,
+        user: &str,
+        session: u64,
+        policy: Policy,
+        registry: &Registry,
+    ) -> anyhow::Result<Claim> {
+        let Some(redis) = &self.redis else {
+            return Ok(Claim::Taken { previous: None });
+        };
+        let key = bus::Keys { prefix: self.config.prefix.clone() }.user(user);
+        let ours = Location { node: self.node_id, session };
+        let ttl_ms = self.config.location_ttl_s * 1000;
+        let live = |l: Location| {
+            if l.node == self.node_id {
+                registry.get(l.session).is_some()
+            } else {
+                self.etcd.is_none() || self.nodes.has(l.node)
+            }
+        };
+        let mut conn = redis.conn.clone();
+        let claim = location::claim(&mut conn, &key, ours, ttl_ms, policy, live);
+        tokio::time::timeout(location::CLAIM_TIMEOUT, claim)
+            .await
+            .context("Redis did not answer within 1 s")?
+            .context("claiming the user's location in Redis")
     }
 
     /// Leaves the cluster: flushes queued bus writes, revokes the etcd lease (the registration

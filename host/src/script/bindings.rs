@@ -52,7 +52,7 @@ pub mod handler {
     });
 }
 
-pub use auth::exports::wasmgate::gateway::auth::{Identity, Rejection};
+pub use auth::exports::wasmgate::gateway::auth::{DuplicateLogin, Identity, Rejection};
 pub use auth::wasmgate::gateway::host::Level;
 pub use auth::wasmgate::gateway::types::{Packet, Session, Transport};
 pub use handler::exports::wasmgate::gateway::handler::{Answer, HandlerError, Outcome};

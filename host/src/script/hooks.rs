@@ -125,6 +125,24 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Tells the script a logged-in `session` ended (seed 004's "account lost"); `reason` is
+    /// the close reason's name. Errors: [`ScriptError`] (logged by the caller, nothing else).
+    pub async fn account_lost(&self, session: &Session, reason: &str) -> Result<(), ScriptError> {
+        let live = self.script.live();
+        live.pool
+            .call(|mut slot| async move {
+                let r = slot
+                    .bindings
+                    .wasmgate_gateway_auth()
+                    .call_account_lost(&mut slot.store, session, reason)
+                    .await;
+                (slot, r)
+            })
+            .await
+    }
+}
+
 impl std::ops::Deref for Auth {
     type Target = Configured<AuthScript>;
     fn deref(&self) -> &Self::Target {

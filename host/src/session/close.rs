@@ -28,6 +28,9 @@ pub enum CloseReason {
     AuthRejected,
     /// A backend kicked the session.
     Kicked,
+    /// The same user logged in again (here or on another node) and the auth script's
+    /// duplicate-login policy is `kick-older`.
+    Replaced,
     /// The session's outbound queue was full or a write timed out.
     SlowConsumer,
     /// A transport error (reset, protocol violation found by the WebSocket layer).
@@ -49,6 +52,7 @@ impl CloseReason {
             Self::AuthRejected => 4003,
             Self::Kicked => 4004,
             Self::SlowConsumer => 4005,
+            Self::Replaced => 4006,
         }
     }
 
@@ -66,6 +70,7 @@ impl CloseReason {
             Self::HeartbeatTimeout => "heartbeat_timeout",
             Self::AuthRejected => "auth_rejected",
             Self::Kicked => "kicked",
+            Self::Replaced => "replaced",
             Self::SlowConsumer => "slow_consumer",
             Self::TransportError => "transport_error",
         }

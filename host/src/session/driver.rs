@@ -25,7 +25,7 @@ use crate::gateway::Core;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::protocol::backend::BackendFrame;
 use crate::protocol::client::Packet;
-use crate::script::bindings::{self, Decision, HandlerError, Outcome, Rejection, Reply, RouteError};
+use crate::script::bindings::{self, Decision, HandlerError, Outcome, Reply, RouteError};
 
 /// What a transport's reader yields.
 pub(crate) enum Inbound {
@@ -111,6 +111,7 @@ pub(crate) async fn run(
         handle.abort(CloseReason::SlowConsumer, "close did not complete");
     }
     core.registry.remove(&handle);
+    let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
     if let Some(user) = handle.user_id() {
         if let Some(relay) = core.relay() {
             relay.closed(user.clone(), handle.id());
@@ -118,9 +119,11 @@ pub(crate) async fn run(
         if let Some(user_centre) = &core.user_centre {
             user_centre.logout(user, handle.id(), handle.peer());
         }
+        if let Err(e) = core.auth.account_lost(&session.info, reason.name()).await {
+            tracing::warn!("auth script's account-lost failed: {e}");
+        }
     }
     open.dec();
-    let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
     metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
     tracing::debug!(reason = reason.name(), "session closed");
 }
@@ -131,7 +134,7 @@ pub(super) struct Session {
     /// What scripts are told about this session (kept, not rebuilt per call).
     pub(super) info: bindings::Session,
     last_seen: Instant,
-    login_deadline: Option<Instant>,
+    pub(super) login_deadline: Option<Instant>,
     messages_in: prometheus_client::metrics::counter::Counter,
 }
 
@@ -263,65 +266,6 @@ impl Session {
             Request::Join { room } => self.join(0, room, Bytes::new()).await,
             Request::Leave { room } => self.leave(0, &room).await,
             Request::Ping => {}
-        }
-    }
-
-    /// Logs the session in with `token` (the login packet's, or the WebSocket URL's); `seq`
-    /// is the login packet's (0 for the URL). `answer`: send the login reply (not for URL
-    /// tokens: their clients, go-push's among them, expect nothing; a refusal still closes the
-    /// connection with 4003).
-    pub(super) async fn login(&mut self, seq: u32, token: &str, answer: bool) {
-        let (routes, metrics) = (&self.core.config.routes, &self.core.metrics);
-        let count =
-            |result: &'static str| metrics.logins.get_or_create(&ReasonLabel { reason: result }).inc();
-        if self.info.user_id.is_some() {
-            count("duplicate");
-            self.handle.send_error(seq, "already_logged_in", "this session is logged in");
-            return;
-        }
-        match self.core.auth.authenticate(&self.info, token).await {
-            Ok(Ok(identity)) => {
-                count("ok");
-                let user: Arc<str> = identity.user_id.as_str().into();
-                self.handle.set_user(user.clone());
-                self.core.registry.bind_user(&self.handle, &user);
-                if let Some(relay) = self.core.relay() {
-                    relay.logged_in(user.clone(), self.handle.id());
-                }
-                if let Some(user_centre) = &self.core.user_centre {
-                    user_centre.login(&user, self.handle.id(), self.handle.peer());
-                }
-                self.info.user_id = Some(identity.user_id);
-                self.login_deadline = None;
-                let body = serde_json::json!({
-                    "user_id": &*user,
-                    "session_id": self.handle.id().to_string(),
-                    "node_id": self.core.config.node.id,
-                });
-                if answer {
-                    self.handle.send(routes.login, seq, Bytes::from(body.to_string()));
-                }
-            }
-            Ok(Err(rejection)) => {
-                count("rejected");
-                let (code, message) = match &rejection {
-                    Rejection::InvalidToken(m) => ("invalid_token", m.as_str()),
-                    Rejection::Expired => ("expired", "token expired"),
-                    Rejection::Forbidden(m) => ("forbidden", m.as_str()),
-                };
-                self.handle.close_with_error(CloseReason::AuthRejected, seq, code, message);
-            }
-            Err(e) => {
-                // Auth fails closed: a broken login script logs nobody in.
-                count("script_error");
-                tracing::warn!("login refused, auth script failed: {e}");
-                self.handle.close_with_error(
-                    CloseReason::AuthRejected,
-                    seq,
-                    "auth_unavailable",
-                    "login is unavailable",
-                );
-            }
         }
     }
 

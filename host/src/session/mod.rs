@@ -4,6 +4,7 @@
 //! - [`handle`]: the shareable handle with the bounded outbound queue.
 //! - [`registry`]: live sessions by id and by user.
 //! - [`driver`]: the per-connection tasks (read loop with timers and local routes; write loop).
+//! - `login`: login through the auth script and the duplicate-login policy.
 //! - `room_routes`: the join, leave, room message and room list routes.
 //! - [`close`]: the documented close reasons and codes.
 
@@ -11,6 +12,7 @@ mod close;
 pub(crate) mod driver;
 mod handle;
 pub mod id;
+mod login;
 mod registry;
 mod room_routes;
 

@@ -59,6 +59,29 @@ impl Registry {
         self.user_shard(user).write().entry(user.clone()).or_default().push(handle.clone());
     }
 
+    /// Indexes `handle` under `user` and takes the user's other sessions of this node out of
+    /// the index, in one step; returns them (the caller closes them: duplicate login
+    /// `kick-older`).
+    pub fn bind_user_replacing(&self, handle: &SessionHandle, user: &Arc<str>) -> Vec<SessionHandle> {
+        let mut shard = self.user_shard(user).write();
+        let list = shard.entry(user.clone()).or_default();
+        let older = std::mem::take(list);
+        list.push(handle.clone());
+        older
+    }
+
+    /// Indexes `handle` under `user` only if the user has no session on this node, in one
+    /// step (duplicate login `refuse-new`); returns whether it did.
+    pub fn bind_user_if_alone(&self, handle: &SessionHandle, user: &Arc<str>) -> bool {
+        let mut shard = self.user_shard(user).write();
+        let list = shard.entry(user.clone()).or_default();
+        if !list.is_empty() {
+            return false;
+        }
+        list.push(handle.clone());
+        true
+    }
+
     /// Removes a session (and its user index entry).
     pub fn remove(&self, handle: &SessionHandle) {
         if self.shard(handle.id()).write().remove(&handle.id()).is_some() {
@@ -142,5 +165,19 @@ mod tests {
         assert!(r.of_user("alice").is_empty());
         assert_eq!(r.len(), 1);
         assert_eq!(r.all().len(), 1);
+    }
+
+    #[test]
+    fn exclusive_binds_replace_or_refuse_in_one_step() {
+        let r = Registry::default();
+        let (a, b, c) = (handle(1), handle(2), handle(3));
+        let bob: Arc<str> = "bob".into();
+        assert!(r.bind_user_if_alone(&a, &bob));
+        assert!(!r.bind_user_if_alone(&b, &bob), "a second session is refused");
+        assert_eq!(r.of_user("bob").iter().map(|h| h.id()).collect::<Vec<_>>(), vec![1]);
+        r.bind_user(&b, &bob);
+        let older = r.bind_user_replacing(&c, &bob);
+        assert_eq!(older.iter().map(|h| h.id()).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(r.of_user("bob").iter().map(|h| h.id()).collect::<Vec<_>>(), vec![3]);
     }
 }

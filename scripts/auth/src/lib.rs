@@ -4,15 +4,21 @@
 //! - `secret` (string, required): the HMAC-SHA256 key.
 //! - `issuer` (string, optional): when set, the token's `iss` must equal it.
 //! - `leeway_s` (integer, default 30): clock skew tolerated on `exp` and `nbf`, in seconds.
+//! - `duplicate_login` (string, default `"allow"`): what a second login of the same user does:
+//!   `"allow"` (both sessions live), `"kick-older"` (the older session is closed with 4006
+//!   `replaced`, wherever it is) or `"refuse-new"` (the new login is refused).
 //!
-//! The token must carry `sub` (the user id) and `exp`; expiry is always checked.
+//! The token must carry `sub` (the user id) and `exp`; expiry is always checked. Each ended
+//! logged-in session ("account lost", seed 004) is counted in the script counter
+//! `account_lost_<reason>` (`wasmgate_script_counter_total{script="auth",name=..}`).
 
 use std::sync::OnceLock;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
-use wasmgate_guest::auth::{Guest, Identity, Rejection, Session};
+use wasmgate_guest::auth::{DuplicateLogin, Guest, Identity, Rejection, Session};
+use wasmgate_guest::host::counter_add;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +28,27 @@ struct Config {
     issuer: Option<String>,
     #[serde(default = "default_leeway")]
     leeway_s: u64,
+    #[serde(default)]
+    duplicate_login: Duplicate,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum Duplicate {
+    #[default]
+    Allow,
+    KickOlder,
+    RefuseNew,
+}
+
+impl From<Duplicate> for DuplicateLogin {
+    fn from(d: Duplicate) -> Self {
+        match d {
+            Duplicate::Allow => DuplicateLogin::Allow,
+            Duplicate::KickOlder => DuplicateLogin::KickOlder,
+            Duplicate::RefuseNew => DuplicateLogin::RefuseNew,
+        }
+    }
 }
 
 fn default_leeway() -> u64 {
@@ -36,6 +63,7 @@ struct Claims {
 struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    on_duplicate: Duplicate,
 }
 
 static VERIFIER: OnceLock<Verifier> = OnceLock::new();
@@ -54,7 +82,11 @@ impl Guest for Auth {
         if let Some(issuer) = &config.issuer {
             validation.set_issuer(&[issuer]);
         }
-        let verifier = Verifier { key: DecodingKey::from_secret(config.secret.as_bytes()), validation };
+        let verifier = Verifier {
+            key: DecodingKey::from_secret(config.secret.as_bytes()),
+            validation,
+            on_duplicate: config.duplicate_login,
+        };
         // `init` runs once per instance; a second call keeps the first configuration.
         let _ = VERIFIER.set(verifier);
         Ok(())
@@ -67,7 +99,7 @@ impl Guest for Auth {
             Ok(data) if data.claims.sub.is_empty() => {
                 Err(Rejection::InvalidToken("empty `sub` claim".into()))
             }
-            Ok(data) => Ok(Identity { user_id: data.claims.sub }),
+            Ok(data) => Ok(Identity { user_id: data.claims.sub, on_duplicate: verifier.on_duplicate.into() }),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => Rejection::Expired,
                 ErrorKind::InvalidIssuer => Rejection::Forbidden("wrong issuer".into()),
@@ -75,6 +107,10 @@ impl Guest for Auth {
                 _ => Rejection::InvalidToken(e.to_string()),
             }),
         }
+    }
+
+    fn account_lost(_session: Session, reason: String) {
+        counter_add(&format!("account_lost_{reason}"), 1);
     }
 }
 

@@ -1,0 +1,127 @@
+//! Claiming a user's location for a login under a duplicate-login policy (seed 000 step
+//! 8.1.1.2: `userId -> {serverId, sessionId}` in Redis).
+//!
+//! The key is `<prefix>:user:<user id>` = `<node id>:<session id>` (see [`super::bus`] for how
+//! it is refreshed and removed). A claim is one Redis command, so two logins of the same user
+//! racing on two nodes are ordered by Redis:
+//! - [`Policy::Replace`] (`kick-older`): `SET .. PX .. GET` takes the key and returns the
+//!   session it named, which the caller kicks. Of two racing logins the later one stays.
+//! - [`Policy::IfFree`] (`refuse-new`): `SET .. NX PX .. GET` takes the key only if it is free.
+//!   A key naming a session that is gone (its node left discovery, or it is this node's and
+//!   not in the registry: a crash within the TTL) is taken over with a compare-and-set, so a
+//!   crashed node does not lock its users out until the TTL ends.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+/// How long a login waits for Redis before deciding with what this node knows.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Takes the key if it still holds ARGV[1]. KEYS[1] user key; ARGV[1] old value, ARGV[2] new
+/// value, ARGV[3] TTL in ms.
+const TAKE_OVER: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
+/// Where a user's session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub node: u32,
+    pub session: u64,
+}
+
+impl Location {
+    /// The key's value, `<node>:<session>`.
+    pub fn value(self) -> String {
+        format!("{}:{}", self.node, self.session)
+    }
+
+    /// Parses a key's value; `None` if it is not `<node>:<session>`.
+    pub fn parse(value: &str) -> Option<Self> {
+        let (node, session) = value.split_once(':')?;
+        Some(Self { node: node.parse().ok()?, session: session.parse().ok()? })
+    }
+}
+
+/// How a login claims the location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Take it whatever it names.
+    Replace,
+    /// Take it only if it is free or names a session that is gone.
+    IfFree,
+}
+
+/// What a claim did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The key now names the new session; `previous` is the session it named before, if any.
+    Taken { previous: Option<Location> },
+    /// The key names this live session (`None`: a value that is not a location, which
+    /// another login has just replaced); nothing changed.
+    Refused(Option<Location>),
+}
+
+/// Claims `key` for `ours` (`ttl` in ms). `live` says whether a session the key names still
+/// exists. Errors: Redis unreachable or failing (the caller decides locally).
+pub(super) async fn claim(
+    conn: &mut ConnectionManager,
+    key: &str,
+    ours: Location,
+    ttl_ms: u64,
+    policy: Policy,
+    live: impl Fn(Location) -> bool,
+) -> redis::RedisResult<Claim> {
+    let mut set = redis::cmd("SET");
+    set.arg(key).arg(ours.value());
+    if policy == Policy::IfFree {
+        set.arg("NX");
+    }
+    set.arg("PX").arg(ttl_ms).arg("GET");
+    let old: Option<String> = set.query_async(conn).await?;
+    let Some(old) = old else {
+        return Ok(Claim::Taken { previous: None });
+    };
+    let previous = Location::parse(&old);
+    if policy == Policy::Replace {
+        return Ok(Claim::Taken { previous });
+    }
+    match previous {
+        Some(location) if location == ours => Ok(Claim::Taken { previous: None }),
+        Some(location) if live(location) => Ok(Claim::Refused(Some(location))),
+        _ => {
+            let taken: i64 = redis::cmd("EVAL")
+                .arg(TAKE_OVER)
+                .arg(1)
+                .arg(key)
+                .arg(&old)
+                .arg(ours.value())
+                .arg(ttl_ms)
+                .query_async(conn)
+                .await?;
+            Ok(match taken {
+                1 => Claim::Taken { previous },
+                // Another login took it between the two commands: it is live.
+                _ => Claim::Refused(None),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_values_round_trip_and_junk_is_refused() {
+        let l = Location { node: 7, session: 123_456_789_012 };
+        assert_eq!(Location::parse(&l.value()), Some(l));
+        for junk in ["", "7", "x:1", "7:", "7:y", "-1:3"] {
+            assert_eq!(Location::parse(junk), None, "{junk:?}");
+        }
+    }
+}

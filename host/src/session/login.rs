@@ -1,0 +1,170 @@
+//! Login (seed 000 step 8.1.1, seed 003's token login) and the duplicate-login policy.
+//!
+//! The auth script turns the token into an identity whose `on-duplicate` says what a second
+//! login of the same user does ([`DuplicateLogin`]):
+//! - `allow`: both sessions live; the user's location (cluster) names the newer one.
+//! - `kick-older`: this node's older sessions of the user leave the user index and close with
+//!   4006 `replaced` in the same step as the new one is indexed; in a cluster the location is
+//!   taken (`SET .. GET`) and the session it named, if on another node, is closed there over
+//!   the bus.
+//! - `refuse-new`: in a cluster the location is claimed only if free (`SET NX`), or if it names
+//!   a session that is gone; then the new session is indexed only if the user has no other
+//!   session here. Either refusal closes the new session with `duplicate_login`, 4003.
+//!
+//! In a cluster, one login of a user at a time per node runs the claim and the local binding
+//! (a striped lock), so both happen in the same order and racing `kick-older` logins leave
+//! exactly one session: the one Redis saw last.
+//!
+//! When Redis does not answer within 1 s the login goes ahead on what this node knows (the
+//! local index), with a warning: Redis being down does not stop logins.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::CloseReason;
+use super::driver::Session;
+use crate::cluster::bus::REPLACED;
+use crate::cluster::{Claim, Cluster, Policy};
+use crate::metrics::ReasonLabel;
+use crate::script::bindings::{DuplicateLogin, Rejection};
+
+impl Session {
+    /// Logs the session in with `token` (the login packet's, or the WebSocket URL's); `seq`
+    /// is the login packet's (0 for the URL). `answer`: send the login reply (not for URL
+    /// tokens: their clients, go-push's among them, expect nothing; a refusal still closes the
+    /// connection with 4003).
+    pub(super) async fn login(&mut self, seq: u32, token: &str, answer: bool) {
+        let metrics = &self.core.metrics;
+        let count =
+            |result: &'static str| metrics.logins.get_or_create(&ReasonLabel { reason: result }).inc();
+        if self.info.user_id.is_some() {
+            count("duplicate");
+            self.handle.send_error(seq, "already_logged_in", "this session is logged in");
+            return;
+        }
+        match self.core.auth.authenticate(&self.info, token).await {
+            Ok(Ok(identity)) => {
+                let user: Arc<str> = identity.user_id.as_str().into();
+                if !self.admit(&user, identity.on_duplicate).await {
+                    count("duplicate_refused");
+                    return self.handle.close_with_error(
+                        CloseReason::AuthRejected,
+                        seq,
+                        "duplicate_login",
+                        "this user is logged in on another session",
+                    );
+                }
+                count("ok");
+                if let Some(user_centre) = &self.core.user_centre {
+                    user_centre.login(&user, self.handle.id(), self.handle.peer());
+                }
+                self.info.user_id = Some(identity.user_id);
+                self.login_deadline = None;
+                let body = serde_json::json!({
+                    "user_id": &*user,
+                    "session_id": self.handle.id().to_string(),
+                    "node_id": self.core.config.node.id,
+                });
+                if answer {
+                    self.handle.send(self.core.config.routes.login, seq, Bytes::from(body.to_string()));
+                }
+            }
+            Ok(Err(rejection)) => {
+                count("rejected");
+                let (code, message) = match &rejection {
+                    Rejection::InvalidToken(m) => ("invalid_token", m.as_str()),
+                    Rejection::Expired => ("expired", "token expired"),
+                    Rejection::Forbidden(m) => ("forbidden", m.as_str()),
+                };
+                self.handle.close_with_error(CloseReason::AuthRejected, seq, code, message);
+            }
+            Err(e) => {
+                // Auth fails closed: a broken login script logs nobody in.
+                count("script_error");
+                tracing::warn!("login refused, auth script failed: {e}");
+                self.handle.close_with_error(
+                    CloseReason::AuthRejected,
+                    seq,
+                    "auth_unavailable",
+                    "login is unavailable",
+                );
+            }
+        }
+    }
+
+    /// Binds the session to `user` under the duplicate-login `policy` (module docs); `false`
+    /// when the login is refused (nothing was bound or recorded).
+    async fn admit(&self, user: &Arc<str>, policy: DuplicateLogin) -> bool {
+        let (core, handle) = (&self.core, &self.handle);
+        let relay = core.relay();
+        match policy {
+            DuplicateLogin::Allow => {
+                handle.set_user(user.clone());
+                core.registry.bind_user(handle, user);
+                if let Some(relay) = relay {
+                    relay.logged_in(user.clone(), handle.id());
+                }
+            }
+            DuplicateLogin::KickOlder => {
+                let cluster = core.cluster.as_deref().filter(|_| relay.is_some());
+                let _serial = serialise(cluster, user).await;
+                handle.set_user(user.clone());
+                for older in core.registry.bind_user_replacing(handle, user) {
+                    older.close(CloseReason::Replaced, REPLACED);
+                }
+                let Some((cluster, relay)) = cluster.zip(relay) else { return true };
+                match cluster.claim_location(user, handle.id(), Policy::Replace, &core.registry).await {
+                    Ok(Claim::Taken { previous: Some(old) }) if old.node != cluster.node_id => {
+                        relay.replace(old.node, old.session);
+                    }
+                    Ok(Claim::Taken { previous: Some(old) }) => {
+                        // Normally closed by the local replacement above already.
+                        if let Some(other) = core.registry.get(old.session).filter(|o| o.id() != handle.id())
+                        {
+                            other.close(CloseReason::Replaced, REPLACED);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(user = &**user, "duplicate login check went local only: {e:#}");
+                        relay.logged_in(user.clone(), handle.id());
+                    }
+                }
+            }
+            DuplicateLogin::RefuseNew => {
+                let cluster = core.cluster.as_deref().filter(|_| relay.is_some());
+                let _serial = serialise(cluster, user).await;
+                let mut claimed = false;
+                if let Some(cluster) = cluster {
+                    match cluster.claim_location(user, handle.id(), Policy::IfFree, &core.registry).await {
+                        Ok(Claim::Taken { .. }) => claimed = true,
+                        Ok(Claim::Refused(_)) => return false,
+                        Err(e) => {
+                            tracing::warn!(user = &**user, "duplicate login check went local only: {e:#}")
+                        }
+                    }
+                }
+                if !core.registry.bind_user_if_alone(handle, user) {
+                    if let (true, Some(relay)) = (claimed, relay) {
+                        relay.closed(user.clone(), handle.id());
+                    }
+                    return false;
+                }
+                handle.set_user(user.clone());
+                if let (false, Some(relay)) = (claimed, relay) {
+                    relay.logged_in(user.clone(), handle.id());
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The cluster's login lock for `user` (see [`crate::cluster::Cluster::login_lock`]), if any.
+async fn serialise<'a>(cluster: Option<&'a Cluster>, user: &str) -> Option<tokio::sync::MutexGuard<'a, ()>> {
+    match cluster {
+        Some(cluster) => Some(cluster.login_lock(user).await),
+        None => None,
+    }
+}

@@ -1,6 +1,6 @@
 //! Cluster: three gateway nodes on a real redis-server and a real etcd (started here on free
 //! loopback ports). Node ids, registration and discovery, cross-node pushes and room
-//! broadcasts, graceful leave, a crashed node, etcd and Redis restarts.
+//! broadcasts, graceful leave, a node killed with SIGKILL, etcd and Redis restarts.
 
 use std::time::Duration;
 
@@ -176,44 +176,110 @@ async fn a_graceful_leave_revokes_the_registration_and_frees_the_id() {
     wait_nodes(&c, &[1, 2, 3]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_node_leaves_discovery_within_its_ttl_and_its_id_frees_itself() {
-    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
-    let a = node(Some(&redis), Some(&etcd)).await;
-    // The crashing node runs on a runtime of its own; dropping that runtime stops every task
-    // of the node at once, with no clean-up (no revoke, no release): a crash, seen from the
-    // cluster.
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let (redis_url, etcd_url) = (redis.url(), etcd.endpoint());
-    let crashing = runtime
-        .spawn(async move {
-            Harness::start_with(move |c| {
-                c.node.id = 1;
-                c.cluster.redis_url = Some(redis_url);
-                c.cluster.etcd_endpoints = vec![etcd_url];
-                c.cluster.ttl_s = TTL_S;
-            })
-            .await
-        })
+/// A gateway node in a child process (`cluster-node`), killed with SIGKILL when dropped.
+struct NodeProcess {
+    child: std::process::Child,
+    id: u32,
+    ws: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    /// Starts a node in the cluster of `redis` and `etcd` whose auth script refuses duplicate
+    /// logins; waits for its `node <id> ws <addr>` line.
+    async fn start(redis: &RedisServer, etcd: &EtcdServer) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = format!(
+            r#"
+[node]
+id = 1
+[listen]
+ws = "127.0.0.1:0"
+tcp = "127.0.0.1:0"
+[scripts.auth]
+config = {{ secret = "{secret}", issuer = "{issuer}", duplicate_login = "refuse-new" }}
+[cluster]
+redis_url = "{redis}"
+etcd_endpoints = ["{etcd}"]
+ttl_s = {TTL_S}
+location_ttl_s = 60
+"#,
+            secret = wasmgate_tests::SECRET,
+            issuer = wasmgate_tests::ISSUER,
+            redis = redis.url(),
+            etcd = etcd.endpoint(),
+        );
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config).expect("write the config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cluster-node"))
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start cluster-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::time::timeout(
+            PROMPT,
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+            }),
+        )
         .await
-        .expect("node started");
-    let crashed_id = crashing.gateway.node_id();
+        .expect("the node started in time")
+        .expect("reader")
+        .expect("read its line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [_, id, _, ws] = words[..] else { panic!("unexpected line {line:?}") };
+        Self { child, id: id.parse().expect("id"), ws: ws.parse().expect("ws addr"), _dir: dir }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_leaves_discovery_within_its_ttl_and_frees_its_id_and_users() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let a = Harness::start_with(|c| {
+        c.node.id = 1;
+        c.cluster.redis_url = Some(redis.url());
+        c.cluster.etcd_endpoints = vec![etcd.endpoint()];
+        c.cluster.ttl_s = TTL_S;
+        c.cluster.location_ttl_s = 60;
+        c.scripts.auth.config.insert("duplicate_login".into(), "refuse-new".into());
+    })
+    .await;
+    let killed = NodeProcess::start(&redis, &etcd).await;
+    let killed_id = killed.id;
     wait_nodes(&a, &[1, 2]).await;
+    // A user logged in on the node that will be killed: her location names it for 60 s.
+    let mut hank = Client::ws(&format!("ws://{}/", killed.ws), false).await.expect("connect");
+    hank.login(1, &wasmgate_tests::token("hank")).await.expect("login");
+    let mut refused = a.ws(false).await;
+    refused.send(1, wasmgate_tests::token("hank").as_bytes()).await.expect("send");
+    wasmgate_tests::expect_error_then_close(&mut refused, "duplicate_login", Some(4003)).await;
+
     let started = std::time::Instant::now();
-    runtime.shutdown_background();
+    drop(killed); // SIGKILL: no revoke, no release, no location delete
     wait_nodes(&a, &[a.gateway.node_id()]).await;
     let gone_after = started.elapsed();
     assert!(gone_after < Duration::from_secs(TTL_S + 3), "left discovery after {gone_after:?}");
-    wait_until("the crashed node's id key expires", || async {
+    // Her location still names the dead node, but its node is gone: the login takes it over.
+    let location: String = redis.query(redis::cmd("GET").arg("wasmgate:user:hank")).await;
+    assert!(location.starts_with(&format!("{killed_id}:")), "{location}");
+    let _hank_again = a.logged_in_ws("hank").await;
+    wait_until("the killed node's id key expires", || async {
         let held: Option<String> =
-            redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{crashed_id}"))).await;
+            redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{killed_id}"))).await;
         held.is_none()
     })
     .await;
     let d = node(Some(&redis), Some(&etcd)).await;
-    assert_eq!(d.gateway.node_id(), crashed_id, "the id is claimable again");
-    drop(crashing);
+    assert_eq!(d.gateway.node_id(), killed_id, "the id is claimable again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

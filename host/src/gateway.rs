@@ -325,7 +325,7 @@ impl RunningGateway {
                 tcp_addr: tcp_addr.map(|a| a.to_string()),
                 admin_addr: admin_addr.map(|a| a.to_string()),
             };
-            cluster.start(core.registry.clone(), core.rooms.clone(), advertised);
+            cluster.start(core.registry.clone(), core.rooms.clone(), core.upstreams.clone(), advertised);
         }
         let watcher = watch::MapWatcher::start(core.clone())?;
         tracing::info!(node = core.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");

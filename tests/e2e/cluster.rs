@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use wasmgate_examples::backend::BackendOptions;
 use wasmgate_tests::servers::{EtcdServer, RedisServer};
-use wasmgate_tests::{ADMIN_TOKEN, Client, Harness, PROMPT, wait_until, with_admin_token};
+use wasmgate_tests::{
+    ADMIN_TOKEN, Backend, Client, Harness, PROMPT, wait_until, with_admin_token, write_dest_map,
+};
 
 const JOIN: u32 = 5;
 const ROOM_MESSAGE: u32 = 7;
@@ -323,4 +326,48 @@ async fn without_redis_and_etcd_the_gateway_runs_standalone() {
     assert!(h.gateway.nodes().is_empty());
     let (status, listed) = h.admin("GET", "/cluster/nodes", "", false, Some(ADMIN_TOKEN)).await;
     assert_eq!((status, listed), (200, json!({"node_id": 1, "nodes": []})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_relay_to_a_dest_only_another_node_has_crosses_the_bus_and_the_reply_comes_back() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    // Node a: its backend (dest 101) relays message 102 to dest 300, which a does not have.
+    let maps_a = tempfile::tempdir().expect("temp dir");
+    let relaying = Backend::start_with(loopback(), BackendOptions { relay_to: 300 }).await;
+    write_dest_map(&maps_a, &[(101, relaying.addr)]);
+    // Node b: dest 300 -> a backend that answers a relayed message with a reply to its session.
+    let maps_b = tempfile::tempdir().expect("temp dir");
+    let answering = Backend::start(loopback()).await;
+    write_dest_map(&maps_b, &[(101, answering.addr), (300, answering.addr)]);
+    let in_cluster = |maps: std::path::PathBuf| {
+        let (redis_url, etcd_url) = (redis.url(), etcd.endpoint());
+        move |c: &mut wasmgate::Config| {
+            c.node.id = 1;
+            c.maps.dest_map = Some(maps);
+            c.cluster.redis_url = Some(redis_url);
+            c.cluster.etcd_endpoints = vec![etcd_url];
+            c.cluster.ttl_s = TTL_S;
+        }
+    };
+    let a = Harness::start_with(in_cluster(maps_a.path().join("dest_map.json"))).await;
+    let b = Harness::start_with(in_cluster(maps_b.path().join("dest_map.json"))).await;
+    b.wait_upstream(300, 1).await;
+    wait_until("node a sees that node b has dest 300", || async {
+        a.gateway.nodes().iter().any(|n| n.id == b.gateway.node_id() && n.dests == [101, 300])
+    })
+    .await;
+
+    let mut client = a.logged_in_ws("ivan").await;
+    for i in 0..3 {
+        let body = format!("across {i}");
+        let seq = client.send(102, body.as_bytes()).await.expect("send");
+        let (reply, _) = client.recv_reply(102, seq, PROMPT).await.expect("the relayed reply");
+        assert_eq!(reply.body, format!("relayed from 101: {body}").as_bytes());
+    }
+    let (_, text) = b.admin_get("/metrics").await;
+    assert!(wasmgate_tests::metric(&text, "wasmgate_cluster_messages_total{outcome=\"received\"}") >= 3.0);
+}
+
+fn loopback() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }

@@ -2,7 +2,9 @@
 //!
 //! Messages are backend-protocol frames ([`BackendFrame`]: `Reply` as push-to-session,
 //! `PushUser`, `PushRoom`, `PushAll`, `Kick`) prefixed by the publishing node's id:
-//! `<origin u32 BE><frame as on a backend connection>`. Each node subscribes to its own channel
+//! `<origin u32 BE><frame as on a backend connection>`. A backend -> backend relay for a dest
+//! this node has no pool for goes to a node that has one (its registration lists its dests)
+//! as `<origin | 0x8000_0000 u32 BE><dest u32 BE><Relayed frame>`, into that dest's pool. Each node subscribes to its own channel
 //! `<prefix>:bus:<id>` and to `<prefix>:bus:all`, and delivers what it receives to its local
 //! sessions and rooms (never re-publishing), skipping its own broadcasts.
 //!
@@ -28,11 +30,16 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
+use super::discovery::NodeTable;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::protocol::backend::{BackendCodec, BackendFrame};
 use crate::protocol::client::SharedPacket;
 use crate::rooms::Rooms;
 use crate::session::{CloseReason, Registry};
+use crate::upstream::Upstreams;
+
+/// Set in the origin word of a message that carries a target dest (a relay).
+const TO_DEST: u32 = 0x8000_0000;
 
 /// Publishes to the node a user's location names, unless it is this node.
 /// KEYS[1] user key; ARGV[1] channel prefix, ARGV[2] this node's id, ARGV[3] payload.
@@ -86,6 +93,7 @@ pub struct Relay {
     tx: mpsc::Sender<Op>,
     node_id: u32,
     metrics: Metrics,
+    nodes: Arc<NodeTable>,
 }
 
 impl Relay {
@@ -114,6 +122,22 @@ impl Relay {
         if let Some(payload) = self.envelope(frame) {
             self.enqueue(Op::PushUser { user: user.to_string(), payload });
         }
+    }
+
+    /// Sends `frame` (a `Relayed`) to the pool of `dest` on another node that has one, picked
+    /// among them by `key % n` (so one session's relays keep to one node, in order). Returns
+    /// the node, or `None` when no node in discovery lists `dest`.
+    pub fn to_dest(&self, dest: u32, key: u64, frame: BackendFrame) -> Option<u32> {
+        let nodes = self.nodes.with_dest(dest, self.node_id);
+        let node = nodes.get((key % nodes.len().max(1) as u64) as usize)?.id;
+        let mut buf = BytesMut::new();
+        buf.put_u32(self.node_id | TO_DEST);
+        buf.put_u32(dest);
+        match BackendCodec::default().encode(frame, &mut buf) {
+            Ok(()) => self.enqueue(Op::Publish { node: Some(node), payload: buf.freeze() }),
+            Err(e) => tracing::warn!("cannot encode a bus message: {e}"),
+        }
+        Some(node)
     }
 
     /// Closes `session` of node `node` as replaced by a newer login of its user (4006).
@@ -183,6 +207,7 @@ fn location(node: u32, session: u64) -> String {
 }
 
 /// The relay and the writer task that drains it (spawn the future).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn relay(
     conn: ConnectionManager,
     keys: Keys,
@@ -190,10 +215,11 @@ pub(super) fn relay(
     queue_len: usize,
     location_ttl: Duration,
     metrics: Metrics,
+    nodes: Arc<NodeTable>,
     stop: CancellationToken,
 ) -> (Relay, impl std::future::Future<Output = ()>) {
     let (tx, rx) = mpsc::channel(queue_len.max(1));
-    let relay = Relay { tx, node_id, metrics: metrics.clone() };
+    let relay = Relay { tx, node_id, metrics: metrics.clone(), nodes };
     (relay.clone(), writer(conn, keys, rx, relay, location_ttl, stop))
 }
 
@@ -307,6 +333,7 @@ pub(super) struct Local {
     pub node_id: u32,
     pub registry: Arc<Registry>,
     pub rooms: Arc<Rooms>,
+    pub upstreams: Upstreams,
     pub metrics: Metrics,
 }
 
@@ -351,12 +378,25 @@ async fn deliver(local: &Local, payload: &[u8]) {
     if origin == local.node_id {
         return; // our own broadcast
     }
+    let (origin, dest) = match origin & TO_DEST {
+        0 => (origin, None),
+        _ if buf.len() >= 4 => (origin & !TO_DEST, Some(buf.get_u32())),
+        _ => return tracing::warn!("bus relay shorter than its header; ignored"),
+    };
     let frame = match BackendCodec::default().decode(&mut buf) {
         Ok(Some(frame)) => frame,
         Ok(None) => return tracing::warn!(origin, "truncated bus message; ignored"),
         Err(e) => return tracing::warn!(origin, "undecodable bus message: {e}"),
     };
     local.metrics.cluster_messages.get_or_create(&OutcomeLabel { outcome: "received" }).inc();
+    if let Some(dest) = dest {
+        // Into this node's pool only: a relay crosses the bus at most once.
+        let key = match &frame {
+            BackendFrame::Relayed { session_id, .. } => *session_id,
+            _ => 0,
+        };
+        return local.upstreams.relay_here(dest, key, frame);
+    }
     match frame {
         BackendFrame::Reply { session_id, msg_id, seq, body } => {
             if let Some(session) = local.registry.get(session_id) {

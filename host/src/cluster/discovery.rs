@@ -33,6 +33,10 @@ pub struct NodeInfo {
     pub admin_addr: Option<String>,
     /// Current load: open sessions.
     pub load: u64,
+    /// Dest ids this node has a queue pool for (its `dest_map`), ascending: where a
+    /// backend -> backend relay for a dest this node lacks is sent. Absent: none.
+    #[serde(default)]
+    pub dests: Vec<u32>,
     /// Software version.
     pub version: String,
 }
@@ -81,6 +85,19 @@ impl NodeTable {
             Pick::Random => None,
             Pick::LeastLoaded => nodes.into_iter().min_by_key(|n| (n.load, n.id)),
         }
+    }
+
+    /// The nodes other than `except` that have a pool for `dest`, ordered by id.
+    pub fn with_dest(&self, dest: u32, except: u32) -> Vec<NodeInfo> {
+        let mut nodes: Vec<NodeInfo> = self
+            .nodes
+            .read()
+            .values()
+            .filter(|n| n.id != except && n.dests.binary_search(&dest).is_ok())
+            .cloned()
+            .collect();
+        nodes.sort_by_key(|n| n.id);
+        nodes
     }
 
     fn replace(&self, nodes: BTreeMap<String, NodeInfo>) {
@@ -176,6 +193,7 @@ mod tests {
             admin_addr: None,
             load,
             version: "0".into(),
+            dests: vec![100, 300],
         }
     }
 
@@ -192,7 +210,16 @@ mod tests {
         assert_eq!(table.pick("gateway", Pick::LeastLoaded).map(|n| n.id), Some(1));
         assert!(table.pick("gateway", Pick::Random).is_some_and(|n| n.node_type == "gateway"));
         assert!(table.pick("chat", Pick::Random).is_none());
+        assert_eq!(table.with_dest(300, 1).iter().map(|n| n.id).collect::<Vec<_>>(), [3, 7]);
+        assert!(table.with_dest(301, 0).is_empty());
         table.remove("b");
         assert_eq!(table.pick("gateway", Pick::LeastLoaded).map(|n| n.id), Some(3));
+    }
+
+    #[test]
+    fn node_info_without_dests_still_parses() {
+        let json = br#"{"id":4,"type":"game","name":"g","ws_addr":null,"tcp_addr":null,"admin_addr":null,"load":0,"version":"1"}"#;
+        let (_, node) = parse(b"/wasmgate/nodes/g/4", json).expect("parses");
+        assert!(node.dests.is_empty());
     }
 }

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rooms::Rooms;
 use crate::session::Registry;
+use crate::upstream::Upstreams;
 
 /// How long joining waits for Redis or etcd before the start fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +84,7 @@ impl Cluster {
         let ttl = Duration::from_secs(settings.ttl_s);
         let mut node_id = config.node.id;
         let mut relay = None;
+        let nodes = Arc::<NodeTable>::default();
         let redis = match &settings.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.as_str()).context("cluster.redis_url")?;
@@ -102,6 +104,7 @@ impl Cluster {
                     settings.queue_len,
                     location_ttl,
                     metrics.clone(),
+                    nodes.clone(),
                     stop.clone(),
                 );
                 tasks.spawn(writer);
@@ -122,7 +125,7 @@ impl Cluster {
         Ok(Some(Self {
             node_id,
             relay,
-            nodes: Arc::default(),
+            nodes,
             redis,
             etcd,
             config: settings.clone(),
@@ -134,9 +137,16 @@ impl Cluster {
         }))
     }
 
-    /// Starts holding the id, refreshing user locations, receiving the bus, registering in
-    /// etcd and watching discovery.
-    pub fn start(&self, registry: Arc<Registry>, rooms: Arc<Rooms>, advertised: Advertised) {
+    /// Starts holding the id, refreshing user locations, receiving the bus (delivering into
+    /// `registry`, `rooms` and, for relays, `upstreams`), registering in etcd (with the dests
+    /// of `upstreams`) and watching discovery.
+    pub fn start(
+        &self,
+        registry: Arc<Registry>,
+        rooms: Arc<Rooms>,
+        upstreams: Upstreams,
+        advertised: Advertised,
+    ) {
         let ttl = Duration::from_secs(self.config.ttl_s);
         let keys = bus::Keys { prefix: self.config.prefix.clone() };
         if let Some(redis) = &self.redis {
@@ -160,6 +170,7 @@ impl Cluster {
                 node_id: self.node_id,
                 registry: registry.clone(),
                 rooms,
+                upstreams: upstreams.clone(),
                 metrics: self.metrics.clone(),
             };
             self.tasks.spawn(bus::subscribe(redis.client.clone(), keys, local, self.stop.clone()));
@@ -176,6 +187,7 @@ impl Cluster {
                 admin_addr: advertised.admin_addr.clone(),
                 load: registry.len() as u64,
                 version: env!("CARGO_PKG_VERSION").into(),
+                dests: upstreams.dests(),
             };
             self.tasks.spawn(registration::run(etcd.clone(), key, ttl, info, self.stop.clone()));
             self.tasks.spawn(discovery::watch(

@@ -107,7 +107,22 @@ pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: Ba
     }
 }
 
+/// A backend -> backend relay: into this node's pool of `dest`, or, when this node has none,
+/// over the bus to a node whose registration lists `dest` (docs/cluster.md).
 fn relay(shared: &Arc<Shared>, dest: u32, key: u64, frame: BackendFrame) {
+    if shared.table.load().contains_key(&dest) {
+        return relay_local(shared, dest, key, frame);
+    }
+    if let Some(node) = shared.relay.as_ref().and_then(|r| r.to_dest(dest, key, frame)) {
+        tracing::debug!(dest, node, "relay sent to the node that has the dest");
+        return;
+    }
+    shared.metrics.undeliverable.inc();
+    tracing::warn!(dest, "relay to a dest in no dest_map of the cluster; dropped");
+}
+
+/// A relay into this node's pool of `dest` (counted and logged when it cannot be queued).
+pub(super) fn relay_local(shared: &Shared, dest: u32, key: u64, frame: BackendFrame) {
     let table = shared.table.load();
     let Some(pool) = table.get(&dest) else {
         shared.metrics.undeliverable.inc();

@@ -148,6 +148,20 @@ impl Upstreams {
         result
     }
 
+    /// The dest ids with a pool, ascending (advertised in the cluster registration).
+    pub fn dests(&self) -> Vec<u32> {
+        let mut dests: Vec<u32> = self.shared.table.load().keys().copied().collect();
+        dests.sort_unstable();
+        dests
+    }
+
+    /// Queues a backend -> backend `frame` (a `Relayed`) that another node sent over the bus
+    /// into this node's pool of `dest`, without waiting; counted and logged when it cannot be
+    /// (no such dest here any more, queue full, connection down). Never goes back on the bus.
+    pub fn relay_here(&self, dest: u32, key: u64, frame: BackendFrame) {
+        dispatch::relay_local(&self.shared, dest, key, frame);
+    }
+
     /// Number of pool connections currently up for `dest` (0 if unknown).
     pub fn connections_up(&self, dest: u32) -> usize {
         self.shared.table.load().get(&dest).map_or(0, |p| p.connections_up())

@@ -40,6 +40,40 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub user_centre: UserCentreConfig,
+    pub config_centre: ConfigCentreConfig,
+}
+
+/// Configuration and maps kept in etcd (seed 000 step 1's config centre; docs/cluster.md).
+/// Off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigCentreConfig {
+    /// Read `wasmgate.toml` (merged over this file), `dest_map.json` and `message_map.json`
+    /// from etcd keys under [`ConfigCentreConfig::key_prefix`], and watch the maps.
+    pub enabled: bool,
+    /// etcd endpoints; empty: `cluster.etcd_endpoints`.
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix; `None`: `/<cluster.prefix>/config/<node.name>/`.
+    pub prefix: Option<String>,
+}
+
+impl Config {
+    /// The etcd endpoints of the config centre: its own, else the cluster's.
+    pub fn config_centre_endpoints(&self) -> &[String] {
+        match self.config_centre.etcd_endpoints.as_slice() {
+            [] => &self.cluster.etcd_endpoints,
+            own => own,
+        }
+    }
+
+    /// The config centre's key prefix (ends with `/`).
+    pub fn config_centre_prefix(&self) -> String {
+        match &self.config_centre.prefix {
+            Some(prefix) if prefix.ends_with('/') => prefix.clone(),
+            Some(prefix) => format!("{prefix}/"),
+            None => format!("/{}/config/{}/", self.cluster.prefix, self.node.name),
+        }
+    }
 }
 
 /// User-centre notifications: each login and disconnect POSTed as JSON (seed 000 steps
@@ -466,9 +500,23 @@ impl Config {
     /// Reads and validates a TOML file. Relative paths inside it (maps, scripts) are resolved
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_table(Self::read_table(path)?, path)
+    }
+
+    /// The TOML table of the file at `path`, unchecked. Errors: [`ConfigError::Read`],
+    /// [`ConfigError::Parse`].
+    pub fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut config: Config = toml::from_str(&text)
+        toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    /// The configuration a TOML `table` describes, relative paths resolved against `path`'s
+    /// directory, validated. Errors: [`ConfigError::Parse`] (named after `path`),
+    /// [`ConfigError::Invalid`].
+    pub fn from_table(table: toml::Table, path: &Path) -> Result<Self, ConfigError> {
+        let mut config = Config::deserialize(toml::Value::Table(table))
             .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
         if let Some(dir) = path.parent() {
             config.resolve_paths(dir);
@@ -503,6 +551,12 @@ impl Config {
         }
         if !matches!(self.tcp.len_msg_len, 2 | 4) {
             return Err(invalid("tcp.len_msg_len", "must be 2 or 4"));
+        }
+        if self.config_centre.enabled && self.config_centre_endpoints().is_empty() {
+            return Err(invalid(
+                "config_centre.etcd_endpoints",
+                "must list etcd endpoints (or set cluster.etcd_endpoints) when the config centre is enabled",
+            ));
         }
         let frame_max = self.limits.max_msg_len + crate::protocol::client::HEADER_LEN;
         if self.tcp.len_msg_len == 2 && frame_max > u16::MAX as usize {

@@ -31,7 +31,7 @@ use crate::script::{
 use crate::session::{CloseReason, Registry, SessionIdGen};
 use crate::upstream::{NodeIdentity, Upstreams};
 use crate::user_centre::UserCentre;
-use crate::{admin, embedded, transport, watch};
+use crate::{admin, config_centre, embedded, transport, watch};
 
 /// Everything a session or listener needs, shared by all of them.
 pub(crate) struct Core {
@@ -181,14 +181,21 @@ pub(crate) fn message_routes(map: &MessageMap) -> Vec<MessageRoute> {
     maps::dest_routes(map).map(|(msg_id, dest_id)| MessageRoute { msg_id, dest_id }).collect()
 }
 
-fn initial_maps(config: &Config) -> anyhow::Result<(DestMap, MessageMap)> {
-    let dest_text = match &config.maps.dest_map {
-        Some(path) => maps::read(path)?,
-        None => maps::embedded::DEST_MAP.to_string(),
+/// The maps at start: from the config centre's keys when they exist, else the files, else the
+/// embedded example maps.
+fn initial_maps(
+    config: &Config,
+    centre: Option<&config_centre::Maps>,
+) -> anyhow::Result<(DestMap, MessageMap)> {
+    let dest_text = match (centre.and_then(|c| c.dest_map.clone()), &config.maps.dest_map) {
+        (Some(text), _) => text,
+        (None, Some(path)) => maps::read(path)?,
+        (None, None) => maps::embedded::DEST_MAP.to_string(),
     };
-    let message_text = match &config.maps.message_map {
-        Some(path) => maps::read(path)?,
-        None => maps::embedded::MESSAGE_MAP.to_string(),
+    let message_text = match (centre.and_then(|c| c.message_map.clone()), &config.maps.message_map) {
+        (Some(text), _) => text,
+        (None, Some(path)) => maps::read(path)?,
+        (None, None) => maps::embedded::MESSAGE_MAP.to_string(),
     };
     Ok((maps::parse_dest_map(&dest_text)?, maps::parse_message_map(&message_text)?))
 }
@@ -212,7 +219,17 @@ impl RunningGateway {
     pub async fn start(mut config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = Metrics::new();
-        let (dest_map, message_map) = initial_maps(&config)?;
+        let centre_maps = config_centre::read_maps(&config).await?;
+        if let Some(centre) = &centre_maps {
+            // Maps held in etcd replace the files, which are then not read nor watched.
+            if centre.dest_map.is_some() {
+                config.maps.dest_map = None;
+            }
+            if centre.message_map.is_some() {
+                config.maps.message_map = None;
+            }
+        }
+        let (dest_map, message_map) = initial_maps(&config, centre_maps.as_ref())?;
 
         let limits = Limits {
             deadline: Duration::from_millis(config.scripts.deadline_ms),
@@ -326,6 +343,9 @@ impl RunningGateway {
                 admin_addr: admin_addr.map(|a| a.to_string()),
             };
             cluster.start(core.registry.clone(), core.rooms.clone(), core.upstreams.clone(), advertised);
+        }
+        if let Some(centre) = centre_maps {
+            core.tasks.spawn(centre.watch(core.clone()));
         }
         let watcher = watch::MapWatcher::start(core.clone())?;
         tracing::info!(node = core.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");

@@ -18,11 +18,13 @@
 //! [`session`] (ids, handles, registry, the per-connection driver), [`script`] (the wasmtime
 //! host), [`upstream`] (queue pools to backends), [`protocol`] (client and backend wire
 //! formats), [`maps`] and [`watch`] (`dest_map`/`message_map`), [`metrics`], [`admin`],
-//! [`cluster`] (Redis identity and bus, etcd registration and discovery).
+//! [`cluster`] (Redis identity and bus, etcd registration and discovery), [`config_centre`]
+//! (config and maps from etcd).
 
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod config_centre;
 pub mod embedded;
 mod gateway;
 pub mod maps;

@@ -136,7 +136,10 @@ async fn main() -> anyhow::Result<()> {
             admin_call(&load_config(&cli.config)?, admin, "GET", "/scripts", vec![]).await
         }
         Command::Run => {
-            let config = load_config(&cli.config)?;
+            let config = match &cli.config {
+                Some(path) => wasmgate::config_centre::load(path).await?,
+                None => Config::default(),
+            };
             let gateway = RunningGateway::start(config).await.context("starting wasmgate")?;
             wait_for_signal().await?;
             tracing::info!("shutting down (a second signal exits at once)");

@@ -129,32 +129,47 @@ async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
     let result = match kind {
         MapKind::Script(_) => return,
         MapKind::Handlers => apply_manifest(core).await,
-        MapKind::Dest => maps::read(path).and_then(|t| maps::parse_dest_map(&t)).map(|map| {
-            core.upstreams.apply(&map);
-            format!("{} dests", map.len())
-        }),
-        MapKind::Message => match maps::read(path).and_then(|t| maps::parse_message_map(&t)) {
-            Ok(map) => {
-                let invalid =
-                    |e: ScriptError| maps::MapError::Invalid { what: "message_map", message: e.to_string() };
-                match core.handlers.apply(Some(maps::script_routes(&map))).await {
-                    Ok(applied) => match core.router.reload(message_routes(&map)).await {
-                        Ok(()) => Ok(format!("{} message ids; handler scripts: {applied}", map.len())),
-                        Err(e) => Err(invalid(e)),
-                    },
-                    Err(e) => Err(invalid(e)),
-                }
-            }
+        MapKind::Dest => match maps::read(path) {
+            Ok(text) => apply_dest_map(core, &text),
+            Err(e) => Err(e),
+        },
+        MapKind::Message => match maps::read(path) {
+            Ok(text) => apply_message_map(core, &text).await,
             Err(e) => Err(e),
         },
     };
+    record(core, &path.display().to_string(), result);
+}
+
+/// Applies `dest_map.json` text live (only changed pools rebuilt); returns a summary.
+/// Errors: the text is not a valid dest map (the running table stays).
+pub(crate) fn apply_dest_map(core: &Core, text: &str) -> Result<String, maps::MapError> {
+    let map = maps::parse_dest_map(text)?;
+    core.upstreams.apply(&map);
+    Ok(format!("{} dests", map.len()))
+}
+
+/// Applies `message_map.json` text live: handler scripts it names brought in, replaced or
+/// retired, then the router re-initialised with it; returns a summary. Errors: an invalid
+/// map, or a script that cannot be loaded or refuses it (the running map stays).
+pub(crate) async fn apply_message_map(core: &Core, text: &str) -> Result<String, maps::MapError> {
+    let map = maps::parse_message_map(text)?;
+    let invalid = |e: ScriptError| maps::MapError::Invalid { what: "message_map", message: e.to_string() };
+    let applied = core.handlers.apply(Some(maps::script_routes(&map))).await.map_err(invalid)?;
+    core.router.reload(message_routes(&map)).await.map_err(invalid)?;
+    Ok(format!("{} message ids; handler scripts: {applied}", map.len()))
+}
+
+/// Logs a reload of `origin` (a path or an etcd key) and counts it in
+/// `wasmgate_map_reloads_total{reason="ok"|"invalid"}`.
+pub(crate) fn record(core: &Core, origin: &str, result: Result<String, maps::MapError>) {
     let reason = match &result {
         Ok(summary) => {
-            tracing::info!(path = %path.display(), "map reloaded: {summary}");
+            tracing::info!(origin, "map reloaded: {summary}");
             "ok"
         }
         Err(e) => {
-            tracing::error!(path = %path.display(), "map reload rejected, keeping the running map: {e}");
+            tracing::error!(origin, "map reload rejected, keeping the running map: {e}");
             "invalid"
         }
     };

@@ -2,6 +2,7 @@
 //! components. One test binary (linking wasmtime once), one module per area.
 
 mod cluster;
+mod config_centre;
 mod deploy;
 mod duplicate;
 mod frames;

@@ -151,6 +151,12 @@ impl EtcdServer {
     }
 
     /// The keys under `prefix`.
+    /// Puts `value` at `key`.
+    pub async fn put(&self, key: &str, value: &str) {
+        let mut client = etcd_client::Client::connect([self.endpoint()], None).await.expect("etcd connect");
+        client.put(key, value, None).await.expect("etcd put");
+    }
+
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         let mut client = etcd_client::Client::connect([self.endpoint()], None).await.expect("etcd connect");
         let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();

@@ -2,18 +2,17 @@
 //! seed 004's `INode` queries on it (pick one of a type at random or least loaded, list by
 //! type, all, by id, has).
 //!
-//! The watch starts from the revision of a full read, so no change between the two is missed;
-//! when the watch breaks (etcd restarted, compaction) the table is read again in full.
+//! The table follows the registration prefix ([`super::etcd_watch`]: a full read, then a
+//! watch; read again in full when the watch breaks).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::etcd_watch::Change;
 use crate::metrics::Metrics;
 
 /// What a node registers (the etcd value, JSON). Other services may register in the same
@@ -117,10 +116,9 @@ impl NodeTable {
     }
 }
 
-fn parse(key: &[u8], value: &[u8]) -> Option<(String, NodeInfo)> {
-    let key = String::from_utf8_lossy(key).into_owned();
+fn parse(key: &str, value: &[u8]) -> Option<(String, NodeInfo)> {
     match serde_json::from_slice(value) {
-        Ok(node) => Some((key, node)),
+        Ok(node) => Some((key.to_string(), node)),
         Err(e) => {
             tracing::warn!(key, "ignoring a registration that is not node info JSON: {e}");
             None
@@ -130,53 +128,27 @@ fn parse(key: &[u8], value: &[u8]) -> Option<(String, NodeInfo)> {
 
 /// Keeps `table` equal to what etcd holds under `prefix` until `shutdown`.
 pub(super) async fn watch(
-    mut client: etcd_client::Client,
+    client: etcd_client::Client,
     prefix: String,
     table: Arc<NodeTable>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let synced = async {
-            let all = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
-            let revision = all.header().map_or(0, |h| h.revision());
-            table.replace(all.kvs().iter().filter_map(|kv| parse(kv.key(), kv.value())).collect());
-            metrics.cluster_nodes.set(table.len() as i64);
-            let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-            let mut stream = client.watch(prefix.as_str(), Some(options)).await?;
-            while let Some(response) = stream.message().await? {
-                if response.canceled() {
-                    break;
-                }
-                for event in response.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    match event.event_type() {
-                        EventType::Put => {
-                            if let Some((key, node)) = parse(kv.key(), kv.value()) {
-                                table.put(key, node);
-                            }
-                        }
-                        EventType::Delete => table.remove(&String::from_utf8_lossy(kv.key())),
-                    }
-                }
-                metrics.cluster_nodes.set(table.len() as i64);
+    super::etcd_watch::follow(client, prefix, "node registrations", shutdown, |change| {
+        match change {
+            Change::Snapshot(all) => {
+                table.replace(all.iter().filter_map(|(k, v)| parse(k, v.as_bytes())).collect())
             }
-            Ok::<_, etcd_client::Error>(())
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            result = synced => match result {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => tracing::warn!("etcd discovery watch failed, resyncing in {backoff:?}: {e}"),
-            },
+            Change::Put(key, value) => {
+                if let Some((key, node)) = parse(&key, value.as_bytes()) {
+                    table.put(key, node);
+                }
+            }
+            Change::Delete(key) => table.remove(&key),
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+        metrics.cluster_nodes.set(table.len() as i64);
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -219,7 +191,7 @@ mod tests {
     #[test]
     fn node_info_without_dests_still_parses() {
         let json = br#"{"id":4,"type":"game","name":"g","ws_addr":null,"tcp_addr":null,"admin_addr":null,"load":0,"version":"1"}"#;
-        let (_, node) = parse(b"/wasmgate/nodes/g/4", json).expect("parses");
+        let (_, node) = parse("/wasmgate/nodes/g/4", json).expect("parses");
         assert!(node.dests.is_empty());
     }
 }

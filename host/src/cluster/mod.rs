@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod discovery;
+pub mod etcd_watch;
 pub mod location;
 mod node_id;
 mod registration;

@@ -55,6 +55,7 @@ pub mod router {
         with: {
             "wasmgate:gateway/types@0.1.0": crate::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host@0.1.0": crate::auth::wasmgate::gateway::host,
+            "wasmgate:gateway/cluster@0.1.0": crate::auth::wasmgate::gateway::cluster,
         },
     });
 
@@ -74,6 +75,7 @@ pub mod rooms {
         with: {
             "wasmgate:gateway/types@0.1.0": crate::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host@0.1.0": crate::auth::wasmgate::gateway::host,
+            "wasmgate:gateway/cluster@0.1.0": crate::auth::wasmgate::gateway::cluster,
         },
     });
 
@@ -96,11 +98,21 @@ pub mod handler {
         with: {
             "wasmgate:gateway/types@0.1.0": crate::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host@0.1.0": crate::auth::wasmgate::gateway::host,
+            "wasmgate:gateway/cluster@0.1.0": crate::auth::wasmgate::gateway::cluster,
         },
     });
 
     pub use self::exports::wasmgate::gateway::handler::{Answer, Guest, HandlerError, Outcome};
     pub use crate::auth::wasmgate::gateway::types::{Packet, Session, Transport};
+}
+
+/// The cluster as this node sees it (seed 004's `INode` API): discovery and sends to nodes'
+/// backends. Every function returns at once.
+pub mod cluster {
+    pub use crate::auth::wasmgate::gateway::cluster::{
+        NodeInfo, Pick, SendError, broadcast_to_type, node, nodes, pick_node, self_id, send_to_node,
+        send_to_type,
+    };
 }
 
 /// Host capabilities every script may call.

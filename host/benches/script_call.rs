@@ -63,6 +63,7 @@ fn main() {
             instances: 1,
             cache_dir: None,
             engine: Default::default(),
+            services: Default::default(),
         };
         let routes: Vec<MessageRoute> =
             (100..200).map(|m| MessageRoute { msg_id: m, dest_id: 101 }).collect();

@@ -25,6 +25,7 @@ use crate::script::bindings::MessageRoute;
 use crate::script::deploy::version_id;
 use crate::script::engine::EngineSettings;
 use crate::script::manifest::Manifest;
+use crate::script::services::{ClusterAccess, Services};
 use crate::script::{
     Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptSource,
 };
@@ -231,12 +232,14 @@ impl RunningGateway {
         }
         let (dest_map, message_map) = initial_maps(&config, centre_maps.as_ref())?;
 
+        let services = Arc::new(Services::default());
         let limits = Limits {
             deadline: Duration::from_millis(config.scripts.deadline_ms),
             memory_bytes: config.scripts.memory_bytes,
             instances: config.scripts.instances,
             cache_dir: config.scripts.cache_dir.as_deref().map(Into::into),
             engine: EngineSettings::of(&config.scripts.pooling),
+            services: services.clone(),
         };
         let manifest = match &config.scripts.dir {
             Some(dir) => Manifest::read(dir)?,
@@ -344,6 +347,12 @@ impl RunningGateway {
             };
             cluster.start(core.registry.clone(), core.rooms.clone(), core.upstreams.clone(), advertised);
         }
+        services.connect(ClusterAccess {
+            node_id: core.config.node.id,
+            nodes: core.cluster.as_ref().map(|c| c.nodes.clone()),
+            relay: core.relay().cloned(),
+            upstreams: core.upstreams.clone(),
+        });
         if let Some(centre) = centre_maps {
             core.tasks.spawn(centre.watch(core.clone()));
         }

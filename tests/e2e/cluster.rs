@@ -371,3 +371,60 @@ async fn a_backend_relay_to_a_dest_only_another_node_has_crosses_the_bus_and_the
 fn loopback() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
+
+/// A node whose `message_map` sends 114-116 to the counter handler script, which uses the
+/// `cluster` host interface.
+async fn scripted_node(redis: &RedisServer, etcd: &EtcdServer) -> (Harness, tempfile::TempDir) {
+    let scripts = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(wasmgate_tests::COUNTER_HANDLER, scripts.path().join("counter.wasm")).expect("copy");
+    let manifest = "[[script]]\nname = \"counter\"\nworld = \"handler\"\nfile = \"counter.wasm\"\n";
+    std::fs::write(scripts.path().join("manifest.toml"), manifest).expect("manifest");
+    let mut map: serde_json::Map<String, Value> =
+        (100..=106).map(|id| (id.to_string(), json!(101))).collect();
+    for id in 114..=116 {
+        map.insert(id.to_string(), json!("counter"));
+    }
+    std::fs::write(scripts.path().join("message_map.json"), Value::Object(map).to_string()).expect("map");
+    let (redis_url, etcd_url, dir) = (redis.url(), etcd.endpoint(), scripts.path().to_path_buf());
+    let h = Harness::start_with(move |c| {
+        c.node.id = 1;
+        c.cluster.redis_url = Some(redis_url);
+        c.cluster.etcd_endpoints = vec![etcd_url];
+        c.cluster.ttl_s = TTL_S;
+        c.maps.message_map = Some(dir.join("message_map.json"));
+        c.scripts.dir = Some(dir);
+    })
+    .await;
+    (h, scripts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_see_the_node_table_and_send_to_the_backends_of_every_node() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let ((a, _a_dir), (b, _b_dir)) = tokio::join!(scripted_node(&redis, &etcd), scripted_node(&redis, &etcd));
+    let (ida, idb) = (a.gateway.node_id(), b.gateway.node_id());
+    wait_nodes(&a, &[ida.min(idb), ida.max(idb)]).await;
+    wait_until("node a sees node b's dests", || async { a.gateway.nodes().iter().all(|n| n.dests == [101]) })
+        .await;
+    let mut client = a.logged_in_ws("jane").await;
+
+    let seq = client.send(114, b"").await.expect("send");
+    let (answer, _) = client.recv_reply(114, seq, PROMPT).await.expect("node table");
+    let expected = format!("self={ida} nodes={},{}", ida.min(idb), ida.max(idb));
+    assert_eq!(String::from_utf8_lossy(&answer.body), expected);
+
+    // A broadcast to the dest-101 backend of every gateway node: both backends answer the
+    // session named in the relay, b's answer crossing back over the bus.
+    let seq = client.send(115, b"to every node").await.expect("send");
+    let (answer, _) = client.recv_reply(115, seq, PROMPT).await.expect("count");
+    assert_eq!(answer.body, "sent:2".as_bytes());
+    for _ in 0..2 {
+        let (relayed, _) = client.recv_reply(115, 0, PROMPT).await.expect("a backend's answer");
+        assert_eq!(relayed.body, "relayed from 0: to every node".as_bytes());
+    }
+    nothing_more(&mut client, 115).await;
+
+    let seq = client.send(116, b"").await.expect("send");
+    let (answer, _) = client.recv_reply(116, seq, PROMPT).await.expect("send error");
+    assert_eq!(answer.body, "no-such-node".as_bytes());
+}

@@ -130,14 +130,23 @@ impl Relay {
     pub fn to_dest(&self, dest: u32, key: u64, frame: BackendFrame) -> Option<u32> {
         let nodes = self.nodes.with_dest(dest, self.node_id);
         let node = nodes.get((key % nodes.len().max(1) as u64) as usize)?.id;
+        self.to_node_dest(node, dest, frame);
+        Some(node)
+    }
+
+    /// Sends `frame` (a `Relayed`) to the pool of `dest` on node `node`. Returns whether it
+    /// was queued (`false`: the queue is full, counted as dropped).
+    pub fn to_node_dest(&self, node: u32, dest: u32, frame: BackendFrame) -> bool {
         let mut buf = BytesMut::new();
         buf.put_u32(self.node_id | TO_DEST);
         buf.put_u32(dest);
         match BackendCodec::default().encode(frame, &mut buf) {
             Ok(()) => self.enqueue(Op::Publish { node: Some(node), payload: buf.freeze() }),
-            Err(e) => tracing::warn!("cannot encode a bus message: {e}"),
+            Err(e) => {
+                tracing::warn!("cannot encode a bus message: {e}");
+                false
+            }
         }
-        Some(node)
     }
 
     /// Closes `session` of node `node` as replaced by a newer login of its user (4006).
@@ -167,10 +176,12 @@ impl Relay {
         }
     }
 
-    fn enqueue(&self, op: Op) {
-        if self.tx.try_send(op).is_err() {
+    fn enqueue(&self, op: Op) -> bool {
+        let queued = self.tx.try_send(op).is_ok();
+        if !queued {
             self.count("dropped", 1);
         }
+        queued
     }
 
     fn count(&self, outcome: &'static str, n: u64) {

@@ -22,6 +22,7 @@ pub mod router {
         with: {
             "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,
+            "wasmgate:gateway/cluster": super::auth::wasmgate::gateway::cluster,
         },
     });
 }
@@ -35,6 +36,7 @@ pub mod rooms {
         with: {
             "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,
+            "wasmgate:gateway/cluster": super::auth::wasmgate::gateway::cluster,
         },
     });
 }
@@ -48,6 +50,7 @@ pub mod handler {
         with: {
             "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,
+            "wasmgate:gateway/cluster": super::auth::wasmgate::gateway::cluster,
         },
     });
 }

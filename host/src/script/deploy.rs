@@ -271,7 +271,7 @@ async fn build<W: World>(
     metrics.script_compiles.get_or_create(&FromLabel { from: from.name() }).inc();
     check_imports(&engine, name, &component)?;
     let id = version_id(&source.bytes, &source.config_json);
-    let meta = ScriptMeta::new(name, &id, metrics.clone());
+    let meta = ScriptMeta::new(name, &id, metrics.clone(), limits.services.clone());
     let pool = ScriptPool::new(engine, meta, &component, limits, init).await?;
     Ok(Version { id, deployed_at_ms: unix_ms(), source: source.clone(), pool })
 }

@@ -16,6 +16,7 @@ pub mod handlers;
 mod hooks;
 pub mod manifest;
 pub mod pool;
+pub mod services;
 pub mod state;
 
 use std::sync::Arc;

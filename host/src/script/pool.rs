@@ -69,6 +69,8 @@ pub struct Limits {
     pub cache_dir: Option<std::sync::Arc<std::path::Path>>,
     /// Which engine compiles and runs the script (`scripts.pooling`).
     pub engine: super::engine::EngineSettings,
+    /// What host calls reach (the `cluster` interface), shared by the gateway's scripts.
+    pub services: std::sync::Arc<super::services::Services>,
 }
 
 struct Outcomes {

@@ -1,5 +1,6 @@
 //! Per-instance store state: the WASI context (everything denied) and the `host` interface
-//! every script imports (log, time, counters).
+//! every script imports (log, time, counters). The `cluster` interface is in
+//! [`super::services`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Level;
 use super::bindings::auth::wasmgate::gateway::{host, types};
+use super::services::{ClusterAccess, Services};
 use crate::metrics::{Metrics, ScriptCounterLabel};
 
 /// Longest log line a script may write, in bytes.
@@ -27,15 +29,18 @@ pub struct ScriptMeta {
     /// Version id ([`super::deploy::version_id`]).
     pub version: Arc<str>,
     pub metrics: Metrics,
+    /// What the `cluster` interface reaches.
+    pub services: Arc<Services>,
     counter_names: Mutex<HashSet<String>>,
 }
 
 impl ScriptMeta {
-    pub fn new(name: &str, version: &str, metrics: Metrics) -> Arc<Self> {
+    pub fn new(name: &str, version: &str, metrics: Metrics, services: Arc<Services>) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
             version: version.into(),
             metrics,
+            services,
             counter_names: Mutex::default(),
         })
     }
@@ -57,6 +62,13 @@ impl ScriptState {
         // stdin is empty and stdout/stderr are discarded (scripts log through `host.log`).
         let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).build();
         Self { wasi, table: ResourceTable::new(), limits, call_started: Instant::now(), meta }
+    }
+}
+
+impl ScriptState {
+    /// The gateway's cluster view, once connected.
+    pub(super) fn access(&self) -> Option<&ClusterAccess> {
+        self.meta.services.cluster()
     }
 }
 

@@ -162,6 +162,15 @@ impl Upstreams {
         dispatch::relay_local(&self.shared, dest, key, frame);
     }
 
+    /// Queues `frame` (a `Relayed` from a script) into this node's pool of `dest` without
+    /// waiting. Errors: `None` when there is no such dest here, `Some(why)` when its queue is
+    /// full or its connection down.
+    pub fn try_relay_here(&self, dest: u32, key: u64, frame: BackendFrame) -> Result<(), Option<String>> {
+        let table = self.shared.table.load();
+        let pool = table.get(&dest).ok_or(None)?;
+        pool.try_send(key, frame).map_err(|(e, _)| Some(e.to_string()))
+    }
+
     /// Number of pool connections currently up for `dest` (0 if unknown).
     pub fn connections_up(&self, dest: u32) -> usize {
         self.shared.table.load().get(&dest).map_or(0, |p| p.connections_up())

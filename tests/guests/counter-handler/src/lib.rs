@@ -6,6 +6,10 @@
 //! - msg id 111: forwarded to dest 101 (the example echo backend).
 //! - msg id 112: refused with `bad_request`.
 //! - msg id 113: traps (a panic), losing the counters.
+//! - msg id 114: answers (114) `self=<id> nodes=<id>,<id>...` from the `cluster` interface.
+//! - msg id 115: broadcasts the packet's body to the backend of dest 101 on every `gateway`
+//!   node (naming the sender's session) and answers (115) `sent:<n>`.
+//! - msg id 116: sends to node 999 and answers (116) the error's name.
 //! - `snapshot`: the counters as `user=count` lines; `restore` reads them back, or refuses
 //!   when the config has `"fail_restore":true`. `init` refuses `{"fail":true}`, and refuses
 //!   once the clock passes `fail_init_after_ms` (so an instance replacing a trapped one cannot
@@ -14,6 +18,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use wasmgate_guest::cluster;
 use wasmgate_guest::handler::{Answer, Guest, HandlerError, Outcome, Packet, Session};
 
 thread_local! {
@@ -55,6 +60,23 @@ impl Guest for Counter {
                 Outcome::Reply(Answer { msg_id: 110, body: format!("{tag}:{count}").into_bytes() })
             }
             111 => Outcome::Forward(101),
+            114 => {
+                let ids: Vec<String> = cluster::nodes(None).iter().map(|n| n.id.to_string()).collect();
+                let text = format!("self={} nodes={}", cluster::self_id(), ids.join(","));
+                Outcome::Reply(Answer { msg_id: 114, body: text.into_bytes() })
+            }
+            115 => {
+                let sent = cluster::broadcast_to_type("gateway", 101, session.id, 115, &packet.body, false);
+                Outcome::Reply(Answer { msg_id: 115, body: format!("sent:{sent}").into_bytes() })
+            }
+            116 => {
+                let answer = match cluster::send_to_node(999, 101, session.id, 116, b"x") {
+                    Ok(()) => "sent".to_string(),
+                    Err(cluster::SendError::NoSuchNode) => "no-such-node".to_string(),
+                    Err(e) => format!("{e:?}"),
+                };
+                Outcome::Reply(Answer { msg_id: 116, body: answer.into_bytes() })
+            }
             113 => panic!("counter: asked to trap"),
             _ => Outcome::Reject(HandlerError::BadRequest(format!(
                 "counter does not handle {}",

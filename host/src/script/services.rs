@@ -1,0 +1,163 @@
+//! The `cluster` interface scripts import (seed 004's `INode` API): discovery from the node
+//! table, and sends to a node's backend of a dest. Host calls never wait: a send is queued on
+//! this node's pool of the dest (`try_send`) or on the cross-node bus, or refused at once with
+//! `unavailable` — so a script's call needs no timeout of its own beyond the epoch deadline.
+//!
+//! Scripts are loaded before the gateway joins its cluster, so what the calls reach
+//! ([`ClusterAccess`]) is set once the gateway is built ([`Services::connect`]); until then
+//! (during the first `init`s) the node table is empty and sends are refused.
+
+use std::sync::{Arc, OnceLock};
+
+use super::bindings::auth::wasmgate::gateway::cluster::{self, NodeInfo, Pick, SendError};
+use super::state::ScriptState;
+use crate::cluster::Relay;
+use crate::cluster::discovery::{self, NodeTable};
+use crate::protocol::backend::BackendFrame;
+use crate::upstream::Upstreams;
+
+/// What host calls can reach beyond the script, shared by every script of a gateway.
+#[derive(Default)]
+pub struct Services {
+    cluster: OnceLock<ClusterAccess>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").field("connected", &self.cluster.get().is_some()).finish()
+    }
+}
+
+/// This node, its node table and its ways to send.
+pub struct ClusterAccess {
+    pub node_id: u32,
+    /// Discovery's table; `None` standalone.
+    pub nodes: Option<Arc<NodeTable>>,
+    /// The cross-node bus; `None` without Redis.
+    pub relay: Option<Relay>,
+    pub upstreams: Upstreams,
+}
+
+impl Services {
+    pub(super) fn cluster(&self) -> Option<&ClusterAccess> {
+        self.cluster.get()
+    }
+
+    /// Gives scripts the gateway's cluster view (once; later calls are ignored).
+    pub fn connect(&self, access: ClusterAccess) {
+        let _ = self.cluster.set(access);
+    }
+}
+
+fn to_wit(node: discovery::NodeInfo) -> NodeInfo {
+    NodeInfo {
+        id: node.id,
+        node_type: node.node_type,
+        name: node.name,
+        load: node.load,
+        version: node.version,
+        dests: node.dests,
+    }
+}
+
+impl ClusterAccess {
+    fn table(&self) -> Vec<discovery::NodeInfo> {
+        self.nodes.as_ref().map(|t| t.all()).unwrap_or_default()
+    }
+
+    /// Nodes of `node_type` that have `dest`.
+    fn candidates(&self, node_type: &str, dest: u32) -> Vec<discovery::NodeInfo> {
+        self.table().into_iter().filter(|n| n.node_type == node_type && n.dests.contains(&dest)).collect()
+    }
+
+    fn send(&self, node: u32, dest: u32, session: u64, msg_id: u32, body: Vec<u8>) -> Result<(), SendError> {
+        let frame =
+            BackendFrame::Relayed { from_dest: 0, session_id: session, msg_id, seq: 0, body: body.into() };
+        if node == self.node_id {
+            return self.upstreams.try_relay_here(dest, session, frame).map_err(|e| match e {
+                None => SendError::NoSuchDest,
+                Some(why) => SendError::Unavailable(why),
+            });
+        }
+        let info = self.nodes.as_ref().and_then(|t| t.by_id(node)).ok_or(SendError::NoSuchNode)?;
+        if !info.dests.contains(&dest) {
+            return Err(SendError::NoSuchDest);
+        }
+        let relay = self.relay.as_ref().ok_or(SendError::NoSuchNode)?;
+        match relay.to_node_dest(node, dest, frame) {
+            true => Ok(()),
+            false => Err(SendError::Unavailable("the cluster bus queue is full".into())),
+        }
+    }
+}
+
+impl cluster::Host for ScriptState {
+    fn self_id(&mut self) -> u32 {
+        self.access().map_or(0, |a| a.node_id)
+    }
+
+    fn nodes(&mut self, node_type: Option<String>) -> Vec<NodeInfo> {
+        let Some(access) = self.access() else { return Vec::new() };
+        let all = access.table().into_iter();
+        all.filter(|n| node_type.as_ref().is_none_or(|t| *t == n.node_type)).map(to_wit).collect()
+    }
+
+    fn node(&mut self, id: u32) -> Option<NodeInfo> {
+        self.access()?.nodes.as_ref()?.by_id(id).map(to_wit)
+    }
+
+    fn pick_node(&mut self, node_type: String, how: Pick) -> Option<NodeInfo> {
+        let how = match how {
+            Pick::Random => discovery::Pick::Random,
+            Pick::LeastLoaded => discovery::Pick::LeastLoaded,
+        };
+        self.access()?.nodes.as_ref()?.pick(&node_type, how).map(to_wit)
+    }
+
+    fn send_to_node(
+        &mut self,
+        node: u32,
+        dest_id: u32,
+        session_id: u64,
+        msg_id: u32,
+        body: Vec<u8>,
+    ) -> Result<(), SendError> {
+        self.access().ok_or(SendError::NoSuchNode)?.send(node, dest_id, session_id, msg_id, body)
+    }
+
+    fn send_to_type(
+        &mut self,
+        node_type: String,
+        how: Pick,
+        dest_id: u32,
+        session_id: u64,
+        msg_id: u32,
+        body: Vec<u8>,
+    ) -> Result<u32, SendError> {
+        let access = self.access().ok_or(SendError::NoSuchNode)?;
+        let nodes = access.candidates(&node_type, dest_id);
+        let chosen = match how {
+            Pick::Random if !nodes.is_empty() => nodes.get(fastrand::usize(..nodes.len())),
+            Pick::Random => None,
+            Pick::LeastLoaded => nodes.iter().min_by_key(|n| (n.load, n.id)),
+        };
+        let node = chosen.ok_or(SendError::NoSuchNode)?.id;
+        access.send(node, dest_id, session_id, msg_id, body).map(|()| node)
+    }
+
+    fn broadcast_to_type(
+        &mut self,
+        node_type: String,
+        dest_id: u32,
+        session_id: u64,
+        msg_id: u32,
+        body: Vec<u8>,
+        exclude_self: bool,
+    ) -> u32 {
+        let Some(access) = self.access() else { return 0 };
+        let nodes = access.candidates(&node_type, dest_id);
+        let targets = nodes.iter().filter(|n| !(exclude_self && n.id == access.node_id));
+        targets.filter(|n| access.send(n.id, dest_id, session_id, msg_id, body.clone()).is_ok()).count()
+            as u32
+    }
+}

@@ -6,7 +6,12 @@
 //!    through node A's (over Redis pub/sub to B), each timed from the HTTP request to the
 //!    packet at the client;
 //! 2. burst: `--burst` pushes sent through node A by `--senders` concurrent HTTP callers;
-//!    reports pushes/s delivered at the client and how many never arrived.
+//!    reports pushes/s delivered at the client and how many never arrived;
+//! 3. logins: `--logins` sequential logins of distinct users on node A under the auth
+//!    script's `--duplicate-login` policy (`kick-older` and `refuse-new` claim the user's
+//!    location in Redis during the login), timed from the login packet to its answer;
+//! 4. with `kick-older`: `--kicks` logins of one user alternating between the nodes, each
+//!    timed from the new login's send until the older session (on the other node) is closed.
 //!
 //! Build first: `cargo build --release -p wasmgate -p wasmgate-examples`.
 
@@ -34,6 +39,15 @@ struct Args {
     /// Concurrent HTTP callers in the burst.
     #[arg(long, default_value_t = 8)]
     senders: usize,
+    /// Sequential logins of distinct users (phase 3).
+    #[arg(long, default_value_t = 1000)]
+    logins: usize,
+    /// Cross-node kicks of one user (phase 4, with `kick-older`).
+    #[arg(long, default_value_t = 200)]
+    kicks: usize,
+    /// The auth script's duplicate-login policy: allow, kick-older, refuse-new.
+    #[arg(long, default_value = "allow")]
+    duplicate_login: String,
     /// The gateway binary (default: `wasmgate` next to this binary).
     #[arg(long)]
     gateway: Option<PathBuf>,
@@ -49,7 +63,7 @@ impl Drop for Redis {
     }
 }
 
-fn config(node_id: u32, redis_port: u16, ws: u16, admin: u16) -> anyhow::Result<String> {
+fn config(node_id: u32, redis_port: u16, ws: u16, admin: u16, policy: &str) -> anyhow::Result<String> {
     let tcp = free_port()?;
     Ok(format!(
         r#"
@@ -64,7 +78,7 @@ token = "{TOKEN}"
 [timeouts]
 heartbeat_ms = 600000
 [scripts.auth]
-config = {{ secret = "{SECRET}" }}
+config = {{ secret = "{SECRET}", duplicate_login = "{policy}" }}
 [cluster]
 redis_url = "redis://127.0.0.1:{redis_port}/0"
 "#
@@ -93,6 +107,47 @@ async fn latency(client: &mut Client, admin: SocketAddr, pushes: usize) -> anyho
     Ok(samples)
 }
 
+/// Logs distinct users in on node A (port `ws`) one after another; returns each login's
+/// round trip (login packet to answer) in ns.
+async fn login_latency(ws: u16, logins: usize) -> anyhow::Result<Vec<u64>> {
+    let mut samples = Vec::with_capacity(logins);
+    for n in 0..logins {
+        let mut client = Client::ws(&format!("ws://127.0.0.1:{ws}/ws"), false).await?;
+        let token = mint_token(SECRET, &format!("login-{n}"), None, 3600)?;
+        let started = Instant::now();
+        client.login(1, &token).await?;
+        samples.push(started.elapsed().as_nanos() as u64);
+        client.close().await?;
+    }
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+/// Logs one user in alternately on the two nodes; returns, per login, the time from sending
+/// it until the older session on the other node is closed, in ns.
+async fn kick_latency(ws_a: u16, ws_b: u16, kicks: usize) -> anyhow::Result<Vec<u64>> {
+    let token = mint_token(SECRET, "kick-bench", None, 3600)?;
+    let mut older = Client::ws(&format!("ws://127.0.0.1:{ws_a}/ws"), false).await?;
+    older.login(1, &token).await?;
+    let mut samples = Vec::with_capacity(kicks);
+    for n in 0..kicks {
+        let port = if n % 2 == 0 { ws_b } else { ws_a };
+        let mut newer = Client::ws(&format!("ws://127.0.0.1:{port}/ws"), false).await?;
+        let started = Instant::now();
+        newer.login(1, &token).await?;
+        loop {
+            match older.recv_within(Duration::from_secs(5)).await? {
+                wasmgate_examples::client::Received::Closed { .. } => break,
+                _ => continue, // the error frame naming the reason
+            }
+        }
+        samples.push(started.elapsed().as_nanos() as u64);
+        older = newer;
+    }
+    samples.sort_unstable();
+    Ok(samples)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -116,12 +171,18 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ws_a, admin_a, ws_b, admin_b) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let ready = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let _a =
-        GatewayProcess::start(args.gateway.as_deref(), &config(1, redis_port, ws_a, admin_a)?, ready(ws_a))
-            .await?;
-    let _b =
-        GatewayProcess::start(args.gateway.as_deref(), &config(2, redis_port, ws_b, admin_b)?, ready(ws_b))
-            .await?;
+    let _a = GatewayProcess::start(
+        args.gateway.as_deref(),
+        &config(1, redis_port, ws_a, admin_a, &args.duplicate_login)?,
+        ready(ws_a),
+    )
+    .await?;
+    let _b = GatewayProcess::start(
+        args.gateway.as_deref(),
+        &config(2, redis_port, ws_b, admin_b, &args.duplicate_login)?,
+        ready(ws_b),
+    )
+    .await?;
     let mut client = Client::ws(&format!("ws://127.0.0.1:{ws_b}/ws"), false).await?;
     client.login(1, &mint_token(SECRET, "bench", None, 3600)?).await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // the location reaches Redis
@@ -154,11 +215,32 @@ async fn main() -> anyhow::Result<()> {
     for sender in senders {
         sender.await??;
     }
+    let logins = login_latency(ws_a, args.logins).await?;
+    let kicks = match args.duplicate_login.as_str() {
+        "kick-older" => kick_latency(ws_a, ws_b, args.kicks).await?,
+        _ => Vec::new(),
+    };
     let result = serde_json::json!({
         "local": {"p50_ms": percentile_ms(&local, 0.5), "p99_ms": percentile_ms(&local, 0.99)},
         "cross_node": {"p50_ms": percentile_ms(&remote, 0.5), "p99_ms": percentile_ms(&remote, 0.99)},
         "burst": {"sent": sent, "received": received, "per_s": received as f64 / elapsed},
+        "logins": {"policy": args.duplicate_login, "p50_ms": percentile_ms(&logins, 0.5), "p99_ms": percentile_ms(&logins, 0.99)},
+        "cross_node_kick": (!kicks.is_empty()).then(|| serde_json::json!({"p50_ms": percentile_ms(&kicks, 0.5), "p99_ms": percentile_ms(&kicks, 0.99)})),
     });
+    println!(
+        "cluster: login ({}) p50 {:.3} ms p99 {:.3} ms{}",
+        args.duplicate_login,
+        percentile_ms(&logins, 0.5),
+        percentile_ms(&logins, 0.99),
+        match kicks.is_empty() {
+            true => String::new(),
+            false => format!(
+                " | cross-node kick p50 {:.3} ms p99 {:.3} ms",
+                percentile_ms(&kicks, 0.5),
+                percentile_ms(&kicks, 0.99)
+            ),
+        }
+    );
     println!(
         "cluster: push latency local p50 {:.3} ms p99 {:.3} ms | cross-node p50 {:.3} ms p99 {:.3} ms | burst {} sent, {} received, {:.0}/s",
         percentile_ms(&local, 0.5),

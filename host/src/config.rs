@@ -163,6 +163,10 @@ pub struct ListenConfig {
     pub tcp: Option<SocketAddr>,
     /// Admin HTTP listener (`/metrics`, `/healthz`).
     pub admin: Option<SocketAddr>,
+    /// Bind the WebSocket and TCP listeners with `SO_REUSEPORT`, so several gateway
+    /// processes can share them (the kernel spreads new connections; each process is capped
+    /// by its open-file limit). The admin listener stays exclusive.
+    pub reuse_port: bool,
 }
 
 impl Default for ListenConfig {
@@ -171,6 +175,7 @@ impl Default for ListenConfig {
             ws: Some(SocketAddr::from(([127, 0, 0, 1], 7100))),
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7101))),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 7102))),
+            reuse_port: false,
         }
     }
 }

@@ -201,15 +201,24 @@ fn initial_maps(
     Ok((maps::parse_dest_map(&dest_text)?, maps::parse_message_map(&message_text)?))
 }
 
-async fn bind(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
-    match addr {
-        Some(addr) => Ok(Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the {what} listener on {addr}"))?,
-        )),
-        None => Ok(None),
-    }
+/// Binds `addr` (none: no listener), with `SO_REUSEPORT` when `reuse_port`.
+async fn bind(addr: Option<SocketAddr>, what: &str, reuse_port: bool) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = if reuse_port {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.set_reuseport(true)?;
+            s.bind(addr)?;
+            s.listen(1024)
+        })
+    } else {
+        TcpListener::bind(addr).await
+    };
+    Ok(Some(listener.with_context(|| format!("binding the {what} listener on {addr}"))?))
 }
 
 impl RunningGateway {
@@ -272,9 +281,9 @@ impl RunningGateway {
             config.node.id = cluster.node_id;
         }
         let bound = async {
-            let ws = bind(config.listen.ws, "WebSocket").await?;
-            let tcp = bind(config.listen.tcp, "TCP").await?;
-            let admin = bind(config.listen.admin, "admin").await?;
+            let ws = bind(config.listen.ws, "WebSocket", config.listen.reuse_port).await?;
+            let tcp = bind(config.listen.tcp, "TCP", config.listen.reuse_port).await?;
+            let admin = bind(config.listen.admin, "admin", false).await?;
             anyhow::Ok((ws, tcp, admin))
         };
         let (ws, tcp, admin_listener) = match bound.await {

@@ -88,3 +88,38 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     assert_eq!(&reply.body[..], b"fine");
     assert_eq!(h.gateway.sessions(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_reuse_port_two_gateway_processes_share_the_client_listeners() {
+    let first = Harness::start_with(|c| c.listen.reuse_port = true).await;
+    let (ws, tcp) = (first.gateway.ws_addr().unwrap(), first.gateway.tcp_addr().unwrap());
+    let second = Harness::start_with(move |c| {
+        c.listen.reuse_port = true;
+        c.listen.ws = Some(ws);
+        c.listen.tcp = Some(tcp);
+    })
+    .await;
+    assert_eq!(second.gateway.ws_addr(), Some(ws));
+    // The kernel spreads connections over both (by address hash): 40 clients land on both.
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        clients.push(first.logged_in_ws(&format!("spread-{i}")).await);
+    }
+    wait_until("both gateways hold sessions", || async {
+        first.gateway.sessions() + second.gateway.sessions() == 40
+    })
+    .await;
+    assert!(first.gateway.sessions() > 0 && second.gateway.sessions() > 0);
+    // Without the option the port is taken.
+    let refused = wasmgate::RunningGateway::start({
+        let mut config = first.config.clone();
+        config.listen.reuse_port = false;
+        config.listen.ws = Some(ws);
+        config.listen.tcp = None;
+        config.listen.admin = None;
+        config
+    })
+    .await;
+    let error = format!("{:#}", refused.err().expect("the port is in use"));
+    assert!(error.contains("WebSocket listener"), "{error}");
+}

@@ -1,0 +1,388 @@
+//! `loadgen`: the load generator of the benchmark suite (docs/benchmarks.md). Scenario `idle`:
+//! hold N logged-in WebSocket sessions and report the server's RSS per session and the
+//! connect + login rate, for wasmgate or a peer on the same machine.
+//!
+//! Every process here may hold at most 20,000 open files, so N sessions are opened by
+//! ceil(N / `--per-worker`) worker processes (this binary, `loadgen worker`), each from its own
+//! source address (127.0.0.2, .3, ...: ~28k ports per source/destination pair), and wasmgate
+//! runs as `--gateways` processes sharing the WebSocket listener (`listen.reuse_port`). A
+//! worker holds its sessions without a task each (the streams sit in a vector, unread), so
+//! the generator stays small next to the server it measures.
+//!
+//! Targets: `wasmgate` (the release binary next to this one, default scripts: each login runs
+//! the auth script's JWT check) or `node-ws` (Node's `ws` echo server from
+//! `examples/peers/node-ws`, `--gateways` processes through Node's cluster module; its
+//! "login" is the same frame, echoed). RSS is the sum over the server's processes (Linux
+//! `/proc`), before the sessions open and after they are all up.
+//!
+//! Build first: `cargo build --release -p wasmgate -p wasmgate-examples`; for `node-ws`, run
+//! `examples/peers/setup.sh` once.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::BytesMut;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::{SinkExt, StreamExt, stream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wasmgate::protocol::client::encode_binary;
+use wasmgate_examples::bench::{GatewayProcess, free_port, rss_kib};
+use wasmgate_examples::client::mint_token;
+
+const SECRET: &str = "loadgen-bench-secret";
+/// Login message id of the default routes.
+const LOGIN: u32 = 1;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Scenario,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Target {
+    Wasmgate,
+    NodeWs,
+    /// wasmgate inside this process (no binary needed; the smoke test). Its RSS includes the
+    /// generator's parent process, so per-session figures are for the real targets.
+    InProcess,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Hold `--sessions` logged-in WebSocket sessions; report server RSS per session.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Server processes sharing the listener (each holds at most ~19k sessions).
+        #[arg(long, default_value_t = 1)]
+        gateways: usize,
+        /// Sessions per worker process (one source address each; at most ~19k).
+        #[arg(long, default_value_t = 15_000)]
+        per_worker: usize,
+        /// Connections a worker has in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, value_enum, default_value = "wasmgate")]
+        target: Target,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
+    /// (internal) Open sessions from one source address and hold them until stdin closes.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        source: Ipv4Addr,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        sessions: usize,
+        #[arg(long)]
+        concurrency: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match args.command {
+        Scenario::Idle { sessions, gateways, per_worker, concurrency, target, gateway } => runtime.block_on(
+            idle(sessions, gateways.max(1), per_worker.max(1), concurrency.max(1), target, gateway),
+        ),
+        Scenario::Worker { url, source, first, sessions, concurrency } => {
+            runtime.block_on(worker(&url, source, first, sessions, concurrency))
+        }
+    }
+}
+
+/// The server processes under test; killed on drop.
+enum Server {
+    Wasmgate(Vec<GatewayProcess>),
+    NodeWs(Child),
+    InProcess(Vec<wasmgate::RunningGateway>),
+}
+
+impl Server {
+    /// Every process id of the server (Node's cluster workers included).
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Server::Wasmgate(processes) => processes.iter().map(GatewayProcess::pid).collect(),
+            Server::InProcess(_) => vec![std::process::id()],
+            Server::NodeWs(primary) => {
+                let mut pids = vec![primary.id()];
+                pids.extend(children(primary.id()));
+                pids
+            }
+        }
+    }
+
+    /// Sessions the server reports holding, when it can tell (in-process).
+    fn sessions(&self) -> Option<usize> {
+        match self {
+            Server::InProcess(gateways) => Some(gateways.iter().map(|g| g.sessions()).sum()),
+            _ => None,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().map(rss_kib).sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Server::NodeWs(primary) = self {
+            for pid in children(primary.id()) {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+            }
+            let _ = primary.kill();
+            let _ = primary.wait();
+        }
+    }
+}
+
+/// Child process ids of `pid` (Linux `/proc/<pid>/task/<pid>/children`).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn gateway_config(ws: u16, admin: u16, per_process: usize) -> String {
+    format!(
+        r#"
+[listen]
+ws = "127.0.0.1:{ws}"
+admin = "127.0.0.1:{admin}"
+reuse_port = true
+[limits]
+max_conn_num = {per_process}
+[timeouts]
+heartbeat_ms = 3600000
+login_ms = 600000
+[scripts.auth]
+config = {{ secret = "{SECRET}" }}
+"#,
+        per_process = per_process + 1000,
+    )
+}
+
+async fn start_server(
+    target: Target,
+    ws: u16,
+    gateways: usize,
+    binary: Option<PathBuf>,
+) -> anyhow::Result<Server> {
+    match target {
+        Target::Wasmgate => {
+            let mut processes = Vec::new();
+            for _ in 0..gateways {
+                let admin = free_port()?;
+                let config = gateway_config(ws, admin, 19_000);
+                let ready = SocketAddr::from(([127, 0, 0, 1], admin));
+                processes.push(GatewayProcess::start(binary.as_deref(), &config, ready).await?);
+            }
+            Ok(Server::Wasmgate(processes))
+        }
+        Target::InProcess => {
+            let mut running = Vec::new();
+            for _ in 0..gateways {
+                let admin = free_port()?;
+                let config: wasmgate::Config = toml::from_str(&gateway_config(ws, admin, 19_000))?;
+                running.push(wasmgate::RunningGateway::start(config).await?);
+            }
+            Ok(Server::InProcess(running))
+        }
+        Target::NodeWs => {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/node-ws");
+            if !dir.join("node_modules/ws").exists() {
+                bail!("Node ws is not installed: run examples/peers/setup.sh");
+            }
+            let child = Command::new("node")
+                .arg(dir.join("server.js"))
+                .env("PORT", ws.to_string())
+                .env("WORKERS", gateways.to_string())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting node (Node 20)")?;
+            let server = Server::NodeWs(child);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(("127.0.0.1", ws)).await.is_err()
+                || children_count(&server) < gateways
+            {
+                if Instant::now() > deadline {
+                    bail!("node ws did not start listening within 20 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(server)
+        }
+    }
+}
+
+fn children_count(server: &Server) -> usize {
+    server.pids().len().saturating_sub(1)
+}
+
+async fn idle(
+    sessions: usize,
+    gateways: usize,
+    per_worker: usize,
+    concurrency: usize,
+    target: Target,
+    binary: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let ws = free_port()?;
+    let server = start_server(target, ws, gateways, binary).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server.rss_kib();
+
+    let workers = sessions.div_ceil(per_worker);
+    if workers > 250 {
+        bail!("at most 250 workers (source addresses 127.0.0.2-.251)");
+    }
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for w in 0..workers {
+        let first = w * per_worker;
+        let count = per_worker.min(sessions - first);
+        let child = Command::new(&exe)
+            .args(["worker", "--url", &format!("ws://127.0.0.1:{ws}/ws")])
+            .args(["--source", &format!("127.0.0.{}", w + 2)])
+            .args(["--first", &first.to_string(), "--sessions", &count.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a worker")?;
+        children.push(child);
+    }
+    // Each worker prints `ready <opened> <failed>` once its sessions are up.
+    let mut opened = 0;
+    let mut failed = 0;
+    for child in &mut children {
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await??;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words[..] {
+            ["ready", ok, bad] => {
+                opened += ok.parse::<usize>()?;
+                failed += bad.parse::<usize>()?;
+            }
+            _ => bail!("a worker failed: {line:?}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = server.rss_kib();
+    let per_session = (after.saturating_sub(before)) as f64 * 1024.0 / opened.max(1) as f64;
+    let rate = opened as f64 / elapsed;
+    println!(
+        "idle {target:?}: {opened} sessions ({failed} failed) on {gateways} process(es) | RSS {:.1} -> {:.1} MiB = {:.2} KiB per session | connect+login {:.0}/s",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        per_session / 1024.0,
+        rate,
+    );
+    let result = serde_json::json!({
+        "scenario": "idle", "target": format!("{target:?}"), "sessions": opened, "failed": failed,
+        "processes": gateways, "rss_before_kib": before, "rss_after_kib": after,
+        "bytes_per_session": per_session.round(), "connect_login_per_s": rate.round(),
+        "server_sessions": server.sessions(),
+    });
+    println!("{result}");
+    for mut child in children {
+        drop(child.stdin.take()); // the worker exits on EOF
+        let _ = child.wait();
+    }
+    drop(server);
+    Ok(())
+}
+
+/// Opens `sessions` WebSocket sessions to `url` from `source`, logs each in (users
+/// `idle-<first + i>`), prints `ready <opened> <failed>`, and holds them until stdin closes.
+async fn worker(
+    url: &str,
+    source: Ipv4Addr,
+    first: usize,
+    sessions: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let authority = url.trim_start_matches("ws://").split('/').next().context("url")?.to_string();
+    let server: SocketAddr = authority.parse().context("the url's address")?;
+    let opens = stream::iter(first..first + sessions)
+        .map(|n| open(url, server, source, n))
+        .buffer_unordered(concurrency);
+    let results: Vec<_> = opens.collect().await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        eprintln!("worker {source}: {failed} sessions failed, first: {e:#}");
+    }
+    let held: Vec<_> = results.into_iter().filter_map(Result::ok).collect();
+    println!("ready {} {failed}", held.len());
+    std::io::stdout().flush()?;
+    // Hold until the parent closes stdin.
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+    })
+    .await?;
+    drop(held);
+    Ok(())
+}
+
+type Session = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn open(url: &str, server: SocketAddr, source: Ipv4Addr, n: usize) -> anyhow::Result<Session> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    bind_address_no_port(&socket)?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let token = mint_token(SECRET, &format!("idle-{n}"), None, 3600)?;
+    let mut frame = BytesMut::new();
+    encode_binary(LOGIN, 1, token.as_bytes(), &mut frame);
+    ws.send(Message::Binary(frame.freeze())).await?;
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Binary(_)))) => Ok(ws),
+        Ok(other) => bail!("login answered with {other:?}"),
+        Err(_) => bail!("no login answer within 30 s"),
+    }
+}
+
+/// Sets Linux's `IP_BIND_ADDRESS_NO_PORT`: `bind(source:0)` then leaves the port to `connect`,
+/// which picks it per destination from the whole ephemeral range. Without it each bind takes
+/// a port unique per source address from half the range, and the kernel's search for a free
+/// one slows to a crawl beyond ~5,000 sockets per source (measured: 318 connects/s at 7,000).
+fn bind_address_no_port(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to a live c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}

@@ -101,10 +101,10 @@ pub(crate) async fn run(
 
     let mut session = Session::new(core.clone(), handle.clone());
     if let Some(token) = token {
-        session.login(0, &token, false).await;
+        Box::pin(session.login(0, &token, false)).await;
     }
     session.read_loop(reader).await;
-    session.leave_rooms_on_close().await;
+    Box::pin(session.leave_rooms_on_close()).await;
 
     // The writer ends after the close it was sent; bound the wait in case the client stalls.
     if timeout(write_timeout + Duration::from_secs(1), writer_task).await.is_err() {
@@ -119,7 +119,7 @@ pub(crate) async fn run(
         if let Some(user_centre) = &core.user_centre {
             user_centre.logout(user, handle.id(), handle.peer());
         }
-        if let Err(e) = core.auth.account_lost(&session.info, reason.name()).await {
+        if let Err(e) = Box::pin(core.auth.account_lost(&session.info, reason.name())).await {
             tracing::warn!("auth script's account-lost failed: {e}");
         }
     }
@@ -195,12 +195,14 @@ impl Session {
                     Inbound::Packet(packet) => {
                         self.last_seen = Instant::now();
                         self.messages_in.inc();
-                        self.on_packet(packet).await;
+                        // Boxed: the message path's futures (script calls, upstream sends)
+                        // are several KiB; inline, every idle session would hold that space.
+                        Box::pin(self.on_packet(packet)).await;
                     }
                     Inbound::GoPush(request) => {
                         self.last_seen = Instant::now();
                         self.messages_in.inc();
-                        self.on_gopush(request).await;
+                        Box::pin(self.on_gopush(request)).await;
                     }
                     Inbound::Closed => {
                         self.handle.close(CloseReason::Normal, "client closed");

@@ -45,6 +45,12 @@ type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 /// write buffer every frame costs a syscall, which caps fan-out (docs/benchmarks.md).
 const WRITE_BUFFER: usize = 8 * 1024;
 
+/// Bytes read from the socket per read, and the read buffer every session keeps. Client
+/// messages of games are mostly far below it; a larger frame is still read whole (the buffer
+/// grows to the frame), in more reads. 4 KiB here cost 3 KiB more per idle session
+/// (docs/benchmarks.md, idle sessions).
+const READ_BUFFER: usize = 1024;
+
 /// Serves one accepted TCP connection: HTTP until it upgrades, then a WebSocket session.
 pub(crate) async fn serve(
     core: Arc<Core>,
@@ -124,7 +130,7 @@ fn handle(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max = core.config.limits.max_msg_len + HEADER_LEN;
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));

@@ -428,3 +428,21 @@ async fn scripts_see_the_node_table_and_send_to_the_backends_of_every_node() {
     let (answer, _) = client.recv_reply(116, seq, PROMPT).await.expect("send error");
     assert_eq!(answer.body, "no-such-node".as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_flips_while_redis_is_down() {
+    let mut redis = RedisServer::start().await;
+    let h = node(Some(&redis), None).await;
+    assert_eq!(h.admin("GET", "/readyz", "", false, None).await, (200, json!({"ready": true})));
+    redis.stop();
+    wait_until("readyz reports Redis", || async {
+        let (status, body) = h.admin("GET", "/readyz", "", false, None).await;
+        status == 503 && body["not_ready"]["redis"].is_string()
+    })
+    .await;
+    redis.restart().await;
+    wait_until("readyz is ready again", || async {
+        h.admin("GET", "/readyz", "", false, None).await.0 == 200
+    })
+    .await;
+}

@@ -123,3 +123,21 @@ async fn with_reuse_port_two_gateway_processes_share_the_client_listeners() {
     let error = format!("{:#}", refused.err().expect("the port is in use"));
     assert!(error.contains("WebSocket listener"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_dest_with_no_connection_and_flips_back_when_it_returns() {
+    let h = Harness::start().await;
+    assert_eq!(h.admin("GET", "/readyz", "", false, None).await, (200, serde_json::json!({"ready": true})));
+    let addr = h.backend.addr;
+    h.backend.stop();
+    wait_until("readyz reports the dest down", || async {
+        let (status, body) = h.admin("GET", "/readyz", "", false, None).await;
+        status == 503 && body["not_ready"]["upstream:101"].is_string()
+    })
+    .await;
+    let _back = wasmgate_tests::Backend::start(addr).await;
+    wait_until("readyz is ready again", || async {
+        h.admin("GET", "/readyz", "", false, None).await.0 == 200
+    })
+    .await;
+}

@@ -74,9 +74,14 @@ impl RedisServer {
     /// Kills the server and starts an empty one on the same port (what a restart without
     /// persistence looks like to clients).
     pub async fn restart(&mut self) {
+        self.stop();
+        *self = Self::start_on(self.port).await;
+    }
+
+    /// Kills the server (an outage); [`RedisServer::restart`] brings an empty one back.
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        *self = Self::start_on(self.port).await;
     }
 }
 

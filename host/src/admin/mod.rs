@@ -1,12 +1,14 @@
 //! Admin HTTP (hyper) on its own port (docs/api.md).
 //!
-//! Open: `GET /metrics` (Prometheus text), `GET /healthz`.
+//! Open: `GET /metrics` (Prometheus text), `GET /healthz` (the process answers), `GET /readyz`
+//! ([`ready`]: upstreams, Redis, etcd).
 //! With `Authorization: Bearer <admin.token>`: the push API ([`push`]), queries
 //! (`GET /rooms`, `GET /sessions`) and script deployment ([`scripts`]). Without a configured token that API answers 403
 //! `api_disabled`. Every error is JSON `{"error": "<code>", "reason": "<text>"}`.
 
 pub mod client;
 mod push;
+mod ready;
 mod scripts;
 
 use std::convert::Infallible;
@@ -87,6 +89,16 @@ async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
         (&Method::GET, "/healthz") => {
             json(StatusCode::OK, serde_json::json!({ "status": "ok", "sessions": core.registry.len() }))
         }
+        (&Method::GET, "/readyz") => {
+            let problems = ready::not_ready(core).await;
+            match problems.is_empty() {
+                true => json(StatusCode::OK, serde_json::json!({ "ready": true })),
+                false => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({ "ready": false, "not_ready": problems }),
+                ),
+            }
+        }
         (
             _,
             "/push/session" | "/push/user" | "/push/room" | "/push/all" | "/rooms" | "/sessions" | "/scripts"
@@ -106,7 +118,7 @@ async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "no such endpoint; see docs/api.md (GET /metrics, /healthz, /rooms, /sessions; POST /push/...)",
+            "no such endpoint; see docs/api.md (GET /metrics, /healthz, /readyz, /rooms, /sessions; POST /push/...)",
         ),
     }
 }

@@ -245,6 +245,31 @@ impl Cluster {
             .context("claiming the user's location in Redis")
     }
 
+    /// Whether Redis and etcd (those configured) answer within `limit`: `(name, problem)` for
+    /// each that does not.
+    pub async fn unreachable(&self, limit: Duration) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.conn.clone();
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut conn);
+            match tokio::time::timeout(limit, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => problems.push(("redis", e.to_string())),
+                Err(_) => problems.push(("redis", format!("no answer within {limit:?}"))),
+            }
+        }
+        if let Some(etcd) = &self.etcd {
+            let mut client = etcd.clone();
+            match tokio::time::timeout(limit, client.status()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => problems.push(("etcd", e.to_string())),
+                Err(_) => problems.push(("etcd", format!("no answer within {limit:?}"))),
+            }
+        }
+        problems
+    }
+
     /// Leaves the cluster: flushes queued bus writes, revokes the etcd lease (the registration
     /// disappears at once) and releases the node id. Waits at most `grace`.
     pub async fn leave(&self, grace: Duration) {

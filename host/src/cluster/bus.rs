@@ -4,9 +4,10 @@
 //! `PushUser`, `PushRoom`, `PushAll`, `Kick`) prefixed by the publishing node's id:
 //! `<origin u32 BE><frame as on a backend connection>`. A backend -> backend relay for a dest
 //! this node has no pool for goes to a node that has one (its registration lists its dests)
-//! as `<origin | 0x8000_0000 u32 BE><dest u32 BE><Relayed frame>`, into that dest's pool. Each node subscribes to its own channel
-//! `<prefix>:bus:<id>` and to `<prefix>:bus:all`, and delivers what it receives to its local
-//! sessions and rooms (never re-publishing), skipping its own broadcasts.
+//! as `<origin | 0x8000_0000 u32 BE><dest u32 BE><Relayed frame>`, into that dest's pool.
+//! Each node subscribes to its own channel `<prefix>:bus:<id>` and to `<prefix>:bus:all`, and
+//! delivers what it receives to its local sessions, rooms and pools (never re-publishing),
+//! skipping its own broadcasts.
 //!
 //! Writes (publishes and location updates) go through one bounded queue to one Redis writer,
 //! which pipelines what has queued up; callers never wait on Redis. A full queue drops and

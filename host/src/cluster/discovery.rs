@@ -76,14 +76,9 @@ impl NodeTable {
         self.nodes.read().values().any(|n| n.id == id)
     }
 
-    /// One node of `node_type`: uniformly at random, or the least loaded (lowest id on ties).
+    /// One node of `node_type`, chosen `how` ([`choose`]).
     pub fn pick(&self, node_type: &str, how: Pick) -> Option<NodeInfo> {
-        let nodes = self.of_type(node_type);
-        match how {
-            Pick::Random if !nodes.is_empty() => nodes.get(fastrand::usize(..nodes.len())).cloned(),
-            Pick::Random => None,
-            Pick::LeastLoaded => nodes.into_iter().min_by_key(|n| (n.load, n.id)),
-        }
+        choose(self.of_type(node_type), how)
     }
 
     /// The nodes other than `except` that have a pool for `dest`, ordered by id.
@@ -113,6 +108,16 @@ impl NodeTable {
 
     fn len(&self) -> usize {
         self.nodes.read().len()
+    }
+}
+
+/// One of `nodes`: uniformly at random, or the least loaded (lowest id on ties); `None` when
+/// there are none.
+pub fn choose(nodes: Vec<NodeInfo>, how: Pick) -> Option<NodeInfo> {
+    match how {
+        Pick::Random if !nodes.is_empty() => nodes.get(fastrand::usize(..nodes.len())).cloned(),
+        Pick::Random => None,
+        Pick::LeastLoaded => nodes.into_iter().min_by_key(|n| (n.load, n.id)),
     }
 }
 

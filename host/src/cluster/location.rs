@@ -61,9 +61,8 @@ pub enum Policy {
 pub enum Claim {
     /// The key now names the new session; `previous` is the session it named before, if any.
     Taken { previous: Option<Location> },
-    /// The key names this live session (`None`: a value that is not a location, which
-    /// another login has just replaced); nothing changed.
-    Refused(Option<Location>),
+    /// The key names another live session; nothing changed.
+    Refused,
 }
 
 /// Claims `key` for `ours` (`ttl` in ms). `live` says whether a session the key names still
@@ -92,7 +91,7 @@ pub(super) async fn claim(
     }
     match previous {
         Some(location) if location == ours => Ok(Claim::Taken { previous: None }),
-        Some(location) if live(location) => Ok(Claim::Refused(Some(location))),
+        Some(location) if live(location) => Ok(Claim::Refused),
         _ => {
             let taken: i64 = redis::cmd("EVAL")
                 .arg(TAKE_OVER)
@@ -106,7 +105,7 @@ pub(super) async fn claim(
             Ok(match taken {
                 1 => Claim::Taken { previous },
                 // Another login took it between the two commands: it is live.
-                _ => Claim::Refused(None),
+                _ => Claim::Refused,
             })
         }
     }

@@ -123,9 +123,7 @@ impl Auth {
             })
             .await
     }
-}
 
-impl Auth {
     /// Tells the script a logged-in `session` ended (seed 004's "account lost"); `reason` is
     /// the close reason's name. Errors: [`ScriptError`] (logged by the caller, nothing else).
     pub async fn account_lost(&self, session: &Session, reason: &str) -> Result<(), ScriptError> {

@@ -60,6 +60,13 @@ fn to_wit(node: discovery::NodeInfo) -> NodeInfo {
     }
 }
 
+fn pick_of(how: Pick) -> discovery::Pick {
+    match how {
+        Pick::Random => discovery::Pick::Random,
+        Pick::LeastLoaded => discovery::Pick::LeastLoaded,
+    }
+}
+
 impl ClusterAccess {
     fn table(&self) -> Vec<discovery::NodeInfo> {
         self.nodes.as_ref().map(|t| t.all()).unwrap_or_default()
@@ -107,11 +114,7 @@ impl cluster::Host for ScriptState {
     }
 
     fn pick_node(&mut self, node_type: String, how: Pick) -> Option<NodeInfo> {
-        let how = match how {
-            Pick::Random => discovery::Pick::Random,
-            Pick::LeastLoaded => discovery::Pick::LeastLoaded,
-        };
-        self.access()?.nodes.as_ref()?.pick(&node_type, how).map(to_wit)
+        self.access()?.nodes.as_ref()?.pick(&node_type, pick_of(how)).map(to_wit)
     }
 
     fn send_to_node(
@@ -135,12 +138,7 @@ impl cluster::Host for ScriptState {
         body: Vec<u8>,
     ) -> Result<u32, SendError> {
         let access = self.access().ok_or(SendError::NoSuchNode)?;
-        let nodes = access.candidates(&node_type, dest_id);
-        let chosen = match how {
-            Pick::Random if !nodes.is_empty() => nodes.get(fastrand::usize(..nodes.len())),
-            Pick::Random => None,
-            Pick::LeastLoaded => nodes.iter().min_by_key(|n| (n.load, n.id)),
-        };
+        let chosen = discovery::choose(access.candidates(&node_type, dest_id), pick_of(how));
         let node = chosen.ok_or(SendError::NoSuchNode)?.id;
         access.send(node, dest_id, session_id, msg_id, body).map(|()| node)
     }

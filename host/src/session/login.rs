@@ -139,7 +139,7 @@ impl Session {
                 if let Some(cluster) = cluster {
                     match cluster.claim_location(user, handle.id(), Policy::IfFree, &core.registry).await {
                         Ok(Claim::Taken { .. }) => claimed = true,
-                        Ok(Claim::Refused(_)) => return false,
+                        Ok(Claim::Refused) => return false,
                         Err(e) => {
                             tracing::warn!(user = &**user, "duplicate login check went local only: {e:#}")
                         }

@@ -1,4 +1,6 @@
-//! Gateway metrics, exported as Prometheus text on the admin port's `/metrics`.
+//! Gateway metrics, exported on the admin port's `/metrics` as Prometheus text format 0.0.4
+//! (the default; what `promtool check metrics` reads) or OpenMetrics 1.0 (when the scraper's
+//! `Accept` asks for `application/openmetrics-text`, as Prometheus does).
 //!
 //! One [`Metrics`] per gateway (not a process-global recorder), so several gateways in one
 //! process (the tests) keep separate counts. Names carry units and `_total` suffixes per
@@ -11,6 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// `transport` label.
@@ -64,6 +67,21 @@ pub struct ScriptOutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// `script` + `version` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScriptVersionLabel {
+    pub script: String,
+    pub version: String,
+}
+
+/// Buckets of script call durations, seconds: 1 µs to 100 ms (a route call takes ~1 µs, an
+/// HS256 authenticate ~10 µs; docs/benchmarks.md; the default epoch deadline is 100 ms).
+const SCRIPT_CALL_BUCKETS: [f64; 12] =
+    [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 0.025, 0.1];
+
+/// The script call histograms' family type.
+pub type ScriptCallHistograms = Family<ScriptVersionLabel, Histogram, fn() -> Histogram>;
+
 /// A counter a script keeps through `host.counter-add`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScriptCounterLabel {
@@ -88,7 +106,9 @@ pub struct Metrics {
     pub undeliverable: Counter,
     pub script_drops: Counter,
     pub script_calls: Family<ScriptOutcomeLabel, Counter>,
+    pub script_call_seconds: ScriptCallHistograms,
     pub script_counters: Family<ScriptCounterLabel, Counter>,
+    pub upstream_queue_depth: Family<DestLabel, Gauge>,
     pub map_reloads: Family<ReasonLabel, Counter>,
     pub rooms: Gauge,
     pub room_members: Gauge,
@@ -128,7 +148,9 @@ impl Metrics {
             undeliverable: Counter::default(),
             script_drops: Counter::default(),
             script_calls: Family::default(),
+            script_call_seconds: Family::new_with_constructor(|| Histogram::new(SCRIPT_CALL_BUCKETS)),
             script_counters: Family::default(),
+            upstream_queue_depth: Family::default(),
             map_reloads: Family::default(),
             rooms: Gauge::default(),
             room_members: Gauge::default(),
@@ -171,7 +193,17 @@ impl Metrics {
             m.script_drops.clone(),
         );
         r.register("script_calls", "Script calls, by script and outcome", m.script_calls.clone());
-        r.register("script_counter", "Counters kept by scripts", m.script_counters.clone());
+        r.register(
+            "script_call_duration_seconds",
+            "Script call durations (instance checkout to return), by script and version",
+            m.script_call_seconds.clone(),
+        );
+        r.register("script_events", "Counters kept by scripts (host.counter-add)", m.script_counters.clone());
+        r.register(
+            "upstream_queue_depth",
+            "Frames queued to a dest's queue-pool connections, not yet written",
+            m.upstream_queue_depth.clone(),
+        );
         r.register("map_reloads", "dest_map/message_map reloads, by result", m.map_reloads.clone());
         r.register("rooms", "Rooms currently open on this node", m.rooms.clone());
         r.register(
@@ -215,12 +247,21 @@ impl Metrics {
         Self { registry: Arc::new(r), ..m }
     }
 
-    /// Prometheus/OpenMetrics text of every instrument.
-    pub fn render(&self) -> String {
+    /// OpenMetrics 1.0 text of every instrument (content type [`OPENMETRICS_CONTENT_TYPE`]).
+    pub fn render_openmetrics(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Prometheus text format 0.0.4 of every instrument (content type
+    /// [`PROMETHEUS_CONTENT_TYPE`]): the OpenMetrics text with the three differences that
+    /// matter to classic parsers (promtool, older scrapers) undone — a counter's `# HELP` and
+    /// `# TYPE` name its samples' full name (`x_total`, where OpenMetrics names the family `x`),
+    /// and there are no `# UNIT` or `# EOF` lines.
+    pub fn render(&self) -> String {
+        to_prometheus_text(&self.render_openmetrics())
     }
 
     /// The counter of one transport, cached by callers on the hot path.
@@ -230,4 +271,33 @@ impl Metrics {
     ) -> Counter<u64, AtomicU64> {
         family.get_or_create(&TransportLabel { transport }).clone()
     }
+}
+
+/// Content type of [`Metrics::render`].
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of [`Metrics::render_openmetrics`].
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// See [`Metrics::render`]. OpenMetrics 1.0 section "Counter": the family `x` has the sample
+/// `x_total`; Prometheus text 0.0.4 names the family by the sample.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta.and_then(|(p, rest)| Some((p, rest.split_once(' ')?))) {
+            Some((p, (name, rest))) if counters.contains(name) => {
+                out.push_str(&format!("{p}{name}_total {rest}\n"));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }

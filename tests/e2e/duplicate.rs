@@ -49,7 +49,7 @@ async fn expect_push(client: &mut Client, data: &str) {
 }
 
 fn script_counter(text: &str, name: &str) -> f64 {
-    metric(text, &format!("wasmgate_script_counter_total{{script=\"auth\",name=\"{name}\"}}"))
+    metric(text, &format!("wasmgate_script_events_total{{script=\"auth\",name=\"{name}\"}}"))
 }
 
 async fn wait_counter(h: &Harness, name: &str, value: f64) {

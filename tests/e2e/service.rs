@@ -29,6 +29,47 @@ async fn ping_metrics_and_health() {
     assert!(health.contains("\"sessions\":1"), "{health}");
 }
 
+/// `/metrics` after real traffic (logins, routed messages, a room, script calls of two
+/// scripts) passes `promtool check metrics` (Debian `prometheus`, installed by `.ci/run`), and
+/// a scraper asking for OpenMetrics gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let h = Harness::start().await;
+    let mut a = h.logged_in_ws("pa").await;
+    let mut b = h.logged_in_ws("pb").await;
+    for c in [&mut a, &mut b] {
+        let seq = c.send(100, b"count me").await.unwrap();
+        c.recv_reply(100, seq, PROMPT).await.unwrap();
+        let seq = c.send(5, br#"{"room":"lobby"}"#).await.unwrap();
+        c.recv_reply(5, seq, PROMPT).await.unwrap();
+    }
+    let (status, text) = h.admin_get("/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(text.contains("# TYPE wasmgate_routed_total counter"), "{text}");
+    assert!(text.contains("wasmgate_script_call_duration_seconds_count{script=\"router\""), "{text}");
+    assert!(text.contains("wasmgate_upstream_queue_depth{dest=\"101\"} 0"), "{text}");
+    assert!(!text.contains("# EOF"));
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus; .ci/run does)");
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+
+    let addr = h.gateway.admin_addr().unwrap();
+    let accept = [("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")];
+    let (status, open) = wasmgate_tests::http(addr, "GET", "/metrics", &accept, b"").await;
+    assert_eq!(status, 200);
+    assert!(open.contains("# TYPE wasmgate_routed counter") && open.ends_with("# EOF\n"), "{open}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_conn_num_holds_extra_connections_until_one_leaves() {
     let h = Harness::start_with(|c| c.limits.max_conn_num = 2).await;

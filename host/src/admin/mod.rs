@@ -1,6 +1,6 @@
 //! Admin HTTP (hyper) on its own port (docs/api.md).
 //!
-//! Open: `GET /metrics` (Prometheus text), `GET /healthz` (the process answers), `GET /readyz`
+//! Open: `GET /metrics` (Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it), `GET /healthz` (the process answers), `GET /readyz`
 //! ([`ready`]: upstreams, Redis, etcd).
 //! With `Authorization: Bearer <admin.token>`: the push API ([`push`]), queries
 //! (`GET /rooms`, `GET /sessions`) and script deployment ([`scripts`]). Without a configured token that API answers 403
@@ -17,13 +17,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::gateway::Core;
+use crate::metrics::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 
 /// Largest request body of the admin API, in bytes.
 const MAX_BODY: usize = 1 << 20;
@@ -81,11 +82,14 @@ fn error(status: StatusCode, code: &str, reason: impl std::fmt::Display) -> Http
 async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/metrics") => response(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            core.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => {
+            core.upstreams.sample_queue_depths();
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            match accept.contains("application/openmetrics-text") {
+                true => response(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, core.metrics.render_openmetrics()),
+                false => response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, core.metrics.render()),
+            }
+        }
         (&Method::GET, "/healthz") => {
             json(StatusCode::OK, serde_json::json!({ "status": "ok", "sessions": core.registry.len() }))
         }

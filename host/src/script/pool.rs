@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -32,7 +33,7 @@ use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use super::ScriptError;
 use super::engine::ScriptEngine;
 use super::state::{ScriptMeta, ScriptState};
-use crate::metrics::ScriptOutcomeLabel;
+use crate::metrics::{ScriptOutcomeLabel, ScriptVersionLabel};
 
 /// A generated world binding that can be pre-linked and instantiated.
 pub trait World: Sized + Send + Sync + 'static {
@@ -74,6 +75,8 @@ pub struct Limits {
 }
 
 struct Outcomes {
+    /// Call durations of this script version, seconds.
+    duration: Histogram,
     ok: Counter,
     trap: Counter,
     deadline: Counter,
@@ -141,7 +144,9 @@ impl<W: World> ScriptPool<W> {
             };
             meta.metrics.script_calls.get_or_create(&label).clone()
         };
+        let version = ScriptVersionLabel { script: meta.name.to_string(), version: meta.version.to_string() };
         let outcomes = Outcomes {
+            duration: meta.metrics.script_call_seconds.get_or_create(&version).clone(),
             ok: outcome("ok"),
             trap: outcome("trap"),
             deadline: outcome("deadline"),
@@ -309,7 +314,9 @@ impl<W: World> ScriptPool<W> {
         };
         slot.store.data_mut().call_started = Instant::now();
         slot.store.set_epoch_deadline(1);
+        let started = slot.store.data().call_started;
         let (slot, result) = f(slot).await;
+        self.outcomes.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => {
                 self.outcomes.ok.inc();

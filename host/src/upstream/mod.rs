@@ -176,6 +176,15 @@ impl Upstreams {
         self.shared.table.load().get(&dest).map_or(0, |p| p.connections_up())
     }
 
+    /// Sets the `upstream_queue_depth` gauge of every dest from its pool's queues (called
+    /// when `/metrics` is scraped, so the send path pays nothing for it).
+    pub fn sample_queue_depths(&self) {
+        for (&dest, pool) in self.shared.table.load().iter() {
+            let gauge = self.shared.metrics.upstream_queue_depth.get_or_create(&DestLabel { dest });
+            gauge.set(pool.queued() as i64);
+        }
+    }
+
     /// Drains and closes every pool (graceful shutdown).
     pub fn shutdown(&self) {
         let table = self.shared.table.swap(Arc::default());

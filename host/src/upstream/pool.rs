@@ -74,6 +74,11 @@ impl Pool {
         self.up_count.load(Ordering::Relaxed)
     }
 
+    /// Frames queued on the pool's connections, not yet taken by their writers.
+    pub(super) fn queued(&self) -> usize {
+        self.conns.iter().map(|c| c.tx.max_capacity() - c.tx.capacity()).sum()
+    }
+
     fn conn_for(&self, key: u64) -> &Conn {
         // Fibonacci hashing spreads sequential session ids over the connections.
         let index = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.conns.len();

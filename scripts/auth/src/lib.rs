@@ -10,7 +10,7 @@
 //!
 //! The token must carry `sub` (the user id) and `exp`; expiry is always checked. Each ended
 //! logged-in session ("account lost", seed 004) is counted in the script counter
-//! `account_lost_<reason>` (`wasmgate_script_counter_total{script="auth",name=..}`).
+//! `account_lost_<reason>` (`wasmgate_script_events_total{script="auth",name=..}`).
 
 use std::sync::OnceLock;
 

@@ -21,6 +21,7 @@ use etcd_client::GetOptions;
 
 use crate::cluster::etcd_watch::{self, Change};
 use crate::config::Config;
+use crate::config_overrides::merge;
 use crate::gateway::Core;
 use crate::watch;
 
@@ -34,14 +35,21 @@ pub const MESSAGE_MAP_KEY: &str = "message_map.json";
 /// How long a read from etcd at start may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Loads the config file at `path` and, when its `[config_centre]` is enabled, merges the
-/// TOML held in etcd at `<prefix>wasmgate.toml` over it (absent key: the file alone).
+/// Loads the config file at `path` (`None`: the built-in defaults) and, when its
+/// `[config_centre]` is enabled, merges the TOML held in etcd at `<prefix>wasmgate.toml` over
+/// it (absent key: the file alone); `overrides` (environment and `--set` flags,
+/// [`crate::config_overrides`]) go over both.
 ///
 /// Errors: the file's own errors ([`Config::load`]); etcd unreachable within 5 s; the etcd
 /// TOML unparsable or the merged config invalid (the message names the key and the field).
-pub async fn load(path: &Path) -> anyhow::Result<Config> {
-    let mut table = Config::read_table(path)?;
-    let local = Config::from_table(table.clone(), path)?;
+pub async fn load(path: Option<&Path>, overrides: &toml::Table) -> anyhow::Result<Config> {
+    let (mut table, path) = match path {
+        Some(path) => (Config::read_table(path)?, path),
+        None => (toml::Table::new(), Path::new("(defaults)")),
+    };
+    let mut local_table = table.clone();
+    merge(&mut local_table, overrides.clone());
+    let local = Config::from_table(local_table, path).context("the config with its overrides")?;
     if !local.config_centre.enabled {
         return Ok(local);
     }
@@ -53,22 +61,11 @@ pub async fn load(path: &Path) -> anyhow::Result<Config> {
     };
     let overlay: toml::Table = toml::from_str(&text).with_context(|| format!("etcd key {key}"))?;
     merge(&mut table, overlay);
+    merge(&mut table, overrides.clone());
     let config =
         Config::from_table(table, path).with_context(|| format!("the file merged with etcd key {key}"))?;
     tracing::info!(key, "gateway config merged from etcd");
     Ok(config)
-}
-
-/// Merges `overlay` into `base`: tables recursively, any other value replaced.
-fn merge(base: &mut toml::Table, overlay: toml::Table) {
-    for (name, value) in overlay {
-        match (base.get_mut(&name), value) {
-            (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => merge(inner, over),
-            (_, value) => {
-                base.insert(name, value);
-            }
-        }
-    }
 }
 
 async fn connect(config: &Config) -> anyhow::Result<etcd_client::Client> {

@@ -415,6 +415,38 @@ impl RunningGateway {
     /// node id released); upstream pools write what they hold and read replies briefly; then
     /// waits for all tasks, at most `grace`. Sessions still open after
     /// `grace` are aborted.
+    /// Applies a re-read configuration (SIGHUP): the map files and the scripts directory's
+    /// manifest are read again and applied live, as when they change on disk (even with
+    /// `maps.no_watch`). Other settings apply at the next start: returns the sections of
+    /// `config` that differ from the running ones (also logged as a warning), e.g.
+    /// `["limits", "listen"]`.
+    pub async fn reload(&self, config: &Config) -> Vec<&'static str> {
+        watch::reload_files(&self.core).await;
+        let running = &self.core.config;
+        let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let sections: [(&'static str, bool); 13] = [
+            ("node", running.node.name != config.node.name),
+            ("listen", differs(&running.listen, &config.listen)),
+            ("limits", differs(&running.limits, &config.limits)),
+            ("tcp", differs(&running.tcp, &config.tcp)),
+            ("timeouts", differs(&running.timeouts, &config.timeouts)),
+            ("routes", differs(&running.routes, &config.routes)),
+            ("upstream", differs(&running.upstream, &config.upstream)),
+            ("scripts", differs(&running.scripts, &config.scripts)),
+            ("rooms", differs(&running.rooms, &config.rooms)),
+            ("admin", differs(&running.admin, &config.admin)),
+            ("cluster", differs(&running.cluster, &config.cluster)),
+            ("user_centre", differs(&running.user_centre, &config.user_centre)),
+            ("config_centre", differs(&running.config_centre, &config.config_centre)),
+        ];
+        let changed: Vec<&'static str> =
+            sections.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
+        if !changed.is_empty() {
+            tracing::warn!(sections = ?changed, "config sections changed; they apply at the next start");
+        }
+        changed
+    }
+
     pub async fn shutdown(self, grace: Duration) {
         let core = self.core;
         core.shutdown.cancel();
@@ -441,6 +473,15 @@ impl RunningGateway {
             let _ = tokio::time::timeout(Duration::from_secs(1), core.tasks.wait()).await;
             tracing::warn!("shutdown grace elapsed; remaining tasks aborted");
         }
-        tracing::info!("wasmgate stopped");
+        let sent = |transport| Metrics::transport_counter(&core.metrics.messages_out, transport).get();
+        let in_ = |transport| Metrics::transport_counter(&core.metrics.messages_in, transport).get();
+        // The totals let an operator (and the drain test) compare with what clients and
+        // backends received.
+        tracing::info!(
+            packets_received = in_("websocket") + in_("tcp"),
+            packets_sent = sent("websocket") + sent("tcp"),
+            upstream_frames_sent = core.upstreams.frames_sent(),
+            "wasmgate stopped"
+        );
     }
 }

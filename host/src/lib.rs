@@ -25,6 +25,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod config_centre;
+pub mod config_overrides;
 pub mod embedded;
 mod gateway;
 pub mod maps;

@@ -1,12 +1,15 @@
 //! The `wasmgate` binary: parses arguments, sets up logging, runs the library's gateway until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM (graceful drain; a second signal exits at once), re-reads its config on
+//! SIGHUP, and tells systemd (`Type=notify`, `NOTIFY_SOCKET`) when it is ready, reloading and
+//! stopping. Config precedence: file < config centre < `WASMGATE__*` environment < `--set`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use wasmgate::{Config, RunningGateway};
+use sd_notify::NotifyState;
+use wasmgate::{Config, RunningGateway, config_centre, config_overrides};
 
 /// Long-connection gateway for game and realtime backends, scripted in WebAssembly.
 #[derive(Parser)]
@@ -22,6 +25,10 @@ struct Cli {
     /// Seconds allowed for a graceful shutdown before sessions are aborted.
     #[arg(long, default_value_t = 10, global = true)]
     shutdown_grace_s: u64,
+    /// Overrides one config key, over the file and the `WASMGATE__SECTION__KEY` environment
+    /// variables: `--set limits.max_conn_num=5000` (repeatable; docs/configuration.md).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    sets: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -30,7 +37,8 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Run,
-    /// Validate a config file and exit (0 if valid).
+    /// Validate a config file (with the environment's and `--set` overrides) and exit: 0 and
+    /// `<file>: ok` if valid, else 1 and the problem, naming the field.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
@@ -96,7 +104,8 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr (journald keeps it); stdout is for the CLI commands' answers.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -109,7 +118,9 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { file } => {
-            Config::load(&file)?;
+            let mut table = Config::read_table(&file)?;
+            config_overrides::merge(&mut table, overrides(&cli.sets)?);
+            Config::from_table(table, &file)?;
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -136,17 +147,78 @@ async fn main() -> anyhow::Result<()> {
             admin_call(&load_config(&cli.config)?, admin, "GET", "/scripts", vec![]).await
         }
         Command::Run => {
-            let config = match &cli.config {
-                Some(path) => wasmgate::config_centre::load(path).await?,
-                None => Config::default(),
-            };
+            let overrides = overrides(&cli.sets)?;
+            let config = config_centre::load(cli.config.as_deref(), &overrides).await?;
             let gateway = RunningGateway::start(config).await.context("starting wasmgate")?;
-            wait_for_signal().await?;
-            tracing::info!("shutting down (a second signal exits at once)");
+            let mut signals = Signals::new()?;
+            notify(&[NotifyState::Ready]);
+            while let Signal::Hangup = signals.next().await {
+                notify(&[NotifyState::Reloading]);
+                match config_centre::load(cli.config.as_deref(), &overrides).await {
+                    Ok(config) => {
+                        let restart = gateway.reload(&config).await;
+                        tracing::info!(needs_restart = ?restart, "SIGHUP: config files re-read");
+                    }
+                    Err(e) => tracing::error!("SIGHUP: config not reloaded: {e:#}"),
+                }
+                notify(&[NotifyState::Ready]);
+            }
+            notify(&[NotifyState::Stopping]);
+            tracing::info!(grace_s = cli.shutdown_grace_s, "shutting down (a second signal exits at once)");
             tokio::select! {
                 _ = gateway.shutdown(Duration::from_secs(cli.shutdown_grace_s)) => Ok(()),
-                _ = wait_for_signal() => std::process::exit(130),
+                _ = async { while let Signal::Hangup = signals.next().await {} } => {
+                    tracing::warn!("second signal: exiting at once");
+                    std::process::exit(130)
+                }
             }
+        }
+    }
+}
+
+/// The environment's `WASMGATE__*` overrides, then the `--set` ones over them.
+fn overrides(sets: &[String]) -> anyhow::Result<toml::Table> {
+    let mut table = config_overrides::from_env(std::env::vars())?;
+    config_overrides::merge(&mut table, config_overrides::from_sets(sets)?);
+    Ok(table)
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`); a failure is logged, not fatal.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("systemd notify failed: {e}");
+    }
+}
+
+/// The process signals the gateway acts on.
+enum Signal {
+    /// SIGHUP: re-read the config.
+    Hangup,
+    /// SIGINT or SIGTERM: drain and stop.
+    Stop,
+}
+
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Hangup,
         }
     }
 }
@@ -156,13 +228,4 @@ fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     })
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

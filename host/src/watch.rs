@@ -122,6 +122,24 @@ fn matches(event_path: &Path, path: &Path, kind: MapKind) -> bool {
     matches!(kind, MapKind::Handlers) && event_path.parent() == path.parent() && component
 }
 
+/// Re-reads and applies the map files and the scripts directory's manifest now, whether they
+/// are watched or not (SIGHUP; [`crate::RunningGateway::reload`]). Each result is logged and
+/// counted as for a changed file.
+pub(crate) async fn reload_files(core: &Arc<Core>) {
+    let maps = [
+        (core.config.maps.dest_map.clone(), MapKind::Dest),
+        (core.config.maps.message_map.clone(), MapKind::Message),
+    ];
+    for (path, kind) in maps {
+        if let Some(path) = path {
+            reload(core, &path, kind).await;
+        }
+    }
+    if let Some(dir) = &core.config.scripts.dir {
+        reload(core, &dir.join(MANIFEST_FILE), MapKind::Handlers).await;
+    }
+}
+
 async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
     if let MapKind::Script(name) = kind {
         return deploy_file(core, path, name).await;

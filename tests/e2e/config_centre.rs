@@ -70,16 +70,19 @@ async fn the_gateway_config_in_etcd_is_merged_over_the_file_and_errors_name_key_
     );
     std::fs::write(&path, file).expect("write the file");
     // No key yet: the file alone.
-    let config = wasmgate::config_centre::load(&path).await.expect("loads");
+    let config = wasmgate::config_centre::load(Some(&path), &Default::default()).await.expect("loads");
     assert_eq!(config.timeouts.login_ms, 5000);
 
     let key = "/wasmgate/config/gw-7/wasmgate.toml";
     etcd.put(key, "[timeouts]\nlogin_ms = 1234\n[rooms]\nlist_limit = 9\n").await;
-    let config = wasmgate::config_centre::load(&path).await.expect("loads");
+    let config = wasmgate::config_centre::load(Some(&path), &Default::default()).await.expect("loads");
     assert_eq!((config.timeouts.login_ms, config.timeouts.heartbeat_ms), (1234, 30000));
     assert_eq!((config.rooms.list_limit, config.node.name.as_str()), (9, "gw-7"));
 
     etcd.put(key, "[timeouts]\nlogin_ms = \"soon\"\n").await;
-    let error = format!("{:#}", wasmgate::config_centre::load(&path).await.expect_err("refused"));
+    let error = format!(
+        "{:#}",
+        wasmgate::config_centre::load(Some(&path), &Default::default()).await.expect_err("refused")
+    );
     assert!(error.contains(key) && error.contains("login_ms"), "{error}");
 }

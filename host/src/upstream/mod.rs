@@ -17,6 +17,7 @@ mod pool;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// The cross-node bus: pushes for sessions, users and rooms beyond this node.
     relay: Option<Relay>,
+    /// Frames written to backends (flushed to the socket), every dest together.
+    frames_sent: AtomicU64,
 }
 
 /// The queue-pool table.
@@ -90,8 +93,17 @@ impl Upstreams {
         tasks: TaskTracker,
         relay: Option<Relay>,
     ) -> Self {
-        let shared =
-            Shared { table: ArcSwap::default(), registry, rooms, metrics, settings, node, tasks, relay };
+        let shared = Shared {
+            table: ArcSwap::default(),
+            registry,
+            rooms,
+            metrics,
+            settings,
+            node,
+            tasks,
+            relay,
+            frames_sent: AtomicU64::new(0),
+        };
         Self { shared: Arc::new(shared) }
     }
 
@@ -183,6 +195,11 @@ impl Upstreams {
             let gauge = self.shared.metrics.upstream_queue_depth.get_or_create(&DestLabel { dest });
             gauge.set(pool.queued() as i64);
         }
+    }
+
+    /// Frames written to backends so far (flushed to their sockets), every dest together.
+    pub fn frames_sent(&self) -> u64 {
+        self.shared.frames_sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drains and closes every pool (graceful shutdown).

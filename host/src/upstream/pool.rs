@@ -281,6 +281,7 @@ impl ConnTask {
         }
         ok = ok && writer.flush().await.is_ok();
         if ok {
+            self.shared.frames_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
             batch.clear();
         } else {
             tracing::warn!(

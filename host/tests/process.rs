@@ -1,0 +1,388 @@
+//! The `wasmgate` binary as operators run it: a child process with a config file, signals
+//! (SIGTERM drain, second signal, SIGHUP reload), systemd readiness (`NOTIFY_SOCKET`), config
+//! precedence (file < environment < `--set`) and `check-config`.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+use wasmgate::protocol::backend::{BackendCodec, BackendFrame};
+use wasmgate_examples::client::{Client, Received};
+use wasmgate_tests::{ISSUER, PROMPT, SECRET, token, write_dest_map, write_message_map};
+
+/// A gateway child process; its JSON log lines are collected; killed on drop.
+struct Gateway {
+    child: Child,
+    ws: SocketAddr,
+    log: Arc<parking_lot::Mutex<Vec<serde_json::Value>>>,
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], wasmgate_examples::bench::free_port().expect("a free port")))
+}
+
+/// `wasmgate.toml` for a gateway with maps in `dir`, the test auth secret and `extra` lines.
+fn write_config(dir: &TempDir, ws: SocketAddr, admin: SocketAddr, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[listen]\nws = \"{ws}\"\ntcp = \"127.0.0.1:0\"\nadmin = \"{admin}\"\n\n[maps]\ndest_map = \"dest_map.json\"\n\
+         message_map = \"message_map.json\"\n{extra}\n\n[scripts.auth.config]\nsecret = \"{SECRET}\"\n\
+         issuer = \"{ISSUER}\"\n"
+    );
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, text).expect("writing the config");
+    path
+}
+
+impl Gateway {
+    /// Starts `wasmgate run` and waits until its WebSocket listener accepts.
+    async fn start(config: &Path, ws: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmgate"));
+        command
+            .args(["--log-format", "json", "--config"])
+            .arg(config)
+            .args(args)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("starting wasmgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                match serde_json::from_str(&line) {
+                    Ok(value) => lines.lock().push(value),
+                    Err(_) => eprintln!("wasmgate: {line}"),
+                }
+            }
+        });
+        let gateway = Self { child, ws, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(ws).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "wasmgate did not listen within 30 s: {:?}",
+                gateway.log.lock()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gateway
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        assert!(status.expect("kill").success());
+    }
+
+    /// Waits for the process to exit (at most `bound`): its exit code and how long it took.
+    async fn exited(&mut self, bound: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.code(), started.elapsed());
+            }
+            assert!(started.elapsed() < bound, "still running after {bound:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The fields of the first log line whose message is `message`.
+    fn logged(&self, message: &str) -> Option<serde_json::Value> {
+        let log = self.log.lock();
+        log.iter().find(|l| l["fields"]["message"] == message).map(|l| l["fields"].clone())
+    }
+
+    async fn wait_logged(&self, message: &str) -> serde_json::Value {
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            if let Some(fields) = self.logged(message) {
+                return fields;
+            }
+            assert!(Instant::now() < deadline, "no `{message}` in the log: {:?}", self.log.lock());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn client(&self, user: &str) -> Client {
+        let mut client = Client::ws(&format!("ws://{}/", self.ws), false).await.expect("connecting");
+        client.login(1, &token(user)).await.expect("login");
+        client
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A backend that counts the `Forward` frames it receives and answers each with a `Reply`.
+async fn counting_backend() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("backend bind");
+    let addr = listener.local_addr().expect("backend addr");
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let count = forwarded.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut framed = Framed::new(stream, BackendCodec::default());
+                while let Some(Ok(frame)) = framed.next().await {
+                    if let BackendFrame::Forward { session_id, msg_id, seq, body, .. } = frame {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let reply = BackendFrame::Reply { session_id, msg_id, seq, body };
+                        if framed.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, forwarded)
+}
+
+/// What one client saw until the gateway closed it.
+struct Seen {
+    /// Sequence numbers of the replies to message 100, in arrival order.
+    replies: Vec<u32>,
+    /// Packets received after login, the error frame included.
+    packets: u64,
+    going_away: bool,
+    close_code: Option<u16>,
+}
+
+/// Sends message 100 in windows of 50 and reads the replies, until the gateway closes.
+async fn traffic(mut client: Client) -> Seen {
+    let mut seen = Seen { replies: Vec::new(), packets: 0, going_away: false, close_code: None };
+    loop {
+        for _ in 0..50 {
+            if client.send(100, b"drain me").await.is_err() {
+                break;
+            }
+        }
+        let mut outstanding = 50;
+        while outstanding > 0 {
+            match tokio::time::timeout(PROMPT, client.recv()).await {
+                Ok(Ok(Received::Packet(p))) => {
+                    seen.packets += 1;
+                    match p.msg_id {
+                        100 => {
+                            seen.replies.push(p.seq);
+                            outstanding -= 1;
+                        }
+                        4 => seen.going_away |= String::from_utf8_lossy(&p.body).contains("going_away"),
+                        other => panic!("unexpected packet {other}"),
+                    }
+                }
+                Ok(Ok(Received::Closed { code, .. })) => {
+                    seen.close_code = code;
+                    return seen;
+                }
+                Ok(Err(_)) => return seen,
+                Err(_) => panic!("no packet and no close within {PROMPT:?}"),
+            }
+        }
+    }
+}
+
+/// SIGTERM in the middle of traffic: every client gets the `going_away` error frame and close
+/// 1001; every client packet the gateway read reached the backend; every packet the gateway
+/// wrote reached its client, replies in order without a gap; the process exits 0 within its
+/// bound. A second signal during a drain exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_exits_within_the_bound() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (backend, forwarded) = counting_backend().await;
+    write_dest_map(&dir, &[(101, backend)]);
+    write_message_map(&dir, &[(100, 101)]);
+    let (ws, admin) = (free_addr(), free_addr());
+    let config = write_config(&dir, ws, admin, "");
+    let mut gateway = Gateway::start(&config, ws, &["--shutdown-grace-s", "4"], &[]).await;
+    let mut running = Vec::new();
+    for i in 0..8 {
+        running.push(tokio::spawn(traffic(gateway.client(&format!("drain{i}")).await)));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    gateway.signal("TERM");
+    let (code, took) = gateway.exited(Duration::from_secs(6)).await;
+    assert_eq!(code, Some(0), "exit status");
+    let mut written_to_clients = 0;
+    for task in running {
+        let seen = task.await.expect("client task");
+        assert!(seen.going_away, "no going_away error frame");
+        assert_eq!(seen.close_code, Some(1001));
+        assert!(seen.replies.len() > 10, "too little traffic before the signal: {}", seen.replies.len());
+        let first = seen.replies[0];
+        let expected: Vec<u32> = (first..first + seen.replies.len() as u32).collect();
+        assert_eq!(seen.replies, expected, "replies out of order or with a gap");
+        written_to_clients += seen.packets + 1; // + the login reply
+    }
+    let stopped = gateway.wait_logged("wasmgate stopped").await;
+    let number = |name: &str| stopped[name].as_u64().unwrap_or_else(|| panic!("{name} in {stopped}"));
+    assert_eq!(number("packets_sent"), written_to_clients, "packets written vs received by clients");
+    assert_eq!(
+        number("packets_received") - 8,
+        forwarded.load(Ordering::Relaxed),
+        "read vs reached the backend"
+    );
+    assert_eq!(number("upstream_frames_sent"), forwarded.load(Ordering::Relaxed));
+    assert!(took < Duration::from_secs(5), "drain took {took:?}");
+
+    // A second signal: the drain is cut short (a client that never reads its socket keeps it
+    // busy until the grace ends; the second signal must not wait for that).
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_dest_map(&dir, &[(101, backend)]);
+    write_message_map(&dir, &[(100, 101)]);
+    let (ws, admin) = (free_addr(), free_addr());
+    let config = write_config(&dir, ws, admin, "");
+    let mut gateway = Gateway::start(&config, ws, &["--shutdown-grace-s", "60"], &[]).await;
+    let _idle = gateway.client("second").await;
+    gateway.signal("TERM");
+    gateway.wait_logged("shutting down (a second signal exits at once)").await;
+    gateway.signal("INT");
+    let (code, took) = gateway.exited(Duration::from_secs(5)).await;
+    assert!(code == Some(130) || code == Some(0), "exit status {code:?}");
+    assert!(took < Duration::from_secs(5));
+}
+
+/// `NOTIFY_SOCKET` gets `READY=1` once the gateway serves, `RELOADING=1` + `READY=1` around a
+/// SIGHUP, `STOPPING=1` at shutdown. SIGHUP re-reads the map files even with `no_watch`: a
+/// message id added to `message_map.json` routes after the signal and not before, and a
+/// changed setting that needs a restart is named in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_notify_and_sighup_reload() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (backend, _) = counting_backend().await;
+    write_dest_map(&dir, &[(101, backend)]);
+    write_message_map(&dir, &[(100, 101)]);
+    let (ws, admin) = (free_addr(), free_addr());
+    let config = write_config(&dir, ws, admin, "no_watch = true");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket.set_read_timeout(Some(PROMPT)).expect("timeout");
+    let notify_env = socket_path.to_str().expect("utf-8 path");
+    let mut gateway = Gateway::start(&config, ws, &[], &[("NOTIFY_SOCKET", notify_env)]).await;
+    let mut buf = [0u8; 256];
+    let mut next_notice = || {
+        let n = socket.recv(&mut buf).expect("a notify datagram");
+        String::from_utf8_lossy(&buf[..n]).trim().to_string()
+    };
+    assert_eq!(next_notice(), "READY=1");
+
+    let mut client = gateway.client("hup").await;
+    client.send(103, b"before").await.expect("send");
+    let error = client.recv_within(PROMPT).await.expect("answer").packet().expect("packet");
+    assert_eq!((error.msg_id, wasmgate_tests::error_of(&error.body).0.as_str()), (4, "unknown_message"));
+
+    write_message_map(&dir, &[(100, 101), (103, 101)]);
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("[listen]", "[limits]\nmax_conn_num = 7\n\n[listen]");
+    std::fs::write(&config, text).expect("config");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seq = client.send(103, b"still unknown: no_watch").await.expect("send");
+    let error = client.recv_within(PROMPT).await.expect("answer").packet().expect("packet");
+    assert_eq!(error.msg_id, 4, "routed before SIGHUP although maps.no_watch: {error:?} (seq {seq})");
+
+    gateway.signal("HUP");
+    assert_eq!(next_notice(), "RELOADING=1");
+    assert_eq!(next_notice(), "READY=1");
+    let reloaded = gateway.wait_logged("SIGHUP: config files re-read").await;
+    assert!(reloaded["needs_restart"].as_str().is_some_and(|s| s.contains("limits")), "{reloaded}");
+    let seq = client.send(103, b"after").await.expect("send");
+    let reply = client.recv_reply(103, seq, PROMPT).await.expect("routed after SIGHUP");
+    assert_eq!(&reply.0.body[..], b"after");
+
+    gateway.signal("TERM");
+    assert_eq!(next_notice(), "STOPPING=1");
+    assert_eq!(gateway.exited(Duration::from_secs(12)).await.0, Some(0));
+}
+
+/// Precedence file < `WASMGATE__*` environment < `--set`, seen on a running gateway (the
+/// listener moves) and through `check-config`, whose errors name the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_precedence_and_check_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (backend, _) = counting_backend().await;
+    write_dest_map(&dir, &[(101, backend)]);
+    write_message_map(&dir, &[(100, 101)]);
+    let (file_ws, env_ws, flag_ws, admin) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let config = write_config(&dir, file_ws, admin, "");
+    let env_value = env_ws.to_string();
+    let flag = format!("listen.ws={flag_ws}");
+
+    // The environment beats the file.
+    let env = [("WASMGATE__LISTEN__WS", env_value.as_str())];
+    let gateway = Gateway::start(&config, env_ws, &[], &env).await;
+    assert!(tokio::net::TcpStream::connect(file_ws).await.is_err(), "the file's address is in use");
+    drop(gateway);
+    // A flag beats the environment.
+    let gateway = Gateway::start(&config, flag_ws, &["--set", &flag], &env).await;
+    assert!(tokio::net::TcpStream::connect(env_ws).await.is_err(), "the environment's address is in use");
+    gateway.client("precedence").await;
+    drop(gateway);
+
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmgate"));
+        command.args(args).arg("check-config").arg(&config);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let out = command.output().expect("check-config");
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), said)
+    };
+    let (code, said) = check(&[], &[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains(": ok"), "{said}");
+    let (code, said) = check(&[], &[("WASMGATE__LIMITS__MAX_CONN_NUM", "many")]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("max_conn_num"), "the error names the field: {said}");
+    let (code, said) = check(&["--set", "tcp.len_msg_len=3"], &[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("tcp.len_msg_len"), "{said}");
+    let (code, said) = check(&["--set", "limits.no_such_key=1"], &[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("no_such_key"), "{said}");
+    std::fs::write(&config, "[listen\nws = 1").expect("config");
+    let (code, said) = check(&[], &[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("wasmgate.toml"), "names the file: {said}");
+}
+
+/// The example systemd unit (`examples/service/wasmgate.service`) passes `systemd-analyze
+/// verify` without a warning (an unknown or misspelt directive is one), with its binary path
+/// pointed at the one under test.
+#[test]
+fn systemd_unit_verifies() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/service/wasmgate.service");
+    let text = std::fs::read_to_string(unit).expect("the unit");
+    assert!(text.contains("\nType=notify\n") && text.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("wasmgate.service");
+    std::fs::write(&path, text.replace("/usr/local/bin/wasmgate", env!("CARGO_BIN_EXE_wasmgate")))
+        .expect("unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian systemd; .ci/run installs it)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}

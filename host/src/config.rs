@@ -41,6 +41,21 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub user_centre: UserCentreConfig,
     pub config_centre: ConfigCentreConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry trace export over OTLP/gRPC (docs/operations.md). Off unless `otlp_endpoint`
+/// or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+/// is set; the other `OTEL_*` variables (`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,
+/// `OTEL_BSP_*`, headers, timeout) apply as the OpenTelemetry SDK defines them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Collector URL, e.g. `http://127.0.0.1:4317`; wins over the environment.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of traces kept (0.0-1.0; parent-based), unless `OTEL_TRACES_SAMPLER` is set.
+    /// `None`: every trace.
+    pub sample_ratio: Option<f64>,
 }
 
 /// Configuration and maps kept in etcd (seed 000 step 1's config centre; docs/cluster.md).
@@ -553,6 +568,9 @@ impl Config {
         }
         if self.node.id > crate::session::MAX_NODE_ID {
             return Err(invalid("node.id", format!("must be <= {}", crate::session::MAX_NODE_ID)));
+        }
+        if self.telemetry.sample_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err(invalid("telemetry.sample_ratio", "must be between 0.0 and 1.0"));
         }
         if !matches!(self.tcp.len_msg_len, 2 | 4) {
             return Err(invalid("tcp.len_msg_len", "must be 2 or 4"));

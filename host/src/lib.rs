@@ -34,6 +34,7 @@ pub mod protocol;
 pub mod rooms;
 pub mod script;
 pub mod session;
+pub mod telemetry;
 pub mod transport;
 pub mod upstream;
 pub mod user_centre;

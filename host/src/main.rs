@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sd_notify::NotifyState;
+use wasmgate::telemetry::{self, Telemetry};
 use wasmgate::{Config, RunningGateway, config_centre, config_overrides};
 
 /// Long-connection gateway for game and realtime backends, scripted in WebAssembly.
@@ -101,22 +102,38 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr (journald keeps it); stdout is for the CLI commands' answers.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+impl From<LogFormat> for telemetry::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match cli.command.unwrap_or(Command::Run) {
+    let mut cli = Cli::parse();
+    match cli.command.take().unwrap_or(Command::Run) {
+        Command::Run => {
+            // The config first: it may ask for span export.
+            let overrides = overrides(&cli.sets)?;
+            let config = config_centre::load(cli.config.as_deref(), &overrides).await?;
+            let telemetry = Telemetry::init(cli.log_format.into(), &config.telemetry, true)?;
+            let result = run(config, &cli.config, &overrides, cli.shutdown_grace_s).await;
+            telemetry.shutdown();
+            result
+        }
+        command => {
+            let _telemetry = Telemetry::init(cli.log_format.into(), &Default::default(), false)?;
+            admin_command(&cli, command).await
+        }
+    }
+}
+
+/// The commands other than `run`: `check-config` and the admin API clients.
+async fn admin_command(cli: &Cli, command: Command) -> anyhow::Result<()> {
+    match command {
         Command::CheckConfig { file } => {
             let mut table = Config::read_table(&file)?;
             config_overrides::merge(&mut table, overrides(&cli.sets)?);
@@ -146,32 +163,39 @@ async fn main() -> anyhow::Result<()> {
         Command::Scripts { admin } => {
             admin_call(&load_config(&cli.config)?, admin, "GET", "/scripts", vec![]).await
         }
-        Command::Run => {
-            let overrides = overrides(&cli.sets)?;
-            let config = config_centre::load(cli.config.as_deref(), &overrides).await?;
-            let gateway = RunningGateway::start(config).await.context("starting wasmgate")?;
-            let mut signals = Signals::new()?;
-            notify(&[NotifyState::Ready]);
-            while let Signal::Hangup = signals.next().await {
-                notify(&[NotifyState::Reloading]);
-                match config_centre::load(cli.config.as_deref(), &overrides).await {
-                    Ok(config) => {
-                        let restart = gateway.reload(&config).await;
-                        tracing::info!(needs_restart = ?restart, "SIGHUP: config files re-read");
-                    }
-                    Err(e) => tracing::error!("SIGHUP: config not reloaded: {e:#}"),
-                }
-                notify(&[NotifyState::Ready]);
+        Command::Run => anyhow::bail!("`run` is not an admin command"),
+    }
+}
+
+/// Runs the gateway until SIGINT/SIGTERM (a second one exits at once); SIGHUP re-reads the
+/// config.
+async fn run(
+    config: Config,
+    path: &Option<PathBuf>,
+    overrides: &toml::Table,
+    grace_s: u64,
+) -> anyhow::Result<()> {
+    let gateway = RunningGateway::start(config).await.context("starting wasmgate")?;
+    let mut signals = Signals::new()?;
+    notify(&[NotifyState::Ready]);
+    while let Signal::Hangup = signals.next().await {
+        notify(&[NotifyState::Reloading]);
+        match config_centre::load(path.as_deref(), overrides).await {
+            Ok(config) => {
+                let restart = gateway.reload(&config).await;
+                tracing::info!(needs_restart = ?restart, "SIGHUP: config files re-read");
             }
-            notify(&[NotifyState::Stopping]);
-            tracing::info!(grace_s = cli.shutdown_grace_s, "shutting down (a second signal exits at once)");
-            tokio::select! {
-                _ = gateway.shutdown(Duration::from_secs(cli.shutdown_grace_s)) => Ok(()),
-                _ = async { while let Signal::Hangup = signals.next().await {} } => {
-                    tracing::warn!("second signal: exiting at once");
-                    std::process::exit(130)
-                }
-            }
+            Err(e) => tracing::error!("SIGHUP: config not reloaded: {e:#}"),
+        }
+        notify(&[NotifyState::Ready]);
+    }
+    notify(&[NotifyState::Stopping]);
+    tracing::info!(grace_s, "shutting down (a second signal exits at once)");
+    tokio::select! {
+        _ = gateway.shutdown(Duration::from_secs(grace_s)) => Ok(()),
+        _ = async { while let Signal::Hangup = signals.next().await {} } => {
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130)
         }
     }
 }

@@ -386,3 +386,151 @@ fn systemd_unit_verifies() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
 }
+
+mod otlp {
+    //! A minimal OTLP/gRPC trace receiver: keeps every span it is sent.
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    /// One received span: name, attributes (as text), span id, parent span id, service name.
+    #[derive(Debug, Clone)]
+    pub struct Span {
+        pub name: String,
+        pub attributes: HashMap<String, String>,
+        pub id: Vec<u8>,
+        pub parent: Vec<u8>,
+        pub service: String,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Receiver {
+        pub spans: Arc<parking_lot::Mutex<Vec<Span>>>,
+    }
+
+    fn text(value: Option<&Value>) -> String {
+        match value {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            Some(Value::DoubleValue(d)) => d.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.spans.lock();
+            for resource in request.into_inner().resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .map(|kv| text(kv.value.as_ref().and_then(|v| v.value.as_ref())))
+                    .unwrap_or_default();
+                for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), text(kv.value.as_ref().and_then(|v| v.value.as_ref()))))
+                        .collect();
+                    spans.push(Span {
+                        name: span.name,
+                        attributes,
+                        id: span.span_id,
+                        parent: span.parent_span_id,
+                        service: service.clone(),
+                    });
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+
+    /// Serves a receiver on a free loopback port: its address and the receiver.
+    pub async fn start() -> (std::net::SocketAddr, Receiver) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("otlp bind");
+        let addr = listener.local_addr().expect("otlp addr");
+        let receiver = Receiver::default();
+        let service = TraceServiceServer::new(receiver.clone());
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        (addr, receiver)
+    }
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, a login and a routed message reach an OTLP
+/// receiver as spans: `session` (with `session.id`, `client.address`, `network.protocol.name`
+/// and, after the close, `wasmgate.close_reason`), `login` (`enduser.id`, outcome),
+/// `message` -> `script.call` (script name and version) and `upstream.send` (dest), and the
+/// backend's `reply`; service name `wasmgate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp() {
+    let (collector, receiver) = otlp::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (backend, _) = counting_backend().await;
+    write_dest_map(&dir, &[(101, backend)]);
+    write_message_map(&dir, &[(100, 101)]);
+    let (ws, admin) = (free_addr(), free_addr());
+    let config = write_config(&dir, ws, admin, "");
+    let endpoint = format!("http://{collector}");
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let mut gateway = Gateway::start(&config, ws, &[], &env).await;
+    let mut client = gateway.client("traced").await;
+    let seq = client.send(100, b"trace me").await.expect("send");
+    client.recv_reply(100, seq, PROMPT).await.expect("reply");
+    client.send(3, b"").await.expect("close request");
+    let _ = client.recv_within(PROMPT).await;
+
+    let deadline = Instant::now() + PROMPT;
+    let find = |name: &str| receiver.spans.lock().iter().find(|s| s.name == name).cloned();
+    while ["session", "login", "message", "script.call", "upstream.send", "reply"]
+        .iter()
+        .any(|n| find(n).is_none())
+    {
+        let names: Vec<String> = receiver.spans.lock().iter().map(|s| s.name.clone()).collect();
+        assert!(Instant::now() < deadline, "spans received: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let session = find("session").expect("session span");
+    assert_eq!(session.service, "wasmgate");
+    assert_eq!(session.attributes["client.address"], "127.0.0.1");
+    assert_eq!(session.attributes["network.protocol.name"], "websocket");
+    assert_eq!(session.attributes["wasmgate.close_reason"], "normal");
+    let login = find("login").expect("login span");
+    assert_eq!(login.attributes["enduser.id"], "traced");
+    assert_eq!(login.attributes["wasmgate.outcome"], "ok");
+    let spans = receiver.spans.lock().clone();
+    let message = spans
+        .iter()
+        .find(|s| s.name == "message" && s.attributes["wasmgate.msg_id"] == "100")
+        .expect("message 100");
+    assert_eq!(message.parent, session.id, "a message is a child of its session");
+    let router_call = spans
+        .iter()
+        .find(|s| {
+            s.name == "script.call" && s.attributes["wasmgate.script"] == "router" && s.parent == message.id
+        })
+        .expect("the router call under the message span");
+    assert!(!router_call.attributes["wasmgate.script_version"].is_empty());
+    let send =
+        spans.iter().find(|s| s.name == "upstream.send" && s.parent == message.id).expect("upstream.send");
+    assert_eq!(
+        (send.attributes["wasmgate.dest_id"].as_str(), send.attributes["wasmgate.outcome"].as_str()),
+        ("101", "ok")
+    );
+    assert!(spans.iter().any(|s| s.name == "reply" && s.attributes["wasmgate.msg_id"] == "100"));
+    gateway.signal("TERM");
+    assert_eq!(gateway.exited(Duration::from_secs(12)).await.0, Some(0));
+}

@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tracing::Instrument as _;
 use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
@@ -315,7 +316,12 @@ impl<W: World> ScriptPool<W> {
         slot.store.data_mut().call_started = Instant::now();
         slot.store.set_epoch_deadline(1);
         let started = slot.store.data().call_started;
-        let (slot, result) = f(slot).await;
+        let span = tracing::debug_span!(
+            "script.call",
+            wasmgate.script = &*self.meta.name,
+            wasmgate.script_version = &*self.meta.version,
+        );
+        let (slot, result) = f(slot).instrument(span).await;
         self.outcomes.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
+use tracing::Instrument as _;
 
 use super::{CloseReason, Outbound, SessionHandle, TransportKind};
 use crate::gateway::Core;
@@ -91,9 +92,39 @@ pub(crate) async fn run(
         metrics.connections.get_or_create(&crate::metrics::TransportLabel { transport: label }).clone();
     open.inc();
     core.registry.insert(handle.clone());
-    let span = tracing::debug_span!("session", id, %peer, transport = label);
-    let _enter = span.enter();
-    tracing::debug!("session open");
+    // OpenTelemetry semantic-convention names where they exist (session.id, client.*,
+    // network.protocol.name; the login span has enduser.id); exported only when span export
+    // is on.
+    let span = tracing::debug_span!(
+        "session",
+        session.id = id,
+        client.address = %peer.ip(),
+        client.port = peer.port(),
+        network.protocol.name = label,
+        wasmgate.close_reason = tracing::field::Empty,
+    );
+    async {
+        tracing::debug!("session open");
+        serve(core.clone(), handle, rx, reader, writer, token, label, open).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// The session after its registration: login, packets, close, and the bookkeeping after it.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    core: Arc<Core>,
+    handle: SessionHandle,
+    rx: mpsc::Receiver<Outbound>,
+    reader: impl PacketReader,
+    writer: impl PacketWriter,
+    token: Option<String>,
+    label: &'static str,
+    open: prometheus_client::metrics::gauge::Gauge,
+) {
+    let config = &core.config;
+    let metrics = &core.metrics;
 
     let write_timeout = Duration::from_millis(config.timeouts.write_ms);
     let out_counter = Metrics::transport_counter(&metrics.messages_out, label);
@@ -125,6 +156,7 @@ pub(crate) async fn run(
     }
     open.dec();
     metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
+    tracing::Span::current().record("wasmgate.close_reason", reason.name());
     tracing::debug!(reason = reason.name(), "session closed");
 }
 
@@ -197,7 +229,13 @@ impl Session {
                         self.messages_in.inc();
                         // Boxed: the message path's futures (script calls, upstream sends)
                         // are several KiB; inline, every idle session would hold that space.
-                        Box::pin(self.on_packet(packet)).await;
+                        let span = tracing::debug_span!(
+                            "message",
+                            wasmgate.msg_id = packet.msg_id,
+                            wasmgate.seq = packet.seq,
+                            messaging.message.body.size = packet.body.len(),
+                        );
+                        Box::pin(self.on_packet(packet)).instrument(span).await;
                     }
                     Inbound::GoPush(request) => {
                         self.last_seen = Instant::now();

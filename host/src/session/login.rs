@@ -34,10 +34,18 @@ impl Session {
     /// is the login packet's (0 for the URL). `answer`: send the login reply (not for URL
     /// tokens: their clients, go-push's among them, expect nothing; a refusal still closes the
     /// connection with 4003).
+    #[tracing::instrument(
+        level = "debug",
+        name = "login",
+        skip_all,
+        fields(wasmgate.seq = seq, enduser.id = tracing::field::Empty, wasmgate.outcome = tracing::field::Empty)
+    )]
     pub(super) async fn login(&mut self, seq: u32, token: &str, answer: bool) {
         let metrics = &self.core.metrics;
-        let count =
-            |result: &'static str| metrics.logins.get_or_create(&ReasonLabel { reason: result }).inc();
+        let count = |result: &'static str| {
+            tracing::Span::current().record("wasmgate.outcome", result);
+            metrics.logins.get_or_create(&ReasonLabel { reason: result }).inc()
+        };
         if self.info.user_id.is_some() {
             count("duplicate");
             self.handle.send_error(seq, "already_logged_in", "this session is logged in");
@@ -56,6 +64,7 @@ impl Session {
                     );
                 }
                 count("ok");
+                tracing::Span::current().record("enduser.id", &*user);
                 if let Some(user_centre) = &self.core.user_centre {
                     user_centre.login(&user, self.handle.id(), self.handle.peer());
                 }

@@ -26,6 +26,14 @@ pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: Ba
     match frame {
         BackendFrame::Reply { session_id, msg_id, seq, body } => match shared.registry.get(session_id) {
             Some(session) => {
+                let span = tracing::debug_span!(
+                    "reply",
+                    session.id = session_id,
+                    wasmgate.msg_id = msg_id,
+                    wasmgate.seq = seq,
+                    wasmgate.dest_id = from_dest,
+                );
+                let _entered = span.enter();
                 session.send(msg_id, seq, body);
             }
             None => {

@@ -145,6 +145,12 @@ impl Upstreams {
     /// Errors: [`UpstreamError::UnknownDest`] when `dest` has no pool,
     /// [`UpstreamError::Unavailable`] when its connection is down,
     /// [`UpstreamError::Busy`] when its queue stayed full for `enqueue_timeout_ms`.
+    #[tracing::instrument(
+        level = "debug",
+        name = "upstream.send",
+        skip_all,
+        fields(wasmgate.dest_id = dest, wasmgate.outcome = tracing::field::Empty)
+    )]
     pub async fn forward(&self, dest: u32, key: u64, frame: BackendFrame) -> Result<(), UpstreamError> {
         let result = match self.shared.table.load().get(&dest) {
             Some(pool) => {
@@ -156,6 +162,7 @@ impl Upstreams {
             Ok(()) => "ok",
             Err(e) => e.code(),
         };
+        tracing::Span::current().record("wasmgate.outcome", outcome);
         self.shared.metrics.routed.get_or_create(&DestOutcomeLabel { dest, outcome }).inc();
         result
     }

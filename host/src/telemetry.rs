@@ -1,0 +1,121 @@
+//! Logs and traces: `RUST_LOG`-filtered logs on stderr (text or JSON lines), and, when asked
+//! for, the gateway's spans exported over OTLP/gRPC to an OpenTelemetry collector.
+//!
+//! Spans (docs/operations.md lists them with their attributes) are at `debug` level under the
+//! `wasmgate` target: the log filter (default `info`) does not enable them, so with export
+//! off a span site costs one cached interest check. With export on, the exporter's own filter
+//! enables them whatever `RUST_LOG` says, sampling follows `OTEL_TRACES_SAMPLER` or
+//! `telemetry.sample_ratio`, and a batch processor sends them off the hot path.
+
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Layer as _, Registry};
+
+use crate::config::TelemetryConfig;
+
+/// Keeps the trace exporter; [`Telemetry::shutdown`] flushes it.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
+}
+
+impl Telemetry {
+    /// Installs the global subscriber: logs on stderr filtered by `RUST_LOG` (default `info`),
+    /// plus, when `export`, span export if `config` or the environment names an OTLP endpoint.
+    ///
+    /// Errors: `OTEL_EXPORTER_OTLP_PROTOCOL` (or its `_TRACES_` form) names a protocol other
+    /// than `grpc` (only gRPC is built in), the exporter cannot be built (bad endpoint URL), or
+    /// a global subscriber is already installed. Must run inside a tokio runtime (the gRPC
+    /// channel lives on it).
+    pub fn init(format: LogFormat, config: &TelemetryConfig, export: bool) -> anyhow::Result<Self> {
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // Logs go to stderr (journald keeps it); stdout is for the CLI commands' answers.
+        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let logs = match format {
+            LogFormat::Text => logs.boxed(),
+            LogFormat::Json => logs.json().boxed(),
+        };
+        let provider = match export && wanted(config) {
+            true => Some(provider(config)?),
+            false => None,
+        };
+        let spans = provider.as_ref().map(|provider| {
+            let only_ours = Targets::new().with_target("wasmgate", LevelFilter::DEBUG);
+            tracing_opentelemetry::layer().with_tracer(provider.tracer("wasmgate")).with_filter(only_ours)
+        });
+        Registry::default()
+            .with(logs.with_filter(filter))
+            .with(spans)
+            .try_init()
+            .context("installing the log subscriber")?;
+        if provider.is_some() {
+            tracing::info!("exporting spans over OTLP/gRPC");
+        }
+        Ok(Self { provider })
+    }
+
+    /// Exports the spans still buffered (at most the exporter's timeout) and stops exporting.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("wasmgate: flushing spans failed: {e}");
+        }
+    }
+}
+
+/// Whether span export is asked for: by the config, or by the standard variables (unless
+/// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`).
+fn wanted(config: &TelemetryConfig) -> bool {
+    let env = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none")
+    {
+        return false;
+    }
+    config.otlp_endpoint.is_some()
+        || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+}
+
+fn provider(config: &TelemetryConfig) -> anyhow::Result<SdkTracerProvider> {
+    for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        if let Ok(protocol) = std::env::var(name) {
+            anyhow::ensure!(
+                protocol == "grpc",
+                "{name}={protocol}: wasmgate exports OTLP over gRPC only (set it to `grpc`, port 4317)"
+            );
+        }
+    }
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(endpoint) = &config.otlp_endpoint {
+        exporter = exporter.with_endpoint(endpoint.clone());
+    }
+    let exporter = exporter.build().context("building the OTLP span exporter")?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("wasmgate");
+    }
+    let mut builder = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(
+        resource
+            .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build(),
+    );
+    if let Some(ratio) = config.sample_ratio.filter(|_| std::env::var_os("OTEL_TRACES_SAMPLER").is_none()) {
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
+    }
+    Ok(builder.build())
+}

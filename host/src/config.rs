@@ -350,11 +350,17 @@ pub struct AdminConfig {
     /// Bearer token of the push and query API (`Authorization: Bearer <token>`). `None`
     /// disables that API (`/metrics` and `/healthz` stay open).
     pub token: Option<String>,
+    /// Serve the profiling endpoints (`/debug/pprof/profile`, `/debug/pprof/flamegraph`,
+    /// `/debug/heap`; docs/api.md), behind the token. Off by default.
+    pub profiling: bool,
 }
 
 impl fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminConfig").field("token", &self.token.as_ref().map(|_| "***")).finish()
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("profiling", &self.profiling)
+            .finish()
     }
 }
 

@@ -534,3 +534,72 @@ async fn spans_are_exported_over_otlp() {
     gateway.signal("TERM");
     assert_eq!(gateway.exited(Duration::from_secs(12)).await.0, Some(0));
 }
+
+/// A raw HTTP/1.0 GET with a bearer token: status and body bytes.
+async fn get_bytes(addr: SocketAddr, path: &str, token: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin connect");
+    let head = format!("GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("admin write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("admin read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, raw[split + 4..].to_vec())
+}
+
+/// With `admin.profiling`, a CPU profile recorded during traffic decodes as a pprof `Profile`
+/// with samples and symbol names, the flame graph is an SVG, and `/debug/heap` reports the
+/// allocator's figures; without the setting or the token the endpoints refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiling_endpoints() {
+    use pprof::protos::Message as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (backend, _) = counting_backend().await;
+    write_dest_map(&dir, &[(101, backend)]);
+    write_message_map(&dir, &[(100, 101)]);
+    let (ws, admin) = (free_addr(), free_addr());
+    let config = write_config(&dir, ws, admin, "");
+    let sets = ["--set", "admin.token=\"secret-token\"", "--set", "admin.profiling=true"];
+    let gateway = Gateway::start(&config, ws, &sets, &[]).await;
+    let mut client = gateway.client("profiled").await;
+    let (flowing, is_flowing) = tokio::sync::oneshot::channel();
+    let busy = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_millis(4500);
+        let mut flowing = Some(flowing);
+        while Instant::now() < until {
+            let seq = client.send(100, b"burn some cpu").await.expect("send");
+            client.recv_reply(100, seq, PROMPT).await.expect("reply");
+            flowing.take().map(|f| f.send(()));
+        }
+    });
+    is_flowing.await.expect("traffic flows");
+    let (status, body) = get_bytes(admin, "/debug/pprof/profile?seconds=2", "secret-token").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let profile = pprof::protos::Profile::decode(body.as_slice()).expect("a pprof protobuf");
+    assert!(!profile.sample.is_empty(), "no samples");
+    let names: Vec<&str> = profile.string_table.iter().map(String::as_str).collect();
+    assert!(names.iter().any(|n| n.contains("wasmgate")), "no wasmgate symbol among {} strings", names.len());
+    let (status, svg) = get_bytes(admin, "/debug/pprof/flamegraph?seconds=2", "secret-token").await;
+    assert_eq!(status, 200);
+    let svg = String::from_utf8_lossy(&svg);
+    assert!(svg.contains("<svg") && svg.contains("wasmgate"), "not a flame graph of wasmgate: {svg}");
+    busy.await.expect("traffic");
+    let (status, heap) = get_bytes(admin, "/debug/heap", "secret-token").await;
+    assert_eq!(status, 200);
+    let heap: serde_json::Value = serde_json::from_slice(&heap).expect("JSON");
+    assert!(heap["in_use_bytes"].as_u64().is_some_and(|b| b > 0), "{heap}");
+    assert!(heap["rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{heap}");
+    assert_eq!(get_bytes(admin, "/debug/pprof/profile?seconds=0", "secret-token").await.0, 400);
+    assert_eq!(get_bytes(admin, "/debug/heap", "wrong").await.0, 401);
+    drop(gateway);
+
+    // Off by default.
+    let (ws, admin) = (free_addr(), free_addr());
+    let config = write_config(&dir, ws, admin, "");
+    let _gateway = Gateway::start(&config, ws, &["--set", "admin.token=\"secret-token\""], &[]).await;
+    let (status, body) = get_bytes(admin, "/debug/pprof/profile?seconds=1", "secret-token").await;
+    assert_eq!(status, 403);
+    assert!(String::from_utf8_lossy(&body).contains("profiling_disabled"));
+}

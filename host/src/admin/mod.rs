@@ -3,10 +3,12 @@
 //! Open: `GET /metrics` (Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it), `GET /healthz` (the process answers), `GET /readyz`
 //! ([`ready`]: upstreams, Redis, etcd).
 //! With `Authorization: Bearer <admin.token>`: the push API ([`push`]), queries
-//! (`GET /rooms`, `GET /sessions`) and script deployment ([`scripts`]). Without a configured token that API answers 403
+//! (`GET /rooms`, `GET /sessions`), script deployment ([`scripts`]) and, with
+//! `admin.profiling`, CPU profiles and heap statistics ([`profile`]). Without a configured token that API answers 403
 //! `api_disabled`. Every error is JSON `{"error": "<code>", "reason": "<text>"}`.
 
 pub mod client;
+mod profile;
 mod push;
 mod ready;
 mod scripts;
@@ -112,6 +114,23 @@ async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
                 return denied;
             }
             api(core, req, &path).await
+        }
+        (&Method::GET, "/debug/pprof/profile" | "/debug/pprof/flamegraph" | "/debug/heap") => {
+            if let Err(denied) = authorize(core, &req) {
+                return denied;
+            }
+            if !core.config.admin.profiling {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "profiling_disabled",
+                    "set `admin.profiling = true` to enable",
+                );
+            }
+            match path.as_str() {
+                "/debug/heap" => profile::heap(),
+                "/debug/pprof/profile" => profile::cpu(req.uri().query(), profile::Output::Pprof).await,
+                _ => profile::cpu(req.uri().query(), profile::Output::FlameGraph).await,
+            }
         }
         (_, p) if p.starts_with("/scripts/") => {
             if let Err(denied) = authorize(core, &req) {

@@ -129,6 +129,24 @@ impl Drop for Gateway {
     }
 }
 
+/// A gateway's files: maps (message 100 -> dest 101 at `backend`) and `wasmgate.toml` in a
+/// temp dir, with free WebSocket and admin addresses.
+struct Setup {
+    dir: TempDir,
+    config: std::path::PathBuf,
+    ws: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn setup(backend: SocketAddr, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_dest_map(&dir, &[(101, backend)]);
+    write_message_map(&dir, &[(100, 101)]);
+    let (ws, admin) = (free_addr(), free_addr());
+    let config = write_config(&dir, ws, admin, extra);
+    Setup { dir, config, ws, admin }
+}
+
 /// A backend that counts the `Forward` frames it receives and answers each with a `Reply`.
 async fn counting_backend() -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("backend bind");
@@ -205,13 +223,9 @@ async fn traffic(mut client: Client) -> Seen {
 /// bound. A second signal during a drain exits at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_exits_within_the_bound() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let (backend, forwarded) = counting_backend().await;
-    write_dest_map(&dir, &[(101, backend)]);
-    write_message_map(&dir, &[(100, 101)]);
-    let (ws, admin) = (free_addr(), free_addr());
-    let config = write_config(&dir, ws, admin, "");
-    let mut gateway = Gateway::start(&config, ws, &["--shutdown-grace-s", "4"], &[]).await;
+    let at = setup(backend, "");
+    let mut gateway = Gateway::start(&at.config, at.ws, &["--shutdown-grace-s", "4"], &[]).await;
     let mut running = Vec::new();
     for i in 0..8 {
         running.push(tokio::spawn(traffic(gateway.client(&format!("drain{i}")).await)));
@@ -245,12 +259,8 @@ async fn sigterm_drains_then_exits_within_the_bound() {
 
     // A second signal: the drain is cut short (a client that never reads its socket keeps it
     // busy until the grace ends; the second signal must not wait for that).
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_dest_map(&dir, &[(101, backend)]);
-    write_message_map(&dir, &[(100, 101)]);
-    let (ws, admin) = (free_addr(), free_addr());
-    let config = write_config(&dir, ws, admin, "");
-    let mut gateway = Gateway::start(&config, ws, &["--shutdown-grace-s", "60"], &[]).await;
+    let at = setup(backend, "");
+    let mut gateway = Gateway::start(&at.config, at.ws, &["--shutdown-grace-s", "60"], &[]).await;
     let _idle = gateway.client("second").await;
     gateway.signal("TERM");
     gateway.wait_logged("shutting down (a second signal exits at once)").await;
@@ -266,12 +276,8 @@ async fn sigterm_drains_then_exits_within_the_bound() {
 /// changed setting that needs a restart is named in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_notify_and_sighup_reload() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let (backend, _) = counting_backend().await;
-    write_dest_map(&dir, &[(101, backend)]);
-    write_message_map(&dir, &[(100, 101)]);
-    let (ws, admin) = (free_addr(), free_addr());
-    let config = write_config(&dir, ws, admin, "no_watch = true");
+    let Setup { dir, config, ws, .. } = setup(backend, "no_watch = true");
     let socket_path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
     socket.set_read_timeout(Some(PROMPT)).expect("timeout");
@@ -317,12 +323,9 @@ async fn systemd_notify_and_sighup_reload() {
 /// listener moves) and through `check-config`, whose errors name the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_precedence_and_check_config() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let (backend, _) = counting_backend().await;
-    write_dest_map(&dir, &[(101, backend)]);
-    write_message_map(&dir, &[(100, 101)]);
-    let (file_ws, env_ws, flag_ws, admin) = (free_addr(), free_addr(), free_addr(), free_addr());
-    let config = write_config(&dir, file_ws, admin, "");
+    let Setup { dir: _dir, config, ws: file_ws, .. } = setup(backend, "");
+    let (env_ws, flag_ws) = (free_addr(), free_addr());
     let env_value = env_ws.to_string();
     let flag = format!("listen.ws={flag_ws}");
 
@@ -478,12 +481,8 @@ mod otlp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp() {
     let (collector, receiver) = otlp::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
     let (backend, _) = counting_backend().await;
-    write_dest_map(&dir, &[(101, backend)]);
-    write_message_map(&dir, &[(100, 101)]);
-    let (ws, admin) = (free_addr(), free_addr());
-    let config = write_config(&dir, ws, admin, "");
+    let Setup { dir: _dir, config, ws, .. } = setup(backend, "");
     let endpoint = format!("http://{collector}");
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
     let mut gateway = Gateway::start(&config, ws, &[], &env).await;
@@ -555,12 +554,8 @@ async fn get_bytes(addr: SocketAddr, path: &str, token: &str) -> (u16, Vec<u8>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiling_endpoints() {
     use pprof::protos::Message as _;
-    let dir = tempfile::tempdir().expect("temp dir");
     let (backend, _) = counting_backend().await;
-    write_dest_map(&dir, &[(101, backend)]);
-    write_message_map(&dir, &[(100, 101)]);
-    let (ws, admin) = (free_addr(), free_addr());
-    let config = write_config(&dir, ws, admin, "");
+    let Setup { dir, config, ws, admin } = setup(backend, "");
     let sets = ["--set", "admin.token=\"secret-token\"", "--set", "admin.profiling=true"];
     let gateway = Gateway::start(&config, ws, &sets, &[]).await;
     let mut client = gateway.client("profiled").await;

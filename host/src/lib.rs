@@ -30,6 +30,7 @@ pub mod embedded;
 mod gateway;
 pub mod maps;
 pub mod metrics;
+pub mod otlp_metrics;
 pub mod protocol;
 pub mod rooms;
 pub mod script;

@@ -119,8 +119,8 @@ async fn main() -> anyhow::Result<()> {
             // The config first: it may ask for span export.
             let overrides = overrides(&cli.sets)?;
             let config = config_centre::load(cli.config.as_deref(), &overrides).await?;
-            let telemetry = Telemetry::init(cli.log_format.into(), &config.telemetry, true)?;
-            let result = run(config, &cli.config, &overrides, cli.shutdown_grace_s).await;
+            let mut telemetry = Telemetry::init(cli.log_format.into(), &config.telemetry, true)?;
+            let result = run(config, &cli.config, &overrides, cli.shutdown_grace_s, &mut telemetry).await;
             telemetry.shutdown();
             result
         }
@@ -174,8 +174,10 @@ async fn run(
     path: &Option<PathBuf>,
     overrides: &toml::Table,
     grace_s: u64,
+    telemetry: &mut Telemetry,
 ) -> anyhow::Result<()> {
     let gateway = RunningGateway::start(config).await.context("starting wasmgate")?;
+    telemetry.export_metrics(gateway.metrics().clone())?;
     let mut signals = Signals::new()?;
     notify(&[NotifyState::Ready]);
     while let Signal::Hangup = signals.next().await {

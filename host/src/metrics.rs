@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// `transport` label.
@@ -93,6 +94,8 @@ pub struct ScriptCounterLabel {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// Full name (`wasmgate_routed`) and type of every family, in registration order.
+    families: Arc<Vec<(String, MetricType)>>,
     pub connections_total: Family<TransportLabel, Counter>,
     pub connections: Family<TransportLabel, Gauge>,
     pub messages_in: Family<TransportLabel, Counter>,
@@ -133,8 +136,10 @@ impl Metrics {
     /// Creates and registers every instrument.
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("wasmgate");
+        let mut families = Vec::new();
         let m = Self {
             registry: Arc::new(Registry::default()),
+            families: Arc::default(),
             connections_total: Family::default(),
             connections: Family::default(),
             messages_in: Family::default(),
@@ -164,87 +169,173 @@ impl Metrics {
             cluster_nodes: Gauge::default(),
             user_centre_notices: Family::default(),
         };
-        r.register("connections", "Client connections accepted", m.connections_total.clone());
-        r.register("sessions", "Client sessions currently open", m.connections.clone());
-        r.register("messages_received", "Client packets received", m.messages_in.clone());
-        r.register("messages_sent", "Packets queued to clients", m.messages_out.clone());
-        r.register("sessions_closed", "Sessions closed, by reason", m.sessions_closed.clone());
-        r.register("logins", "Login attempts, by result", m.logins.clone());
-        r.register("routed", "Client packets sent upstream, by dest and outcome", m.routed.clone());
-        r.register("upstream_frames_received", "Frames from backends", m.upstream_frames_in.clone());
-        r.register(
+        register(
+            &mut r,
+            &mut families,
+            "connections",
+            "Client connections accepted",
+            m.connections_total.clone(),
+        );
+        register(&mut r, &mut families, "sessions", "Client sessions currently open", m.connections.clone());
+        register(
+            &mut r,
+            &mut families,
+            "messages_received",
+            "Client packets received",
+            m.messages_in.clone(),
+        );
+        register(&mut r, &mut families, "messages_sent", "Packets queued to clients", m.messages_out.clone());
+        register(
+            &mut r,
+            &mut families,
+            "sessions_closed",
+            "Sessions closed, by reason",
+            m.sessions_closed.clone(),
+        );
+        register(&mut r, &mut families, "logins", "Login attempts, by result", m.logins.clone());
+        register(
+            &mut r,
+            &mut families,
+            "routed",
+            "Client packets sent upstream, by dest and outcome",
+            m.routed.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "upstream_frames_received",
+            "Frames from backends",
+            m.upstream_frames_in.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
             "upstream_connections_up",
             "Queue-pool connections currently connected",
             m.upstream_connections_up.clone(),
         );
-        r.register(
+        register(
+            &mut r,
+            &mut families,
             "upstream_connections_configured",
             "Queue-pool connections configured (poolNums)",
             m.upstream_connections_wanted.clone(),
         );
-        r.register(
+        register(
+            &mut r,
+            &mut families,
             "undeliverable",
             "Backend frames for sessions or users not on this node",
             m.undeliverable.clone(),
         );
-        r.register(
+        register(
+            &mut r,
+            &mut families,
             "script_dropped",
             "Client packets the router script chose to drop",
             m.script_drops.clone(),
         );
-        r.register("script_calls", "Script calls, by script and outcome", m.script_calls.clone());
-        r.register(
+        register(
+            &mut r,
+            &mut families,
+            "script_calls",
+            "Script calls, by script and outcome",
+            m.script_calls.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
             "script_call_duration_seconds",
             "Script call durations (instance checkout to return), by script and version",
             m.script_call_seconds.clone(),
         );
-        r.register("script_events", "Counters kept by scripts (host.counter-add)", m.script_counters.clone());
-        r.register(
+        register(
+            &mut r,
+            &mut families,
+            "script_events",
+            "Counters kept by scripts (host.counter-add)",
+            m.script_counters.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
             "upstream_queue_depth",
             "Frames queued to a dest's queue-pool connections, not yet written",
             m.upstream_queue_depth.clone(),
         );
-        r.register("map_reloads", "dest_map/message_map reloads, by result", m.map_reloads.clone());
-        r.register("rooms", "Rooms currently open on this node", m.rooms.clone());
-        r.register(
+        register(
+            &mut r,
+            &mut families,
+            "map_reloads",
+            "dest_map/message_map reloads, by result",
+            m.map_reloads.clone(),
+        );
+        register(&mut r, &mut families, "rooms", "Rooms currently open on this node", m.rooms.clone());
+        register(
+            &mut r,
+            &mut families,
             "room_members",
             "Room memberships (a session in 3 rooms counts 3)",
             m.room_members.clone(),
         );
-        r.register("room_joins", "Room joins, by result", m.room_joins.clone());
-        r.register(
+        register(&mut r, &mut families, "room_joins", "Room joins, by result", m.room_joins.clone());
+        register(
+            &mut r,
+            &mut families,
             "fanout_delivered",
             "Room and push-to-all packets queued to sessions",
             m.fanout_delivered.clone(),
         );
-        r.register(
+        register(
+            &mut r,
+            &mut families,
             "fanout_undelivered",
             "Fan-out packets not queued: the member was closing or its queue was full (closed as a slow consumer)",
             m.fanout_undelivered.clone(),
         );
-        r.register("pushes", "Pushes received (HTTP API and backends), by target", m.pushes.clone());
-        r.register(
+        register(
+            &mut r,
+            &mut families,
+            "pushes",
+            "Pushes received (HTTP API and backends), by target",
+            m.pushes.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
             "script_compiles",
             "Script components loaded, by where the compiled code came from",
             m.script_compiles.clone(),
         );
-        r.register("script_deploys", "Script deploys, by result (ok, rejected)", m.script_deploys.clone());
-        r.register(
+        register(
+            &mut r,
+            &mut families,
+            "script_deploys",
+            "Script deploys, by result (ok, rejected)",
+            m.script_deploys.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
             "cluster_messages",
             "Cross-node bus messages: published, received, dropped (queue full), failed (Redis error)",
             m.cluster_messages.clone(),
         );
-        r.register(
+        register(
+            &mut r,
+            &mut families,
             "cluster_nodes",
             "Nodes in the discovery table (this one included)",
             m.cluster_nodes.clone(),
         );
-        r.register(
+        register(
+            &mut r,
+            &mut families,
             "user_centre_notices",
             "Login/logout notices to the user centre: ok, failed (retries spent), dropped (queue full)",
             m.user_centre_notices.clone(),
         );
-        Self { registry: Arc::new(r), ..m }
+        Self { registry: Arc::new(r), families: Arc::new(families), ..m }
     }
 
     /// OpenMetrics 1.0 text of every instrument (content type [`OPENMETRICS_CONTENT_TYPE`]).
@@ -264,6 +355,12 @@ impl Metrics {
         to_prometheus_text(&self.render_openmetrics())
     }
 
+    /// Full name (`wasmgate_routed`, without a counter's `_total`) and type of every family,
+    /// including those without a sample yet (which the text encodings leave out).
+    pub fn families(&self) -> &[(String, MetricType)] {
+        &self.families
+    }
+
     /// The counter of one transport, cached by callers on the hot path.
     pub fn transport_counter(
         family: &Family<TransportLabel, Counter>,
@@ -271,6 +368,15 @@ impl Metrics {
     ) -> Counter<u64, AtomicU64> {
         family.get_or_create(&TransportLabel { transport }).clone()
     }
+}
+
+/// Registers `metric` as `wasmgate_<name>` and notes its name and type in `families`.
+fn register<M>(r: &mut Registry, families: &mut Vec<(String, MetricType)>, name: &str, help: &str, metric: M)
+where
+    M: prometheus_client::registry::Metric + TypedMetric,
+{
+    families.push((format!("wasmgate_{name}"), M::TYPE));
+    r.register(name, help, metric);
 }
 
 /// Content type of [`Metrics::render`].

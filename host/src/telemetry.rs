@@ -5,12 +5,14 @@
 //! `wasmgate` target: the log filter (default `info`) does not enable them, so with export
 //! off a span site costs one cached interest check. With export on, the exporter's own filter
 //! enables them whatever `RUST_LOG` says, sampling follows `OTEL_TRACES_SAMPLER` or
-//! `telemetry.sample_ratio`, and a batch processor sends them off the hot path.
+//! `telemetry.sample_ratio`, and a batch processor sends them off the hot path. The gateway's
+//! metrics then go to the same collector ([`crate::otlp_metrics`]).
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -18,10 +20,14 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, Registry};
 
 use crate::config::TelemetryConfig;
+use crate::metrics::Metrics;
 
-/// Keeps the trace exporter; [`Telemetry::shutdown`] flushes it.
+/// Keeps the trace and metric exporters; [`Telemetry::shutdown`] flushes them.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
+    endpoint: Option<String>,
+    resource: Resource,
 }
 
 /// Log line format.
@@ -48,8 +54,9 @@ impl Telemetry {
             LogFormat::Text => logs.boxed(),
             LogFormat::Json => logs.json().boxed(),
         };
+        let resource = resource();
         let provider = match export && wanted(config) {
-            true => Some(provider(config)?),
+            true => Some(provider(config, resource.clone())?),
             false => None,
         };
         let spans = provider.as_ref().map(|provider| {
@@ -64,15 +71,34 @@ impl Telemetry {
         if provider.is_some() {
             tracing::info!("exporting spans over OTLP/gRPC");
         }
-        Ok(Self { provider })
+        Ok(Self { provider, meters: None, endpoint: config.otlp_endpoint.clone(), resource })
     }
 
-    /// Exports the spans still buffered (at most the exporter's timeout) and stops exporting.
+    /// When spans are exported, exports `metrics` to the same collector too
+    /// ([`crate::otlp_metrics`]; off with `OTEL_METRICS_EXPORTER=none`).
+    ///
+    /// Errors: the metric exporter cannot be built.
+    pub fn export_metrics(&mut self, metrics: Metrics) -> anyhow::Result<()> {
+        if self.provider.is_none() || std::env::var("OTEL_METRICS_EXPORTER").is_ok_and(|v| v == "none") {
+            return Ok(());
+        }
+        let meters = crate::otlp_metrics::start(metrics, self.endpoint.as_deref(), self.resource.clone())?;
+        self.meters = Some(meters);
+        tracing::info!("exporting metrics over OTLP/gRPC");
+        Ok(())
+    }
+
+    /// Exports what is still buffered (at most the exporters' timeouts) and stops exporting.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider
             && let Err(e) = provider.shutdown()
         {
             eprintln!("wasmgate: flushing spans failed: {e}");
+        }
+        if let Some(meters) = self.meters
+            && let Err(e) = meters.shutdown()
+        {
+            eprintln!("wasmgate: flushing metrics failed: {e}");
         }
     }
 }
@@ -91,7 +117,19 @@ fn wanted(config: &TelemetryConfig) -> bool {
         || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
 }
 
-fn provider(config: &TelemetryConfig) -> anyhow::Result<SdkTracerProvider> {
+/// `service.name` (`OTEL_SERVICE_NAME`, default `wasmgate`), `service.version`, and what
+/// `OTEL_RESOURCE_ATTRIBUTES` adds.
+fn resource() -> Resource {
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("wasmgate");
+    }
+    resource
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+fn provider(config: &TelemetryConfig, resource: Resource) -> anyhow::Result<SdkTracerProvider> {
     for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
         if let Ok(protocol) = std::env::var(name) {
             anyhow::ensure!(
@@ -105,15 +143,7 @@ fn provider(config: &TelemetryConfig) -> anyhow::Result<SdkTracerProvider> {
         exporter = exporter.with_endpoint(endpoint.clone());
     }
     let exporter = exporter.build().context("building the OTLP span exporter")?;
-    let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("wasmgate");
-    }
-    let mut builder = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(
-        resource
-            .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build(),
-    );
+    let mut builder = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource);
     if let Some(ratio) = config.sample_ratio.filter(|_| std::env::var_os("OTEL_TRACES_SAMPLER").is_none()) {
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
     }

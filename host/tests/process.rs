@@ -392,6 +392,12 @@ fn systemd_unit_verifies() {
 
 mod otlp {
     //! A minimal OTLP/gRPC trace receiver: keeps every span it is sent.
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+        MetricsService, MetricsServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    };
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
         TraceService, TraceServiceServer,
     };
@@ -399,6 +405,8 @@ mod otlp {
         ExportTraceServiceRequest, ExportTraceServiceResponse,
     };
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point;
     use std::collections::HashMap;
     use std::sync::Arc;
 
@@ -461,15 +469,63 @@ mod otlp {
         }
     }
 
-    /// Serves a receiver on a free loopback port: its address and the receiver.
-    pub async fn start() -> (std::net::SocketAddr, Receiver) {
+    /// The latest value of every metric data point received: (metric name, attributes as
+    /// `k=v` sorted and joined by `,`) -> (value, monotonic sum?).
+    #[derive(Clone, Default)]
+    pub struct Metrics {
+        pub points: Arc<parking_lot::Mutex<HashMap<(String, String), Point>>>,
+    }
+
+    /// A data point's value and whether its metric is a monotonic sum.
+    pub type Point = (f64, bool);
+
+    #[tonic::async_trait]
+    impl MetricsService for Metrics {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportMetricsServiceRequest>,
+        ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+            let mut points = self.points.lock();
+            let metrics = request.into_inner().resource_metrics.into_iter().flat_map(|r| r.scope_metrics);
+            for metric in metrics.flat_map(|s| s.metrics) {
+                let (data_points, monotonic) = match metric.data {
+                    Some(Data::Sum(sum)) => (sum.data_points, sum.is_monotonic),
+                    Some(Data::Gauge(gauge)) => (gauge.data_points, false),
+                    _ => continue,
+                };
+                for point in data_points {
+                    let mut attributes: Vec<String> = point
+                        .attributes
+                        .iter()
+                        .map(|kv| {
+                            format!("{}={}", kv.key, text(kv.value.as_ref().and_then(|v| v.value.as_ref())))
+                        })
+                        .collect();
+                    attributes.sort();
+                    let value = match point.value {
+                        Some(number_data_point::Value::AsDouble(v)) => v,
+                        Some(number_data_point::Value::AsInt(v)) => v as f64,
+                        None => continue,
+                    };
+                    points.insert((metric.name.clone(), attributes.join(",")), (value, monotonic));
+                }
+            }
+            Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+        }
+    }
+
+    /// Serves a trace and metrics receiver on a free loopback port.
+    pub async fn start() -> (std::net::SocketAddr, Receiver, Metrics) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("otlp bind");
         let addr = listener.local_addr().expect("otlp addr");
         let receiver = Receiver::default();
-        let service = TraceServiceServer::new(receiver.clone());
+        let metrics = Metrics::default();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
-        (addr, receiver)
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .add_service(MetricsServiceServer::new(metrics.clone()));
+        tokio::spawn(server.serve_with_incoming(incoming));
+        (addr, receiver, metrics)
     }
 }
 
@@ -480,11 +536,15 @@ mod otlp {
 /// backend's `reply`; service name `wasmgate`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp() {
-    let (collector, receiver) = otlp::start().await;
+    let (collector, receiver, metrics) = otlp::start().await;
     let (backend, _) = counting_backend().await;
     let Setup { dir: _dir, config, ws, .. } = setup(backend, "");
     let endpoint = format!("http://{collector}");
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+    ];
     let mut gateway = Gateway::start(&config, ws, &[], &env).await;
     let mut client = gateway.client("traced").await;
     let seq = client.send(100, b"trace me").await.expect("send");
@@ -530,6 +590,28 @@ async fn spans_are_exported_over_otlp() {
         ("101", "ok")
     );
     assert!(spans.iter().any(|s| s.name == "reply" && s.attributes["wasmgate.msg_id"] == "100"));
+
+    // The /metrics instruments reach the same collector: counters as monotonic sums named
+    // without `_total`, gauges as gauges, histograms as `_count` / `_sum`.
+    let point = |name: &str, attributes: &str| {
+        metrics.points.lock().get(&(name.to_string(), attributes.to_string())).copied()
+    };
+    let deadline = Instant::now() + PROMPT;
+    while point("wasmgate_routed", "dest=101,outcome=ok") != Some((1.0, true))
+        || point("wasmgate_sessions_closed", "reason=normal") != Some((1.0, true))
+    {
+        let names: Vec<(String, String)> = metrics.points.lock().keys().cloned().collect();
+        assert!(Instant::now() < deadline, "metrics received: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(point("wasmgate_sessions", "transport=websocket"), Some((0.0, false)));
+    let router_calls = metrics.points.lock().iter().any(|((name, attributes), (value, monotonic))| {
+        name == "wasmgate_script_call_duration_seconds_count"
+            && attributes.starts_with("script=router,")
+            && *value >= 1.0
+            && *monotonic
+    });
+    assert!(router_calls, "router call count");
     gateway.signal("TERM");
     assert_eq!(gateway.exited(Duration::from_secs(12)).await.0, Some(0));
 }

@@ -69,6 +69,9 @@ pub async fn run(listener: TcpListener, options: BackendOptions, shutdown: Cance
                 }
             },
         };
+        // Replies are small frames: without this, Nagle holds each one until the previous is
+        // acknowledged, adding milliseconds per round trip.
+        let _ = stream.set_nodelay(true);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {

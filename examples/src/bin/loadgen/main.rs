@@ -34,6 +34,8 @@ use wasmgate::protocol::client::encode_binary;
 use wasmgate_examples::bench::{GatewayProcess, free_port, rss_kib};
 use wasmgate_examples::client::mint_token;
 
+mod relay;
+
 const SECRET: &str = "loadgen-bench-secret";
 /// Login message id of the default routes.
 const LOGIN: u32 = 1;
@@ -74,6 +76,29 @@ enum Scenario {
         #[arg(long)]
         gateway: Option<PathBuf>,
     },
+    /// Round trips through the server and an echo behind it (wasmgate: router script + queue
+    /// pool + `echo-backend`; nginx-node: nginx proxying to Node ws): saturation, then half
+    /// of it offered open-loop. With both targets, prints wasmgate's ratio.
+    Relay {
+        /// Targets, in the order run.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "wasmgate,nginx-node")]
+        targets: Vec<relay::RelayTarget>,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Length of each measured phase, seconds (after 1 s of warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Packets in flight per connection at saturation.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Fixed offered loads (packets/s over all connections, open-loop) run after the
+        /// saturation and half-saturation phases.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
     /// (internal) Open sessions from one source address and hold them until stdin closes.
     #[command(hide = true)]
     Worker {
@@ -97,10 +122,59 @@ fn main() -> anyhow::Result<()> {
         Scenario::Idle { sessions, gateways, per_worker, concurrency, target, gateway } => runtime.block_on(
             idle(sessions, gateways.max(1), per_worker.max(1), concurrency.max(1), target, gateway),
         ),
+        Scenario::Relay { targets, connections, seconds, window, rates, gateway } => {
+            runtime.block_on(relay_all(
+                &targets,
+                connections.max(1),
+                seconds.max(0.5),
+                window.max(1),
+                &rates,
+                gateway.as_deref(),
+            ))
+        }
         Scenario::Worker { url, source, first, sessions, concurrency } => {
             runtime.block_on(worker(&url, source, first, sessions, concurrency))
         }
     }
+}
+
+/// Runs `relay` on each target; prints the JSON of all and wasmgate's ratios to nginx-node.
+async fn relay_all(
+    targets: &[relay::RelayTarget],
+    connections: usize,
+    seconds: f64,
+    window: usize,
+    rates: &[f64],
+    gateway: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for &target in targets {
+        results.push((target, relay::run(target, connections, seconds, window, rates, gateway).await?));
+    }
+    let find = |t| results.iter().find(|(target, _)| *target == t).map(|(_, run)| run);
+    let mut ratio = serde_json::Value::Null;
+    if let (Some(ours), Some(peer)) =
+        (find(relay::RelayTarget::Wasmgate), find(relay::RelayTarget::NginxNode))
+    {
+        let r = ours.saturation.round_trips_per_s / peer.saturation.round_trips_per_s;
+        println!(
+            "relay ratio: wasmgate / nginx-node = {r:.2}x round trips/s at saturation (target >= 1.5x); p99 at half load: wasmgate {:.3} ms, nginx-node {:.3} ms (target <= 2 ms)",
+            ours.half.p99_ms, peer.half.p99_ms
+        );
+        ratio = serde_json::json!(r);
+    }
+    let runs: Vec<_> = results
+        .iter()
+        .map(|(t, run)| {
+            let fixed: Vec<_> = run.fixed.iter().map(|(rate, p)| serde_json::json!({ "offered": rate, "figures": relay::json(p) })).collect();
+            serde_json::json!({ "target": format!("{t:?}"), "saturation": relay::json(&run.saturation), "half": relay::json(&run.half), "fixed": fixed })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio })
+    );
+    Ok(())
 }
 
 /// The server processes under test; killed on drop.

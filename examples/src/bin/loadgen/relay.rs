@@ -1,0 +1,390 @@
+//! Scenario `relay`: client -> server -> echo -> client round trips over WebSocket.
+//!
+//! - `wasmgate`: the release gateway (default scripts: message 100 goes through the router
+//!   script to dest 101) with `echo-backend` as dest 101, each its own process.
+//! - `nginx-node`: nginx as a WebSocket reverse proxy (2 workers) in front of Node's `ws` echo
+//!   server (2 cluster workers): the setup a Node shop would put in wasmgate's place.
+//!
+//! The client frames are wasmgate's binary packets; Node echoes the bytes unchanged, so one
+//! client measures both. Each run first finds saturation (every connection keeps `window`
+//! packets in flight), then offers half of that rate open-loop (each connection sends on a
+//! fixed schedule, whatever the answers do; a late send catches up at once). Latencies are
+//! from the actual write to receipt, on one clock; the clients share the 2 cores with the
+//! servers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use wasmgate::protocol::client::{decode_binary, encode_binary};
+use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
+use wasmgate_examples::client::mint_token;
+
+use super::{LOGIN, SECRET};
+
+/// Message id relayed to dest 101 by the default maps.
+const ECHO: u32 = 100;
+/// Packet body size, bytes (the first 8 carry the send time).
+const BODY: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayTarget {
+    Wasmgate,
+    NginxNode,
+}
+
+/// One phase's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Phase {
+    pub round_trips_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub lost: u64,
+}
+
+/// Servers of one target; killed on drop.
+struct Servers {
+    children: Vec<Child>,
+    _gateway: Option<GatewayProcess>,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // SIGTERM lets nginx's master and Node's cluster primary stop their workers; the
+            // workers left after 2 s, and the process itself, are killed.
+            let workers = super::children(child.id());
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            for pid in workers {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    if !path.exists() {
+        bail!("{} not found: cargo build --release -p wasmgate -p wasmgate-examples", path.display());
+    }
+    Ok(path)
+}
+
+async fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {port} within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Servers> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    match target {
+        RelayTarget::Wasmgate => {
+            let backend_port = free_port()?;
+            let backend = Command::new(sibling("echo-backend")?)
+                .args(["--listen", &format!("127.0.0.1:{backend_port}")])
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .context("starting echo-backend")?;
+            let dest_map = dir.path().join("dest_map.json");
+            let message_map = dir.path().join("message_map.json");
+            let dests = format!(
+                r#"{{"101": {{"poolNums": 2, "srvAddr": "127.0.0.1:{backend_port}", "srvName": "echo"}}}}"#
+            );
+            std::fs::write(&dest_map, dests)?;
+            std::fs::write(&message_map, format!(r#"{{"{ECHO}": 101}}"#))?;
+            let admin = free_port()?;
+            let config = format!(
+                "{}[maps]\ndest_map = {:?}\nmessage_map = {:?}\n",
+                super::gateway_config(port, admin, 19_000),
+                dest_map.display().to_string(),
+                message_map.display().to_string(),
+            );
+            wait_listening(backend_port, "echo-backend").await?;
+            let ready = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let gateway = GatewayProcess::start(gateway, &config, ready).await?;
+            // The pool connects in the background: give it a moment.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(Servers { children: vec![backend], _gateway: Some(gateway), _dir: dir, port })
+        }
+        RelayTarget::NginxNode => {
+            let node_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/node-ws");
+            if !node_dir.join("node_modules/ws").exists() {
+                bail!("Node ws is not installed: run examples/peers/setup.sh");
+            }
+            let node_port = free_port()?;
+            let node = Command::new("node")
+                .arg(node_dir.join("server.js"))
+                .env("PORT", node_port.to_string())
+                .env("WORKERS", "2")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting node")?;
+            let conf = dir.path().join("nginx.conf");
+            std::fs::write(&conf, nginx_conf(port, node_port, dir.path()))?;
+            let nginx = Command::new("nginx")
+                .args(["-p", &dir.path().display().to_string(), "-c", &conf.display().to_string()])
+                .args(["-g", "daemon off;"])
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting nginx (examples/peers/setup.sh installs it)")?;
+            let servers = Servers { children: vec![nginx, node], _gateway: None, _dir: dir, port };
+            wait_listening(node_port, "node ws").await?;
+            wait_listening(port, "nginx").await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(servers)
+        }
+    }
+}
+
+/// nginx as a WebSocket proxy (RFC 6455 section 4 upgrade passed through), loopback only.
+fn nginx_conf(port: u16, upstream: u16, prefix: &Path) -> String {
+    format!(
+        r#"worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream node {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://node;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 3600s;
+            proxy_buffering off;
+            tcp_nodelay on;
+        }}
+    }}
+}}
+"#,
+        prefix = prefix.display()
+    )
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn connect(port: u16, n: usize, login: bool) -> anyhow::Result<Ws> {
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(&url, stream).await.with_context(|| format!("connecting {url}"))?;
+    if login {
+        let token = mint_token(SECRET, &format!("relay-{n}"), None, 3600)?;
+        let mut frame = BytesMut::new();
+        encode_binary(LOGIN, 1, token.as_bytes(), &mut frame);
+        ws.send(Message::Binary(frame.freeze())).await?;
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(_)))) => {}
+            other => bail!("login answered with {other:?}"),
+        }
+    }
+    Ok(ws)
+}
+
+fn packet(seq: u32, stamp: Instant, epoch: Instant) -> Bytes {
+    let mut body = [0u8; BODY];
+    body[..8].copy_from_slice(&(stamp.duration_since(epoch).as_nanos() as u64).to_le_bytes());
+    let mut frame = BytesMut::with_capacity(BODY + 16);
+    encode_binary(ECHO, seq, &body, &mut frame);
+    frame.freeze()
+}
+
+/// Runs one phase on every connection for `seconds`: `rate` packets/s in total open-loop, or
+/// closed-loop with `window` in flight per connection when `rate` is `None`; then waits (5 s
+/// at most) for what is still in flight. Gives the connections back for the next phase.
+async fn phase(conns: Vec<Ws>, seconds: f64, window: usize, rate: Option<f64>) -> (Phase, Vec<Ws>) {
+    let epoch = Instant::now();
+    let end = epoch + Duration::from_secs_f64(seconds);
+    let n = conns.len();
+    let interval = rate.map(|r| Duration::from_secs_f64(n as f64 / r));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| tokio::spawn(run_connection(ws, epoch, end, window, interval.map(|d| (d, i, n)))))
+        .collect();
+    let (mut sent, mut received, mut all, mut conns) = (0, 0, Vec::new(), Vec::new());
+    for task in tasks {
+        if let Ok((s, r, latencies, ws)) = task.await {
+            sent += s;
+            received += r;
+            all.extend(latencies);
+            conns.extend(ws);
+        }
+    }
+    all.sort_unstable();
+    let phase = Phase {
+        round_trips_per_s: received as f64 / seconds,
+        p50_ms: percentile_ms(&all, 0.50),
+        p99_ms: percentile_ms(&all, 0.99),
+        p999_ms: percentile_ms(&all, 0.999),
+        lost: sent.saturating_sub(received),
+    };
+    (phase, conns)
+}
+
+/// One connection's phase: (sent, received, latencies in ns, the connection if still usable).
+/// `schedule`: (interval, this connection's index, connections) for open loop; the starts are
+/// spread over one interval.
+async fn run_connection(
+    ws: Ws,
+    epoch: Instant,
+    end: Instant,
+    window: usize,
+    schedule: Option<(Duration, usize, usize)>,
+) -> (u64, u64, Vec<u64>, Option<Ws>) {
+    let (mut tx, mut rx) = ws.split();
+    let permits = Arc::new(Semaphore::new(window));
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (permits, sent, done) = (permits.clone(), sent.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut next =
+                epoch + schedule.map_or(Duration::ZERO, |(d, i, n)| d.mul_f64(i as f64 / n as f64));
+            while Instant::now() < end {
+                match schedule {
+                    Some((interval, _, _)) => {
+                        tokio::time::sleep_until(next.into()).await;
+                        next += interval;
+                    }
+                    None => match permits.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => break,
+                    },
+                }
+                // The actual send time: tokio's timer wakes the sender up to ~1 ms after the
+                // scheduled time, which is the client's lag, not the server's.
+                let stamp = Instant::now();
+                let seq = sent.fetch_add(1, Ordering::Relaxed) as u32 + 1;
+                if tx.send(Message::Binary(packet(seq, stamp, epoch))).await.is_err() {
+                    break;
+                }
+            }
+            done.store(true, Ordering::Release);
+            tx
+        })
+    };
+    let mut latencies = Vec::new();
+    let drain_until = end + Duration::from_secs(5);
+    loop {
+        if done.load(Ordering::Acquire) && latencies.len() as u64 >= sent.load(Ordering::Relaxed) {
+            break;
+        }
+        if Instant::now() > drain_until {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(50), rx.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(Message::Binary(frame)))) => {
+                let Ok(p) = decode_binary(frame) else { continue };
+                if p.msg_id != ECHO || p.body.len() < 8 {
+                    continue;
+                }
+                let mut stamp = [0u8; 8];
+                stamp.copy_from_slice(&p.body[..8]);
+                let now_ns = epoch.elapsed().as_nanos() as u64;
+                latencies.push(now_ns.saturating_sub(u64::from_le_bytes(stamp)));
+                permits.add_permits(1);
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) => break,
+        }
+    }
+    permits.close();
+    let tx = sender.await.ok();
+    let received = latencies.len() as u64;
+    (sent.load(Ordering::Relaxed), received, latencies, tx.and_then(|tx| tx.reunite(rx).ok()))
+}
+
+/// The phases of one target.
+pub struct Run {
+    pub saturation: Phase,
+    /// Half of the saturation rate, open-loop.
+    pub half: Phase,
+    /// (offered packets/s, figures) of each `--rates` entry.
+    pub fixed: Vec<(f64, Phase)>,
+}
+
+/// Runs the scenario on `target`: saturation, half of it open-loop, then each of `rates`
+/// (packets/s, open-loop). Prints a line per phase.
+pub async fn run(
+    target: RelayTarget,
+    connections: usize,
+    seconds: f64,
+    window: usize,
+    rates: &[f64],
+    gateway: Option<&Path>,
+) -> anyhow::Result<Run> {
+    let servers = start(target, gateway).await?;
+    let login = target == RelayTarget::Wasmgate;
+    let mut conns = Vec::with_capacity(connections);
+    for n in 0..connections {
+        conns.push(connect(servers.port, n, login).await?);
+    }
+    // Warm-up: one second closed-loop, not reported.
+    let (_, conns) = phase(conns, 1.0, window, None).await;
+    let (saturation, conns) = phase(conns, seconds, window, None).await;
+    print_phase(target, "saturation", connections, &saturation);
+    if conns.len() < connections {
+        bail!("{} connections broke during the saturation phase", connections - conns.len());
+    }
+    let half_rate = saturation.round_trips_per_s / 2.0;
+    let (half, mut conns) = phase(conns, seconds, window, Some(half_rate)).await;
+    print_phase(target, &format!("{half_rate:.0}/s offered (half)"), connections, &half);
+    let mut fixed = Vec::new();
+    for &rate in rates {
+        let (p, next) = phase(conns, seconds, window, Some(rate)).await;
+        print_phase(target, &format!("{rate:.0}/s offered"), connections, &p);
+        fixed.push((rate, p));
+        conns = next;
+    }
+    drop(servers);
+    Ok(Run { saturation, half, fixed })
+}
+
+fn print_phase(target: RelayTarget, what: &str, connections: usize, p: &Phase) {
+    println!(
+        "relay {target:?} {what}: {:.0} round trips/s over {connections} connections | p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms | lost {}",
+        p.round_trips_per_s, p.p50_ms, p.p99_ms, p.p999_ms, p.lost
+    );
+}
+
+/// The JSON of one phase.
+pub fn json(p: &Phase) -> serde_json::Value {
+    serde_json::json!({
+        "round_trips_per_s": p.round_trips_per_s.round(), "p50_ms": p.p50_ms, "p99_ms": p.p99_ms,
+        "p999_ms": p.p999_ms, "lost": p.lost,
+    })
+}

@@ -1,19 +1,21 @@
-//! Smoke run of the load generator (seconds): the `idle` scenario with its worker processes
-//! on two source addresses against wasmgate in-process. The full benchmark runs outside the
+//! Smoke runs of the load generator (seconds): the `idle` scenario with its worker processes
+//! on two source addresses against wasmgate in-process, and the `relay` scenario. The full benchmark runs outside the
 //! test suite (docs/benchmarks.md).
 
 use std::process::Command;
 
-#[test]
-fn idle_scenario_opens_every_session_through_two_worker_processes() {
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["idle", "--sessions", "300", "--per-worker", "150", "--target", "in-process"])
-        .output()
-        .expect("run loadgen");
+/// Runs `loadgen` with `args`; its JSON result line.
+fn loadgen(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen")).args(args).output().expect("run loadgen");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "loadgen failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let json = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON result line");
-    let result: serde_json::Value = serde_json::from_str(json).expect("JSON");
+    serde_json::from_str(json).expect("JSON")
+}
+
+#[test]
+fn idle_scenario_opens_every_session_through_two_worker_processes() {
+    let result = loadgen(&["idle", "--sessions", "300", "--per-worker", "150", "--target", "in-process"]);
     assert_eq!(result["sessions"], 300, "{result}");
     assert_eq!(result["failed"], 0, "{result}");
     assert_eq!(result["server_sessions"], 300, "the gateway holds them all: {result}");
@@ -27,14 +29,17 @@ fn idle_scenario_opens_every_session_through_two_worker_processes() {
 fn relay_scenario_gets_every_round_trip_back() {
     let gateway = std::path::Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("wasmgate");
     assert!(gateway.exists(), "{} missing: run the workspace's `cargo test`", gateway.display());
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["relay", "--targets", "wasmgate", "--connections", "4", "--seconds", "1", "--rates", "200"])
-        .output()
-        .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "loadgen failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let json = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON result line");
-    let result: serde_json::Value = serde_json::from_str(json).expect("JSON");
+    let result = loadgen(&[
+        "relay",
+        "--targets",
+        "wasmgate",
+        "--connections",
+        "4",
+        "--seconds",
+        "1",
+        "--rates",
+        "200",
+    ]);
     let run = &result["runs"][0];
     assert!(run["saturation"]["round_trips_per_s"].as_f64().is_some_and(|r| r > 0.0), "{result}");
     for phase in [&run["saturation"], &run["half"], &run["fixed"][0]["figures"]] {

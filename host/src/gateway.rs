@@ -410,11 +410,6 @@ impl RunningGateway {
         self.core.upstreams.connections_up(dest)
     }
 
-    /// Graceful shutdown: stop accepting; every session flushes its queue and gets an error
-    /// frame `going_away` and close code 1001; the node leaves the cluster (etcd lease revoked,
-    /// node id released); upstream pools write what they hold and read replies briefly; then
-    /// waits for all tasks, at most `grace`. Sessions still open after
-    /// `grace` are aborted.
     /// Applies a re-read configuration (SIGHUP): the map files and the scripts directory's
     /// manifest are read again and applied live, as when they change on disk (even with
     /// `maps.no_watch`). Other settings apply at the next start: returns the sections of
@@ -447,6 +442,12 @@ impl RunningGateway {
         changed
     }
 
+    /// Graceful shutdown: stop accepting; every session flushes its queue and gets an error
+    /// frame `going_away` and close code 1001; the node leaves the cluster (etcd lease revoked,
+    /// node id released); upstream pools write what they hold and read replies briefly; then
+    /// waits for all tasks, at most `grace`. Sessions still open after `grace` are aborted. Logs
+    /// `wasmgate stopped` with the packets received from and sent to clients and the frames
+    /// written to backends.
     pub async fn shutdown(self, grace: Duration) {
         let core = self.core;
         core.shutdown.cancel();

@@ -148,21 +148,12 @@ async fn admin_command(cli: &Cli, command: Command) -> anyhow::Result<()> {
                 path.push_str("?config=");
                 path.extend(form_urlencoded::byte_serialize(json.as_bytes()));
             }
-            admin_call(&load_config(&cli.config)?, admin, "POST", &path, bytes).await
+            admin_call(&load_config(cli)?, admin, "POST", &path, bytes).await
         }
         Command::Rollback { name, admin } => {
-            admin_call(
-                &load_config(&cli.config)?,
-                admin,
-                "POST",
-                &format!("/scripts/{name}/rollback"),
-                vec![],
-            )
-            .await
+            admin_call(&load_config(cli)?, admin, "POST", &format!("/scripts/{name}/rollback"), vec![]).await
         }
-        Command::Scripts { admin } => {
-            admin_call(&load_config(&cli.config)?, admin, "GET", "/scripts", vec![]).await
-        }
+        Command::Scripts { admin } => admin_call(&load_config(cli)?, admin, "GET", "/scripts", vec![]).await,
         Command::Run => anyhow::bail!("`run` is not an admin command"),
     }
 }
@@ -176,9 +167,10 @@ async fn run(
     grace_s: u64,
     telemetry: &mut Telemetry,
 ) -> anyhow::Result<()> {
+    // Handlers first: a signal during start-up is acted on once the gateway serves.
+    let mut signals = Signals::new()?;
     let gateway = RunningGateway::start(config).await.context("starting wasmgate")?;
     telemetry.export_metrics(gateway.metrics().clone())?;
-    let mut signals = Signals::new()?;
     notify(&[NotifyState::Ready]);
     while let Signal::Hangup = signals.next().await {
         notify(&[NotifyState::Reloading]);
@@ -249,9 +241,13 @@ impl Signals {
     }
 }
 
-fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    })
+/// The config the admin commands read `listen.admin` and `admin.token` from: the file (or the
+/// defaults) with the environment's and `--set` overrides (not the config centre's).
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (mut table, path) = match &cli.config {
+        Some(path) => (Config::read_table(path)?, path.as_path()),
+        None => (toml::Table::new(), std::path::Path::new("(defaults)")),
+    };
+    config_overrides::merge(&mut table, overrides(&cli.sets)?);
+    Ok(Config::from_table(table, path)?)
 }

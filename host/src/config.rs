@@ -429,6 +429,11 @@ pub struct ScriptsConfig {
     /// the message is forwarded to this dest id; `None` (default): the client gets a
     /// `script_error` error frame. (Auth always fails closed; rooms refuse the action.)
     pub router_fallback_dest: Option<u32>,
+    /// Route with the built-in Rust equivalent of the default router script (the
+    /// `message_map` lookup) instead of calling the router script: for measuring what the
+    /// script costs (docs/benchmarks.md, `loadgen relay --targets wasmgate-native`). A router
+    /// deployed while this is on is kept but not called. Default false.
+    pub native_router: bool,
     /// The scripts directory, watched: `manifest.toml` there describes the handler scripts
     /// `message_map.json` may name (docs/scripting.md), and a change to the manifest or a file
     /// it names re-applies it; writing `auth.wasm`, `router.wasm` or `rooms.wasm` there
@@ -485,6 +490,7 @@ impl Default for ScriptsConfig {
             instances: 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_dir: None,
             router_fallback_dest: None,
+            native_router: false,
             dir: None,
             pooling: PoolingConfig::default(),
         }

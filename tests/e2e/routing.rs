@@ -51,6 +51,35 @@ async fn unknown_message_id_gets_an_error_frame_and_the_session_goes_on() {
     c.recv_reply(100, seq, PROMPT).await.unwrap();
 }
 
+/// `scripts.native_router` decides as the default router script does (map lookup, else
+/// `unknown_message`) without calling it, and follows a `message_map` reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_router_routes_like_the_default_script_without_calling_it() {
+    let h = Harness::start_with(|c| c.scripts.native_router = true).await;
+    let mut c = h.logged_in_ws("native").await;
+    let seq = c.send(100, b"natively").await.unwrap();
+    let (reply, _) = c.recv_reply(100, seq, PROMPT).await.unwrap();
+    assert_eq!(&reply.body[..], b"natively");
+    let seq = c.send(777, b"?").await.unwrap();
+    let (error, _) = c.recv_reply(4, seq, PROMPT).await.unwrap();
+    assert_eq!(error_of(&error.body).0, "unknown_message");
+
+    wasmgate_tests::write_message_map(&h.dir, &[(100, 101), (777, 101)]);
+    wait_until("777 routes after the reload", || {
+        let metrics = h.gateway.metrics().render();
+        async move { wasmgate_tests::metric(&metrics, "wasmgate_map_reloads_total{reason=\"ok\"}") >= 1.0 }
+    })
+    .await;
+    let seq = c.send(777, b"now known").await.unwrap();
+    c.recv_reply(777, seq, PROMPT).await.unwrap();
+    let router_calls = wasmgate_tests::metric_sum(
+        &h.gateway.metrics().render(),
+        "wasmgate_script_calls_total",
+        &["script=\"router\""],
+    );
+    assert_eq!(router_calls, 0.0, "the router script was called");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_to_user_relay_between_backends_and_kick() {
     let h = Harness::start().await;

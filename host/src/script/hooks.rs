@@ -1,6 +1,7 @@
 //! The three hooks the gateway calls — login ([`Auth`]), routing ([`Router`]), rooms
 //! ([`Rooms`]) — each a [`Deployed`] script whose live version is loaded once per event.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -10,7 +11,7 @@ use super::bindings::rooms::RoomsScript;
 use super::bindings::router::RouterScript;
 use super::bindings::{
     Decision, Effect, Identity, JoinAccept, JoinRefusal, JoinRequest, LeaveCause, MessageError, MessageRoute,
-    Packet, Rejection, RoomInfo, Session,
+    Packet, Rejection, RoomInfo, RouteError, Session,
 };
 use super::deploy::{Deployed, ScriptInfo, Version};
 use super::pool::{InitFn, Limits, Slot, World};
@@ -153,6 +154,8 @@ impl std::ops::Deref for Auth {
 pub struct Router {
     script: Deployed<RouterScript>,
     map: ArcSwap<Vec<MessageRoute>>,
+    /// The same map by message id, for [`Router::route_native`].
+    native: ArcSwap<HashMap<u32, u32>>,
     /// Serialises reloads, deploys and rollbacks, so each sees the map the last one left.
     changes: tokio::sync::Mutex<()>,
 }
@@ -168,7 +171,8 @@ impl Router {
         let map = Arc::new(message_map);
         let script =
             Deployed::load(source, limits, metrics, router_init(&source.config_json, map.clone())).await?;
-        Ok(Self { script, map: ArcSwap::new(map), changes: tokio::sync::Mutex::new(()) })
+        let native = ArcSwap::from_pointee(by_id(&map));
+        Ok(Self { script, map: ArcSwap::new(map), native, changes: tokio::sync::Mutex::new(()) })
     }
 
     /// Re-initialises the live router with a new `message_map` on fresh instances, then swaps
@@ -178,8 +182,18 @@ impl Router {
         let map = Arc::new(message_map);
         let config = self.script.live().source.config_json.clone();
         self.script.rebuild(router_init(&config, map.clone())).await?;
+        self.native.store(Arc::new(by_id(&map)));
         self.map.store(map);
         Ok(())
+    }
+
+    /// What the default router script decides, computed in Rust (`scripts.native_router`):
+    /// the `message_map` dest of `msg_id`, else `unknown_message`.
+    pub fn route_native(&self, msg_id: u32) -> Decision {
+        match self.native.load().get(&msg_id) {
+            Some(&dest) => Decision::Forward(dest),
+            None => Decision::Reject(RouteError::UnknownMessage),
+        }
     }
 
     /// Decides what happens to `packet`.
@@ -218,6 +232,10 @@ impl Router {
     pub fn source(&self) -> ScriptSource {
         self.script.live().source.clone()
     }
+}
+
+fn by_id(map: &[MessageRoute]) -> HashMap<u32, u32> {
+    map.iter().map(|r| (r.msg_id, r.dest_id)).collect()
 }
 
 /// The room logic script (`rooms-script` world). Calls that fail (trap, deadline) are errors:

@@ -311,6 +311,10 @@ impl Session {
 
     async fn route(&mut self, packet: Packet) {
         let seq = packet.seq;
+        if self.core.config.scripts.native_router && self.core.handlers.for_message(packet.msg_id).is_none() {
+            let decision = self.core.router.route_native(packet.msg_id);
+            return self.apply_decision(decision, packet).await;
+        }
         let record = bindings::Packet { msg_id: packet.msg_id, seq, body: packet.body.to_vec() };
         if let Some(handler) = self.core.handlers.for_message(packet.msg_id) {
             // message_map sends this id to a handler script; a failing one answers

@@ -163,6 +163,17 @@ async fn relay_all(
         );
         ratio = serde_json::json!(r);
     }
+    let mut scripting = serde_json::Value::Null;
+    if let (Some(wasm), Some(native)) =
+        (find(relay::RelayTarget::Wasmgate), find(relay::RelayTarget::WasmgateNative))
+    {
+        let r = wasm.saturation.round_trips_per_s / native.saturation.round_trips_per_s;
+        println!(
+            "relay scripting: WASM router / native router = {:.0} % of round trips/s at saturation (target >= 90 %)",
+            r * 100.0
+        );
+        scripting = serde_json::json!(r);
+    }
     let runs: Vec<_> = results
         .iter()
         .map(|(t, run)| {
@@ -172,7 +183,7 @@ async fn relay_all(
         .collect();
     println!(
         "{}",
-        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio })
+        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting })
     );
     Ok(())
 }

@@ -2,6 +2,8 @@
 //!
 //! - `wasmgate`: the release gateway (default scripts: message 100 goes through the router
 //!   script to dest 101) with `echo-backend` as dest 101, each its own process.
+//! - `wasmgate-native`: the same with `scripts.native_router` (the router's map lookup in
+//!   Rust, no script call): the cost of scripting, measured.
 //! - `nginx-node`: nginx as a WebSocket reverse proxy (2 workers) in front of Node's `ws` echo
 //!   server (2 cluster workers): the setup a Node shop would put in wasmgate's place.
 //!
@@ -37,6 +39,8 @@ const BODY: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RelayTarget {
     Wasmgate,
+    /// wasmgate with `scripts.native_router`: the router's logic in Rust, no script call.
+    WasmgateNative,
     NginxNode,
 }
 
@@ -101,7 +105,7 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     match target {
-        RelayTarget::Wasmgate => {
+        RelayTarget::Wasmgate | RelayTarget::WasmgateNative => {
             let backend_port = free_port()?;
             let backend = Command::new(sibling("echo-backend")?)
                 .args(["--listen", &format!("127.0.0.1:{backend_port}")])
@@ -116,8 +120,9 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
             std::fs::write(&dest_map, dests)?;
             std::fs::write(&message_map, format!(r#"{{"{ECHO}": 101}}"#))?;
             let admin = free_port()?;
+            let native = target == RelayTarget::WasmgateNative;
             let config = format!(
-                "{}[maps]\ndest_map = {:?}\nmessage_map = {:?}\n",
+                "{}[maps]\ndest_map = {:?}\nmessage_map = {:?}\n[scripts]\nnative_router = {native}\n",
                 super::gateway_config(port, admin, 19_000),
                 dest_map.display().to_string(),
                 message_map.display().to_string(),
@@ -348,7 +353,7 @@ pub async fn run(
     gateway: Option<&Path>,
 ) -> anyhow::Result<Run> {
     let servers = start(target, gateway).await?;
-    let login = target == RelayTarget::Wasmgate;
+    let login = target != RelayTarget::NginxNode;
     let mut conns = Vec::with_capacity(connections);
     for n in 0..connections {
         conns.push(connect(servers.port, n, login).await?);

@@ -21,7 +21,7 @@ use etcd_client::GetOptions;
 
 use crate::cluster::etcd_watch::{self, Change};
 use crate::config::Config;
-use crate::config_overrides::merge;
+use crate::config_overrides::{self, merge};
 use crate::gateway::Core;
 use crate::watch;
 
@@ -43,13 +43,9 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Errors: the file's own errors ([`Config::load`]); etcd unreachable within 5 s; the etcd
 /// TOML unparsable or the merged config invalid (the message names the key and the field).
 pub async fn load(path: Option<&Path>, overrides: &toml::Table) -> anyhow::Result<Config> {
-    let (mut table, path) = match path {
-        Some(path) => (Config::read_table(path)?, path),
-        None => (toml::Table::new(), Path::new("(defaults)")),
-    };
-    let mut local_table = table.clone();
-    merge(&mut local_table, overrides.clone());
-    let local = Config::from_table(local_table, path).context("the config with its overrides")?;
+    let (mut table, local) =
+        config_overrides::load(path, overrides).context("the config with its overrides")?;
+    let path = path.unwrap_or(Path::new("(defaults)"));
     if !local.config_centre.enabled {
         return Ok(local);
     }

@@ -9,7 +9,9 @@
 //! not one, as a string (`127.0.0.1:7100`). The merged table is checked like a file, so a bad
 //! value is refused with the field's name.
 
-use crate::config::ConfigError;
+use std::path::Path;
+
+use crate::config::{Config, ConfigError};
 
 /// Prefix of the environment variables read by [`from_env`].
 pub const ENV_PREFIX: &str = "WASMGATE__";
@@ -47,6 +49,20 @@ pub fn from_sets(sets: &[String]) -> Result<toml::Table, ConfigError> {
         insert(&mut table, &path, value)?;
     }
     Ok(table)
+}
+
+/// The TOML table of the file at `path` (`None`: empty, the built-in defaults) and the
+/// configuration it gives with `overrides` merged over it. Errors: the file's
+/// ([`Config::read_table`]) and the merged table's ([`Config::from_table`]).
+pub fn load(path: Option<&Path>, overrides: &toml::Table) -> Result<(toml::Table, Config), ConfigError> {
+    let (table, path) = match path {
+        Some(path) => (Config::read_table(path)?, path),
+        None => (toml::Table::new(), Path::new("(defaults)")),
+    };
+    let mut merged = table.clone();
+    merge(&mut merged, overrides.clone());
+    let config = Config::from_table(merged, path)?;
+    Ok((table, config))
 }
 
 /// Merges `overlay` into `base`: tables recursively, any other value replaced.

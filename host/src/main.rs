@@ -135,9 +135,7 @@ async fn main() -> anyhow::Result<()> {
 async fn admin_command(cli: &Cli, command: Command) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig { file } => {
-            let mut table = Config::read_table(&file)?;
-            config_overrides::merge(&mut table, overrides(&cli.sets)?);
-            Config::from_table(table, &file)?;
+            config_overrides::load(Some(&file), &overrides(&cli.sets)?)?;
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -244,10 +242,5 @@ impl Signals {
 /// The config the admin commands read `listen.admin` and `admin.token` from: the file (or the
 /// defaults) with the environment's and `--set` overrides (not the config centre's).
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let (mut table, path) = match &cli.config {
-        Some(path) => (Config::read_table(path)?, path.as_path()),
-        None => (toml::Table::new(), std::path::Path::new("(defaults)")),
-    };
-    config_overrides::merge(&mut table, overrides(&cli.sets)?);
-    Ok(Config::from_table(table, path)?)
+    Ok(config_overrides::load(cli.config.as_deref(), &overrides(&cli.sets)?)?.1)
 }

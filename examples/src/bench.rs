@@ -1,4 +1,4 @@
-//! Shared pieces of the benchmark commands (`fanout`, `swap`): a gateway child process, free
+//! Shared pieces of the benchmark commands (`loadgen`, `fanout`, `cluster`): a gateway child process, free
 //! ports, process CPU and memory from /proc, percentiles.
 
 use std::net::SocketAddr;

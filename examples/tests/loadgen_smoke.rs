@@ -1,6 +1,7 @@
 //! Smoke runs of the load generator (seconds): the `idle` scenario with its worker processes
-//! on two source addresses against wasmgate in-process, and the `relay` scenario. The full benchmark runs outside the
-//! test suite (docs/benchmarks.md).
+//! on two source addresses against wasmgate in-process; `relay`, `fanout`, `login-storm` and
+//! `swap` against the wasmgate binary. The full benchmark, and the peers, run outside the test
+//! suite (docs/benchmarks.md).
 
 use std::process::Command;
 
@@ -25,10 +26,15 @@ fn idle_scenario_opens_every_session_through_two_worker_processes() {
 /// Smoke run of `relay` against the wasmgate binary and `echo-backend` (the debug builds next
 /// to `loadgen`, which a workspace `cargo test` builds): every phase gets its round trips back,
 /// none lost. The nginx-node comparison needs the peers installed; it runs outside the suite.
-#[test]
-fn relay_scenario_gets_every_round_trip_back() {
+/// The debug `wasmgate` binary next to `loadgen` (a workspace `cargo test` builds both).
+fn gateway_binary_built() {
     let gateway = std::path::Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("wasmgate");
     assert!(gateway.exists(), "{} missing: run the workspace's `cargo test`", gateway.display());
+}
+
+#[test]
+fn relay_scenario_gets_every_round_trip_back() {
+    gateway_binary_built();
     let result = loadgen(&[
         "relay",
         "--targets",
@@ -47,4 +53,36 @@ fn relay_scenario_gets_every_round_trip_back() {
     }
     let fixed = run["fixed"][0]["figures"]["round_trips_per_s"].as_f64().unwrap_or(0.0);
     assert!((150.0..=250.0).contains(&fixed), "200/s offered, {fixed}/s came back: {result}");
+}
+
+/// `fanout` on wasmgate: every member of the room gets every message, latencies are sampled.
+#[test]
+fn fanout_scenario_delivers_every_message_to_every_member() {
+    gateway_binary_built();
+    let result =
+        loadgen(&["fanout", "--targets", "wasmgate", "--members", "30", "--messages", "20", "--sample", "5"]);
+    let figures = &result["rooms"][0]["runs"][0]["figures"];
+    assert_eq!(figures["lost"], 0, "{result}");
+    assert!(figures["deliveries_per_s"].as_f64().is_some_and(|r| r > 0.0), "{result}");
+    assert!(figures["p99_ms"].as_f64().is_some_and(|p| p > 0.0), "latencies sampled: {result}");
+}
+
+/// `login-storm`: every login over a fresh connection is answered.
+#[test]
+fn login_storm_scenario_answers_every_login() {
+    gateway_binary_built();
+    let result = loadgen(&["login-storm", "--logins", "200", "--concurrency", "16"]);
+    assert_eq!(result["logins"], 200, "{result}");
+    assert_eq!(result["failed"], 0, "{result}");
+    assert!(result["login_ms_p99"].as_f64().is_some_and(|p| p > 0.0), "{result}");
+}
+
+/// `swap`: round trips continue through live redeploys of the router, none lost.
+#[test]
+fn swap_scenario_loses_nothing_across_redeploys() {
+    gateway_binary_built();
+    let result = loadgen(&["swap", "--clients", "4", "--seconds", "1", "--every-ms", "200"]);
+    assert_eq!(result["lost"], 0, "{result}");
+    assert!(result["swaps"].as_u64().is_some_and(|n| n >= 2), "{result}");
+    assert!(result["swapping"]["round_trips"].as_u64().is_some_and(|n| n > 0), "{result}");
 }

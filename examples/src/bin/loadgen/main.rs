@@ -1,7 +1,15 @@
-//! `loadgen`: the load generator of the benchmark suite (docs/benchmarks.md). Scenario `idle`:
-//! hold N logged-in WebSocket sessions and report the server's RSS per session and the
-//! connect + login rate, for wasmgate or a peer on the same machine.
+//! `loadgen`: the load generator of the benchmark suite (docs/benchmarks.md). Scenarios, each
+//! against wasmgate and, where one exists, a peer on the same machine in the same run:
+//! - `idle`: hold N logged-in WebSocket sessions; server RSS per session, connect + login rate
+//!   (peer: Node `ws`). Below.
+//! - `relay`: round trips through the router script and a backend (peer: nginx -> Node `ws`;
+//!   also the native router): `relay.rs`.
+//! - `fanout`: deliveries/s and latency in rooms of 1k and 10k (peers: Node `ws` broadcast,
+//!   mosquitto topics): `fanout.rs`.
+//! - `login-storm`: logins/s through the auth script over fresh connections: `login_storm.rs`.
+//! - `swap`: relay while the router is redeployed, steady vs swapping: `swap.rs`.
 //!
+//! Idle details:
 //! Every process here may hold at most 20,000 open files, so N sessions are opened by
 //! ceil(N / `--per-worker`) worker processes (this binary, `loadgen worker`), each from its own
 //! source address (127.0.0.2, .3, ...: ~28k ports per source/destination pair), and wasmgate
@@ -34,7 +42,11 @@ use wasmgate::protocol::client::encode_binary;
 use wasmgate_examples::bench::{GatewayProcess, free_port, rss_kib};
 use wasmgate_examples::client::mint_token;
 
+mod fanout;
+mod login_storm;
+mod peers;
 mod relay;
+mod swap;
 
 const SECRET: &str = "loadgen-bench-secret";
 /// Login message id of the default routes.
@@ -99,6 +111,63 @@ enum Scenario {
         #[arg(long)]
         gateway: Option<PathBuf>,
     },
+    /// One room of each `--members` size; one member publishes `--messages` and every member
+    /// counts its deliveries (wasmgate: rooms script; node-ws: broadcast to every connection;
+    /// mosquitto: a topic over MQTT/WebSocket). Prints wasmgate's ratio to each peer.
+    Fanout {
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "wasmgate,node-ws,mosquitto")]
+        targets: Vec<fanout::FanoutTarget>,
+        /// Room sizes, comma-separated (fresh servers for each).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        members: Vec<usize>,
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Messages/s the publisher offers; 0: as fast as it can write (saturation).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Padding of each message, bytes (on top of the 8-byte send time).
+        #[arg(long, default_value_t = 32)]
+        payload: usize,
+        /// One member in this many records delivery latency.
+        #[arg(long, default_value_t = 50)]
+        sample: usize,
+        /// Members connecting at once.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
+    /// A reconnect storm: `--logins` fresh sessions, `--concurrency` at a time, each connects,
+    /// logs in through the auth script and closes; logins/s and login latency.
+    LoginStorm {
+        #[arg(long, default_value_t = 20_000)]
+        logins: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
+    /// Relay round trips while the router is redeployed through the admin API: latency
+    /// steady vs during swaps, messages lost.
+    Swap {
+        /// Concurrent sessions, each with one message in flight.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Length of each phase (steady, swapping), in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Time between two deploys in the swapping phase, in ms.
+        #[arg(long, default_value_t = 200)]
+        every_ms: u64,
+        /// Run the gateway without wasmtime's pooling allocator, to compare instantiation.
+        #[arg(long)]
+        no_pooling: bool,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
     /// (internal) Open sessions from one source address and hold them until stdin closes.
     #[command(hide = true)]
     Worker {
@@ -131,6 +200,26 @@ fn main() -> anyhow::Result<()> {
                 &rates,
                 gateway.as_deref(),
             ))
+        }
+        Scenario::Fanout { targets, members, messages, rate, payload, sample, concurrency, gateway } => {
+            let load = |members: usize| fanout::Load {
+                members: members.max(1),
+                messages: messages.max(1),
+                rate,
+                payload,
+                sample: sample.max(1),
+                concurrency: concurrency.max(1),
+            };
+            let loads: Vec<_> = members.into_iter().map(load).collect();
+            runtime.block_on(fanout_all(&targets, &loads, gateway.as_deref()))
+        }
+        Scenario::LoginStorm { logins, concurrency, gateway } => {
+            runtime.block_on(login_storm::run(logins.max(1), concurrency.max(1), gateway.as_deref()))
+        }
+        Scenario::Swap { clients, seconds, every_ms, no_pooling, gateway } => {
+            let swaps =
+                swap::Swaps { clients: clients.max(1), seconds: seconds.max(0.5), every_ms, no_pooling };
+            runtime.block_on(swap::run(swaps, gateway.as_deref()))
         }
         Scenario::Worker { url, source, first, sessions, concurrency } => {
             runtime.block_on(worker(&url, source, first, sessions, concurrency))
@@ -184,6 +273,51 @@ async fn relay_all(
     println!(
         "{}",
         serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting })
+    );
+    Ok(())
+}
+
+/// Runs `fanout` on each target for each room size; prints the JSON of all and wasmgate's
+/// ratios to each peer.
+async fn fanout_all(
+    targets: &[fanout::FanoutTarget],
+    loads: &[fanout::Load],
+    gateway: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut rooms = Vec::new();
+    for load in loads {
+        let mut results = Vec::new();
+        for &target in targets {
+            results.push((target, fanout::run(target, load, gateway).await?));
+        }
+        let ours = results.iter().find(|(t, _)| *t == fanout::FanoutTarget::Wasmgate).map(|(_, f)| *f);
+        let mut ratios = serde_json::Map::new();
+        for (peer, theirs) in results.iter().filter(|(t, _)| *t != fanout::FanoutTarget::Wasmgate) {
+            let Some(ours) = ours else { break };
+            let (rate, cpu) = (
+                ours.deliveries_per_s / theirs.deliveries_per_s,
+                theirs.server_ns_per_delivery / ours.server_ns_per_delivery,
+            );
+            let target = if *peer == fanout::FanoutTarget::NodeWs { ">= 3x" } else { ">= 1x" };
+            println!(
+                "fanout ratio, room of {}: wasmgate / {peer:?} = {rate:.2}x deliveries/s (target {target}); server CPU per delivery {cpu:.2}x less",
+                load.members
+            );
+            ratios.insert(
+                format!("{peer:?}"),
+                serde_json::json!({ "deliveries": rate, "cpu_per_delivery": cpu }),
+            );
+        }
+        let runs: Vec<_> = results
+            .iter()
+            .map(|(t, f)| serde_json::json!({ "target": format!("{t:?}"), "figures": fanout::json(f) }))
+            .collect();
+        rooms.push(serde_json::json!({ "members": load.members, "runs": runs, "wasmgate_ratio": ratios }));
+    }
+    let first = loads.first().context("no room sizes")?;
+    println!(
+        "{}",
+        serde_json::json!({ "scenario": "fanout", "messages": first.messages, "rate": first.rate, "payload": first.payload, "rooms": rooms })
     );
     Ok(())
 }
@@ -243,16 +377,21 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn gateway_config(ws: u16, admin: u16, per_process: usize) -> String {
+/// The gateway config of every scenario: WebSocket listener `ws` (shared: `reuse_port`), the
+/// TCP listener on a port of the kernel's choosing (unused), admin port `admin`, room for
+/// `per_process` sessions (plus 1,000), `limits` (lines of `[limits]`, may be empty), long
+/// timeouts, the auth script's secret.
+fn gateway_config(ws: u16, admin: u16, per_process: usize, limits: &str) -> String {
     format!(
         r#"
 [listen]
 ws = "127.0.0.1:{ws}"
+tcp = "127.0.0.1:0"
 admin = "127.0.0.1:{admin}"
 reuse_port = true
 [limits]
 max_conn_num = {per_process}
-[timeouts]
+{limits}[timeouts]
 heartbeat_ms = 3600000
 login_ms = 600000
 [scripts.auth]
@@ -273,7 +412,7 @@ async fn start_server(
             let mut processes = Vec::new();
             for _ in 0..gateways {
                 let admin = free_port()?;
-                let config = gateway_config(ws, admin, 19_000);
+                let config = gateway_config(ws, admin, 19_000, "");
                 let ready = SocketAddr::from(([127, 0, 0, 1], admin));
                 processes.push(GatewayProcess::start(binary.as_deref(), &config, ready).await?);
             }
@@ -283,30 +422,19 @@ async fn start_server(
             let mut running = Vec::new();
             for _ in 0..gateways {
                 let admin = free_port()?;
-                let config: wasmgate::Config = toml::from_str(&gateway_config(ws, admin, 19_000))?;
+                let config: wasmgate::Config = toml::from_str(&gateway_config(ws, admin, 19_000, ""))?;
                 running.push(wasmgate::RunningGateway::start(config).await?);
             }
             Ok(Server::InProcess(running))
         }
         Target::NodeWs => {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/node-ws");
-            if !dir.join("node_modules/ws").exists() {
-                bail!("Node ws is not installed: run examples/peers/setup.sh");
-            }
-            let child = Command::new("node")
-                .arg(dir.join("server.js"))
-                .env("PORT", ws.to_string())
-                .env("WORKERS", gateways.to_string())
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting node (Node 20)")?;
+            let child = peers::node_ws(ws, gateways, "echo").await?;
             let server = Server::NodeWs(child);
             let deadline = Instant::now() + Duration::from_secs(20);
-            while tokio::net::TcpStream::connect(("127.0.0.1", ws)).await.is_err()
-                || children_count(&server) < gateways
-            {
+            // Every cluster worker up, not just the first to listen.
+            while children_count(&server) < gateways {
                 if Instant::now() > deadline {
-                    bail!("node ws did not start listening within 20 s");
+                    bail!("node ws did not start its {gateways} workers within 20 s");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

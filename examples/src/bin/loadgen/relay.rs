@@ -14,8 +14,8 @@
 //! from the actual write to receipt, on one clock; the clients share the 2 cores with the
 //! servers.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +27,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use wasmgate::protocol::client::{decode_binary, encode_binary};
 use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
+
+use super::peers::{Servers, node_ws, sibling, wait_listening};
 use wasmgate_examples::client::mint_token;
 
 use super::{LOGIN, SECRET};
@@ -54,53 +56,6 @@ pub struct Phase {
     pub lost: u64,
 }
 
-/// Servers of one target; killed on drop.
-struct Servers {
-    children: Vec<Child>,
-    _gateway: Option<GatewayProcess>,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            // SIGTERM lets nginx's master and Node's cluster primary stop their workers; the
-            // workers left after 2 s, and the process itself, are killed.
-            let workers = super::children(child.id());
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            for pid in workers {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    if !path.exists() {
-        bail!("{} not found: cargo build --release -p wasmgate -p wasmgate-examples", path.display());
-    }
-    Ok(path)
-}
-
-async fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {port} within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Servers> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
@@ -123,7 +78,7 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
             let native = target == RelayTarget::WasmgateNative;
             let config = format!(
                 "{}[maps]\ndest_map = {:?}\nmessage_map = {:?}\n[scripts]\nnative_router = {native}\n",
-                super::gateway_config(port, admin, 19_000),
+                super::gateway_config(port, admin, 19_000, ""),
                 dest_map.display().to_string(),
                 message_map.display().to_string(),
             );
@@ -132,21 +87,11 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
             let gateway = GatewayProcess::start(gateway, &config, ready).await?;
             // The pool connects in the background: give it a moment.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            Ok(Servers { children: vec![backend], _gateway: Some(gateway), _dir: dir, port })
+            Ok(Servers { children: vec![backend], gateway: Some(gateway), _dir: dir, port })
         }
         RelayTarget::NginxNode => {
-            let node_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/node-ws");
-            if !node_dir.join("node_modules/ws").exists() {
-                bail!("Node ws is not installed: run examples/peers/setup.sh");
-            }
             let node_port = free_port()?;
-            let node = Command::new("node")
-                .arg(node_dir.join("server.js"))
-                .env("PORT", node_port.to_string())
-                .env("WORKERS", "2")
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting node")?;
+            let node = node_ws(node_port, 2, "echo").await?;
             let conf = dir.path().join("nginx.conf");
             std::fs::write(&conf, nginx_conf(port, node_port, dir.path()))?;
             let nginx = Command::new("nginx")
@@ -155,8 +100,7 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
                 .stderr(Stdio::inherit())
                 .spawn()
                 .context("starting nginx (examples/peers/setup.sh installs it)")?;
-            let servers = Servers { children: vec![nginx, node], _gateway: None, _dir: dir, port };
-            wait_listening(node_port, "node ws").await?;
+            let servers = Servers { children: vec![nginx, node], gateway: None, _dir: dir, port };
             wait_listening(port, "nginx").await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok(servers)

@@ -1,49 +1,39 @@
-//! `swap`: message latency while scripts are swapped live (docs/benchmarks.md).
+//! Scenario `swap`: message latency while scripts are swapped live.
 //!
-//! Starts the example backend in this process and a real gateway process (`wasmgate run`, the
-//! release binary next to this one) routing message 100 to it. `--clients` sessions each send
-//! message 100 and wait for its echo, in a loop, for `--seconds` of steady state and then
-//! `--seconds` while the router is redeployed every `--every-ms` through the admin API (the
-//! same component, so the compile cache is warm: what is measured is the pipeline and the
-//! swap). Prints round-trip p50/p99/p99.9 for both phases, messages lost, and the swap times.
-//!
-//! Build both binaries first: `cargo build --release -p wasmgate -p wasmgate-examples`.
+//! Starts the example backend in this process and the release gateway (`wasmgate run`, the
+//! binary next to this one) routing message 100 to it. `clients` sessions each send message
+//! 100 and wait for its echo, in a loop, for `seconds` of steady state and then `seconds`
+//! while the router is redeployed every `every_ms` through the admin API (the same component,
+//! so the compile cache is warm: what is measured is the pipeline and the swap). Prints
+//! round-trip p50/p99/p99.9 for both phases, messages lost, and the swap times.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wasmgate_examples::backend::{self, BackendOptions};
 use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
 use wasmgate_examples::client::{Client, mint_token};
 
-const SECRET: &str = "swap-bench-secret";
+use super::SECRET;
+
 const TOKEN: &str = "swap-bench-admin-token";
 
-/// Latency during live script swaps.
-#[derive(Parser, Debug)]
-struct Args {
+/// The knobs of the scenario (from the command line).
+#[derive(Debug, Clone, Copy)]
+pub struct Swaps {
     /// Concurrent sessions, each with one message in flight.
-    #[arg(long, default_value_t = 50)]
-    clients: usize,
-    /// Length of each phase (steady, swapping), in seconds.
-    #[arg(long, default_value_t = 5.0)]
-    seconds: f64,
-    /// Time between two deploys in the swapping phase, in ms.
-    #[arg(long, default_value_t = 200)]
-    every_ms: u64,
-    /// The gateway binary (default: `wasmgate` next to this binary).
-    #[arg(long)]
-    gateway: Option<PathBuf>,
-    /// Run the gateway without wasmtime's pooling allocator (`scripts.pooling.enabled =
-    /// false`), to compare instantiation costs.
-    #[arg(long)]
-    no_pooling: bool,
+    pub clients: usize,
+    /// Length of each phase (steady, swapping), seconds.
+    pub seconds: f64,
+    /// Time between two deploys in the swapping phase, ms.
+    pub every_ms: u64,
+    /// Run without wasmtime's pooling allocator (`scripts.pooling.enabled = false`).
+    pub no_pooling: bool,
 }
 
 /// Round trips of one client: (ns, sent during the swapping phase), and messages lost.
@@ -65,9 +55,8 @@ async fn client_loop(
     (samples, lost)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// Runs the scenario; prints a line and the JSON result.
+pub async fn run(args: Swaps, gateway: Option<&Path>) -> anyhow::Result<()> {
     let backend_listener = TcpListener::bind("127.0.0.1:0").await?;
     let backend_addr = backend_listener.local_addr()?;
     let backend_stop = CancellationToken::new();
@@ -85,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let config = format!(
         r#"[listen]
 ws = "127.0.0.1:{ws}"
+tcp = "127.0.0.1:0"
 admin = "127.0.0.1:{admin}"
 [maps]
 dest_map = "{dest}"
@@ -105,7 +95,7 @@ enabled = {pooling}
     );
     let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
-    let gateway = GatewayProcess::start(args.gateway.as_deref(), &config, ws_addr).await?;
+    let gateway = GatewayProcess::start(gateway, &config, ws_addr).await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // queue pool connects
 
     let mut clients = Vec::with_capacity(args.clients);

@@ -303,7 +303,9 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let epoch = Instant::now();
-    let idle = Duration::from_secs(10);
+    // A member gives up after this long without a delivery (mosquitto takes seconds to start
+    // delivering a burst to 10k subscribers).
+    let idle = Duration::from_secs(30);
     let expect = load.messages as u64;
     let mut members = members.into_iter();
     let (mut publisher, publisher_rx) = members.next().context("no members")?.split();

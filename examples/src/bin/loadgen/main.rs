@@ -298,9 +298,15 @@ async fn fanout_all(
                 ours.deliveries_per_s / theirs.deliveries_per_s,
                 theirs.server_ns_per_delivery / ours.server_ns_per_delivery,
             );
-            let target = if *peer == fanout::FanoutTarget::NodeWs { ">= 3x" } else { ">= 1x" };
+            // The targets are for saturation; at a fixed offered load every server delivers
+            // the offered rate, and latency and CPU are what differ.
+            let target = match (load.rate > 0.0, *peer == fanout::FanoutTarget::NodeWs) {
+                (true, _) => "the offered rate: compare latency and CPU",
+                (false, true) => "target >= 3x",
+                (false, false) => "target >= 1x",
+            };
             println!(
-                "fanout ratio, room of {}: wasmgate / {peer:?} = {rate:.2}x deliveries/s (target {target}); server CPU per delivery {cpu:.2}x less",
+                "fanout ratio, room of {}: wasmgate / {peer:?} = {rate:.2}x deliveries/s ({target}); server CPU per delivery {cpu:.2}x less",
                 load.members
             );
             ratios.insert(

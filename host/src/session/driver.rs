@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument as _;
 
@@ -116,7 +115,7 @@ pub(crate) async fn run(
 async fn serve(
     core: Arc<Core>,
     handle: SessionHandle,
-    rx: mpsc::Receiver<Outbound>,
+    rx: flume::Receiver<Outbound>,
     reader: impl PacketReader,
     writer: impl PacketWriter,
     token: Option<String>,
@@ -424,7 +423,7 @@ fn unix_ms() -> u64 {
 /// the session's close was reached.
 async fn write_batch(
     writer: &mut impl PacketWriter,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut flume::Receiver<Outbound>,
     first: Option<Outbound>,
     sent: &prometheus_client::metrics::counter::Counter,
 ) -> std::io::Result<bool> {
@@ -451,14 +450,14 @@ async fn write_batch(
 
 async fn write_loop(
     mut writer: impl PacketWriter,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: flume::Receiver<Outbound>,
     handle: SessionHandle,
     write_timeout: Duration,
     sent: prometheus_client::metrics::counter::Counter,
 ) {
     let result = async {
         loop {
-            let first = rx.recv().await;
+            let first = rx.recv_async().await.ok();
             // One time limit per batch (its writes and the flush): one timer, not one per packet.
             let closing = timeout(write_timeout, write_batch(&mut writer, &mut rx, first, &sent)).await??;
             if closing {

@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::CloseReason;
@@ -53,7 +52,7 @@ struct Shared {
     user_id: OnceLock<Arc<str>>,
     /// Logged in, or an anonymous go-push session: receives pushes to everyone.
     admitted: AtomicBool,
-    tx: mpsc::Sender<Outbound>,
+    tx: flume::Sender<Outbound>,
     close_reason: OnceLock<(CloseReason, String)>,
     /// Cancelled when the session starts closing (the reader stops).
     closing: CancellationToken,
@@ -88,8 +87,8 @@ impl SessionHandle {
         peer: SocketAddr,
         error_msg_id: u32,
         capacity: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    ) -> (Self, flume::Receiver<Outbound>) {
+        let (tx, rx) = flume::bounded(capacity);
         let abort = CancellationToken::new();
         let shared = Shared {
             id,
@@ -146,11 +145,11 @@ impl SessionHandle {
     pub fn send(&self, msg_id: u32, seq: u32, body: Bytes) -> bool {
         match self.0.tx.try_send(Outbound::Packet { msg_id, seq, body }) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 self.abort(CloseReason::SlowConsumer, "outbound queue full");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(flume::TrySendError::Disconnected(_)) => false,
         }
     }
 
@@ -158,11 +157,11 @@ impl SessionHandle {
     pub fn send_shared(&self, packet: Arc<SharedPacket>) -> bool {
         match self.0.tx.try_send(Outbound::Shared(packet)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 self.abort(CloseReason::SlowConsumer, "outbound queue full");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(flume::TrySendError::Disconnected(_)) => false,
         }
     }
 

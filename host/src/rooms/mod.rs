@@ -312,10 +312,7 @@ mod tests {
     use crate::session::TransportKind;
     use bytes::Bytes;
 
-    fn session(
-        id: u64,
-        queue: usize,
-    ) -> (SessionHandle, tokio::sync::mpsc::Receiver<crate::session::Outbound>) {
+    fn session(id: u64, queue: usize) -> (SessionHandle, flume::Receiver<crate::session::Outbound>) {
         SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, queue)
     }
 

@@ -82,8 +82,10 @@ enum Scenario {
         /// Connections a worker has in flight at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        #[arg(long, value_enum, default_value = "wasmgate")]
-        target: Target,
+        /// Targets, in the order run (`--target` works too); with wasmgate and node-ws, prints
+        /// wasmgate's ratios.
+        #[arg(long, alias = "target", value_enum, value_delimiter = ',', default_value = "wasmgate")]
+        targets: Vec<Target>,
         /// The gateway binary (default: `wasmgate` next to this binary).
         #[arg(long)]
         gateway: Option<PathBuf>,
@@ -188,9 +190,17 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match args.command {
-        Scenario::Idle { sessions, gateways, per_worker, concurrency, target, gateway } => runtime.block_on(
-            idle(sessions, gateways.max(1), per_worker.max(1), concurrency.max(1), target, gateway),
-        ),
+        Scenario::Idle { sessions, gateways, per_worker, concurrency, targets, gateway } => {
+            runtime.block_on(async {
+                let mut results = Vec::new();
+                for target in targets {
+                    let (g, w, c) = (gateways.max(1), per_worker.max(1), concurrency.max(1));
+                    results.push((target, idle(sessions, g, w, c, target, gateway.clone()).await?));
+                }
+                idle_ratio(&results);
+                Ok(())
+            })
+        }
         Scenario::Relay { targets, connections, seconds, window, rates, gateway } => {
             runtime.block_on(relay_all(
                 &targets,
@@ -460,7 +470,7 @@ async fn idle(
     concurrency: usize,
     target: Target,
     binary: Option<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<IdleFigures> {
     let ws = free_port()?;
     let server = start_server(target, ws, gateways, binary).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -530,7 +540,31 @@ async fn idle(
         let _ = child.wait();
     }
     drop(server);
-    Ok(())
+    Ok(IdleFigures { bytes_per_session: per_session, connect_login_per_s: rate })
+}
+
+/// What `idle` measured on one target.
+#[derive(Debug, Clone, Copy)]
+struct IdleFigures {
+    bytes_per_session: f64,
+    connect_login_per_s: f64,
+}
+
+/// Prints wasmgate's ratios to Node `ws` when both ran.
+fn idle_ratio(results: &[(Target, IdleFigures)]) {
+    let find = |t| results.iter().find(|(target, _)| *target == t).map(|(_, f)| *f);
+    if let (Some(ours), Some(node)) = (find(Target::Wasmgate), find(Target::NodeWs)) {
+        let memory = ours.bytes_per_session / node.bytes_per_session;
+        let rate = ours.connect_login_per_s / node.connect_login_per_s;
+        println!(
+            "idle ratio: wasmgate / node-ws = {memory:.2}x memory per session (target: <= 4 KiB, {:.2} KiB here), {rate:.2}x connect + login rate",
+            ours.bytes_per_session / 1024.0
+        );
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": "idle", "ratio_vs_node_ws": { "memory": memory, "connect_login_rate": rate } })
+        );
+    }
 }
 
 /// Opens `sessions` WebSocket sessions to `url` from `source`, logs each in (users

@@ -88,6 +88,9 @@ impl SessionHandle {
         error_msg_id: u32,
         capacity: usize,
     ) -> (Self, flume::Receiver<Outbound>) {
+        // flume allocates as packets wait (tokio's mpsc allocated a 32-slot block per session
+        // up front: ~1.3 KiB of each idle session, docs/benchmarks.md#idle-sessions); a queue
+        // that once held a burst keeps that capacity, as the WebSocket write buffer does.
         let (tx, rx) = flume::bounded(capacity);
         let abort = CancellationToken::new();
         let shared = Shared {

@@ -19,6 +19,18 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::gateway::Core;
 
+/// Outbound frames are gathered up to this many bytes before a write, on both transports; a
+/// flush writes the rest. With no write buffer every frame costs a syscall, which caps fan-out
+/// (docs/benchmarks.md). The buffer itself grows only with what is queued.
+pub(crate) const WRITE_BUFFER: usize = 8 * 1024;
+
+/// Bytes read from the socket per read, and the read buffer every session keeps, on both
+/// transports. Client messages of games are mostly far below it; a larger frame is still read
+/// whole (the buffer grows to the frame), in more reads. 4 KiB here cost 3 KiB more per idle
+/// WebSocket session, and tokio-util's 8 KiB default read and write buffers 7.7 KiB per TCP
+/// session (docs/benchmarks.md, idle sessions).
+pub(crate) const READ_BUFFER: usize = 1024;
+
 /// Accepts until shutdown, spawning `handle(core, stream, peer, permit)` per connection.
 pub(crate) async fn accept_loop<F, Fut>(core: Arc<Core>, listener: TcpListener, kind: &'static str, handle: F)
 where

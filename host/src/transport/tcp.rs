@@ -21,6 +21,8 @@ use crate::protocol::client::{self, HEADER_LEN};
 use crate::session::driver::{self, Inbound, PacketReader, PacketWriter};
 use crate::session::{CloseReason, TransportKind};
 
+use super::{READ_BUFFER, WRITE_BUFFER};
+
 /// The length-prefix codec for a framing config; `max_frame` bounds decoded frames.
 pub fn codec(framing: &TcpFramingConfig, max_frame: usize) -> LengthDelimitedCodec {
     let mut builder = LengthDelimitedCodec::builder();
@@ -43,8 +45,12 @@ pub(crate) async fn serve(
     // Outbound packets may be larger than what clients may send; bound them by the prefix.
     let max_out = if framing.len_msg_len == 2 { u16::MAX as usize } else { u32::MAX as usize };
     let (read, write) = stream.into_split();
-    let reader = TcpReader { framed: FramedRead::new(read, codec(framing, max_in)) };
-    let writer = TcpWriter { framed: FramedWrite::new(write, codec(framing, max_out)) };
+    // Buffers sized for idle sessions (tokio-util's default is 8 KiB each): the write buffer
+    // starts empty and grows with what is queued, flushed at the same boundary as before.
+    let reader = TcpReader { framed: FramedRead::with_capacity(read, codec(framing, max_in), READ_BUFFER) };
+    let mut framed = FramedWrite::with_capacity(write, codec(framing, max_out), 0);
+    framed.set_backpressure_boundary(WRITE_BUFFER);
+    let writer = TcpWriter { framed };
     driver::run(core.clone(), TransportKind::Tcp, peer, None, reader, writer).await;
     drop(permit);
 }

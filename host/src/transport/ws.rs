@@ -7,8 +7,10 @@
 //! clients that cannot send a login packet first (go-push's).
 //! The HTTP request must arrive within `handshake_ms` (seed 003 `HTTPTimeout`).
 //!
-//! Buffers are sized for many idle connections: a 4 KiB read buffer and no write buffer
-//! (tungstenite's defaults, 128 KiB read, cost ~136 KiB per idle connection).
+//! Buffers are sized for many idle connections: a 1 KiB read buffer ([`super::READ_BUFFER`])
+//! and an out buffer that holds only what is queued, written once it reaches
+//! [`super::WRITE_BUFFER`] (tungstenite's defaults, 128 KiB read, cost ~136 KiB per idle
+//! connection).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,17 +41,9 @@ use crate::protocol::gopush;
 use crate::session::driver::{self, Inbound, PacketReader, PacketWriter};
 use crate::session::{CloseReason, TransportKind};
 
+use super::{READ_BUFFER, WRITE_BUFFER};
+
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
-
-/// Frames are gathered up to this many bytes before a write; a flush writes the rest. With no
-/// write buffer every frame costs a syscall, which caps fan-out (docs/benchmarks.md).
-const WRITE_BUFFER: usize = 8 * 1024;
-
-/// Bytes read from the socket per read, and the read buffer every session keeps. Client
-/// messages of games are mostly far below it; a larger frame is still read whole (the buffer
-/// grows to the frame), in more reads. 4 KiB here cost 3 KiB more per idle session
-/// (docs/benchmarks.md, idle sessions).
-const READ_BUFFER: usize = 1024;
 
 /// Serves one accepted TCP connection: HTTP until it upgrades, then a WebSocket session.
 pub(crate) async fn serve(

@@ -1,5 +1,6 @@
 //! Smoke runs of the load generator (seconds): the `idle` scenario with its worker processes
-//! on two source addresses against wasmgate in-process; `relay`, `fanout`, `login-storm` and
+//! on two source addresses against wasmgate in-process, over WebSocket and over TCP; `relay`
+//! (WebSocket and TCP clients), `fanout`, `login-storm` and
 //! `swap` against the wasmgate binary. The full benchmark, and the peers, run outside the test
 //! suite (docs/benchmarks.md).
 
@@ -14,31 +15,52 @@ fn loadgen(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(json).expect("JSON")
 }
 
-#[test]
-fn idle_scenario_opens_every_session_through_two_worker_processes() {
-    let result = loadgen(&["idle", "--sessions", "300", "--per-worker", "150", "--target", "in-process"]);
+/// `idle` over `transport`: 300 sessions from two workers, all logged in and held.
+fn idle_over(transport: &str) {
+    let result = loadgen(&[
+        "idle",
+        "--sessions",
+        "300",
+        "--per-worker",
+        "150",
+        "--target",
+        "in-process",
+        "--transport",
+        transport,
+    ]);
     assert_eq!(result["sessions"], 300, "{result}");
+    assert_eq!(result["transport"].as_str().map(str::to_lowercase).as_deref(), Some(transport), "{result}");
     assert_eq!(result["failed"], 0, "{result}");
     assert_eq!(result["server_sessions"], 300, "the gateway holds them all: {result}");
     assert!(result["connect_login_per_s"].as_f64().is_some_and(|r| r > 0.0), "{result}");
 }
 
-/// Smoke run of `relay` against the wasmgate binary and `echo-backend` (the debug builds next
-/// to `loadgen`, which a workspace `cargo test` builds): every phase gets its round trips back,
-/// none lost. The nginx-node comparison needs the peers installed; it runs outside the suite.
+#[test]
+fn idle_scenario_opens_every_websocket_session_through_two_worker_processes() {
+    idle_over("ws");
+}
+
+#[test]
+fn idle_scenario_opens_every_tcp_session_through_two_worker_processes() {
+    idle_over("tcp");
+}
+
 /// The debug `wasmgate` binary next to `loadgen` (a workspace `cargo test` builds both).
 fn gateway_binary_built() {
     let gateway = std::path::Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("wasmgate");
     assert!(gateway.exists(), "{} missing: run the workspace's `cargo test`", gateway.display());
 }
 
+/// Smoke run of `relay` against the wasmgate binary and `echo-backend` (the debug builds next
+/// to `loadgen`), clients over WebSocket then over TCP: every phase gets its round trips back,
+/// none lost. The nginx-node comparison needs the peers installed; it runs outside the suite.
 #[test]
-fn relay_scenario_gets_every_round_trip_back() {
+fn relay_scenario_gets_every_round_trip_back_over_both_transports() {
     gateway_binary_built();
     let result = loadgen(&[
         "relay",
         "--targets",
-        "wasmgate",
+        "wasmgate,wasmgate-tcp",
         "--connections",
         "4",
         "--seconds",
@@ -46,13 +68,17 @@ fn relay_scenario_gets_every_round_trip_back() {
         "--rates",
         "200",
     ]);
-    let run = &result["runs"][0];
-    assert!(run["saturation"]["round_trips_per_s"].as_f64().is_some_and(|r| r > 0.0), "{result}");
-    for phase in [&run["saturation"], &run["half"], &run["fixed"][0]["figures"]] {
-        assert_eq!(phase["lost"], 0, "{result}");
+    for (i, target) in ["Wasmgate", "WasmgateTcp"].into_iter().enumerate() {
+        let run = &result["runs"][i];
+        assert_eq!(run["target"], target, "{result}");
+        assert!(run["saturation"]["round_trips_per_s"].as_f64().is_some_and(|r| r > 0.0), "{result}");
+        for phase in [&run["saturation"], &run["half"], &run["fixed"][0]["figures"]] {
+            assert_eq!(phase["lost"], 0, "{target}: {result}");
+        }
+        let fixed = run["fixed"][0]["figures"]["round_trips_per_s"].as_f64().unwrap_or(0.0);
+        assert!((150.0..=250.0).contains(&fixed), "{target}: 200/s offered, {fixed}/s came back: {result}");
     }
-    let fixed = run["fixed"][0]["figures"]["round_trips_per_s"].as_f64().unwrap_or(0.0);
-    assert!((150.0..=250.0).contains(&fixed), "200/s offered, {fixed}/s came back: {result}");
+    assert!(result["tcp_vs_websocket"].as_f64().is_some_and(|r| r > 0.0), "{result}");
 }
 
 /// `fanout` on wasmgate: every member of the room gets every message, latencies are sampled.

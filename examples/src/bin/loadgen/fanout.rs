@@ -84,7 +84,7 @@ async fn start(
             let queue = format!("pending_write_num = {}\n", (load.messages + 16).max(256));
             let config = format!(
                 "{}[rooms]\nbuckets = 8\n[scripts.rooms]\nconfig = {{ max_members = {} }}\n",
-                super::gateway_config(port, admin, load.members + 16, &queue),
+                super::gateway_config(port, 0, admin, load.members + 16, &queue),
                 load.members + 16,
             );
             let ready = std::net::SocketAddr::from(([127, 0, 0, 1], port));

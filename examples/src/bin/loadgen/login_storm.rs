@@ -59,7 +59,7 @@ async fn login_once(url: &str, server: SocketAddr, source: Ipv4Addr, token: &str
 /// Runs the storm against the release gateway; prints a line and the JSON result.
 pub async fn run(logins: usize, concurrency: usize, gateway: Option<&Path>) -> anyhow::Result<()> {
     let (port, admin) = (free_port()?, free_port()?);
-    let config = super::gateway_config(port, admin, concurrency + 1000, "");
+    let config = super::gateway_config(port, 0, admin, concurrency + 1000, "");
     let server = SocketAddr::from(([127, 0, 0, 1], port));
     let process = GatewayProcess::start(gateway, &config, server).await?;
     let url = format!("ws://{server}/ws");

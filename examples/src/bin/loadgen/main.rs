@@ -1,7 +1,7 @@
 //! `loadgen`: the load generator of the benchmark suite (docs/benchmarks.md). Scenarios, each
 //! against wasmgate and, where one exists, a peer on the same machine in the same run:
-//! - `idle`: hold N logged-in WebSocket sessions; server RSS per session, connect + login rate
-//!   (peer: Node `ws`). Below.
+//! - `idle`: hold N logged-in WebSocket or TCP sessions from several processes and source
+//!   addresses; server RSS per session, connect + login rate (peer: Node `ws`): `idle.rs`.
 //! - `relay`: round trips through the router script and a backend (peer: nginx -> Node `ws`;
 //!   also the native router): `relay.rs`.
 //! - `fanout`: deliveries/s and latency in rooms of 1k and 10k (peers: Node `ws` broadcast,
@@ -9,40 +9,18 @@
 //! - `login-storm`: logins/s through the auth script over fresh connections: `login_storm.rs`.
 //! - `swap`: relay while the router is redeployed, steady vs swapping: `swap.rs`.
 //!
-//! Idle details:
-//! Every process here may hold at most 20,000 open files, so N sessions are opened by
-//! ceil(N / `--per-worker`) worker processes (this binary, `loadgen worker`), each from its own
-//! source address (127.0.0.2, .3, ...: ~28k ports per source/destination pair), and wasmgate
-//! runs as `--gateways` processes sharing the WebSocket listener (`listen.reuse_port`). A
-//! worker holds its sessions without a task each (the streams sit in a vector, unread), so
-//! the generator stays small next to the server it measures.
-//!
-//! Targets: `wasmgate` (the release binary next to this one, default scripts: each login runs
-//! the auth script's JWT check) or `node-ws` (Node's `ws` echo server from
-//! `examples/peers/node-ws`, `--gateways` processes through Node's cluster module; its
-//! "login" is the same frame, echoed). RSS is the sum over the server's processes (Linux
-//! `/proc`), before the sessions open and after they are all up.
-//!
 //! Build first: `cargo build --release -p wasmgate -p wasmgate-examples`; for `node-ws`, run
 //! `examples/peers/setup.sh` once.
 
-use std::io::{BufRead, BufReader, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use bytes::BytesMut;
-use clap::{Parser, Subcommand, ValueEnum};
-use futures_util::{SinkExt, StreamExt, stream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use wasmgate::protocol::client::encode_binary;
-use wasmgate_examples::bench::{GatewayProcess, free_port, rss_kib};
-use wasmgate_examples::client::mint_token;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 
+mod conn;
 mod fanout;
+mod idle;
 mod login_storm;
 mod peers;
 mod relay;
@@ -58,18 +36,9 @@ struct Args {
     command: Scenario,
 }
 
-#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
-enum Target {
-    Wasmgate,
-    NodeWs,
-    /// wasmgate inside this process (no binary needed; the smoke test). Its RSS includes the
-    /// generator's parent process, so per-session figures are for the real targets.
-    InProcess,
-}
-
 #[derive(Subcommand)]
 enum Scenario {
-    /// Hold `--sessions` logged-in WebSocket sessions; report server RSS per session.
+    /// Hold `--sessions` logged-in sessions; report server RSS per session.
     Idle {
         #[arg(long, default_value_t = 10_000)]
         sessions: usize,
@@ -85,7 +54,10 @@ enum Scenario {
         /// Targets, in the order run (`--target` works too); with wasmgate and node-ws, prints
         /// wasmgate's ratios.
         #[arg(long, alias = "target", value_enum, value_delimiter = ',', default_value = "wasmgate")]
-        targets: Vec<Target>,
+        targets: Vec<idle::Target>,
+        /// The sessions' transport (tcp: wasmgate's length-prefixed TCP listener).
+        #[arg(long, value_enum, default_value = "ws")]
+        transport: conn::Transport,
         /// The gateway binary (default: `wasmgate` next to this binary).
         #[arg(long)]
         gateway: Option<PathBuf>,
@@ -174,7 +146,9 @@ enum Scenario {
     #[command(hide = true)]
     Worker {
         #[arg(long)]
-        url: String,
+        server: SocketAddr,
+        #[arg(long, value_enum)]
+        transport: conn::Transport,
         #[arg(long)]
         source: Ipv4Addr,
         #[arg(long)]
@@ -190,14 +164,20 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match args.command {
-        Scenario::Idle { sessions, gateways, per_worker, concurrency, targets, gateway } => {
+        Scenario::Idle { sessions, gateways, per_worker, concurrency, targets, transport, gateway } => {
+            let load = idle::Load {
+                sessions,
+                gateways: gateways.max(1),
+                per_worker: per_worker.max(1),
+                concurrency: concurrency.max(1),
+                transport,
+            };
             runtime.block_on(async {
                 let mut results = Vec::new();
                 for target in targets {
-                    let (g, w, c) = (gateways.max(1), per_worker.max(1), concurrency.max(1));
-                    results.push((target, idle(sessions, g, w, c, target, gateway.clone()).await?));
+                    results.push((target, idle::run(load, target, gateway.clone()).await?));
                 }
-                idle_ratio(&results);
+                idle::ratio(&results);
                 Ok(())
             })
         }
@@ -231,8 +211,8 @@ fn main() -> anyhow::Result<()> {
                 swap::Swaps { clients: clients.max(1), seconds: seconds.max(0.5), every_ms, no_pooling };
             runtime.block_on(swap::run(swaps, gateway.as_deref()))
         }
-        Scenario::Worker { url, source, first, sessions, concurrency } => {
-            runtime.block_on(worker(&url, source, first, sessions, concurrency))
+        Scenario::Worker { server, transport, source, first, sessions, concurrency } => {
+            runtime.block_on(idle::worker(server, transport, source, first, sessions, concurrency))
         }
     }
 }
@@ -273,6 +253,17 @@ async fn relay_all(
         );
         scripting = serde_json::json!(r);
     }
+    let mut tcp = serde_json::Value::Null;
+    if let (Some(ws), Some(over_tcp)) =
+        (find(relay::RelayTarget::Wasmgate), find(relay::RelayTarget::WasmgateTcp))
+    {
+        let r = over_tcp.saturation.round_trips_per_s / ws.saturation.round_trips_per_s;
+        println!(
+            "relay transport: wasmgate over TCP / over WebSocket = {r:.2}x round trips/s at saturation; p99 at half load: TCP {:.3} ms, WebSocket {:.3} ms",
+            over_tcp.half.p99_ms, ws.half.p99_ms
+        );
+        tcp = serde_json::json!(r);
+    }
     let runs: Vec<_> = results
         .iter()
         .map(|(t, run)| {
@@ -282,7 +273,7 @@ async fn relay_all(
         .collect();
     println!(
         "{}",
-        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting })
+        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting, "tcp_vs_websocket": tcp })
     );
     Ok(())
 }
@@ -338,71 +329,17 @@ async fn fanout_all(
     Ok(())
 }
 
-/// The server processes under test; killed on drop.
-enum Server {
-    Wasmgate(Vec<GatewayProcess>),
-    NodeWs(Child),
-    InProcess(Vec<wasmgate::RunningGateway>),
-}
-
-impl Server {
-    /// Every process id of the server (Node's cluster workers included).
-    fn pids(&self) -> Vec<u32> {
-        match self {
-            Server::Wasmgate(processes) => processes.iter().map(GatewayProcess::pid).collect(),
-            Server::InProcess(_) => vec![std::process::id()],
-            Server::NodeWs(primary) => {
-                let mut pids = vec![primary.id()];
-                pids.extend(children(primary.id()));
-                pids
-            }
-        }
-    }
-
-    /// Sessions the server reports holding, when it can tell (in-process).
-    fn sessions(&self) -> Option<usize> {
-        match self {
-            Server::InProcess(gateways) => Some(gateways.iter().map(|g| g.sessions()).sum()),
-            _ => None,
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        self.pids().into_iter().map(rss_kib).sum()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Server::NodeWs(primary) = self {
-            for pid in children(primary.id()) {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-            }
-            let _ = primary.kill();
-            let _ = primary.wait();
-        }
-    }
-}
-
-/// Child process ids of `pid` (Linux `/proc/<pid>/task/<pid>/children`).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// The gateway config of every scenario: WebSocket listener `ws` (shared: `reuse_port`), the
-/// TCP listener on a port of the kernel's choosing (unused), admin port `admin`, room for
+/// The gateway config of every scenario: WebSocket listener `ws` and TCP listener `tcp` (0:
+/// the kernel's choice, for scenarios that do not use it; both shared: `reuse_port`), admin
+/// port `admin`, room for
 /// `per_process` sessions (plus 1,000), `limits` (lines of `[limits]`, may be empty), long
 /// timeouts, the auth script's secret.
-fn gateway_config(ws: u16, admin: u16, per_process: usize, limits: &str) -> String {
+fn gateway_config(ws: u16, tcp: u16, admin: u16, per_process: usize, limits: &str) -> String {
     format!(
         r#"
 [listen]
 ws = "127.0.0.1:{ws}"
-tcp = "127.0.0.1:0"
+tcp = "127.0.0.1:{tcp}"
 admin = "127.0.0.1:{admin}"
 reuse_port = true
 [limits]
@@ -415,209 +352,6 @@ config = {{ secret = "{SECRET}" }}
 "#,
         per_process = per_process + 1000,
     )
-}
-
-async fn start_server(
-    target: Target,
-    ws: u16,
-    gateways: usize,
-    binary: Option<PathBuf>,
-) -> anyhow::Result<Server> {
-    match target {
-        Target::Wasmgate => {
-            let mut processes = Vec::new();
-            for _ in 0..gateways {
-                let admin = free_port()?;
-                let config = gateway_config(ws, admin, 19_000, "");
-                let ready = SocketAddr::from(([127, 0, 0, 1], admin));
-                processes.push(GatewayProcess::start(binary.as_deref(), &config, ready).await?);
-            }
-            Ok(Server::Wasmgate(processes))
-        }
-        Target::InProcess => {
-            let mut running = Vec::new();
-            for _ in 0..gateways {
-                let admin = free_port()?;
-                let config: wasmgate::Config = toml::from_str(&gateway_config(ws, admin, 19_000, ""))?;
-                running.push(wasmgate::RunningGateway::start(config).await?);
-            }
-            Ok(Server::InProcess(running))
-        }
-        Target::NodeWs => {
-            let child = peers::node_ws(ws, gateways, "echo").await?;
-            let server = Server::NodeWs(child);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            // Every cluster worker up, not just the first to listen.
-            while children_count(&server) < gateways {
-                if Instant::now() > deadline {
-                    bail!("node ws did not start its {gateways} workers within 20 s");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(server)
-        }
-    }
-}
-
-fn children_count(server: &Server) -> usize {
-    server.pids().len().saturating_sub(1)
-}
-
-async fn idle(
-    sessions: usize,
-    gateways: usize,
-    per_worker: usize,
-    concurrency: usize,
-    target: Target,
-    binary: Option<PathBuf>,
-) -> anyhow::Result<IdleFigures> {
-    let ws = free_port()?;
-    let server = start_server(target, ws, gateways, binary).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = server.rss_kib();
-
-    let workers = sessions.div_ceil(per_worker);
-    if workers > 250 {
-        bail!("at most 250 workers (source addresses 127.0.0.2-.251)");
-    }
-    let exe = std::env::current_exe()?;
-    let started = Instant::now();
-    let mut children = Vec::new();
-    for w in 0..workers {
-        let first = w * per_worker;
-        let count = per_worker.min(sessions - first);
-        let child = Command::new(&exe)
-            .args(["worker", "--url", &format!("ws://127.0.0.1:{ws}/ws")])
-            .args(["--source", &format!("127.0.0.{}", w + 2)])
-            .args(["--first", &first.to_string(), "--sessions", &count.to_string()])
-            .args(["--concurrency", &concurrency.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting a worker")?;
-        children.push(child);
-    }
-    // Each worker prints `ready <opened> <failed>` once its sessions are up.
-    let mut opened = 0;
-    let mut failed = 0;
-    for child in &mut children {
-        let stdout = child.stdout.take().context("worker stdout")?;
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).map(|_| line)
-        })
-        .await??;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words[..] {
-            ["ready", ok, bad] => {
-                opened += ok.parse::<usize>()?;
-                failed += bad.parse::<usize>()?;
-            }
-            _ => bail!("a worker failed: {line:?}"),
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = server.rss_kib();
-    let per_session = (after.saturating_sub(before)) as f64 * 1024.0 / opened.max(1) as f64;
-    let rate = opened as f64 / elapsed;
-    println!(
-        "idle {target:?}: {opened} sessions ({failed} failed) on {gateways} process(es) | RSS {:.1} -> {:.1} MiB = {:.2} KiB per session | connect+login {:.0}/s",
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        per_session / 1024.0,
-        rate,
-    );
-    let result = serde_json::json!({
-        "scenario": "idle", "target": format!("{target:?}"), "sessions": opened, "failed": failed,
-        "processes": gateways, "rss_before_kib": before, "rss_after_kib": after,
-        "bytes_per_session": per_session.round(), "connect_login_per_s": rate.round(),
-        "server_sessions": server.sessions(),
-    });
-    println!("{result}");
-    for mut child in children {
-        drop(child.stdin.take()); // the worker exits on EOF
-        let _ = child.wait();
-    }
-    drop(server);
-    Ok(IdleFigures { bytes_per_session: per_session, connect_login_per_s: rate })
-}
-
-/// What `idle` measured on one target.
-#[derive(Debug, Clone, Copy)]
-struct IdleFigures {
-    bytes_per_session: f64,
-    connect_login_per_s: f64,
-}
-
-/// Prints wasmgate's ratios to Node `ws` when both ran.
-fn idle_ratio(results: &[(Target, IdleFigures)]) {
-    let find = |t| results.iter().find(|(target, _)| *target == t).map(|(_, f)| *f);
-    if let (Some(ours), Some(node)) = (find(Target::Wasmgate), find(Target::NodeWs)) {
-        let memory = ours.bytes_per_session / node.bytes_per_session;
-        let rate = ours.connect_login_per_s / node.connect_login_per_s;
-        println!(
-            "idle ratio: wasmgate / node-ws = {memory:.2}x memory per session (target: <= 4 KiB, {:.2} KiB here), {rate:.2}x connect + login rate",
-            ours.bytes_per_session / 1024.0
-        );
-        println!(
-            "{}",
-            serde_json::json!({ "scenario": "idle", "ratio_vs_node_ws": { "memory": memory, "connect_login_rate": rate } })
-        );
-    }
-}
-
-/// Opens `sessions` WebSocket sessions to `url` from `source`, logs each in (users
-/// `idle-<first + i>`), prints `ready <opened> <failed>`, and holds them until stdin closes.
-async fn worker(
-    url: &str,
-    source: Ipv4Addr,
-    first: usize,
-    sessions: usize,
-    concurrency: usize,
-) -> anyhow::Result<()> {
-    let authority = url.trim_start_matches("ws://").split('/').next().context("url")?.to_string();
-    let server: SocketAddr = authority.parse().context("the url's address")?;
-    let opens = stream::iter(first..first + sessions)
-        .map(|n| open(url, server, source, n))
-        .buffer_unordered(concurrency);
-    let results: Vec<_> = opens.collect().await;
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-        eprintln!("worker {source}: {failed} sessions failed, first: {e:#}");
-    }
-    let held: Vec<_> = results.into_iter().filter_map(Result::ok).collect();
-    println!("ready {} {failed}", held.len());
-    std::io::stdout().flush()?;
-    // Hold until the parent closes stdin.
-    tokio::task::spawn_blocking(|| {
-        let mut sink = String::new();
-        let _ = std::io::stdin().read_line(&mut sink);
-    })
-    .await?;
-    drop(held);
-    Ok(())
-}
-
-type Session = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn open(url: &str, server: SocketAddr, source: Ipv4Addr, n: usize) -> anyhow::Result<Session> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    bind_address_no_port(&socket)?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-    let stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
-    let token = mint_token(SECRET, &format!("idle-{n}"), None, 3600)?;
-    let mut frame = BytesMut::new();
-    encode_binary(LOGIN, 1, token.as_bytes(), &mut frame);
-    ws.send(Message::Binary(frame.freeze())).await?;
-    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        Ok(Some(Ok(Message::Binary(_)))) => Ok(ws),
-        Ok(other) => bail!("login answered with {other:?}"),
-        Err(_) => bail!("no login answer within 30 s"),
-    }
 }
 
 /// Sets Linux's `IP_BIND_ADDRESS_NO_PORT`: `bind(source:0)` then leaves the port to `connect`,

@@ -25,7 +25,7 @@ impl Servers {
         let mut pids: Vec<u32> = self.gateway.iter().map(GatewayProcess::pid).collect();
         for child in &self.children {
             pids.push(child.id());
-            pids.extend(super::children(child.id()));
+            pids.extend(children(child.id()));
         }
         pids
     }
@@ -36,7 +36,7 @@ impl Drop for Servers {
         for child in &mut self.children {
             // SIGTERM lets nginx's master and Node's cluster primary stop their workers; the
             // workers left after 2 s, and the process itself, are killed.
-            let workers = super::children(child.id());
+            let workers = children(child.id());
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(2);
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
@@ -122,4 +122,13 @@ pub async fn mosquitto(port: u16, dir: &Path) -> anyhow::Result<Child> {
         .context("starting mosquitto (examples/peers/setup.sh installs it)")?;
     wait_listening(port, "mosquitto").await?;
     Ok(child)
+}
+
+/// Child process ids of `pid` (Linux `/proc/<pid>/task/<pid>/children`).
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }

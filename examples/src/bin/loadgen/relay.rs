@@ -1,9 +1,12 @@
-//! Scenario `relay`: client -> server -> echo -> client round trips over WebSocket.
+//! Scenario `relay`: client -> server -> echo -> client round trips.
 //!
 //! - `wasmgate`: the release gateway (default scripts: message 100 goes through the router
-//!   script to dest 101) with `echo-backend` as dest 101, each its own process.
+//!   script to dest 101) with `echo-backend` as dest 101, each its own process; clients over
+//!   WebSocket.
 //! - `wasmgate-native`: the same with `scripts.native_router` (the router's map lookup in
 //!   Rust, no script call): the cost of scripting, measured.
+//! - `wasmgate-tcp`: the same as `wasmgate` with the clients on the gateway's length-prefixed
+//!   TCP listener: the cost of WebSocket framing, measured.
 //! - `nginx-node`: nginx as a WebSocket reverse proxy (2 workers) in front of Node's `ws` echo
 //!   server (2 cluster workers): the setup a Node shop would put in wasmgate's place.
 //!
@@ -24,14 +27,11 @@ use anyhow::{Context as _, bail};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 use wasmgate::protocol::client::{decode_binary, encode_binary};
 use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
 
+use super::conn::{Conn, PacketSink, PacketStream, Transport};
 use super::peers::{Servers, node_ws, sibling, wait_listening};
-use wasmgate_examples::client::mint_token;
-
-use super::{LOGIN, SECRET};
 
 /// Message id relayed to dest 101 by the default maps.
 const ECHO: u32 = 100;
@@ -43,7 +43,18 @@ pub enum RelayTarget {
     Wasmgate,
     /// wasmgate with `scripts.native_router`: the router's logic in Rust, no script call.
     WasmgateNative,
+    /// wasmgate with the clients over its TCP listener instead of WebSocket.
+    WasmgateTcp,
     NginxNode,
+}
+
+impl RelayTarget {
+    fn transport(self) -> Transport {
+        match self {
+            RelayTarget::WasmgateTcp => Transport::Tcp,
+            _ => Transport::Ws,
+        }
+    }
 }
 
 /// One phase's figures.
@@ -60,7 +71,7 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     match target {
-        RelayTarget::Wasmgate | RelayTarget::WasmgateNative => {
+        RelayTarget::Wasmgate | RelayTarget::WasmgateNative | RelayTarget::WasmgateTcp => {
             let backend_port = free_port()?;
             let backend = Command::new(sibling("echo-backend")?)
                 .args(["--listen", &format!("127.0.0.1:{backend_port}")])
@@ -74,11 +85,11 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
             );
             std::fs::write(&dest_map, dests)?;
             std::fs::write(&message_map, format!(r#"{{"{ECHO}": 101}}"#))?;
-            let admin = free_port()?;
+            let (admin, tcp) = (free_port()?, free_port()?);
             let native = target == RelayTarget::WasmgateNative;
             let config = format!(
                 "{}[maps]\ndest_map = {:?}\nmessage_map = {:?}\n[scripts]\nnative_router = {native}\n",
-                super::gateway_config(port, admin, 19_000, ""),
+                super::gateway_config(port, tcp, admin, 19_000, ""),
                 dest_map.display().to_string(),
                 message_map.display().to_string(),
             );
@@ -87,6 +98,7 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
             let gateway = GatewayProcess::start(gateway, &config, ready).await?;
             // The pool connects in the background: give it a moment.
             tokio::time::sleep(Duration::from_millis(500)).await;
+            let port = if target == RelayTarget::WasmgateTcp { tcp } else { port };
             Ok(Servers { children: vec![backend], gateway: Some(gateway), _dir: dir, port })
         }
         RelayTarget::NginxNode => {
@@ -141,25 +153,16 @@ http {{
     )
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+/// A connection's two halves, kept across phases.
+type Halves = (PacketSink, PacketStream);
 
-async fn connect(port: u16, n: usize, login: bool) -> anyhow::Result<Ws> {
-    let url = format!("ws://127.0.0.1:{port}/ws");
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.set_nodelay(true)?;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(&url, stream).await.with_context(|| format!("connecting {url}"))?;
+async fn connect(port: u16, transport: Transport, n: usize, login: bool) -> anyhow::Result<Halves> {
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = Conn::connect(transport, server).await?;
     if login {
-        let token = mint_token(SECRET, &format!("relay-{n}"), None, 3600)?;
-        let mut frame = BytesMut::new();
-        encode_binary(LOGIN, 1, token.as_bytes(), &mut frame);
-        ws.send(Message::Binary(frame.freeze())).await?;
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(_)))) => {}
-            other => bail!("login answered with {other:?}"),
-        }
+        conn.login(&format!("relay-{n}"), Duration::from_secs(10)).await?;
     }
-    Ok(ws)
+    Ok(conn.split())
 }
 
 fn packet(seq: u32, stamp: Instant, epoch: Instant) -> Bytes {
@@ -173,7 +176,7 @@ fn packet(seq: u32, stamp: Instant, epoch: Instant) -> Bytes {
 /// Runs one phase on every connection for `seconds`: `rate` packets/s in total open-loop, or
 /// closed-loop with `window` in flight per connection when `rate` is `None`; then waits (5 s
 /// at most) for what is still in flight. Gives the connections back for the next phase.
-async fn phase(conns: Vec<Ws>, seconds: f64, window: usize, rate: Option<f64>) -> (Phase, Vec<Ws>) {
+async fn phase(conns: Vec<Halves>, seconds: f64, window: usize, rate: Option<f64>) -> (Phase, Vec<Halves>) {
     let epoch = Instant::now();
     let end = epoch + Duration::from_secs_f64(seconds);
     let n = conns.len();
@@ -181,15 +184,15 @@ async fn phase(conns: Vec<Ws>, seconds: f64, window: usize, rate: Option<f64>) -
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| tokio::spawn(run_connection(ws, epoch, end, window, interval.map(|d| (d, i, n)))))
+        .map(|(i, conn)| tokio::spawn(run_connection(conn, epoch, end, window, interval.map(|d| (d, i, n)))))
         .collect();
     let (mut sent, mut received, mut all, mut conns) = (0, 0, Vec::new(), Vec::new());
     for task in tasks {
-        if let Ok((s, r, latencies, ws)) = task.await {
+        if let Ok((s, r, latencies, conn)) = task.await {
             sent += s;
             received += r;
             all.extend(latencies);
-            conns.extend(ws);
+            conns.extend(conn);
         }
     }
     all.sort_unstable();
@@ -207,13 +210,12 @@ async fn phase(conns: Vec<Ws>, seconds: f64, window: usize, rate: Option<f64>) -
 /// `schedule`: (interval, this connection's index, connections) for open loop; the starts are
 /// spread over one interval.
 async fn run_connection(
-    ws: Ws,
+    (mut tx, mut rx): Halves,
     epoch: Instant,
     end: Instant,
     window: usize,
     schedule: Option<(Duration, usize, usize)>,
-) -> (u64, u64, Vec<u64>, Option<Ws>) {
-    let (mut tx, mut rx) = ws.split();
+) -> (u64, u64, Vec<u64>, Option<Halves>) {
     let permits = Arc::new(Semaphore::new(window));
     let sent = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -237,7 +239,7 @@ async fn run_connection(
                 // scheduled time, which is the client's lag, not the server's.
                 let stamp = Instant::now();
                 let seq = sent.fetch_add(1, Ordering::Relaxed) as u32 + 1;
-                if tx.send(Message::Binary(packet(seq, stamp, epoch))).await.is_err() {
+                if tx.send(packet(seq, stamp, epoch)).await.is_err() {
                     break;
                 }
             }
@@ -256,7 +258,7 @@ async fn run_connection(
         }
         match tokio::time::timeout(Duration::from_millis(50), rx.next()).await {
             Err(_) => continue,
-            Ok(Some(Ok(Message::Binary(frame)))) => {
+            Ok(Some(Ok(frame))) => {
                 let Ok(p) = decode_binary(frame) else { continue };
                 if p.msg_id != ECHO || p.body.len() < 8 {
                     continue;
@@ -267,14 +269,13 @@ async fn run_connection(
                 latencies.push(now_ns.saturating_sub(u64::from_le_bytes(stamp)));
                 permits.add_permits(1);
             }
-            Ok(Some(Ok(_))) => continue,
             Ok(_) => break,
         }
     }
     permits.close();
     let tx = sender.await.ok();
     let received = latencies.len() as u64;
-    (sent.load(Ordering::Relaxed), received, latencies, tx.and_then(|tx| tx.reunite(rx).ok()))
+    (sent.load(Ordering::Relaxed), received, latencies, tx.map(|tx| (tx, rx)))
 }
 
 /// The phases of one target.
@@ -300,7 +301,7 @@ pub async fn run(
     let login = target != RelayTarget::NginxNode;
     let mut conns = Vec::with_capacity(connections);
     for n in 0..connections {
-        conns.push(connect(servers.port, n, login).await?);
+        conns.push(connect(servers.port, target.transport(), n, login).await?);
     }
     // Warm-up: one second closed-loop, not reported.
     let (_, conns) = phase(conns, 1.0, window, None).await;

@@ -7,10 +7,9 @@
 //! clients that cannot send a login packet first (go-push's).
 //! The HTTP request must arrive within `handshake_ms` (seed 003 `HTTPTimeout`).
 //!
-//! Buffers are sized for many idle connections: a 1 KiB read buffer ([`super::READ_BUFFER`])
-//! and an out buffer that holds only what is queued, written once it reaches
-//! [`super::WRITE_BUFFER`] (tungstenite's defaults, 128 KiB read, cost ~136 KiB per idle
-//! connection).
+//! Buffers are sized for many idle connections: a 1 KiB read buffer (`READ_BUFFER` of the
+//! transport module) and an out buffer that holds only what is queued, written once it reaches
+//! `WRITE_BUFFER` (tungstenite's defaults, 128 KiB read, cost ~136 KiB per idle connection).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -6,13 +6,14 @@
 //! `wasmgate_sessions_closed_total{reason="slow_consumer"}`), so one stalled client never
 //! delays a backend connection, a fan-out or another session.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use super::CloseReason;
 use crate::protocol::client::SharedPacket;
@@ -54,12 +55,47 @@ struct Shared {
     admitted: AtomicBool,
     tx: flume::Sender<Outbound>,
     close_reason: OnceLock<(CloseReason, String)>,
-    /// Cancelled when the session starts closing (the reader stops).
-    closing: CancellationToken,
-    /// Cancelled when the writer must stop without flushing (parent of `closing`).
-    abort: CancellationToken,
+    /// How far the close has gone: the reader stops at `CLOSING`, the writer (without
+    /// flushing) at `ABORTED`.
+    close: CloseSignal,
     /// Rooms this session is in (kept by [`crate::rooms::Rooms`]).
     rooms: Mutex<Memberships>,
+}
+
+/// A session's close stages, raised once each and never lowered, with a wake-up for the
+/// reader and the writer waiting on them. Inline in the handle: the two cancellation tokens it
+/// replaces cost 256 bytes of tree nodes per session (docs/benchmarks.md#idle-sessions).
+#[derive(Default)]
+struct CloseSignal {
+    stage: AtomicU8,
+    changed: Notify,
+}
+
+/// The session starts closing: the reader stops, the writer flushes what is queued.
+const CLOSING: u8 = 1;
+/// The writer stops without flushing (implies `CLOSING`).
+const ABORTED: u8 = 2;
+
+impl CloseSignal {
+    fn raise(&self, stage: u8) {
+        if self.stage.fetch_max(stage, Ordering::AcqRel) < stage {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Resolves once the stage is at least `stage`.
+    async fn reached(&self, stage: u8) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a raise between the two is not missed.
+            notified.as_mut().enable();
+            if self.stage.load(Ordering::Acquire) >= stage {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// The rooms of one session. `closed` is set when the session leaves them all for good, so a
@@ -92,7 +128,6 @@ impl SessionHandle {
         // up front: ~1.3 KiB of each idle session, docs/benchmarks.md#idle-sessions); a queue
         // that once held a burst keeps that capacity, as the WebSocket write buffer does.
         let (tx, rx) = flume::bounded(capacity);
-        let abort = CancellationToken::new();
         let shared = Shared {
             id,
             transport,
@@ -102,8 +137,7 @@ impl SessionHandle {
             admitted: AtomicBool::new(false),
             tx,
             close_reason: OnceLock::new(),
-            closing: abort.child_token(),
-            abort,
+            close: CloseSignal::default(),
             rooms: Mutex::default(),
         };
         (Self(Arc::new(shared)), rx)
@@ -189,13 +223,13 @@ impl SessionHandle {
             let error =
                 Outbound::Packet { msg_id: self.0.error_msg_id, seq, body: error_body(code, message) };
             if self.0.tx.try_send(error).is_err() {
-                self.0.abort.cancel();
+                self.0.close.raise(ABORTED);
             }
         }
         if self.0.tx.try_send(Outbound::Close).is_err() {
-            self.0.abort.cancel();
+            self.0.close.raise(ABORTED);
         }
-        self.0.closing.cancel();
+        self.0.close.raise(CLOSING);
     }
 
     /// [`Self::close_with_error`] with the reason's own name as the error code.
@@ -206,7 +240,7 @@ impl SessionHandle {
     /// Closes now, dropping whatever is queued (slow consumer, shutdown deadline).
     pub fn abort(&self, reason: CloseReason, message: &str) {
         let _ = self.0.close_reason.set((reason, message.to_string()));
-        self.0.abort.cancel();
+        self.0.close.raise(ABORTED);
     }
 
     /// Why the session is closing (`None` while it is open).
@@ -214,13 +248,53 @@ impl SessionHandle {
         self.0.close_reason.get().map(|(r, m)| (*r, m.as_str()))
     }
 
-    /// Resolves when the session starts closing.
-    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.0.closing.cancelled()
+    /// Resolves when the session starts closing (or is aborted).
+    pub fn closing(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.0.close.reached(CLOSING)
     }
 
     /// Resolves when the writer must stop without flushing.
-    pub fn aborted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.0.abort.cancelled()
+    pub fn aborted(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.0.close.reached(ABORTED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A handle and its queue's receiver (a dropped receiver makes every close an abort).
+    fn handle() -> (SessionHandle, flume::Receiver<Outbound>) {
+        SessionHandle::new(1, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, 4)
+    }
+
+    /// True if `future` resolves within 100 ms.
+    async fn resolves(future: impl Future<Output = ()>) -> bool {
+        tokio::time::timeout(Duration::from_millis(100), future).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_close_stops_the_reader_and_lets_the_writer_flush() {
+        let (h, _rx) = handle();
+        let (waiter, closer) = (h.clone(), h.clone());
+        // A waiter registered before the close is woken by it.
+        let reader = tokio::spawn(async move { waiter.closing().await });
+        tokio::task::yield_now().await;
+        closer.close(CloseReason::Normal, "bye");
+        assert!(resolves(async { reader.await.unwrap() }).await);
+        assert!(resolves(h.closing()).await, "a late waiter sees the close at once");
+        assert!(!resolves(h.aborted()).await, "a graceful close does not abort the writer");
+    }
+
+    #[tokio::test]
+    async fn an_abort_stops_both() {
+        let (h, _rx) = handle();
+        assert!(!resolves(h.closing()).await, "open: nothing resolves");
+        h.abort(CloseReason::SlowConsumer, "queue full");
+        assert!(resolves(h.aborted()).await);
+        assert!(resolves(h.closing()).await, "an abort implies closing");
+        assert_eq!(h.close_reason().map(|(r, _)| r), Some(CloseReason::SlowConsumer));
     }
 }

@@ -113,3 +113,94 @@ async fn close_route_closes_normally() {
     c.send(3, b"").await.unwrap();
     expect_closed(&mut c, Some(1000)).await;
 }
+
+/// Signs `claims` as an HS256 JWT (or with `algorithm`) with `secret`.
+fn sign(claims: serde_json::Value, secret: &str, algorithm: jsonwebtoken::Algorithm) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, &key).expect("signing")
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The claim rules of the default auth script, as docs/scripting.md states them: HS256 only,
+/// `sub` is the user id (`user_id` is not read), `exp` required, `iss` required and equal
+/// when `issuer` is configured, `nbf` honoured with the same leeway as `exp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_claims_are_checked_as_documented() {
+    use jsonwebtoken::Algorithm::{HS256, HS384};
+    use serde_json::json;
+    let h = Harness::start().await;
+    let now = now_s();
+    let hs256 = |claims| sign(claims, SECRET, HS256);
+    let refused = [
+        (hs256(json!({"sub": "eve", "exp": now + 600})), "forbidden", "no iss although `issuer` is set"),
+        (
+            hs256(json!({"sub": "eve", "iss": ISSUER, "exp": now + 600, "nbf": now + 3600})),
+            "forbidden",
+            "nbf in an hour",
+        ),
+        (
+            hs256(json!({"user_id": "eve", "iss": ISSUER, "exp": now + 600})),
+            "invalid_token",
+            "user_id instead of sub",
+        ),
+        (hs256(json!({"sub": "eve", "iss": ISSUER})), "invalid_token", "no exp"),
+        (hs256(json!({"sub": "", "iss": ISSUER, "exp": now + 600})), "invalid_token", "empty sub"),
+        (
+            sign(json!({"sub": "eve", "iss": ISSUER, "exp": now + 600}), SECRET, HS384),
+            "invalid_token",
+            "HS384",
+        ),
+        (
+            hs256(json!({"sub": "eve", "iss": ISSUER, "exp": now - 120})),
+            "expired",
+            "expired beyond the leeway",
+        ),
+    ];
+    for (token, code, case) in &refused {
+        let mut c = h.ws(false).await;
+        let seq = c.send(1, token.as_bytes()).await.unwrap();
+        let error = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+        assert_eq!((error.msg_id, error.seq), (4, seq), "{case}");
+        assert_eq!(error_of(&error.body).0, *code, "{case}");
+        expect_closed(&mut c, Some(4003)).await;
+    }
+    // Within the 30 s leeway: nbf 20 s ahead, exp 20 s ago; and without nbf.
+    let accepted = [
+        hs256(json!({"sub": "ann", "iss": ISSUER, "exp": now + 600, "nbf": now + 20})),
+        hs256(json!({"sub": "ann", "iss": ISSUER, "exp": now - 20})),
+        hs256(json!({"sub": "ann", "iss": ISSUER, "exp": now + 600, "extra": [1, 2]})),
+    ];
+    for token in &accepted {
+        let mut c = h.ws(false).await;
+        let reply = c.login(1, token).await.unwrap();
+        assert!(String::from_utf8_lossy(&reply.body).contains("\"ann\""));
+    }
+}
+
+/// The token-minting example of docs/scripting.md (Python, standard library only), run as a
+/// user would: its token logs in; with another secret it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_token_example_logs_in() {
+    let docs = include_str!("../../docs/scripting.md");
+    let example = wasmgate_tests::doc_block(docs, "mint_token.py");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("mint_token.py");
+    std::fs::write(&script, example).unwrap();
+    let mint = |secret: &str, user: &str| {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args([secret, user, ISSUER])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let h = Harness::start().await;
+    let mut c = h.ws(false).await;
+    let reply = c.login(1, &mint(SECRET, "from-the-docs")).await.unwrap();
+    assert!(String::from_utf8_lossy(&reply.body).contains("from-the-docs"));
+    expect_rejection(&h, &mint("not-the-secret", "x"), "invalid_token").await;
+}

@@ -330,3 +330,14 @@ pub async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut c
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The fenced code block that follows the marker line `<!-- doc-test: NAME -->` in a
+/// document (so a test runs the docs' examples as written). Panics when there is none.
+pub fn doc_block<'a>(doc: &'a str, name: &str) -> &'a str {
+    let marker = format!("<!-- doc-test: {name} -->");
+    let after = doc.split_once(&marker).unwrap_or_else(|| panic!("no `{marker}` in the document")).1;
+    let fence_start = after.find("```").expect("a fenced block after the marker");
+    let body_start = fence_start + after[fence_start..].find('\n').expect("fence line") + 1;
+    let body_len = after[body_start..].find("\n```").expect("closing fence") + 1;
+    &after[body_start..body_start + body_len]
+}

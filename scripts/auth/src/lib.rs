@@ -2,13 +2,16 @@
 //!
 //! Configuration (JSON, the `config` table of `[scripts.auth]`):
 //! - `secret` (string, required): the HMAC-SHA256 key.
-//! - `issuer` (string, optional): when set, the token's `iss` must equal it.
+//! - `issuer` (string, optional): when set, the token must carry `iss` equal to it (a token
+//!   without `iss` is refused like one with another issuer).
 //! - `leeway_s` (integer, default 30): clock skew tolerated on `exp` and `nbf`, in seconds.
 //! - `duplicate_login` (string, default `"allow"`): what a second login of the same user does:
 //!   `"allow"` (both sessions live), `"kick-older"` (the older session is closed with 4006
 //!   `replaced`, wherever it is) or `"refuse-new"` (the new login is refused).
 //!
-//! The token must carry `sub` (the user id) and `exp`; expiry is always checked. Each ended
+//! The token must be HS256 and carry `sub` (the user id) and `exp`; `exp` is always checked,
+//! and `nbf`, when present, too (both with `leeway_s`). docs/scripting.md lists each refusal
+//! and its error code. Each ended
 //! logged-in session ("account lost", seed 004) is counted in the script counter
 //! `account_lost_<reason>` (`wasmgate_script_events_total{script="auth",name=..}`).
 
@@ -78,9 +81,11 @@ impl Guest for Auth {
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = config.leeway_s;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(issuer) = &config.issuer {
             validation.set_issuer(&[issuer]);
+            validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         }
         let verifier = Verifier {
             key: DecodingKey::from_secret(config.secret.as_bytes()),
@@ -103,6 +108,9 @@ impl Guest for Auth {
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => Rejection::Expired,
                 ErrorKind::InvalidIssuer => Rejection::Forbidden("wrong issuer".into()),
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                    Rejection::Forbidden("no issuer (`iss`)".into())
+                }
                 ErrorKind::ImmatureSignature => Rejection::Forbidden("token not yet valid".into()),
                 _ => Rejection::InvalidToken(e.to_string()),
             }),

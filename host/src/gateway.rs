@@ -24,7 +24,7 @@ use crate::rooms::Rooms;
 use crate::script::bindings::MessageRoute;
 use crate::script::deploy::version_id;
 use crate::script::engine::EngineSettings;
-use crate::script::manifest::Manifest;
+use crate::script::manifest::{MANIFEST_FILE, Manifest};
 use crate::script::services::{ClusterAccess, Services};
 use crate::script::{
     Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptSource,
@@ -48,6 +48,9 @@ pub(crate) struct Core {
     /// Built-in scripts taken from the scripts directory's manifest: name -> version id of the
     /// entry (file + config) last deployed from it.
     pub manifest_applied: parking_lot::Mutex<HashMap<&'static str, String>>,
+    /// What the file watcher last applied from each watched file (identical content is not
+    /// applied again).
+    pub applied: watch::Applied,
     pub rooms: Arc<Rooms>,
     /// Membership of a cluster (Redis, etcd); `None` standalone.
     pub cluster: Option<Arc<Cluster>>,
@@ -71,7 +74,8 @@ impl Core {
 
     /// Deploys `bytes` live as script `name` (one of [`SCRIPT_NAMES`] or a loaded handler
     /// script) with `config` (JSON text; `None` keeps the live version's). Counted in
-    /// `wasmgate_script_deploys_total`.
+    /// `wasmgate_script_deploys_total{reason="ok"|"unchanged"|"rejected"}` (`unchanged`: the
+    /// live version was deployed again, a no-op).
     ///
     /// Errors: any step of the pipeline ([`crate::script::deploy`]); an unknown name is
     /// [`ScriptError::Unknown`].
@@ -95,7 +99,11 @@ impl Core {
                 None => Err(ScriptError::Unknown { script: name.into() }),
             },
         };
-        let reason = if result.is_ok() { "ok" } else { "rejected" };
+        let reason = match &result {
+            Ok(info) if info.unchanged => "unchanged",
+            Ok(_) => "ok",
+            Err(_) => "rejected",
+        };
         self.metrics.script_deploys.get_or_create(&ReasonLabel { reason }).inc();
         if let Err(e) = &result {
             tracing::warn!(script = name, "deploy refused, the live version stays: {e}");
@@ -183,10 +191,11 @@ pub(crate) fn message_routes(map: &MessageMap) -> Vec<MessageRoute> {
 }
 
 /// The maps at start: from the config centre's keys when they exist, else the files, else the
-/// embedded example maps.
+/// embedded example maps. Each map read from a file is recorded in `applied`.
 fn initial_maps(
     config: &Config,
     centre: Option<&config_centre::Maps>,
+    applied: &watch::Applied,
 ) -> anyhow::Result<(DestMap, MessageMap)> {
     let dest_text = match (centre.and_then(|c| c.dest_map.clone()), &config.maps.dest_map) {
         (Some(text), _) => text,
@@ -198,7 +207,14 @@ fn initial_maps(
         (None, Some(path)) => maps::read(path)?,
         (None, None) => maps::embedded::MESSAGE_MAP.to_string(),
     };
-    Ok((maps::parse_dest_map(&dest_text)?, maps::parse_message_map(&message_text)?))
+    let maps = (maps::parse_dest_map(&dest_text)?, maps::parse_message_map(&message_text)?);
+    let from_files = [(&config.maps.dest_map, &dest_text), (&config.maps.message_map, &message_text)];
+    for (path, text) in from_files {
+        if let Some(path) = path {
+            applied.set(path, watch::text_hash(text));
+        }
+    }
+    Ok(maps)
 }
 
 /// Binds `addr` (none: no listener), with `SO_REUSEPORT` when `reuse_port`.
@@ -229,6 +245,9 @@ impl RunningGateway {
     pub async fn start(mut config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = Metrics::new();
+        for reason in CloseReason::ALL {
+            let _ = metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() });
+        }
         let centre_maps = config_centre::read_maps(&config).await?;
         if let Some(centre) = &centre_maps {
             // Maps held in etcd replace the files, which are then not read nor watched.
@@ -239,7 +258,8 @@ impl RunningGateway {
                 config.maps.message_map = None;
             }
         }
-        let (dest_map, message_map) = initial_maps(&config, centre_maps.as_ref())?;
+        let applied_files = watch::Applied::default();
+        let (dest_map, message_map) = initial_maps(&config, centre_maps.as_ref(), &applied_files)?;
 
         let services = Arc::new(Services::default());
         let limits = Limits {
@@ -251,7 +271,11 @@ impl RunningGateway {
             services: services.clone(),
         };
         let manifest = match &config.scripts.dir {
-            Some(dir) => Manifest::read(dir)?,
+            Some(dir) => {
+                // Read before the manifest: a change in between is then applied by the watcher.
+                applied_files.set(&dir.join(MANIFEST_FILE), watch::manifest_fingerprint(dir));
+                Manifest::read(dir)?
+            }
             None => Manifest::default(),
         };
         let mut manifest_applied = HashMap::new();
@@ -322,6 +346,7 @@ impl RunningGateway {
             rooms_script,
             handlers,
             manifest_applied: parking_lot::Mutex::new(manifest_applied),
+            applied: applied_files,
             rooms,
             cluster,
             user_centre,

@@ -335,7 +335,56 @@ impl Metrics {
             "Login/logout notices to the user centre: ok, failed (retries spent), dropped (queue full)",
             m.user_centre_notices.clone(),
         );
-        Self { registry: Arc::new(r), families: Arc::new(families), ..m }
+        let m = Self { registry: Arc::new(r), families: Arc::new(families), ..m };
+        m.precreate();
+        m
+    }
+
+    /// Creates every known label value of the labelled families at zero, so dashboards and
+    /// alerts see `0` before the first event rather than no series. Per-dest, per-script and
+    /// close-reason series are created where those are known (pool start, script load,
+    /// gateway start).
+    fn precreate(&self) {
+        for transport in TRANSPORTS {
+            for family in [&self.connections_total, &self.messages_in, &self.messages_out] {
+                let _ = family.get_or_create(&TransportLabel { transport });
+            }
+            let _ = self.connections.get_or_create(&TransportLabel { transport });
+        }
+        let reasons: [(&Family<ReasonLabel, Counter>, &[&'static str]); 4] = [
+            (&self.logins, &["ok", "rejected", "duplicate", "duplicate_refused", "script_error"]),
+            (&self.map_reloads, &["ok", "invalid"]),
+            (&self.script_deploys, &["ok", "unchanged", "rejected"]),
+            (
+                &self.room_joins,
+                &[
+                    "ok",
+                    "already_member",
+                    "room_full",
+                    "too_many_rooms",
+                    "forbidden",
+                    "bad_request",
+                    "script_error",
+                ],
+            ),
+        ];
+        for (family, values) in reasons {
+            for &reason in values {
+                let _ = family.get_or_create(&ReasonLabel { reason });
+            }
+        }
+        for target in ["session", "user", "room", "all"] {
+            let _ = self.pushes.get_or_create(&TargetLabel { target });
+        }
+        for from in ["compiler", "disk_cache", "memory_cache"] {
+            let _ = self.script_compiles.get_or_create(&FromLabel { from });
+        }
+        for outcome in ["published", "failed", "dropped", "received"] {
+            let _ = self.cluster_messages.get_or_create(&OutcomeLabel { outcome });
+        }
+        for outcome in ["ok", "failed", "dropped"] {
+            let _ = self.user_centre_notices.get_or_create(&OutcomeLabel { outcome });
+        }
     }
 
     /// OpenMetrics 1.0 text of every instrument (content type [`OPENMETRICS_CONTENT_TYPE`]).
@@ -369,6 +418,9 @@ impl Metrics {
         family.get_or_create(&TransportLabel { transport }).clone()
     }
 }
+
+/// The `transport` label values.
+pub const TRANSPORTS: [&str; 2] = ["websocket", "tcp"];
 
 /// Registers `metric` as `wasmgate_<name>` and notes its name and type in `families`.
 fn register<M>(r: &mut Registry, families: &mut Vec<(String, MetricType)>, name: &str, help: &str, metric: M)

@@ -186,9 +186,10 @@ mod tests {
                 .iter()
                 .any(|(n, t)| n == "wasmgate_routed" && matches!(t, MetricType::Counter))
         );
-        // Registered, no sample yet: not in the text, but a family all the same.
-        assert!(!text.contains("wasmgate_logins"));
-        assert!(metrics.families().iter().any(|(n, _)| n == "wasmgate_logins"));
+        // Registered, no sample yet (scripts' own counters have no known labels): not in the
+        // text, but a family all the same.
+        assert!(!text.contains("wasmgate_script_events"));
+        assert!(metrics.families().iter().any(|(n, _)| n == "wasmgate_script_events"));
         let samples = parse(&text);
         assert_eq!(samples["wasmgate_routed_total"][0].1, 3.0);
     }

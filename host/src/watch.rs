@@ -8,19 +8,27 @@
 //! only, with the manifest's config).
 //!
 //! The parent directories are watched (editors and deploy tools replace files by rename).
-//! Events are coalesced: a change is applied [`DEBOUNCE`] after the last event for that file.
+//! Only events that can change a file's content wake a reload (create, data write, rename,
+//! remove): opening, reading, closing and metadata changes do not, so the watcher's own reads
+//! never trigger it. Events are coalesced: a change is applied [`DEBOUNCE`] after the last
+//! event for that file. A file (for the manifest: the manifest and every `.wasm` beside it)
+//! whose content equals what was last applied is not applied again: no re-initialisation, no
+//! log line at info, no count ([`Applied`]).
 //! A valid `dest_map` is applied atomically (only changed pools rebuilt); a valid `message_map`
 //! first brings in, replaces or retires the handler scripts it names, then re-initialises the
 //! router on fresh instances and swaps them in. An invalid file keeps the
 //! running table, logs an error naming the problem and counts
 //! `wasmgate_map_reloads_total{reason="invalid"}`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::gateway::{Core, SCRIPT_NAMES, message_routes};
@@ -31,6 +39,63 @@ use crate::script::manifest::{MANIFEST_FILE, Manifest};
 
 /// Quiet time after the last file event before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// SHA-256 of the content last applied from each watched file (for the scripts manifest, of
+/// the manifest and every component beside it): a reload of identical content is skipped.
+#[derive(Default)]
+pub(crate) struct Applied(Mutex<HashMap<PathBuf, [u8; 32]>>);
+
+impl Applied {
+    /// Records `content` as applied from `path`.
+    pub(crate) fn set(&self, path: &Path, content: [u8; 32]) {
+        self.0.lock().insert(path.to_path_buf(), content);
+    }
+
+    fn is_live(&self, path: &Path, content: &[u8; 32]) -> bool {
+        self.0.lock().get(path) == Some(content)
+    }
+}
+
+/// SHA-256 of a map file's text.
+pub(crate) fn text_hash(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// SHA-256 over the scripts directory's manifest and each `.wasm` file in it (names and
+/// contents, in name order): what a manifest reload reads. A file that cannot be read counts
+/// as absent (the reload itself reports it).
+pub(crate) fn manifest_fingerprint(dir: &Path) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(std::fs::read(dir.join(MANIFEST_FILE)).unwrap_or_default());
+    let mut components: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    components.retain(|p| p.extension().is_some_and(|e| e == "wasm"));
+    components.sort();
+    for path in components {
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        hasher.update([0]);
+        hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        hasher.update([0]);
+        hasher.update(Sha256::digest(&bytes));
+    }
+    hasher.finalize().into()
+}
+
+/// Whether an event can have changed a file's content. Access events (open, read, close) and
+/// metadata changes (chmod, atime) cannot: reacting to them made every reload, which opens
+/// the files, trigger the next.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Any
+        | EventKind::Create(_)
+        | EventKind::Modify(_)
+        | EventKind::Remove(_)
+        | EventKind::Other => true,
+    }
+}
 
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct MapWatcher {
@@ -73,6 +138,9 @@ impl MapWatcher {
         let callback_signals = signals.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
+            if !changes_content(&event.kind) {
+                return;
+            }
             for (path, kind, notify) in &callback_signals {
                 if event.paths.iter().any(|p| matches(p, path, *kind)) {
                     notify.notify_one();
@@ -144,18 +212,35 @@ async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
     if let MapKind::Script(name) = kind {
         return deploy_file(core, path, name).await;
     }
-    let result = match kind {
+    let (content, result) = match kind {
         MapKind::Script(_) => return,
-        MapKind::Handlers => apply_manifest(core).await,
-        MapKind::Dest => match maps::read(path) {
-            Ok(text) => apply_dest_map(core, &text),
-            Err(e) => Err(e),
-        },
-        MapKind::Message => match maps::read(path) {
-            Ok(text) => apply_message_map(core, &text).await,
-            Err(e) => Err(e),
-        },
+        MapKind::Handlers => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let content = manifest_fingerprint(dir);
+            if core.applied.is_live(path, &content) {
+                return tracing::debug!(path = %path.display(), "scripts directory unchanged; not reloaded");
+            }
+            (content, apply_manifest(core).await)
+        }
+        MapKind::Dest | MapKind::Message => {
+            let text = match maps::read(path) {
+                Ok(text) => text,
+                Err(e) => return record(core, &path.display().to_string(), Err(e)),
+            };
+            let content = text_hash(&text);
+            if core.applied.is_live(path, &content) {
+                return tracing::debug!(path = %path.display(), "map file unchanged; not reloaded");
+            }
+            let result = match kind {
+                MapKind::Dest => apply_dest_map(core, &text),
+                _ => apply_message_map(core, &text).await,
+            };
+            (content, result)
+        }
     };
+    if result.is_ok() {
+        core.applied.set(path, content);
+    }
     record(core, &path.display().to_string(), result);
 }
 
@@ -215,7 +300,9 @@ async fn deploy_file(core: &Arc<Core>, path: &Path, name: &str) {
         // Deleted or renamed away: the live version stays.
         Err(e) => return tracing::debug!(path = %path.display(), "script file not readable: {e}"),
     };
-    if let Ok(info) = core.deploy_script(name, &bytes, None).await {
+    if let Ok(info) = core.deploy_script(name, &bytes, None).await
+        && !info.unchanged
+    {
         tracing::info!(path = %path.display(), script = name, version = info.version, "script file deployed");
     }
 }

@@ -680,3 +680,62 @@ async fn profiling_endpoints() {
     assert_eq!(status, 403);
     assert!(String::from_utf8_lossy(&body).contains("profiling_disabled"));
 }
+
+/// docs/api.md's CLI example, as written: `wasmgate deploy router FILE --script-config
+/// '{"default_dest":101}'` makes message ids missing from `message_map` go to dest 101; the
+/// same deploy again answers `"unchanged":true`. A failing CLI command prints one line and
+/// exits 1, never a backtrace (even with `RUST_BACKTRACE=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_deploy_example_and_one_line_errors() {
+    let (backend, _) = counting_backend().await;
+    let s = setup(backend, "[admin]\ntoken = \"process-admin-token\"");
+    let gateway = Gateway::start(&s.config, s.ws, &[], &[]).await;
+    let router = s.dir.path().join("my_router.wasm");
+    std::fs::write(&router, wasmgate::embedded::DEFAULT_ROUTER).expect("router file");
+    let mut client = gateway.client("cli").await;
+    let seq = client.send(777, b"unmapped").await.expect("send");
+    let error = client.recv_within(PROMPT).await.expect("answer").packet().expect("error frame");
+    assert_eq!((error.msg_id, error.seq), (4, seq), "unknown_message before the deploy");
+
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .arg("--config")
+            .arg(&s.config)
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("wasmgate CLI");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let deploy =
+        ["deploy", "router", router.to_str().expect("path"), "--script-config", r#"{"default_dest":101}"#];
+    let (code, stdout, stderr) = cli(&deploy);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON answer");
+    assert!(answer["version"].is_string() && answer.get("unchanged").is_none(), "{answer}");
+    let seq = client.send(777, b"unmapped").await.expect("send");
+    let (echo, _) = client.recv_reply(777, seq, PROMPT).await.expect("forwarded to default_dest");
+    assert_eq!(&echo.body[..], b"unmapped");
+    let (code, stdout, _) = cli(&deploy);
+    assert_eq!(code, Some(0));
+    let again: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON answer");
+    assert_eq!((&again["unchanged"], &again["version"]), (&serde_json::json!(true), &answer["version"]));
+
+    // Failures: a refused config, a missing file, no such script.
+    let failures: [&[&str]; 3] = [
+        &["deploy", "router", router.to_str().expect("path"), "--script-config", r#"{"tag":"v2"}"#],
+        &["deploy", "router", "/nonexistent/router.wasm"],
+        &["rollback", "no-such-script"],
+    ];
+    for args in failures {
+        let (code, _, stderr) = cli(args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("wasmgate: "),
+            "{args:?}: one line, no backtrace: {stderr}"
+        );
+    }
+    drop(gateway);
+}

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wasmgate_tests::{
-    ADMIN_TOKEN, Client, FORBIDDEN_IMPORT, HOSTILE_ROUTER, Harness, PROMPT, error_of, token, with_admin_token,
+    ADMIN_TOKEN, Client, FORBIDDEN_IMPORT, HOSTILE_ROUTER, Harness, PROMPT, error_of, metric, token,
+    with_admin_token,
 };
 
 const TAGGED: u32 = 905;
@@ -131,9 +132,17 @@ async fn refused_candidates_leave_the_live_version_running() {
     let forbidden = std::fs::read(FORBIDDEN_IMPORT).expect("forbidden-import router");
     let mut client = h.logged_in_ws("alice").await;
     let (_, before) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
-    let cases: [(&str, &[u8], Option<Value>, &str); 4] = [
+    let compiles = || async {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        let count =
+            |from: &str| metric(&metrics, &format!("wasmgate_script_compiles_total{{from=\"{from}\"}}"));
+        (count("compiler"), count("memory_cache"))
+    };
+    let (compiled, cached) = compiles().await;
+    let cases: [(&str, &[u8], Option<Value>, &str); 5] = [
         ("router", b"definitely not wasm", None, "cannot be loaded"),
-        ("auth", &hostile, None, "does not fit its world"),
+        ("router", b"\0asm\x01\0\0\0", None, "not a component"),
+        ("auth", &hostile, None, "does not export `wasmgate:gateway/auth`"),
         ("router", &forbidden, None, "wasi:sockets"),
         ("router", &hostile, Some(json!({"fail": true})), "failed to initialise"),
     ];
@@ -143,6 +152,9 @@ async fn refused_candidates_leave_the_live_version_running() {
         assert!(answer["reason"].as_str().is_some_and(|r| r.contains(why)), "{why}: {answer}");
         assert_eq!(tag_of(&mut client).await, "v0", "the live router still answers");
     }
+    // A wrong world or a refused import is found from the component's declarations, before
+    // any compile: only the last case (a failing `init`) was compiled (from the cache).
+    assert_eq!(compiles().await, (compiled, cached + 1.0), "refused before compiling");
     let (_, after) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
     for i in 0..3 {
         assert_eq!(before["scripts"][i]["version"], after["scripts"][i]["version"]);
@@ -326,7 +338,57 @@ async fn a_script_file_written_to_the_watched_directory_goes_live() {
     let (_, list) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
     assert_eq!(list["scripts"][1]["name"], "router");
     assert_eq!(list["scripts"][1]["version"], expected.as_str());
+    let previous = list["scripts"][1]["previous"].clone();
+    assert!(previous.is_string() && previous != expected.as_str(), "{list}");
     assert_eq!(tag_of(&mut client).await, "from-config");
+    // The same file dropped in again (and read, and touched): not a deploy; the rollback
+    // target stays the version before it.
+    for _ in 0..3 {
+        std::fs::write(scripts.path().join("router.tmp"), &wasm).expect("write");
+        std::fs::rename(scripts.path().join("router.tmp"), scripts.path().join("router.wasm"))
+            .expect("rename");
+        drop(std::fs::read(scripts.path().join("router.wasm")).expect("read"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, list) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        (&list["scripts"][1]["version"], &list["scripts"][1]["previous"]),
+        (&json!(expected), &previous)
+    );
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "wasmgate_script_deploys_total{reason=\"ok\"}"), 1.0);
+    let (status, back) = h.admin("POST", "/scripts/router/rollback", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, &back["version"]), (200, &previous), "{back}");
+}
+
+/// Deploying the live version again changes nothing: same version, same rollback target, the
+/// answer says `unchanged`, counted as such.
+#[tokio::test]
+async fn redeploying_the_live_version_is_a_no_op() {
+    let h = tagged_gateway().await;
+    let hostile = std::fs::read(HOSTILE_ROUTER).expect("hostile router");
+    let mut client = h.logged_in_ws("alice").await;
+    let (_, v0) = h.deploy("router", &hostile, Some(json!({"tag": "v0"}))).await;
+    assert_eq!(v0["unchanged"], true, "the start-up version redeployed: {v0}");
+    assert!(v0["previous"].is_null(), "{v0}");
+    let (status, v1) = h.deploy("router", &hostile, Some(json!({"tag": "v1"}))).await;
+    assert_eq!(status, 200, "{v1}");
+    assert!(v1.get("unchanged").is_none(), "a real deploy says nothing of it: {v1}");
+    for _ in 0..3 {
+        let (status, again) = h.deploy("router", &hostile, Some(json!({"tag": "v1"}))).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(
+            (&again["version"], &again["previous"], &again["unchanged"]),
+            (&v1["version"], &v1["previous"], &json!(true))
+        );
+    }
+    assert_eq!(tag_of(&mut client).await, "v1");
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "wasmgate_script_deploys_total{reason=\"unchanged\"}"), 4.0);
+    assert_eq!(metric(&metrics, "wasmgate_script_deploys_total{reason=\"ok\"}"), 1.0);
+    let (status, back) = h.admin("POST", "/scripts/router/rollback", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(tag_of(&mut client).await, "v0", "the rollback target survived the redeploys");
 }
 
 #[tokio::test]
@@ -341,7 +403,8 @@ async fn the_pooling_allocator_is_sized_from_the_config() {
     let mut client = h.logged_in_ws("alice").await;
     // A new router version needs a fourth slot: refused with the pool's error; the live one
     // keeps serving.
-    let (status, answer) = h.deploy("router", wasmgate::embedded::DEFAULT_ROUTER, None).await;
+    let config = Some(json!({"default_dest": 101}));
+    let (status, answer) = h.deploy("router", wasmgate::embedded::DEFAULT_ROUTER, config).await;
     assert_eq!(status, 422, "{answer}");
     let reason = answer["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("limit") && reason.contains("scripts.pooling"), "{answer}");

@@ -106,3 +106,53 @@ async fn message_map_swaps_under_load_lose_and_duplicate_nothing() {
     );
     assert_eq!(h.gateway.sessions(), 4);
 }
+
+/// The watcher reacts to content changes only: after an edit settles nothing reloads again,
+/// and opening, reading or rewriting a watched file with the same content triggers nothing
+/// (the watcher used to wake on its own reads and reload ~10 times a second forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateway_does_not_reload_after_an_edit_settles() {
+    let h = Harness::start().await;
+    let reloads = || async {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        metric(&metrics, "wasmgate_map_reloads_total{reason=\"ok\"}")
+    };
+    assert_eq!(reloads().await, 0.0, "nothing reloaded at start (the series exists at zero)");
+    let (_, metrics) = h.admin_get("/metrics").await;
+    let precreated = [
+        "wasmgate_map_reloads_total{reason=\"ok\"} 0",
+        "wasmgate_map_reloads_total{reason=\"invalid\"} 0",
+        "wasmgate_connections_total{transport=\"tcp\"} 0",
+        "wasmgate_sessions_closed_total{reason=\"slow_consumer\"} 0",
+        "wasmgate_script_deploys_total{reason=\"unchanged\"} 0",
+        "wasmgate_routed_total{dest=\"101\",outcome=\"upstream_busy\"} 0",
+    ];
+    for series in precreated {
+        assert!(metrics.lines().any(|l| l == series), "series created at zero: {series}");
+    }
+
+    write_message_map(&h.dir, &[(100, 101), (200, 101)]);
+    wait_until("the edit is applied", || async { reloads().await == 1.0 }).await;
+    // Several debounce periods: a self-triggering watcher would have reloaded many times.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reloads().await, 1.0, "one edit, one reload");
+
+    // Reads (open, read, close), a metadata change and a rewrite of identical content.
+    let path = h.dir.path().join("message_map.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    drop(std::fs::File::open(h.dir.path().join("dest_map.json")).unwrap());
+    let permissions = std::fs::metadata(&path).unwrap().permissions();
+    std::fs::set_permissions(&path, permissions).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    write_atomic(path.clone(), &text);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reloads().await, 1.0, "reads and identical rewrites are not reloads");
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "wasmgate_map_reloads_total{reason=\"invalid\"}"), 0.0);
+
+    // A real change still applies, once.
+    write_message_map(&h.dir, &[(100, 101), (200, 101), (300, 101)]);
+    wait_until("the second edit is applied", || async { reloads().await == 2.0 }).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(reloads().await, 2.0);
+}

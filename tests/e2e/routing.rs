@@ -155,3 +155,52 @@ async fn dest_not_in_dest_map_gets_unknown_dest() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A session whose own pool connection is down is served by another connected one of the same
+/// dest (docs/configuration.md, maps): a backend that accepts one connection and then stops
+/// listening leaves one of dest 301's two connections up; every session still gets answers, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_a_down_pool_connection_use_another_live_one() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use wasmgate::protocol::backend::BackendCodec;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.unwrap();
+        drop(listener);
+        let mut framed = tokio_util::codec::Framed::new(stream, BackendCodec::default());
+        while let Some(Ok(frame)) = framed.next().await {
+            for answer in wasmgate_examples::backend::handle(frame, peer, Default::default()) {
+                if framed.send(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let h = Harness::start().await;
+    wasmgate_tests::write_dest_map(&h.dir, &[(101, h.backend.addr), (301, addr)]);
+    wasmgate_tests::write_message_map(&h.dir, &[(100, 101), (300, 301)]);
+    h.wait_upstream(301, 1).await;
+    // Let the second connection's attempts fail (refused) for a while.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(h.gateway.upstream_connections_up(301), 1, "one connection up, one down");
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        clients.push(h.logged_in_ws(&format!("failover-{i}")).await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut seqs = Vec::new();
+        for k in 0..20 {
+            seqs.push(c.send(300, format!("{i}-{k}").as_bytes()).await.unwrap());
+        }
+        for (k, seq) in seqs.into_iter().enumerate() {
+            let p = c.recv_within(PROMPT).await.unwrap().packet().unwrap();
+            assert_eq!((p.msg_id, p.seq), (300, seq), "session {i}: answered in order, no error frame");
+            assert_eq!(p.body, format!("{i}-{k}").as_bytes());
+        }
+    }
+    let (_, metrics) = h.admin_get("/metrics").await;
+    let unavailable = "wasmgate_routed_total{dest=\"301\",outcome=\"upstream_unavailable\"}";
+    assert_eq!(wasmgate_tests::metric(&metrics, unavailable), 0.0);
+}

@@ -23,20 +23,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 
-use super::engine::ScriptEngine;
 use super::pool::{InitFn, Limits, ScriptPool, Slot, SlotFuture, World};
 use super::state::ScriptMeta;
-use super::{ScriptError, ScriptSource, compile};
+use super::{ScriptError, ScriptSource, compile, inspect};
 use crate::metrics::{FromLabel, Metrics};
-
-/// Import namespaces a script may use. Rust's standard library imports these WASI interfaces
-/// even when unused; the store's WASI context grants them nothing (no environment variables,
-/// empty stdin, discarded stdout/stderr). Filesystem, sockets, HTTP and anything else are
-/// refused at deploy time.
-const ALLOWED_IMPORTS: [&str; 5] =
-    ["wasmgate:gateway/", "wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"];
 
 /// The version id of a script: the first 16 hex digits of SHA-256 over the component's bytes
 /// and its JSON config (the same bytes with another config are another version).
@@ -50,26 +41,6 @@ pub fn version_id(bytes: &[u8], config_json: &str) -> String {
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Refuses a component that imports anything outside [`ALLOWED_IMPORTS`].
-fn check_imports(engine: &ScriptEngine, script: &str, component: &Component) -> Result<(), ScriptError> {
-    let ty = component.component_type();
-    let denied: Vec<&str> = ty
-        .imports(&engine.engine)
-        .map(|(name, _)| name)
-        .filter(|name| !ALLOWED_IMPORTS.iter().any(|allowed| name.starts_with(allowed)))
-        .collect();
-    if denied.is_empty() {
-        return Ok(());
-    }
-    Err(ScriptError::Link {
-        script: script.into(),
-        message: format!(
-            "imports {} — scripts may import only wasmgate:gateway and wasi:cli/io/clocks/random",
-            denied.join(", ")
-        ),
-    })
 }
 
 /// How a stateful script's state moves from the live version to its replacement: `snapshot`
@@ -106,6 +77,10 @@ pub struct ScriptInfo {
     pub deadlines: u64,
     /// The version `rollback` would restore.
     pub previous: Option<String>,
+    /// Set (and serialised, as `true`) only in a deploy's answer when the deployed bytes and
+    /// config were already the live version: nothing was rebuilt and `previous` is kept.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 /// The live version of one named script and the one before it.
@@ -147,6 +122,10 @@ impl<W: World> Deployed<W> {
 
     /// Runs the pipeline on `source`; on success publishes it (carrying state with `carry`)
     /// and keeps the replaced version for [`Self::rollback`]. On error the live version stays.
+    ///
+    /// Deploying the live version again (same bytes and config, so the same [`version_id`])
+    /// is a no-op: nothing is built or swapped, the rollback target is kept, and the answer has
+    /// [`ScriptInfo::unchanged`] set.
     pub async fn deploy(
         &self,
         source: ScriptSource,
@@ -154,6 +133,10 @@ impl<W: World> Deployed<W> {
         carry: Option<&Carry<W>>,
     ) -> Result<ScriptInfo, ScriptError> {
         let _busy = self.busy.lock().await;
+        if version_id(&source.bytes, &source.config_json) == self.live.load().id {
+            tracing::debug!(script = self.name, "deploy of the live version: nothing to do");
+            return Ok(ScriptInfo { unchanged: true, ..self.info() });
+        }
         let version = build(&self.name, &source, self.limits.clone(), &self.metrics, init).await?;
         let replaced = self.publish(version, carry).await?;
         tracing::info!(
@@ -254,12 +237,14 @@ impl<W: World> Deployed<W> {
             traps,
             deadlines,
             previous: self.previous.lock().as_ref().map(|(id, _)| id.clone()),
+            unchanged: false,
         }
     }
 }
 
-/// The pipeline: compile (cached, off the async workers), check imports, pre-link against the
-/// world, instantiate and `init`.
+/// The pipeline: check the world and imports from the component's declarations (before any
+/// compile), compile (cached, off the async workers), pre-link against the world, instantiate
+/// and `init`.
 async fn build<W: World>(
     name: &str,
     source: &ScriptSource,
@@ -267,9 +252,12 @@ async fn build<W: World>(
     metrics: &Metrics,
     init: InitFn<W>,
 ) -> Result<Version<W>, ScriptError> {
+    let declared = inspect::declared(&source.bytes)
+        .map_err(|message| ScriptError::Load { script: name.into(), message })?;
+    inspect::check(&declared, W::EXPORT)
+        .map_err(|message| ScriptError::Link { script: name.into(), message })?;
     let (engine, component, from) = compile(source, &limits).await?;
     metrics.script_compiles.get_or_create(&FromLabel { from: from.name() }).inc();
-    check_imports(&engine, name, &component)?;
     let id = version_id(&source.bytes, &source.config_json);
     let meta = ScriptMeta::new(name, &id, metrics.clone(), limits.services.clone());
     let pool = ScriptPool::new(engine, meta, &component, limits, init).await?;

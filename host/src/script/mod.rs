@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod engine;
 pub mod handlers;
 mod hooks;
+pub mod inspect;
 pub mod manifest;
 pub mod pool;
 pub mod services;
@@ -64,8 +65,9 @@ pub enum ScriptError {
 
 /// Implements [`World`] for a generated world binding and its `*Pre`.
 macro_rules! world {
-    ($world:ty, $pre:ident) => {
+    ($world:ty, $pre:ident, $export:literal) => {
         impl World for $world {
+            const EXPORT: &'static str = $export;
             type Pre = $pre<ScriptState>;
             fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
                 $pre::new(engine.linker.instantiate_pre(component)?)
@@ -77,10 +79,10 @@ macro_rules! world {
     };
 }
 
-world!(AuthScript, AuthScriptPre);
-world!(RouterScript, RouterScriptPre);
-world!(RoomsScript, RoomsScriptPre);
-world!(HandlerScript, HandlerScriptPre);
+world!(AuthScript, AuthScriptPre, "wasmgate:gateway/auth");
+world!(RouterScript, RouterScriptPre, "wasmgate:gateway/router");
+world!(RoomsScript, RoomsScriptPre, "wasmgate:gateway/rooms");
+world!(HandlerScript, HandlerScriptPre, "wasmgate:gateway/handler");
 
 /// A loaded script: name, component bytes and the JSON configuration its `init` receives.
 #[derive(Clone)]
@@ -99,9 +101,15 @@ async fn compile(
     let engine = ScriptEngine::with_settings(limits.engine)?;
     let cache_dir = limits.cache_dir.clone();
     let (e, name, bytes) = (engine.clone(), source.name.clone(), source.bytes.clone());
-    let (component, from) =
-        tokio::task::spawn_blocking(move || e.compile(&name, &bytes, cache_dir.as_deref()))
-            .await
-            .map_err(|e| ScriptError::Engine(format!("compile task failed: {e}")))??;
+    let (component, from) = tokio::task::spawn_blocking(move || {
+        let compiled = e.compile(&name, &bytes, cache_dir.as_deref());
+        if bytes.len() >= engine::LARGE_COMPONENT {
+            // A large compile leaves hundreds of MB of freed heap that glibc would keep.
+            engine::give_back_memory();
+        }
+        compiled
+    })
+    .await
+    .map_err(|e| ScriptError::Engine(format!("compile task failed: {e}")))??;
     Ok((engine, component, from))
 }

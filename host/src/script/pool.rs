@@ -38,6 +38,8 @@ use crate::metrics::{ScriptOutcomeLabel, ScriptVersionLabel};
 
 /// A generated world binding that can be pre-linked and instantiated.
 pub trait World: Sized + Send + Sync + 'static {
+    /// The interface the world exports, without its version (`wasmgate:gateway/router`).
+    const EXPORT: &'static str;
     type Pre: Send + Sync + 'static;
     fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre>;
     fn instantiate(

@@ -38,6 +38,23 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every close reason (their metric series are created at start).
+    pub const ALL: [Self; 13] = [
+        Self::Normal,
+        Self::GoingAway,
+        Self::MalformedFrame,
+        Self::MalformedJson,
+        Self::MessageTooBig,
+        Self::ScriptClose,
+        Self::LoginTimeout,
+        Self::HeartbeatTimeout,
+        Self::AuthRejected,
+        Self::Kicked,
+        Self::Replaced,
+        Self::SlowConsumer,
+        Self::TransportError,
+    ];
+
     /// WebSocket close code.
     pub fn code(self) -> u16 {
         match self {

@@ -1,10 +1,11 @@
 //! Upstream queue pools (seed 000: `QueuePoolTable`): per dest id of `dest_map.json`,
 //! `poolNums` TCP connections speaking backend protocol v1.
 //!
-//! - A session's messages always take the same connection of a pool (picked by a hash of the
-//!   session id), so one session's messages reach the backend in order.
-//! - A message for a dest that has no pool, or whose connection is down, gets an error frame
-//!   (`unknown_dest`, `upstream_unavailable`); a full connection queue makes the session wait
+//! - A session's messages take one connection of a pool (picked by a hash of the session id),
+//!   so one session's messages reach the backend in order. While that connection is down they
+//!   take another connected one and stay on it until the session pauses (see `pool.rs`).
+//! - A message for a dest that has no pool, or none of whose connections is up, gets an error
+//!   frame (`unknown_dest`, `upstream_unavailable`); a full connection queue makes the session wait
 //!   up to `enqueue_timeout_ms`, then `upstream_busy`. Frames queued or unflushed when a
 //!   connection fails are answered with `upstream_unavailable` too. A request already written
 //!   to a backend that then dies gets no reply (the backend may or may not have handled it).
@@ -143,7 +144,7 @@ impl Upstreams {
     /// Queues `frame` for `dest` on the connection picked by `key` (the session id).
     ///
     /// Errors: [`UpstreamError::UnknownDest`] when `dest` has no pool,
-    /// [`UpstreamError::Unavailable`] when its connection is down,
+    /// [`UpstreamError::Unavailable`] when none of its connections is up,
     /// [`UpstreamError::Busy`] when its queue stayed full for `enqueue_timeout_ms`.
     #[tracing::instrument(
         level = "debug",

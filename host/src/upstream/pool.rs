@@ -1,12 +1,18 @@
 //! One dest's queue pool: `poolNums` connections, each a bounded frame queue and a task that
 //! connects, writes batches, reads replies on a companion task, and reconnects with
 //! exponential backoff (with jitter) when the backend goes away.
+//!
+//! A session's frames take its own connection (a hash of the session id). While that one is
+//! down they take the next connected one in index order, and stay there (see [`Moved`]), so
+//! a session is served whenever any connection of the pool is up.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -16,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Shared, UpstreamError, dispatch};
 use crate::maps::DestEntry;
-use crate::metrics::DestLabel;
+use crate::metrics::{DestLabel, DestOutcomeLabel};
 use crate::protocol::backend::{BackendCodec, BackendFrame, PROTOCOL_VERSION};
 
 /// How long a draining connection keeps reading replies after its last write.
@@ -27,12 +33,32 @@ struct Conn {
     up: Arc<AtomicBool>,
 }
 
+/// How long a session moved to another connection must stay silent (towards this dest)
+/// before it goes back to its own: frames it queued on the other connection have been
+/// written and, unless the backend takes longer than this to handle them, handled, so its
+/// next frame cannot overtake them. Documented in docs/configuration.md (maps).
+pub const FAILBACK_IDLE: Duration = Duration::from_secs(1);
+
+/// Sessions whose frames take another connection than their own: key -> (connection index,
+/// last frame). A session stays on the connection it was moved to while that one is up and
+/// it sends at least every [`FAILBACK_IDLE`]; then the entry lapses and the session's own
+/// connection (or, if still down, the next connected one again) takes its next frame.
+#[derive(Default)]
+struct Moved {
+    sessions: HashMap<u64, (usize, Instant)>,
+    pruned: Option<Instant>,
+}
+
 pub(super) struct Pool {
     dest: u32,
     pub(super) entry: DestEntry,
     conns: Box<[Conn]>,
     stop: CancellationToken,
     up_count: Arc<AtomicUsize>,
+    moved: Mutex<Moved>,
+    /// `moved.sessions.len()`, read without the lock: when 0 and a session's own connection is
+    /// up, the send path takes no lock.
+    moved_len: AtomicUsize,
 }
 
 impl Pool {
@@ -45,6 +71,11 @@ impl Pool {
             .upstream_connections_wanted
             .get_or_create(&DestLabel { dest })
             .set(entry.pool_nums as i64);
+        for outcome in ["ok", "upstream_unavailable", "upstream_busy"] {
+            let _ = shared.metrics.routed.get_or_create(&DestOutcomeLabel { dest, outcome });
+        }
+        let _ = shared.metrics.upstream_connections_up.get_or_create(&DestLabel { dest });
+        let _ = shared.metrics.upstream_frames_in.get_or_create(&DestLabel { dest });
         let conns = (0..entry.pool_nums)
             .map(|index| {
                 let (tx, rx) = mpsc::channel(shared.settings.queue_len);
@@ -63,7 +94,15 @@ impl Pool {
                 Conn { tx, up }
             })
             .collect();
-        Arc::new(Self { dest, entry, conns, stop, up_count })
+        Arc::new(Self {
+            dest,
+            entry,
+            conns,
+            stop,
+            up_count,
+            moved: Mutex::default(),
+            moved_len: AtomicUsize::new(0),
+        })
     }
 
     pub(super) fn stop(&self) {
@@ -79,10 +118,45 @@ impl Pool {
         self.conns.iter().map(|c| c.tx.max_capacity() - c.tx.capacity()).sum()
     }
 
-    fn conn_for(&self, key: u64) -> &Conn {
+    fn is_up(&self, index: usize) -> bool {
+        self.conns[index].up.load(Ordering::Acquire)
+    }
+
+    /// The connection that takes `key`'s next frame: its own when up (and it was not moved
+    /// off it within [`FAILBACK_IDLE`]), else the next connected one; `None` when none is up.
+    fn conn_for(&self, key: u64) -> Option<&Conn> {
         // Fibonacci hashing spreads sequential session ids over the connections.
-        let index = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.conns.len();
-        &self.conns[index]
+        let own = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.conns.len();
+        if self.moved_len.load(Ordering::Acquire) == 0 && self.is_up(own) {
+            return Some(&self.conns[own]);
+        }
+        let now = Instant::now();
+        let mut moved = self.moved.lock();
+        if moved.pruned.is_none_or(|at| now.duration_since(at) >= FAILBACK_IDLE) {
+            moved.sessions.retain(|_, (_, last)| now.duration_since(*last) < FAILBACK_IDLE);
+            moved.pruned = Some(now);
+        }
+        let index = match moved.sessions.get_mut(&key) {
+            Some((index, last)) if self.is_up(*index) && now.duration_since(*last) < FAILBACK_IDLE => {
+                *last = now;
+                Some(*index)
+            }
+            _ if self.is_up(own) => {
+                moved.sessions.remove(&key);
+                Some(own)
+            }
+            _ => {
+                let n = self.conns.len();
+                let next = (1..n).map(|i| (own + i) % n).find(|&i| self.is_up(i));
+                match next {
+                    Some(index) => moved.sessions.insert(key, (index, now)),
+                    None => moved.sessions.remove(&key),
+                };
+                next
+            }
+        };
+        self.moved_len.store(moved.sessions.len(), Ordering::Release);
+        index.map(|i| &self.conns[i])
     }
 
     /// Queues a frame without waiting; gives the frame back with the reason on failure.
@@ -91,10 +165,9 @@ impl Pool {
         key: u64,
         frame: BackendFrame,
     ) -> Result<(), (UpstreamError, BackendFrame)> {
-        let conn = self.conn_for(key);
-        if !conn.up.load(Ordering::Acquire) {
+        let Some(conn) = self.conn_for(key) else {
             return Err((UpstreamError::Unavailable(self.dest), frame));
-        }
+        };
         conn.tx.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(f) => (UpstreamError::Busy(self.dest), f),
             mpsc::error::TrySendError::Closed(f) => (UpstreamError::Unavailable(self.dest), f),
@@ -109,10 +182,9 @@ impl Pool {
         wait: Duration,
     ) -> Result<(), UpstreamError> {
         let dest = self.dest;
-        let conn = self.conn_for(key);
-        if !conn.up.load(Ordering::Acquire) {
+        let Some(conn) = self.conn_for(key) else {
             return Err(UpstreamError::Unavailable(dest));
-        }
+        };
         match tokio::time::timeout(wait, conn.tx.send(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(UpstreamError::Unavailable(dest)),

@@ -64,6 +64,7 @@ fn main() {
             cache_dir: None,
             engine: Default::default(),
             services: Default::default(),
+            trap_unknown_imports: false,
         };
         let routes: Vec<MessageRoute> =
             (100..200).map(|m| MessageRoute { msg_id: m, dest_id: 101 }).collect();

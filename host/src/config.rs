@@ -434,6 +434,11 @@ pub struct ScriptsConfig {
     /// script costs (docs/benchmarks.md, `loadgen relay --targets wasmgate-native`). A router
     /// deployed while this is on is kept but not called. Default false.
     pub native_router: bool,
+    /// Link imports the host does not know (anything outside `wasmgate:gateway` and the WASI
+    /// interfaces listed in docs/scripting.md) as functions that trap when called, instead of
+    /// refusing the component. For toolchains that import more than a script uses. Default
+    /// false.
+    pub trap_unknown_imports: bool,
     /// The scripts directory, watched: `manifest.toml` there describes the handler scripts
     /// `message_map.json` may name (docs/scripting.md), and a change to the manifest or a file
     /// it names re-applies it; writing `auth.wasm`, `router.wasm` or `rooms.wasm` there
@@ -491,6 +496,7 @@ impl Default for ScriptsConfig {
             cache_dir: None,
             router_fallback_dest: None,
             native_router: false,
+            trap_unknown_imports: false,
             dir: None,
             pooling: PoolingConfig::default(),
         }

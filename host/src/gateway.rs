@@ -269,6 +269,7 @@ impl RunningGateway {
             cache_dir: config.scripts.cache_dir.as_deref().map(Into::into),
             engine: EngineSettings::of(&config.scripts.pooling),
             services: services.clone(),
+            trap_unknown_imports: config.scripts.trap_unknown_imports,
         };
         let manifest = match &config.scripts.dir {
             Some(dir) => {

@@ -3,7 +3,7 @@
 //! SIGHUP, and tells systemd (`Type=notify`, `NOTIFY_SOCKET`) when it is ready, reloading and
 //! stopping. Config precedence: file < config centre < `WASMGATE__*` environment < `--set`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -63,6 +63,19 @@ enum Command {
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Check a component offline, as a deploy would: its world, each import and what the host
+    /// links for it, `init` with the config, and one call. Prints a line per import and per
+    /// step, then `ok: ...` (exit 0) or `refused: <why>` (exit 1). Script limits come from the
+    /// config.
+    CheckScript {
+        /// The world the component is for: auth, router, rooms or handler.
+        world: String,
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// JSON config for `init` (default `{}`).
+        #[arg(long, default_value = "{}")]
+        script_config: String,
     },
     /// List the running scripts (built-in, then handler scripts): name, version, deployed at,
     /// calls, traps, the version a rollback restores.
@@ -180,7 +193,32 @@ async fn admin_command(cli: &Cli, command: Command) -> anyhow::Result<()> {
             admin_call(&load_config(cli)?, admin, "POST", &format!("/scripts/{name}/rollback"), vec![]).await
         }
         Command::Scripts { admin } => admin_call(&load_config(cli)?, admin, "GET", "/scripts", vec![]).await,
+        Command::CheckScript { world, file, script_config } => {
+            check_script(cli, &world, &file, script_config).await
+        }
         Command::Run => anyhow::bail!("`run` is not an admin command"),
+    }
+}
+
+/// `check-script`: the offline check's report on stdout, the verdict last.
+async fn check_script(cli: &Cli, world: &str, file: &Path, config: String) -> anyhow::Result<()> {
+    use wasmgate::script::check::{CheckedWorld, check, offline_limits};
+    let world = CheckedWorld::parse(world)
+        .with_context(|| format!("unknown world `{world}`: give auth, router, rooms or handler"))?;
+    serde_json::from_str::<serde_json::Value>(&config).context("--script-config is not JSON")?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let limits = offline_limits(&load_config(cli)?);
+    match check(world, bytes, config, limits).await {
+        Ok(report) => {
+            print!("{report}");
+            println!("ok: {} would deploy", file.display());
+            Ok(())
+        }
+        Err((report, why)) => {
+            print!("{report}");
+            println!("refused: {why}");
+            anyhow::bail!("{} would be refused", file.display())
+        }
     }
 }
 

@@ -111,6 +111,7 @@ pub struct Metrics {
     pub script_calls: Family<ScriptOutcomeLabel, Counter>,
     pub script_call_seconds: ScriptCallHistograms,
     pub script_counters: Family<ScriptCounterLabel, Counter>,
+    pub script_output_bytes: Family<ScriptVersionLabel, Counter>,
     pub upstream_queue_depth: Family<DestLabel, Gauge>,
     pub map_reloads: Family<ReasonLabel, Counter>,
     pub rooms: Gauge,
@@ -155,6 +156,7 @@ impl Metrics {
             script_calls: Family::default(),
             script_call_seconds: Family::new_with_constructor(|| Histogram::new(SCRIPT_CALL_BUCKETS)),
             script_counters: Family::default(),
+            script_output_bytes: Family::default(),
             upstream_queue_depth: Family::default(),
             map_reloads: Family::default(),
             rooms: Gauge::default(),
@@ -248,6 +250,13 @@ impl Metrics {
             "script_call_duration_seconds",
             "Script call durations (instance checkout to return), by script and version",
             m.script_call_seconds.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "script_output_bytes",
+            "Bytes scripts wrote to stdout and stderr (discarded; logged at debug)",
+            m.script_output_bytes.clone(),
         );
         register(
             &mut r,

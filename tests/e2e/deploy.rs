@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wasmgate_tests::{
-    ADMIN_TOKEN, Client, FORBIDDEN_IMPORT, HOSTILE_ROUTER, Harness, PROMPT, error_of, metric, token,
-    with_admin_token,
+    ADMIN_TOKEN, Client, FORBIDDEN_IMPORT, HOSTILE_ROUTER, Harness, PROMPT, UNKNOWN_IMPORT, error_of, metric,
+    token, with_admin_token,
 };
 
 const TAGGED: u32 = 905;
@@ -139,11 +139,14 @@ async fn refused_candidates_leave_the_live_version_running() {
         (count("compiler"), count("memory_cache"))
     };
     let (compiled, cached) = compiles().await;
-    let cases: [(&str, &[u8], Option<Value>, &str); 5] = [
+    let unknown = std::fs::read(UNKNOWN_IMPORT).expect("unknown-import router");
+    let cases: [(&str, &[u8], Option<Value>, &str); 6] = [
         ("router", b"definitely not wasm", None, "cannot be loaded"),
         ("router", b"\0asm\x01\0\0\0", None, "not a component"),
         ("auth", &hostile, None, "does not export `wasmgate:gateway/auth`"),
-        ("router", &forbidden, None, "wasi:sockets"),
+        ("router", &unknown, None, "imports acme:secrets/vault, which the host does not provide"),
+        // wasi:sockets is linked but denied: the connect in `init` fails.
+        ("router", &forbidden, None, "failed to initialise"),
         ("router", &hostile, Some(json!({"fail": true})), "failed to initialise"),
     ];
     for (name, wasm, config, why) in cases {
@@ -152,9 +155,9 @@ async fn refused_candidates_leave_the_live_version_running() {
         assert!(answer["reason"].as_str().is_some_and(|r| r.contains(why)), "{why}: {answer}");
         assert_eq!(tag_of(&mut client).await, "v0", "the live router still answers");
     }
-    // A wrong world or a refused import is found from the component's declarations, before
-    // any compile: only the last case (a failing `init`) was compiled (from the cache).
-    assert_eq!(compiles().await, (compiled, cached + 1.0), "refused before compiling");
+    // A wrong world or an unknown import is found from the component's declarations, before
+    // any compile: only the two failing `init`s were compiled (one new, one from the cache).
+    assert_eq!(compiles().await, (compiled + 1.0, cached + 1.0), "refused before compiling");
     let (_, after) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
     for i in 0..3 {
         assert_eq!(before["scripts"][i]["version"], after["scripts"][i]["version"]);
@@ -411,4 +414,25 @@ async fn the_pooling_allocator_is_sized_from_the_config() {
     let seq = client.send(100, b"still routed").await.expect("send");
     let (echo, _) = client.recv_reply(100, seq, PROMPT).await.expect("echo");
     assert_eq!(&echo.body[..], b"still routed");
+}
+
+/// `scripts.trap_unknown_imports`: a component importing an interface the host does not know
+/// deploys; calling that import traps (that one message gets `script_error`), the rest works.
+#[tokio::test]
+async fn unknown_imports_can_be_linked_as_traps() {
+    let h = Harness::start_with(|c| {
+        with_admin_token(c);
+        c.scripts.trap_unknown_imports = true;
+    })
+    .await;
+    let unknown = std::fs::read(UNKNOWN_IMPORT).expect("unknown-import router");
+    let (status, info) = h.deploy("router", &unknown, None).await;
+    assert_eq!(status, 200, "{info}");
+    let mut client = h.logged_in_ws("alice").await;
+    let seq = client.send(666, b"reaches the vault").await.expect("send");
+    let (error, _) = client.recv_reply(4, seq, PROMPT).await.expect("error frame");
+    assert_eq!(error_of(&error.body).0, "script_error");
+    let seq = client.send(100, b"x").await.expect("send");
+    let (error, _) = client.recv_reply(4, seq, PROMPT).await.expect("error frame");
+    assert_eq!(error_of(&error.body).0, "unknown_message", "the router still answers");
 }

@@ -23,8 +23,14 @@ pub const SECRET: &str = "e2e-test-secret";
 pub const ISSUER: &str = "wasmgate-tests";
 /// The hostile router component (built by build.rs).
 pub const HOSTILE_ROUTER: &str = env!("HOSTILE_ROUTER_WASM");
-/// A router component that imports `wasi:sockets` (built by build.rs).
+/// A router component whose `init` opens a TCP connection (`wasi:sockets`, linked but denied).
 pub const FORBIDDEN_IMPORT: &str = env!("FORBIDDEN_IMPORT_WASM");
+/// A router component that imports `acme:secrets/vault`, unknown to the host (built by build.rs).
+pub const UNKNOWN_IMPORT: &str = env!("UNKNOWN_IMPORT_WASM");
+/// The Rust router template of `examples/scripts/rust/router` (built by build.rs).
+pub const RUST_TEMPLATE_ROUTER: &str = env!("RUST_TEMPLATE_ROUTER_WASM");
+/// The Rust handler template of `examples/scripts/rust/handler` (built by build.rs).
+pub const RUST_TEMPLATE_HANDLER: &str = env!("RUST_TEMPLATE_HANDLER_WASM");
 /// A stateful handler script component (built by build.rs).
 pub const COUNTER_HANDLER: &str = env!("COUNTER_HANDLER_WASM");
 /// Bearer token of the admin API in gateways started with [`with_admin_token`].

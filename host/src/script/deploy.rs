@@ -254,7 +254,7 @@ async fn build<W: World>(
 ) -> Result<Version<W>, ScriptError> {
     let declared = inspect::declared(&source.bytes)
         .map_err(|message| ScriptError::Load { script: name.into(), message })?;
-    inspect::check(&declared, W::EXPORT)
+    inspect::check(&declared, W::EXPORT, limits.trap_unknown_imports)
         .map_err(|message| ScriptError::Link { script: name.into(), message })?;
     let (engine, component, from) = compile(source, &limits).await?;
     metrics.script_compiles.get_or_create(&FromLabel { from: from.name() }).inc();

@@ -114,6 +114,7 @@ impl ScriptEngine {
         // context), so one linker serves them all.
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::auth::AuthScript::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
         let weak = engine.weak();
@@ -167,7 +168,7 @@ impl ScriptEngine {
             }
         }
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| ScriptError::Load { script: name.into(), message: format!("{e:#}") })?;
+            .map_err(|e| ScriptError::Load { script: name.into(), message: load_error_message(&e) })?;
         if let Some(file) = &file
             && let Err(e) = write_cache_file(file, &component)
         {
@@ -183,6 +184,47 @@ impl ScriptEngine {
         self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         format!("{hex}-{:016x}.cwasm", engine_hash.finish())
+    }
+
+    /// The shared linker plus, for each import of `component` that the host does not know
+    /// ([`super::inspect::known_import`]), functions that trap when called
+    /// (`scripts.trap_unknown_imports`). Known interfaces are left as linked (wasmtime's own
+    /// `define_unknown_imports_as_traps` replaced semver-matched WASI imports with traps).
+    ///
+    /// Errors: an unknown import that is not made only of functions (a resource, say).
+    pub fn linker_with_traps(&self, component: &Component) -> wasmtime::Result<Linker<ScriptState>> {
+        use wasmtime::component::types::ComponentItem;
+        let mut linker = self.linker.clone();
+        let ty = component.component_type();
+        for (name, item) in ty.imports(&self.engine) {
+            if super::inspect::known_import(name).is_some() {
+                continue;
+            }
+            let trap = |what: String| {
+                move |_: wasmtime::StoreContextMut<'_, ScriptState>, _: _, _: &[_], _: &mut [_]| {
+                    Err(wasmtime::format_err!("`{what}` is not provided by wasmgate (linked as a trap)"))
+                }
+            };
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => linker.root().func_new(name, trap(name.to_string()))?,
+                ComponentItem::ComponentInstance(instance) => {
+                    let mut defined = linker.instance(name)?;
+                    for (func, export) in instance.exports(&self.engine) {
+                        match export.ty {
+                            ComponentItem::ComponentFunc(_) => {
+                                defined.func_new(func, trap(format!("{name}#{func}")))?
+                            }
+                            ComponentItem::Type(_) => {}
+                            _ => wasmtime::bail!(
+                                "unknown import `{name}` exports `{func}`, which cannot be trapped"
+                            ),
+                        }
+                    }
+                }
+                _ => wasmtime::bail!("unknown import `{name}` is not a function or an instance of functions"),
+            }
+        }
+        Ok(linker)
     }
 
     /// Forgets the in-memory compile cache (the next compile of each component goes to the
@@ -206,6 +248,22 @@ pub fn give_back_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// A compile error as the deploy's answer gives it, with what to do about the one a toolchain
+/// setting causes: scripts run without the component model's async support (it would slow
+/// every synchronous call), which QuickJS components (`jco componentize --backend qjs`) use
+/// unless built with `--backend-qjs-disable-async`.
+fn load_error_message(error: &wasmtime::Error) -> String {
+    let message = format!("{error:#}");
+    if message.contains("component model async") {
+        return format!(
+            "{message} — wasmgate runs scripts without component-model async: rebuild the \
+             component without it (QuickJS: `jco componentize --backend qjs \
+             --backend-qjs-disable-async`; docs/scripting.md)"
+        );
+    }
+    message
 }
 
 /// Where a compiled component came from (`wasmgate_script_compiles_total{from}`).

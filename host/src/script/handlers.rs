@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use super::bindings::handler::HandlerScript;
 use super::bindings::{Outcome, Packet, Session};
 use super::deploy::{Carry, Deployed, ScriptInfo, version_id};
-use super::manifest::{Manifest, ManifestEntry};
+use super::manifest::Manifest;
 use super::pool::{InitFn, Limits, Slot};
 use super::{ScriptError, ScriptSource};
 use crate::metrics::Metrics;
@@ -64,19 +64,20 @@ pub struct Handler {
 }
 
 impl Handler {
-    async fn load(
-        entry: &ManifestEntry,
+    /// Runs the deploy pipeline on `source` (with one instance when `stateful`).
+    pub(crate) async fn load(
+        stateful: bool,
         source: &ScriptSource,
         mut limits: Limits,
         metrics: &Metrics,
     ) -> Result<Self, ScriptError> {
-        if entry.stateful {
+        if stateful {
             // One instance holds the state; calls queue for it.
             limits.instances = 1;
         }
         let script = Deployed::load(source, limits, metrics, handler_init(&source.config_json)).await?;
         let applied = Mutex::new(version_id(&source.bytes, &source.config_json));
-        Ok(Self { stateful: entry.stateful, script, applied })
+        Ok(Self { stateful, script, applied })
     }
 
     fn carry(&self) -> Option<&Carry<HandlerScript>> {
@@ -235,7 +236,8 @@ impl Handlers {
                     }
                     _ => {
                         let handler =
-                            Handler::load(entry, &source, self.limits.clone(), &self.metrics).await?;
+                            Handler::load(entry.stateful, &source, self.limits.clone(), &self.metrics)
+                                .await?;
                         applied.loaded.push(name.clone());
                         Arc::new(handler)
                     }

@@ -9,12 +9,28 @@
 
 use wasmparser::{Chunk, Encoding, Parser, Payload};
 
-/// Import namespaces a script may use. Rust's standard library imports these WASI interfaces
-/// even when unused; the store's WASI context grants them nothing (no environment variables,
-/// empty stdin, discarded stdout/stderr). Filesystem, sockets, HTTP and anything else are
-/// refused at deploy time.
-pub const ALLOWED_IMPORTS: [&str; 5] =
-    ["wasmgate:gateway/", "wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"];
+/// What the host links for an import a script declares, by interface prefix, and what a call
+/// gets. Toolchains import filesystem, sockets and HTTP whether a script uses them or not, so
+/// they are linked, granting nothing (docs/scripting.md, "WASI stubs").
+pub const KNOWN_IMPORTS: [(&str, &str); 8] = [
+    ("wasmgate:gateway/", "granted: the gateway's host interfaces"),
+    ("wasi:clocks/", "granted: wall and monotonic clocks"),
+    ("wasi:random/", "granted: random bytes"),
+    ("wasi:io/", "granted: streams and polling over the stubs below"),
+    (
+        "wasi:cli/",
+        "stubbed: no environment variables or arguments, empty stdin, stdout/stderr discarded, exit traps",
+    ),
+    ("wasi:filesystem/", "stubbed: no preopened directory, so no file can be opened"),
+    ("wasi:sockets/", "stubbed: TCP, UDP and name lookups denied"),
+    ("wasi:http/", "stubbed: every outgoing request fails with HTTP-request-denied"),
+];
+
+/// What becomes of one import: its entry in [`KNOWN_IMPORTS`], or `None` for an import the
+/// host does not know (refused, or linked as traps with `scripts.trap_unknown_imports`).
+pub fn known_import(name: &str) -> Option<&'static str> {
+    KNOWN_IMPORTS.iter().find(|(prefix, _)| name.starts_with(prefix)).map(|(_, what)| *what)
+}
 
 /// A component's top-level import and export names (e.g. `wasi:io/streams@0.2.0`,
 /// `wasmgate:gateway/router@0.1.0`).
@@ -68,9 +84,10 @@ pub fn declared(bytes: &[u8]) -> Result<Declared, String> {
 }
 
 /// Checks a component's declarations against a world that exports `interface` (e.g.
-/// `wasmgate:gateway/router`) and against [`ALLOWED_IMPORTS`]. Returns the reason for a
-/// refusal, naming each refused import.
-pub fn check(declared: &Declared, interface: &str) -> Result<(), String> {
+/// `wasmgate:gateway/router`) and against [`KNOWN_IMPORTS`] (unless `trap_unknown`, when
+/// unknown imports are linked as traps). Returns the reason for a refusal, naming each
+/// unknown import.
+pub fn check(declared: &Declared, interface: &str, trap_unknown: bool) -> Result<(), String> {
     let exported = declared
         .exports
         .iter()
@@ -80,18 +97,16 @@ pub fn check(declared: &Declared, interface: &str) -> Result<(), String> {
             if declared.exports.is_empty() { "nothing".to_string() } else { declared.exports.join(", ") };
         return Err(format!("does not export `{interface}` (it exports {found}): built for another world?"));
     }
-    let denied: Vec<&str> = declared
-        .imports
-        .iter()
-        .map(String::as_str)
-        .filter(|name| !ALLOWED_IMPORTS.iter().any(|allowed| name.starts_with(allowed)))
-        .collect();
-    if denied.is_empty() {
+    let unknown: Vec<&str> =
+        declared.imports.iter().map(String::as_str).filter(|name| known_import(name).is_none()).collect();
+    if unknown.is_empty() || trap_unknown {
         return Ok(());
     }
     Err(format!(
-        "imports {} — scripts may import only wasmgate:gateway and wasi:cli/io/clocks/random",
-        denied.join(", ")
+        "imports {}, which the host does not provide — scripts may import wasmgate:gateway and \
+         WASI cli, io, clocks, random, filesystem, sockets and http (docs/scripting.md); \
+         `scripts.trap_unknown_imports = true` links unknown imports as traps instead",
+        unknown.join(", ")
     ))
 }
 
@@ -112,23 +127,28 @@ mod tests {
         let declared = declared(crate::embedded::DEFAULT_ROUTER).unwrap();
         assert!(declared.exports.iter().any(|e| e.starts_with("wasmgate:gateway/router@")), "{declared:?}");
         assert!(declared.imports.iter().any(|i| i.starts_with("wasmgate:gateway/types@")), "{declared:?}");
-        check(&declared, "wasmgate:gateway/router").unwrap();
-        let wrong_world = check(&declared, "wasmgate:gateway/auth").unwrap_err();
+        check(&declared, "wasmgate:gateway/router", false).unwrap();
+        let wrong_world = check(&declared, "wasmgate:gateway/auth", false).unwrap_err();
         assert!(wrong_world.contains("does not export `wasmgate:gateway/auth`"), "{wrong_world}");
     }
 
     #[test]
-    fn refused_imports_are_each_named() {
+    fn unknown_imports_are_each_named_and_stubbed_ones_pass() {
         let declared = Declared {
             imports: vec![
                 "wasi:io/streams@0.2.0".into(),
                 "wasi:filesystem/types@0.2.0".into(),
                 "wasi:sockets/tcp@0.2.0".into(),
+                "wasi:http/outgoing-handler@0.2.3".into(),
+                "wasi:keyvalue/store@0.2.0-draft".into(),
+                "acme:secrets/vault".into(),
             ],
             exports: vec!["wasmgate:gateway/handler@0.1.0".into()],
         };
-        let e = check(&declared, "wasmgate:gateway/handler").unwrap_err();
-        assert!(e.contains("wasi:filesystem/types@0.2.0, wasi:sockets/tcp@0.2.0"), "{e}");
-        assert!(!e.contains("streams"), "{e}");
+        let e = check(&declared, "wasmgate:gateway/handler", false).unwrap_err();
+        assert!(e.contains("imports wasi:keyvalue/store@0.2.0-draft, acme:secrets/vault, which"), "{e}");
+        assert!(!e.contains("streams") && !e.contains("filesystem/types"), "{e}");
+        check(&declared, "wasmgate:gateway/handler", true).unwrap();
+        assert!(known_import("wasi:sockets/tcp@0.2.0").is_some_and(|w| w.starts_with("stubbed")));
     }
 }

@@ -10,6 +10,7 @@
 //!   message ids to.
 
 pub mod bindings;
+pub mod check;
 pub mod deploy;
 pub mod engine;
 pub mod handlers;
@@ -19,11 +20,12 @@ pub mod manifest;
 pub mod pool;
 pub mod services;
 pub mod state;
+mod stdio;
 
 use std::sync::Arc;
 
 use wasmtime::Store;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Linker};
 
 use self::bindings::auth::{AuthScript, AuthScriptPre};
 use self::bindings::handler::{HandlerScript, HandlerScriptPre};
@@ -69,8 +71,8 @@ macro_rules! world {
         impl World for $world {
             const EXPORT: &'static str = $export;
             type Pre = $pre<ScriptState>;
-            fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre> {
-                $pre::new(engine.linker.instantiate_pre(component)?)
+            fn prepare(linker: &Linker<ScriptState>, component: &Component) -> wasmtime::Result<Self::Pre> {
+                $pre::new(linker.instantiate_pre(component)?)
             }
             async fn instantiate(pre: &Self::Pre, store: &mut Store<ScriptState>) -> wasmtime::Result<Self> {
                 pre.instantiate_async(store).await

@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument as _;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 use super::ScriptError;
@@ -41,7 +41,7 @@ pub trait World: Sized + Send + Sync + 'static {
     /// The interface the world exports, without its version (`wasmgate:gateway/router`).
     const EXPORT: &'static str;
     type Pre: Send + Sync + 'static;
-    fn prepare(engine: &ScriptEngine, component: &Component) -> wasmtime::Result<Self::Pre>;
+    fn prepare(linker: &Linker<ScriptState>, component: &Component) -> wasmtime::Result<Self::Pre>;
     fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<ScriptState>,
@@ -75,6 +75,9 @@ pub struct Limits {
     pub engine: super::engine::EngineSettings,
     /// What host calls reach (the `cluster` interface), shared by the gateway's scripts.
     pub services: std::sync::Arc<super::services::Services>,
+    /// Link imports the host does not know as trapping functions (`scripts.trap_unknown_imports`)
+    /// instead of refusing the component.
+    pub trap_unknown_imports: bool,
 }
 
 struct Outcomes {
@@ -137,8 +140,17 @@ impl<W: World> ScriptPool<W> {
         limits: Limits,
         init: InitFn<W>,
     ) -> Result<Self, ScriptError> {
-        let pre = W::prepare(&engine, component)
-            .map_err(|e| ScriptError::Link { script: meta.name.to_string(), message: format!("{e:#}") })?;
+        let link_error = |e: wasmtime::Error| ScriptError::Link {
+            script: meta.name.to_string(),
+            message: format!("{e:#}"),
+        };
+        let pre = if limits.trap_unknown_imports {
+            let linker = engine.linker_with_traps(component).map_err(link_error)?;
+            W::prepare(&linker, component)
+        } else {
+            W::prepare(&engine.linker, component)
+        }
+        .map_err(link_error)?;
         let outcome = |outcome| {
             let label = ScriptOutcomeLabel {
                 script: meta.name.to_string(),

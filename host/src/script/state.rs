@@ -1,6 +1,6 @@
-//! Per-instance store state: the WASI context (everything denied) and the `host` interface
-//! every script imports (log, time, counters). The `cluster` interface is in
-//! [`super::services`].
+//! Per-instance store state: the WASI contexts (everything denied: no files, no sockets,
+//! every outgoing HTTP request refused) and the `host` interface every script imports (log,
+//! time, counters). The `cluster` interface is in [`super::services`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,10 +10,12 @@ use parking_lot::Mutex;
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::bindings::Level;
 use super::bindings::auth::wasmgate::gateway::{host, types};
 use super::services::{ClusterAccess, Services};
+use super::stdio::ScriptOutput;
 use crate::metrics::{Metrics, ScriptCounterLabel};
 
 /// Longest log line a script may write, in bytes.
@@ -49,6 +51,8 @@ impl ScriptMeta {
 /// The `T` of every script `Store<T>`.
 pub struct ScriptState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    deny_http: DenyHttp,
     table: ResourceTable,
     pub(super) limits: StoreLimits,
     /// When the current call started (the epoch callback compares it with the deadline).
@@ -59,9 +63,28 @@ pub struct ScriptState {
 impl ScriptState {
     pub fn new(meta: Arc<ScriptMeta>, limits: StoreLimits) -> Self {
         // Deny by default: no preopened directories, no environment, no arguments, no network;
-        // stdin is empty and stdout/stderr are discarded (scripts log through `host.log`).
-        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).build();
-        Self { wasi, table: ResourceTable::new(), limits, call_started: Instant::now(), meta }
+        // stdin is empty and stdout/stderr go to a counted sink (scripts log through
+        // `host.log`; see `stdio`).
+        // Filesystem, sockets and HTTP are linked (toolchains import them whether used or not)
+        // but grant nothing: no preopens, TCP/UDP off and every address check denied, no name
+        // lookups, outgoing HTTP refused ([`DenyHttp`]).
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .stdout(ScriptOutput::new(&meta, "stdout"))
+            .stderr(ScriptOutput::new(&meta, "stderr"))
+            .build();
+        let http = WasiHttpCtx::new();
+        Self {
+            wasi,
+            http,
+            deny_http: DenyHttp,
+            table: ResourceTable::new(),
+            limits,
+            call_started: Instant::now(),
+            meta,
+        }
     }
 }
 
@@ -75,6 +98,34 @@ impl ScriptState {
 impl WasiView for ScriptState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for ScriptState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.deny_http }
+    }
+}
+
+/// `wasi:http/outgoing-handler` for scripts: every request fails with `HTTP-request-denied`
+/// before anything is sent (scripts reach backends through the gateway, not on their own).
+struct DenyHttp;
+
+type HttpFuture<T> = Box<dyn std::future::Future<Output = T> + Send>;
+
+impl WasiHttpHooks for DenyHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: HttpFuture<Result<(), wasmtime_wasi_http::Error>>,
+    ) -> HttpFuture<
+        wasmtime_wasi_http::Result<(
+            http::Response<wasmtime_wasi_http::WasiBody>,
+            HttpFuture<Result<(), wasmtime_wasi_http::Error>>,
+        )>,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

@@ -1,6 +1,6 @@
 //! Test guest: a router that opens a TCP connection in `init`. Rust's `std::net` on
-//! `wasm32-wasip2` imports `wasi:sockets`, so the gateway must refuse this component before it
-//! ever runs.
+//! `wasm32-wasip2` imports `wasi:sockets`, which the gateway links but denies: the connect
+//! fails, so `init` refuses and so does the deploy.
 
 use wasmgate_guest::router::{Decision, Guest, MessageRoute, Packet, RouteError, Session};
 

@@ -1,0 +1,134 @@
+//! `wasmgate check-script`: what the deploy pipeline would say of a component, offline — its
+//! world, each import and what the host links for it, `init` with a config, and one call — so
+//! an author finds out before deploying. No gateway, Redis or etcd is needed: `cluster` calls
+//! answer `unavailable`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::bindings::{JoinRequest, MessageRoute, Packet, RoomInfo, Session, Transport};
+use super::{Auth, Handler, Limits, Rooms, Router, ScriptError, ScriptSource, inspect};
+use crate::metrics::Metrics;
+
+/// The worlds a script can target, by the name `check-script` and the manifest use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckedWorld {
+    Auth,
+    Router,
+    Rooms,
+    Handler,
+}
+
+impl CheckedWorld {
+    /// `auth`, `router`, `rooms` or `handler`; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "auth" => Some(Self::Auth),
+            "router" => Some(Self::Router),
+            "rooms" => Some(Self::Rooms),
+            "handler" => Some(Self::Handler),
+            _ => None,
+        }
+    }
+
+    fn export(self) -> &'static str {
+        match self {
+            Self::Auth => "wasmgate:gateway/auth",
+            Self::Router => "wasmgate:gateway/router",
+            Self::Rooms => "wasmgate:gateway/rooms",
+            Self::Handler => "wasmgate:gateway/handler",
+        }
+    }
+}
+
+/// The report: one line per import, then the verdict. `Ok` when the component would deploy
+/// and its smoke call returned; `Err` carries the report so far and the refusal.
+pub async fn check(
+    world: CheckedWorld,
+    bytes: Vec<u8>,
+    config_json: String,
+    limits: Limits,
+) -> Result<String, (String, ScriptError)> {
+    let name = "check";
+    let mut report = String::new();
+    let declared = match inspect::declared(&bytes) {
+        Ok(declared) => declared,
+        Err(message) => return Err((report, ScriptError::Load { script: name.into(), message })),
+    };
+    for import in &declared.imports {
+        let what = inspect::known_import(import).unwrap_or(if limits.trap_unknown_imports {
+            "unknown: linked as a trap (scripts.trap_unknown_imports)"
+        } else {
+            "unknown: refused"
+        });
+        let _ = writeln!(report, "import {import}: {what}");
+    }
+    if let Err(message) = inspect::check(&declared, world.export(), limits.trap_unknown_imports) {
+        return Err((report, ScriptError::Link { script: name.into(), message }));
+    }
+    let source = ScriptSource { name: name.into(), bytes: bytes.into(), config_json };
+    let metrics = Metrics::new();
+    let session = Session {
+        id: 1,
+        node_id: 1,
+        transport: Transport::Websocket,
+        peer_addr: "127.0.0.1:40000".into(),
+        user_id: Some("check-script".into()),
+    };
+    let packet = Packet { msg_id: 100, seq: 1, body: b"check-script".to_vec() };
+    let call = match world {
+        CheckedWorld::Auth => {
+            let auth = Auth::load(&source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
+            let anonymous = Session { user_id: None, ..session };
+            let outcome = auth.authenticate(&anonymous, "check-script-token").await;
+            outcome.map(|r| format!("authenticate(\"check-script-token\") -> {r:?}"))
+        }
+        CheckedWorld::Router => {
+            let map = vec![MessageRoute { msg_id: 100, dest_id: 101 }];
+            let router =
+                Router::load(&source, limits, &metrics, map).await.map_err(|e| (report.clone(), e))?;
+            router
+                .route(&session, &packet)
+                .await
+                .map(|d| format!("route(msg 100; message_map 100 -> 101) -> {d:?}"))
+        }
+        CheckedWorld::Rooms => {
+            let rooms = Rooms::load(&source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
+            let request = JoinRequest {
+                room: RoomInfo { name: "check-room".into(), members: 0 },
+                rooms_joined: 0,
+                body: Vec::new(),
+            };
+            rooms.on_join(&session, &request).await.map(|r| format!("on-join(\"check-room\") -> {r:?}"))
+        }
+        CheckedWorld::Handler => {
+            let handler =
+                Handler::load(false, &source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
+            handler.handle(&session, &packet).await.map(|o| format!("handle(msg 100) -> {o:?}"))
+        }
+    };
+    match call {
+        Ok(line) => {
+            let _ = writeln!(report, "init: ok");
+            let _ = writeln!(report, "{line}");
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = writeln!(report, "init: ok");
+            Err((report, e))
+        }
+    }
+}
+
+/// [`Limits`] for an offline check: the gateway config's script limits, one instance.
+pub fn offline_limits(config: &crate::config::Config) -> Limits {
+    Limits {
+        deadline: std::time::Duration::from_millis(config.scripts.deadline_ms),
+        memory_bytes: config.scripts.memory_bytes,
+        instances: 1,
+        cache_dir: config.scripts.cache_dir.as_deref().map(Into::into),
+        engine: super::engine::EngineSettings::of(&config.scripts.pooling),
+        services: Arc::default(),
+        trap_unknown_imports: config.scripts.trap_unknown_imports,
+    }
+}

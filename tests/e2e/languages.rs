@@ -1,0 +1,126 @@
+//! Scripts in every language the docs claim: the templates of `examples/scripts/` (Rust, Python
+//! with componentize-py, JavaScript with componentize-js), built with their toolchains' default
+//! output (`examples/scripts/build.sh`), deployed through the scripts directory's manifest +
+//! a `message_map` reload and through the admin API, and a stateful handler's state carried
+//! across swaps from one language to another.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use wasmgate_tests::{
+    ADMIN_TOKEN, Client, Harness, PROMPT, error_of, metric, wait_until, with_admin_token, write_atomic,
+};
+
+/// Message ids the templates' routers answer themselves / the echo backend answers.
+const ROUTER_REPLY: u32 = 150;
+const ECHOED: u32 = 100;
+/// Message id `message_map` gives the handler script `counter`.
+const COUNTER: u32 = 120;
+
+/// A template component: Rust ones from the tests' build script, the others from
+/// `examples/scripts/<lang>/build/` (built by `examples/scripts/build.sh`).
+fn template(lang: &str, kind: &str) -> PathBuf {
+    match (lang, kind) {
+        ("rust", "router") => PathBuf::from(wasmgate_tests::RUST_TEMPLATE_ROUTER),
+        ("rust", "handler") => PathBuf::from(wasmgate_tests::RUST_TEMPLATE_HANDLER),
+        _ => {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/scripts")
+                .join(lang)
+                .join("build")
+                .join(format!("{kind}.wasm"));
+            assert!(path.exists(), "{} is missing: run examples/scripts/build.sh first", path.display());
+            path
+        }
+    }
+}
+
+const LANGUAGES: [&str; 3] = ["rust", "python", "js"];
+
+/// Sends `msg_id` with `body`; returns the answer's body, or `error:<code>` for an error frame.
+async fn ask(client: &mut Client, msg_id: u32, body: &str) -> String {
+    let seq = client.send(msg_id, body.as_bytes()).await.expect("send");
+    let packet = client.recv_within(PROMPT).await.expect("an answer").packet().expect("a packet");
+    assert_eq!(packet.seq, seq);
+    if packet.msg_id == 4 {
+        return format!("error:{}", error_of(&packet.body).0);
+    }
+    assert_eq!(packet.msg_id, msg_id);
+    String::from_utf8_lossy(&packet.body).into_owned()
+}
+
+/// Copies `lang`'s handler template into the scripts directory and makes the manifest's
+/// stateful `counter` entry name it.
+fn write_manifest(dir: &Path, lang: &str) {
+    let file = format!("counter-{lang}.wasm");
+    std::fs::copy(template(lang, "handler"), dir.join(&file)).expect("copying the handler");
+    let manifest =
+        format!("[[script]]\nname = \"counter\"\nworld = \"handler\"\nfile = \"{file}\"\nstateful = true\n");
+    write_atomic(dir.join("manifest.toml"), &manifest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_in_every_language_route_handle_and_carry_state_across_languages() {
+    let scripts = tempfile::tempdir().expect("scripts dir");
+    let dir = scripts.path().to_path_buf();
+    let h = Harness::start_with(move |c| {
+        with_admin_token(c);
+        c.scripts.dir = Some(dir);
+        c.scripts.deadline_ms = 2_000;
+    })
+    .await;
+    let mut client = h.logged_in_ws("polyglot").await;
+
+    // Routers, through the admin API: each answers 150 itself, forwards 100 to the echo
+    // backend, refuses an unmapped id.
+    for lang in LANGUAGES {
+        let wasm = std::fs::read(template(lang, "router")).expect("router template");
+        let (status, info) = h.deploy("router", &wasm, None).await;
+        assert_eq!(status, 200, "{lang} router: {info}");
+        assert_eq!(ask(&mut client, ROUTER_REPLY, "hi").await, format!("router:{lang}:hi"));
+        assert_eq!(ask(&mut client, ECHOED, "echo").await, "echo", "{lang} router forwards");
+        assert_eq!(ask(&mut client, 777, "").await, "error:unknown_message", "{lang} router refuses");
+    }
+    // The config reaches each language's init the same way.
+    let wasm = std::fs::read(template("python", "router")).expect("router template");
+    let (status, info) = h.deploy("router", &wasm, Some(json!({"default_dest": 101}))).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(ask(&mut client, 777, "unmapped").await, "unmapped");
+
+    // A stateful handler, first through the manifest and a message_map reload (Rust), then
+    // swapped to another language by a manifest change (Python) and by the admin API (JS):
+    // the count goes on across languages.
+    write_manifest(scripts.path(), "rust");
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        (100..=106).map(|id| (id.to_string(), json!(101))).collect();
+    map.insert(COUNTER.to_string(), json!("counter"));
+    write_atomic(h.dir.path().join("message_map.json"), &serde_json::Value::Object(map).to_string());
+    wait_until("the handler is loaded", || async {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        metric(&metrics, "wasmgate_map_reloads_total{reason=\"ok\"}") >= 1.0
+    })
+    .await;
+    assert_eq!(ask(&mut client, COUNTER, "a").await, "rust:1:a");
+    assert_eq!(ask(&mut client, COUNTER, "b").await, "rust:2:b");
+    write_manifest(scripts.path(), "python");
+    // Until the reload lands, the Rust version answers (and counts).
+    let deadline = tokio::time::Instant::now() + PROMPT * 3;
+    let answer = loop {
+        let answer = ask(&mut client, COUNTER, "c").await;
+        if answer.starts_with("python:") {
+            break answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the Python handler never went live: {answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let python_count: u64 = answer.split(':').nth(1).and_then(|n| n.parse().ok()).expect("count");
+    assert!(python_count >= 3, "the Python handler restored the Rust handler's count: {answer}");
+    let wasm = std::fs::read(template("js", "handler")).expect("handler template");
+    let (status, info) = h.deploy("counter", &wasm, None).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(ask(&mut client, COUNTER, "d").await, format!("js:{}:d", python_count + 1));
+    let (_, list) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
+    let counter = list["scripts"].as_array().expect("list").iter().find(|s| s["name"] == "counter").cloned();
+    assert!(counter.is_some_and(|c| c["traps"] == 0), "{list}");
+    assert_eq!(h.gateway.sessions(), 1, "the session lived through every swap");
+}

@@ -112,6 +112,8 @@ pub struct Metrics {
     pub script_call_seconds: ScriptCallHistograms,
     pub script_counters: Family<ScriptCounterLabel, Counter>,
     pub script_output_bytes: Family<ScriptVersionLabel, Counter>,
+    pub script_instance_memory: Family<ScriptVersionLabel, Gauge>,
+    pub script_instances_max: Family<ScriptVersionLabel, Gauge>,
     pub upstream_queue_depth: Family<DestLabel, Gauge>,
     pub map_reloads: Family<ReasonLabel, Counter>,
     pub rooms: Gauge,
@@ -157,6 +159,8 @@ impl Metrics {
             script_call_seconds: Family::new_with_constructor(|| Histogram::new(SCRIPT_CALL_BUCKETS)),
             script_counters: Family::default(),
             script_output_bytes: Family::default(),
+            script_instance_memory: Family::default(),
+            script_instances_max: Family::default(),
             upstream_queue_depth: Family::default(),
             map_reloads: Family::default(),
             rooms: Gauge::default(),
@@ -250,6 +254,20 @@ impl Metrics {
             "script_call_duration_seconds",
             "Script call durations (instance checkout to return), by script and version",
             m.script_call_seconds.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "script_instance_memory_bytes",
+            "Linear memory of one instance of the script version after init",
+            m.script_instance_memory.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "script_instances_max",
+            "Most live instances of the script version (scripts.instances, capped by instance memory)",
+            m.script_instances_max.clone(),
         );
         register(
             &mut r,

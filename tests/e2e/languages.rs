@@ -77,6 +77,15 @@ async fn templates_in_every_language_route_handle_and_carry_state_across_languag
         let wasm = std::fs::read(template(lang, "router")).expect("router template");
         let (status, info) = h.deploy("router", &wasm, None).await;
         assert_eq!(status, 200, "{lang} router: {info}");
+        let memory = info["instance_memory_bytes"].as_u64().expect("instance memory");
+        let max = info["max_instances"].as_u64().expect("max instances");
+        assert!(memory >= 64 << 10 && max >= 1 && max * memory <= 128 << 20 || max == 1, "{lang}: {info}");
+        let (_, metrics) = h.admin_get("/metrics").await;
+        let series = format!(
+            "wasmgate_script_instance_memory_bytes{{script=\"router\",version=\"{}\"}} {memory}",
+            info["version"].as_str().expect("version")
+        );
+        assert!(metrics.lines().any(|l| l == series), "{series}");
         assert_eq!(ask(&mut client, ROUTER_REPLY, "hi").await, format!("router:{lang}:hi"));
         assert_eq!(ask(&mut client, ECHOED, "echo").await, "echo", "{lang} router forwards");
         assert_eq!(ask(&mut client, 777, "").await, "error:unknown_message", "{lang} router refuses");

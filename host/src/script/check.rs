@@ -49,6 +49,9 @@ pub async fn check(
     config_json: String,
     limits: Limits,
 ) -> Result<String, (String, ScriptError)> {
+    // The check runs one instance; the report says how many the gateway would allow.
+    let configured = limits.instances;
+    let limits = Limits { instances: 1, ..limits };
     let name = "check";
     let mut report = String::new();
     let declared = match inspect::declared(&bytes) {
@@ -81,16 +84,14 @@ pub async fn check(
             let auth = Auth::load(&source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
             let anonymous = Session { user_id: None, ..session };
             let outcome = auth.authenticate(&anonymous, "check-script-token").await;
-            outcome.map(|r| format!("authenticate(\"check-script-token\") -> {r:?}"))
+            outcome.map(|r| (auth.info(), format!("authenticate(\"check-script-token\") -> {r:?}")))
         }
         CheckedWorld::Router => {
             let map = vec![MessageRoute { msg_id: 100, dest_id: 101 }];
             let router =
                 Router::load(&source, limits, &metrics, map).await.map_err(|e| (report.clone(), e))?;
-            router
-                .route(&session, &packet)
-                .await
-                .map(|d| format!("route(msg 100; message_map 100 -> 101) -> {d:?}"))
+            let decision = router.route(&session, &packet).await;
+            decision.map(|d| (router.info(), format!("route(msg 100; message_map 100 -> 101) -> {d:?}")))
         }
         CheckedWorld::Rooms => {
             let rooms = Rooms::load(&source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
@@ -99,18 +100,28 @@ pub async fn check(
                 rooms_joined: 0,
                 body: Vec::new(),
             };
-            rooms.on_join(&session, &request).await.map(|r| format!("on-join(\"check-room\") -> {r:?}"))
+            let joined = rooms.on_join(&session, &request).await;
+            joined.map(|r| (rooms.info(), format!("on-join(\"check-room\") -> {r:?}")))
         }
         CheckedWorld::Handler => {
             let handler =
                 Handler::load(false, &source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
-            handler.handle(&session, &packet).await.map(|o| format!("handle(msg 100) -> {o:?}"))
+            let outcome = handler.handle(&session, &packet).await;
+            outcome.map(|o| (handler.info(), format!("handle(msg 100) -> {o:?}")))
         }
     };
     match call {
-        Ok(line) => {
+        Ok((info, line)) => {
             let _ = writeln!(report, "init: ok");
             let _ = writeln!(report, "{line}");
+            let _ = writeln!(
+                report,
+                "instance: {:.1} MiB of linear memory after init; at most {} instances with \
+                 scripts.instances = {configured} ({} MiB for all instances together)",
+                info.instance_memory_bytes as f64 / (1 << 20) as f64,
+                super::pool::instance_cap(configured, info.instance_memory_bytes),
+                super::pool::INSTANCE_MEMORY_BUDGET >> 20,
+            );
             Ok(report)
         }
         Err(e) => {
@@ -120,12 +131,12 @@ pub async fn check(
     }
 }
 
-/// [`Limits`] for an offline check: the gateway config's script limits, one instance.
+/// [`Limits`] for an offline check: the gateway config's script limits.
 pub fn offline_limits(config: &crate::config::Config) -> Limits {
     Limits {
         deadline: std::time::Duration::from_millis(config.scripts.deadline_ms),
         memory_bytes: config.scripts.memory_bytes,
-        instances: 1,
+        instances: config.scripts.instances,
         cache_dir: config.scripts.cache_dir.as_deref().map(Into::into),
         engine: super::engine::EngineSettings::of(&config.scripts.pooling),
         services: Arc::default(),

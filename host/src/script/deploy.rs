@@ -77,6 +77,12 @@ pub struct ScriptInfo {
     pub deadlines: u64,
     /// The version `rollback` would restore.
     pub previous: Option<String>,
+    /// Most live instances of this version: `scripts.instances`, capped so that they hold at
+    /// most 128 MiB of linear memory together.
+    pub max_instances: usize,
+    /// Linear memory of one instance after `init`, bytes (most of an instance's resident
+    /// memory).
+    pub instance_memory_bytes: usize,
     /// Set (and serialised, as `true`) only in a deploy's answer when the deployed bytes and
     /// config were already the live version: nothing was rebuilt and `previous` is kept.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -228,6 +234,7 @@ impl<W: World> Deployed<W> {
     pub fn info(&self) -> ScriptInfo {
         let live = self.live();
         let (calls, traps, deadlines) = live.pool.outcomes();
+        let (max_instances, instance_memory_bytes) = live.pool.capacity();
         ScriptInfo {
             name: self.name.clone(),
             version: live.id.clone(),
@@ -237,6 +244,8 @@ impl<W: World> Deployed<W> {
             traps,
             deadlines,
             previous: self.previous.lock().as_ref().map(|(id, _)| id.clone()),
+            max_instances,
+            instance_memory_bytes,
             unchanged: false,
         }
     }

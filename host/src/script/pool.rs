@@ -118,6 +118,18 @@ pub struct ScriptPool<W: World> {
     /// Set once a newer version holding this one's state is live: calls still waiting here
     /// are sent to it ([`ScriptError::Retired`]) instead of running on stale state.
     retired: AtomicBool,
+    /// Linear memory of the first instance after `init`, bytes.
+    memory_bytes: usize,
+}
+
+/// Linear memory all instances of one script version may hold together (the instance count is
+/// capped so that instances x memory after `init` stays within it; at least one instance).
+pub const INSTANCE_MEMORY_BUDGET: usize = 128 << 20;
+
+/// The instance cap of a script whose instance holds `memory` bytes after `init`:
+/// `scripts.instances` (`configured`), lowered to keep within [`INSTANCE_MEMORY_BUDGET`].
+pub fn instance_cap(configured: usize, memory: usize) -> usize {
+    configured.min((INSTANCE_MEMORY_BUDGET / memory.max(1)).max(1))
 }
 
 /// Every instance of a pool, held: no call runs on the pool until it is dropped.
@@ -168,7 +180,7 @@ impl<W: World> ScriptPool<W> {
             unavailable: outcome("unavailable"),
         };
         let instances = limits.instances.max(1);
-        let pool = Self {
+        let mut pool = Self {
             meta,
             engine,
             pre,
@@ -179,15 +191,33 @@ impl<W: World> ScriptPool<W> {
             outcomes,
             rebuilds: Mutex::default(),
             retired: AtomicBool::new(false),
+            memory_bytes: 0,
         };
         let first = pool.build().await?;
+        let memory = first.store.data().limits.memory_bytes();
+        let cap = instance_cap(instances, memory);
+        if cap < instances {
+            pool.permits.forget_permits(instances - cap);
+            pool.limits.instances = cap;
+        }
+        let label =
+            ScriptVersionLabel { script: pool.meta.name.to_string(), version: pool.meta.version.to_string() };
+        pool.meta.metrics.script_instance_memory.get_or_create(&label).set(memory as i64);
+        pool.meta.metrics.script_instances_max.get_or_create(&label).set(cap as i64);
         pool.free.lock().push(first);
+        pool.memory_bytes = memory;
         Ok(pool)
     }
 
     /// The script's name.
     pub fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    /// Most live instances (`scripts.instances`, capped by memory: [`instance_cap`]) and the
+    /// linear memory of one after `init`, bytes.
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.limits.instances, self.memory_bytes)
     }
 
     /// Calls so far: (ok, trapped, over the deadline).
@@ -364,5 +394,18 @@ impl<W: World> ScriptPool<W> {
                 Err(ScriptError::Trap { script: self.name().into(), deadline, message: format!("{err:#}") })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{INSTANCE_MEMORY_BUDGET, instance_cap};
+
+    #[test]
+    fn instance_caps_keep_within_the_memory_budget() {
+        assert_eq!(instance_cap(8, 1 << 20), 8, "small instances: the configured count");
+        assert_eq!(instance_cap(64, 12 << 20), INSTANCE_MEMORY_BUDGET / (12 << 20));
+        assert_eq!(instance_cap(8, INSTANCE_MEMORY_BUDGET * 2), 1, "always at least one");
+        assert_eq!(instance_cap(8, 0), 8);
     }
 }

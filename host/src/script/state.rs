@@ -54,7 +54,7 @@ pub struct ScriptState {
     http: WasiHttpCtx,
     deny_http: DenyHttp,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: MemoryLimiter,
     /// When the current call started (the epoch callback compares it with the deadline).
     pub(super) call_started: Instant,
     meta: Arc<ScriptMeta>,
@@ -62,6 +62,7 @@ pub struct ScriptState {
 
 impl ScriptState {
     pub fn new(meta: Arc<ScriptMeta>, limits: StoreLimits) -> Self {
+        let limits = MemoryLimiter { limits, memory_bytes: 0 };
         // Deny by default: no preopened directories, no environment, no arguments, no network;
         // stdin is empty and stdout/stderr go to a counted sink (scripts log through
         // `host.log`; see `stdio`).
@@ -85,6 +86,51 @@ impl ScriptState {
             call_started: Instant::now(),
             meta,
         }
+    }
+}
+
+/// The store's limits (`scripts.memory_bytes`), counting the linear memory the instance holds.
+pub(super) struct MemoryLimiter {
+    limits: StoreLimits,
+    memory_bytes: usize,
+}
+
+impl MemoryLimiter {
+    /// Bytes of linear memory of the store's instance (every memory together).
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.memory_bytes
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes += desired.saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
     }
 }
 

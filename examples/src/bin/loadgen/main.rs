@@ -84,6 +84,10 @@ enum Scenario {
         /// The gateway binary (default: `wasmgate` next to this binary).
         #[arg(long)]
         gateway: Option<PathBuf>,
+        /// A router component for the wasmgate targets instead of the default router (e.g. a
+        /// template of examples/scripts: it must forward message 100 by `message_map`).
+        #[arg(long)]
+        router: Option<PathBuf>,
     },
     /// One room of each `--members` size; one member publishes `--messages` and every member
     /// counts its deliveries (wasmgate: rooms script; node-ws: broadcast to every connection;
@@ -181,16 +185,16 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Scenario::Relay { targets, connections, seconds, window, rates, gateway } => {
-            runtime.block_on(relay_all(
+        Scenario::Relay { targets, connections, seconds, window, rates, gateway, router } => runtime
+            .block_on(relay_all(
                 &targets,
                 connections.max(1),
                 seconds.max(0.5),
                 window.max(1),
                 &rates,
                 gateway.as_deref(),
-            ))
-        }
+                router.as_deref(),
+            )),
         Scenario::Fanout { targets, members, messages, rate, payload, sample, concurrency, gateway } => {
             let load = |members: usize| fanout::Load {
                 members: members.max(1),
@@ -225,10 +229,12 @@ async fn relay_all(
     window: usize,
     rates: &[f64],
     gateway: Option<&std::path::Path>,
+    router: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &target in targets {
-        results.push((target, relay::run(target, connections, seconds, window, rates, gateway).await?));
+        results
+            .push((target, relay::run(target, connections, seconds, window, rates, gateway, router).await?));
     }
     let find = |t| results.iter().find(|(target, _)| *target == t).map(|(_, run)| run);
     let mut ratio = serde_json::Value::Null;

@@ -67,7 +67,12 @@ pub struct Phase {
     pub lost: u64,
 }
 
-async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Servers> {
+/// Starts `target`'s servers; returns them and, for wasmgate, its admin port.
+async fn start(
+    target: RelayTarget,
+    gateway: Option<&Path>,
+    router: Option<&Path>,
+) -> anyhow::Result<(Servers, Option<u16>)> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     match target {
@@ -87,19 +92,23 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
             std::fs::write(&message_map, format!(r#"{{"{ECHO}": 101}}"#))?;
             let (admin, tcp) = (free_port()?, free_port()?);
             let native = target == RelayTarget::WasmgateNative;
-            let config = format!(
+            let mut config = format!(
                 "{}[maps]\ndest_map = {:?}\nmessage_map = {:?}\n[scripts]\nnative_router = {native}\n",
                 super::gateway_config(port, tcp, admin, 19_000, ""),
                 dest_map.display().to_string(),
                 message_map.display().to_string(),
             );
+            if let Some(router) = router {
+                let path = std::fs::canonicalize(router).with_context(|| format!("{}", router.display()))?;
+                config.push_str(&format!("[scripts.router]\npath = {:?}\n", path.display().to_string()));
+            }
             wait_listening(backend_port, "echo-backend").await?;
             let ready = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             let gateway = GatewayProcess::start(gateway, &config, ready).await?;
             // The pool connects in the background: give it a moment.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let port = if target == RelayTarget::WasmgateTcp { tcp } else { port };
-            Ok(Servers { children: vec![backend], gateway: Some(gateway), _dir: dir, port })
+            Ok((Servers { children: vec![backend], gateway: Some(gateway), _dir: dir, port }, Some(admin)))
         }
         RelayTarget::NginxNode => {
             let node_port = free_port()?;
@@ -115,7 +124,7 @@ async fn start(target: RelayTarget, gateway: Option<&Path>) -> anyhow::Result<Se
             let servers = Servers { children: vec![nginx, node], gateway: None, _dir: dir, port };
             wait_listening(port, "nginx").await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            Ok(servers)
+            Ok((servers, None))
         }
     }
 }
@@ -296,8 +305,9 @@ pub async fn run(
     window: usize,
     rates: &[f64],
     gateway: Option<&Path>,
+    router: Option<&Path>,
 ) -> anyhow::Result<Run> {
-    let servers = start(target, gateway).await?;
+    let (servers, admin) = start(target, gateway, router).await?;
     let login = target != RelayTarget::NginxNode;
     let mut conns = Vec::with_capacity(connections);
     for n in 0..connections {
@@ -320,8 +330,35 @@ pub async fn run(
         fixed.push((rate, p));
         conns = next;
     }
+    if let Some(admin) = admin.filter(|_| target != RelayTarget::WasmgateNative) {
+        print_router_calls(target, admin).await;
+    }
     drop(servers);
     Ok(Run { saturation, half, fixed })
+}
+
+/// The router's calls as the gateway's own histogram saw them (mean of
+/// `wasmgate_script_call_duration_seconds{script="router"}` over the run).
+async fn print_router_calls(target: RelayTarget, admin: u16) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let Ok((_, text)) = wasmgate::admin::client::request(addr, None, "GET", "/metrics", Vec::new()).await
+    else {
+        return;
+    };
+    let sum_of = |suffix: &str| -> f64 {
+        let name = format!("wasmgate_script_call_duration_seconds_{suffix}{{script=\"router\"");
+        text.lines()
+            .filter(|l| l.starts_with(&name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (sum, count) = (sum_of("sum"), sum_of("count"));
+    if count > 0.0 {
+        println!(
+            "relay {target:?} router calls: {count:.0}, mean {:.2} µs (the gateway's histogram)",
+            sum / count * 1e6
+        );
+    }
 }
 
 fn print_phase(target: RelayTarget, what: &str, connections: usize, p: &Phase) {

@@ -176,6 +176,25 @@ mod tests {
         assert_eq!(script_routes(&msgs).get(&110).map(String::as_str), Some("inventory"));
     }
 
+    /// The fenced block after `<!-- doc-test: NAME -->` in docs/configuration.md.
+    fn doc_example(name: &str) -> &'static str {
+        let doc = include_str!("../../docs/configuration.md");
+        let marker = format!("<!-- doc-test: {name} -->");
+        let after = &doc[doc.find(&marker).expect("marker") + marker.len()..];
+        let body = &after[after.find("```json\n").expect("json block") + "```json\n".len()..];
+        &body[..body.find("```").expect("closing fence")]
+    }
+
+    #[test]
+    fn the_docs_map_examples_parse_as_documented() {
+        let dest = parse_dest_map(doc_example("dest_map.json")).unwrap();
+        assert_eq!((dest[&101].pool_nums, dest[&300].pool_nums), (4, 16));
+        assert_eq!(dest[&300].srv_name, "", "srvName is optional");
+        let messages = parse_message_map(doc_example("message_map.json")).unwrap();
+        assert_eq!(messages.get(&100), Some(&Target::Dest(101)));
+        assert_eq!(messages.get(&110), Some(&Target::Script("inventory".into())));
+    }
+
     #[test]
     fn embedded_examples_are_valid() {
         parse_dest_map(embedded::DEST_MAP).unwrap();

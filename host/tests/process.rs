@@ -739,3 +739,31 @@ async fn cli_deploy_example_and_one_line_errors() {
     }
     drop(gateway);
 }
+
+/// `wasmgate check-script`: a component that would deploy gets a line per import, `init: ok`,
+/// its smoke call and `ok:` (exit 0); one importing an interface the host does not know gets
+/// `refused:` naming it (exit 1); a router checked as a handler is refused for its world.
+#[test]
+fn check_script_reports_and_exits_by_verdict() {
+    let check = |world: &str, file: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .args(["check-script", world, file])
+            .output()
+            .expect("wasmgate check-script");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, report) = check("router", wasmgate_tests::RUST_TEMPLATE_ROUTER);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("import wasmgate:gateway/types@0.1.0: granted"), "{report}");
+    assert!(report.contains("init: ok") && report.contains("-> Decision::Forward(101)"), "{report}");
+    assert!(report.lines().last().is_some_and(|l| l.starts_with("ok: ")), "{report}");
+    let (code, report) = check("router", wasmgate_tests::UNKNOWN_IMPORT);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("import acme:secrets/vault: unknown: refused"), "{report}");
+    assert!(
+        report.lines().last().is_some_and(|l| l.starts_with("refused: ") && l.contains("acme:secrets/vault"))
+    );
+    let (code, report) = check("handler", wasmgate_tests::RUST_TEMPLATE_ROUTER);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("does not export `wasmgate:gateway/handler`"), "{report}");
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use wasmgate_tests::{
-    ADMIN_TOKEN, Client, Harness, PROMPT, error_of, metric, wait_until, with_admin_token, write_atomic,
+    ADMIN_TOKEN, Client, Harness, PROMPT, error_of, wait_until, with_admin_token, write_atomic,
 };
 
 /// Message ids the templates' routers answer themselves / the echo backend answers.
@@ -24,18 +24,25 @@ fn template(lang: &str, kind: &str) -> PathBuf {
         ("rust", "router") => PathBuf::from(wasmgate_tests::RUST_TEMPLATE_ROUTER),
         ("rust", "handler") => PathBuf::from(wasmgate_tests::RUST_TEMPLATE_HANDLER),
         _ => {
+            // QuickJS builds sit beside the StarlingMonkey ones: js/build/<kind>-qjs.wasm.
+            let (dir, file) = match lang {
+                "qjs" => ("js", format!("{kind}-qjs.wasm")),
+                "qjs-async" => ("js", format!("{kind}-qjs-async.wasm")),
+                _ => (lang, format!("{kind}.wasm")),
+            };
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../examples/scripts")
-                .join(lang)
+                .join(dir)
                 .join("build")
-                .join(format!("{kind}.wasm"));
+                .join(file);
             assert!(path.exists(), "{} is missing: run examples/scripts/build.sh first", path.display());
             path
         }
     }
 }
 
-const LANGUAGES: [&str; 3] = ["rust", "python", "js"];
+/// Rust, Python, JavaScript on StarlingMonkey, JavaScript on QuickJS.
+const LANGUAGES: [&str; 4] = ["rust", "python", "js", "qjs"];
 
 /// Sends `msg_id` with `body`; returns the answer's body, or `error:<code>` for an error frame.
 async fn ask(client: &mut Client, msg_id: u32, body: &str) -> String {
@@ -104,9 +111,10 @@ async fn templates_in_every_language_route_handle_and_carry_state_across_languag
         (100..=106).map(|id| (id.to_string(), json!(101))).collect();
     map.insert(COUNTER.to_string(), json!("counter"));
     write_atomic(h.dir.path().join("message_map.json"), &serde_json::Value::Object(map).to_string());
+    // The manifest's reload counts too: wait for the message_map's, which loads `counter`.
     wait_until("the handler is loaded", || async {
-        let (_, metrics) = h.admin_get("/metrics").await;
-        metric(&metrics, "wasmgate_map_reloads_total{reason=\"ok\"}") >= 1.0
+        let (_, list) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
+        list["scripts"].as_array().is_some_and(|all| all.iter().any(|s| s["name"] == "counter"))
     })
     .await;
     assert_eq!(ask(&mut client, COUNTER, "a").await, "rust:1:a");
@@ -128,6 +136,17 @@ async fn templates_in_every_language_route_handle_and_carry_state_across_languag
     let (status, info) = h.deploy("counter", &wasm, None).await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(ask(&mut client, COUNTER, "d").await, format!("js:{}:d", python_count + 1));
+    let wasm = std::fs::read(template("qjs", "handler")).expect("handler template");
+    let (status, info) = h.deploy("counter", &wasm, None).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(ask(&mut client, COUNTER, "e").await, format!("qjs:{}:e", python_count + 2));
+
+    // QuickJS's default build uses component-model async, which scripts run without: refused,
+    // naming the flag that fixes it.
+    let wasm = std::fs::read(template("qjs-async", "router")).expect("async QuickJS router");
+    let (status, answer) = h.deploy("router", &wasm, None).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["reason"].as_str().is_some_and(|r| r.contains("--backend-qjs-disable-async")), "{answer}");
     let (_, list) = h.admin("GET", "/scripts", "", false, Some(ADMIN_TOKEN)).await;
     let counter = list["scripts"].as_array().expect("list").iter().find(|s| s["name"] == "counter").cloned();
     assert!(counter.is_some_and(|c| c["traps"] == 0), "{list}");

@@ -1,7 +1,7 @@
 // wasmgate router template (JavaScript, componentize-js).
 //
 // Forwards each message id of `message_map` to its dest, answers message 150 itself
-// (`router:js:<body>`), and rejects any other id with `unknown_message`. Config keys:
+// (`router:js:<body>`; `router:qjs:<body>` in the QuickJS build), and rejects any other id with `unknown_message`. Config keys:
 // `default_dest` (optional integer): where unmapped ids go instead.
 //
 // Types: types/router-script/ (generated from wit/world.wit by `npm run types`). WIT u32 is a
@@ -9,15 +9,17 @@
 // a function returning `result<_, string>` returns the error.
 
 const REPLY_MSG_ID = 150;
-const encoder = new TextEncoder();
+// Which build answers: StarlingMonkey defines TextEncoder, QuickJS does not.
+const ENGINE = typeof TextEncoder === 'undefined' ? 'qjs' : 'js';
 let routes = new Map();
 let defaultDest = undefined;
 
+// `prefix` (ASCII) then `body`. Written without TextEncoder, which QuickJS lacks, so the same
+// file builds with both backends.
 function concat(prefix, body) {
-  const head = encoder.encode(prefix);
-  const out = new Uint8Array(head.length + body.length);
-  out.set(head, 0);
-  out.set(body, head.length);
+  const out = new Uint8Array(prefix.length + body.length);
+  for (let i = 0; i < prefix.length; i++) out[i] = prefix.charCodeAt(i);
+  out.set(body, prefix.length);
   return out;
 }
 
@@ -30,7 +32,7 @@ export const router = {
 
   route(session, packet) {
     if (packet.msgId === REPLY_MSG_ID) {
-      return { tag: 'reply', val: { msgId: packet.msgId, body: concat('router:js:', packet.body) } };
+      return { tag: 'reply', val: { msgId: packet.msgId, body: concat(`router:${ENGINE}:`, packet.body) } };
     }
     const dest = routes.has(packet.msgId) ? routes.get(packet.msgId) : defaultDest;
     if (dest === undefined) {

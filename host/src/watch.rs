@@ -215,8 +215,11 @@ async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
     let (content, result) = match kind {
         MapKind::Script(_) => return,
         MapKind::Handlers => {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let content = manifest_fingerprint(dir);
+            // Hashing the components (Python/JS ones are 12-18 MB) is blocking work.
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let Ok(content) = tokio::task::spawn_blocking(move || manifest_fingerprint(&dir)).await else {
+                return;
+            };
             if core.applied.is_live(path, &content) {
                 return tracing::debug!(path = %path.display(), "scripts directory unchanged; not reloaded");
             }

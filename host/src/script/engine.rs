@@ -235,8 +235,8 @@ impl ScriptEngine {
 }
 
 /// Components at least this large (bytes) give freed memory back to the OS after they are
-/// compiled or refused ([`give_back_memory`]): interpreter-based components (Python, JS) are
-/// 12-18 MB and their compile frees hundreds of MB.
+/// compiled ([`give_back_memory`]): interpreter-based components (Python, JS) are 12-18 MB and
+/// their compile frees hundreds of MB.
 pub const LARGE_COMPONENT: usize = 1 << 20;
 
 /// Returns the allocator's free memory to the OS (glibc `malloc_trim`; a no-op elsewhere).

@@ -202,8 +202,9 @@ async fn admin_command(cli: &Cli, command: Command) -> anyhow::Result<()> {
 
 /// `check-script`: the offline check's report on stdout, the verdict last.
 async fn check_script(cli: &Cli, world: &str, file: &Path, config: String) -> anyhow::Result<()> {
-    use wasmgate::script::check::{CheckedWorld, check, offline_limits};
-    let world = CheckedWorld::parse(world)
+    use wasmgate::script::check::{check, offline_limits};
+    use wasmgate::script::manifest::ScriptWorld;
+    let world = ScriptWorld::parse(world)
         .with_context(|| format!("unknown world `{world}`: give auth, router, rooms or handler"))?;
     serde_json::from_str::<serde_json::Value>(&config).context("--script-config is not JSON")?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;

@@ -6,45 +6,30 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use super::bindings::auth::AuthScript;
+use super::bindings::handler::HandlerScript;
+use super::bindings::rooms::RoomsScript;
+use super::bindings::router::RouterScript;
 use super::bindings::{JoinRequest, MessageRoute, Packet, RoomInfo, Session, Transport};
+use super::manifest::ScriptWorld;
+use super::pool::World;
 use super::{Auth, Handler, Limits, Rooms, Router, ScriptError, ScriptSource, inspect};
 use crate::metrics::Metrics;
 
-/// The worlds a script can target, by the name `check-script` and the manifest use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckedWorld {
-    Auth,
-    Router,
-    Rooms,
-    Handler,
-}
-
-impl CheckedWorld {
-    /// `auth`, `router`, `rooms` or `handler`; `None` for anything else.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "auth" => Some(Self::Auth),
-            "router" => Some(Self::Router),
-            "rooms" => Some(Self::Rooms),
-            "handler" => Some(Self::Handler),
-            _ => None,
-        }
-    }
-
-    fn export(self) -> &'static str {
-        match self {
-            Self::Auth => "wasmgate:gateway/auth",
-            Self::Router => "wasmgate:gateway/router",
-            Self::Rooms => "wasmgate:gateway/rooms",
-            Self::Handler => "wasmgate:gateway/handler",
-        }
+/// The interface `world` exports (the world binding's [`World::EXPORT`]).
+fn export_of(world: ScriptWorld) -> &'static str {
+    match world {
+        ScriptWorld::Auth => AuthScript::EXPORT,
+        ScriptWorld::Router => RouterScript::EXPORT,
+        ScriptWorld::Rooms => RoomsScript::EXPORT,
+        ScriptWorld::Handler => HandlerScript::EXPORT,
     }
 }
 
 /// The report: one line per import, then the verdict. `Ok` when the component would deploy
 /// and its smoke call returned; `Err` carries the report so far and the refusal.
 pub async fn check(
-    world: CheckedWorld,
+    world: ScriptWorld,
     bytes: Vec<u8>,
     config_json: String,
     limits: Limits,
@@ -66,7 +51,7 @@ pub async fn check(
         });
         let _ = writeln!(report, "import {import}: {what}");
     }
-    if let Err(message) = inspect::check(&declared, world.export(), limits.trap_unknown_imports) {
+    if let Err(message) = inspect::check(&declared, export_of(world), limits.trap_unknown_imports) {
         return Err((report, ScriptError::Link { script: name.into(), message }));
     }
     let source = ScriptSource { name: name.into(), bytes: bytes.into(), config_json };
@@ -80,20 +65,20 @@ pub async fn check(
     };
     let packet = Packet { msg_id: 100, seq: 1, body: b"check-script".to_vec() };
     let call = match world {
-        CheckedWorld::Auth => {
+        ScriptWorld::Auth => {
             let auth = Auth::load(&source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
             let anonymous = Session { user_id: None, ..session };
             let outcome = auth.authenticate(&anonymous, "check-script-token").await;
             outcome.map(|r| (auth.info(), format!("authenticate(\"check-script-token\") -> {r:?}")))
         }
-        CheckedWorld::Router => {
+        ScriptWorld::Router => {
             let map = vec![MessageRoute { msg_id: 100, dest_id: 101 }];
             let router =
                 Router::load(&source, limits, &metrics, map).await.map_err(|e| (report.clone(), e))?;
             let decision = router.route(&session, &packet).await;
             decision.map(|d| (router.info(), format!("route(msg 100; message_map 100 -> 101) -> {d:?}")))
         }
-        CheckedWorld::Rooms => {
+        ScriptWorld::Rooms => {
             let rooms = Rooms::load(&source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
             let request = JoinRequest {
                 room: RoomInfo { name: "check-room".into(), members: 0 },
@@ -103,7 +88,7 @@ pub async fn check(
             let joined = rooms.on_join(&session, &request).await;
             joined.map(|r| (rooms.info(), format!("on-join(\"check-room\") -> {r:?}")))
         }
-        CheckedWorld::Handler => {
+        ScriptWorld::Handler => {
             let handler =
                 Handler::load(false, &source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
             let outcome = handler.handle(&session, &packet).await;

@@ -110,7 +110,8 @@ impl<W: World> Deployed<W> {
         metrics: &Metrics,
         init: InitFn<W>,
     ) -> Result<Self, ScriptError> {
-        let version = build(&source.name, source, limits.clone(), metrics, init).await?;
+        let id = version_id(&source.bytes, &source.config_json);
+        let version = build(&source.name, source, id, limits.clone(), metrics, init).await?;
         Ok(Self {
             name: source.name.clone(),
             limits,
@@ -139,11 +140,12 @@ impl<W: World> Deployed<W> {
         carry: Option<&Carry<W>>,
     ) -> Result<ScriptInfo, ScriptError> {
         let _busy = self.busy.lock().await;
-        if version_id(&source.bytes, &source.config_json) == self.live.load().id {
+        let id = version_id(&source.bytes, &source.config_json);
+        if id == self.live.load().id {
             tracing::debug!(script = self.name, "deploy of the live version: nothing to do");
             return Ok(ScriptInfo { unchanged: true, ..self.info() });
         }
-        let version = build(&self.name, &source, self.limits.clone(), &self.metrics, init).await?;
+        let version = build(&self.name, &source, id, self.limits.clone(), &self.metrics, init).await?;
         let replaced = self.publish(version, carry).await?;
         tracing::info!(
             script = self.name,
@@ -170,7 +172,9 @@ impl<W: World> Deployed<W> {
             return Err(ScriptError::NoPrevious { script: self.name.clone() });
         };
         let init = make_init(&previous.config_json);
-        let version = build(&self.name, &previous, self.limits.clone(), &self.metrics, init).await?;
+        let version =
+            build(&self.name, &previous, previous_id.clone(), self.limits.clone(), &self.metrics, init)
+                .await?;
         let replaced = self.publish(version, carry).await?;
         tracing::info!(
             script = self.name,
@@ -224,7 +228,9 @@ impl<W: World> Deployed<W> {
     pub async fn rebuild(&self, init: InitFn<W>) -> Result<(), ScriptError> {
         let _busy = self.busy.lock().await;
         let live = self.live();
-        let mut version = build(&self.name, &live.source, self.limits.clone(), &self.metrics, init).await?;
+        let mut version =
+            build(&self.name, &live.source, live.id.clone(), self.limits.clone(), &self.metrics, init)
+                .await?;
         version.deployed_at_ms = live.deployed_at_ms;
         self.live.store(Arc::new(version));
         Ok(())
@@ -253,10 +259,11 @@ impl<W: World> Deployed<W> {
 
 /// The pipeline: check the world and imports from the component's declarations (before any
 /// compile), compile (cached, off the async workers), pre-link against the world, instantiate
-/// and `init`.
+/// and `init`. `id` is the source's [`version_id`] (the caller has it already).
 async fn build<W: World>(
     name: &str,
     source: &ScriptSource,
+    id: String,
     limits: Limits,
     metrics: &Metrics,
     init: InitFn<W>,
@@ -267,7 +274,6 @@ async fn build<W: World>(
         .map_err(|message| ScriptError::Link { script: name.into(), message })?;
     let (engine, component, from) = compile(source, &limits).await?;
     metrics.script_compiles.get_or_create(&FromLabel { from: from.name() }).inc();
-    let id = version_id(&source.bytes, &source.config_json);
     let meta = ScriptMeta::new(name, &id, metrics.clone(), limits.services.clone());
     let pool = ScriptPool::new(engine, meta, &component, limits, init).await?;
     Ok(Version { id, deployed_at_ms: unix_ms(), source: source.clone(), pool })

@@ -43,6 +43,18 @@ pub enum ScriptWorld {
 }
 
 impl ScriptWorld {
+    /// The world a manifest's `world` value (or `wasmgate check-script`'s argument) names:
+    /// `auth`, `router`, `rooms` or `handler`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "handler" => Some(Self::Handler),
+            "auth" => Some(Self::Auth),
+            "router" => Some(Self::Router),
+            "rooms" => Some(Self::Rooms),
+            _ => None,
+        }
+    }
+
     /// The built-in script this world belongs to; `None` for handlers.
     pub fn builtin(self) -> Option<&'static str> {
         match self {

@@ -1,5 +1,6 @@
-//! Scripts in every language the docs claim: the templates of `examples/scripts/` (Rust, Python
-//! with componentize-py, JavaScript with componentize-js), built with their toolchains' default
+//! Scripts in every language the docs claim: the templates of `examples/scripts/` (Rust, C
+//! with wit-bindgen + wasi-libc, Python with componentize-py, JavaScript with componentize-js
+//! and componentize-qjs), built with their toolchains' default
 //! output (`examples/scripts/build.sh`), deployed through the scripts directory's manifest +
 //! a `message_map` reload and through the admin API, and a stateful handler's state carried
 //! across swaps from one language to another.
@@ -41,8 +42,8 @@ fn template(lang: &str, kind: &str) -> PathBuf {
     }
 }
 
-/// Rust, Python, JavaScript on StarlingMonkey, JavaScript on QuickJS.
-const LANGUAGES: [&str; 4] = ["rust", "python", "js", "qjs"];
+/// Rust, C, Python, JavaScript on StarlingMonkey, JavaScript on QuickJS.
+const LANGUAGES: [&str; 5] = ["rust", "c", "python", "js", "qjs"];
 
 /// Sends `msg_id` with `body`; returns the answer's body, or `error:<code>` for an error frame.
 async fn ask(client: &mut Client, msg_id: u32, body: &str) -> String {
@@ -97,11 +98,16 @@ async fn templates_in_every_language_route_handle_and_carry_state_across_languag
         assert_eq!(ask(&mut client, ECHOED, "echo").await, "echo", "{lang} router forwards");
         assert_eq!(ask(&mut client, 777, "").await, "error:unknown_message", "{lang} router refuses");
     }
-    // The config reaches each language's init the same way.
-    let wasm = std::fs::read(template("python", "router")).expect("router template");
-    let (status, info) = h.deploy("router", &wasm, Some(json!({"default_dest": 101}))).await;
-    assert_eq!(status, 200, "{info}");
-    assert_eq!(ask(&mut client, 777, "unmapped").await, "unmapped");
+    // The config reaches each language's init the same way; a bad one is refused by init.
+    for lang in LANGUAGES {
+        let wasm = std::fs::read(template(lang, "router")).expect("router template");
+        let (status, info) = h.deploy("router", &wasm, Some(json!({"default_dest": 101}))).await;
+        assert_eq!(status, 200, "{lang}: {info}");
+        assert_eq!(ask(&mut client, 777, "unmapped").await, "unmapped", "{lang}");
+        let (status, info) = h.deploy("router", &wasm, Some(json!({"default_dest": "x"}))).await;
+        assert_eq!(status, 422, "{lang}: {info}");
+        assert!(info["reason"].as_str().is_some_and(|r| r.contains("default_dest")), "{lang}: {info}");
+    }
 
     // A stateful handler, first through the manifest and a message_map reload (Rust), then
     // swapped to another language by a manifest change (Python) and by the admin API (JS):
@@ -140,6 +146,10 @@ async fn templates_in_every_language_route_handle_and_carry_state_across_languag
     let (status, info) = h.deploy("counter", &wasm, None).await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(ask(&mut client, COUNTER, "e").await, format!("qjs:{}:e", python_count + 2));
+    let wasm = std::fs::read(template("c", "handler")).expect("handler template");
+    let (status, info) = h.deploy("counter", &wasm, None).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(ask(&mut client, COUNTER, "f").await, format!("c:{}:f", python_count + 3));
 
     // QuickJS's default build uses component-model async, which scripts run without: refused,
     // naming the flag that fixes it.

@@ -26,7 +26,11 @@ function concat(prefix, body) {
 export const router = {
   init(config, messageMap) {
     const settings = JSON.parse(config || '{}');
-    defaultDest = settings.default_dest;
+    const dest = settings.default_dest;
+    if (dest !== undefined && !(Number.isInteger(dest) && dest >= 0 && dest < 2 ** 32)) {
+      throw 'config: default_dest must be a dest id (an integer)';
+    }
+    defaultDest = dest;
     routes = new Map(messageMap.map((route) => [route.msgId, route.destId]));
   },
 

@@ -9,6 +9,7 @@ level, set by `init`.
 """
 import json
 
+from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import router
 
@@ -21,7 +22,11 @@ class Router(exports.Router):
     def init(self, config: str, message_map: list[router.MessageRoute]) -> None:
         global DEFAULT_DEST
         settings = json.loads(config or "{}")
-        DEFAULT_DEST = settings.get("default_dest")
+        dest = settings.get("default_dest")
+        valid = isinstance(dest, int) and not isinstance(dest, bool) and 0 <= dest < 2**32
+        if dest is not None and not valid:
+            raise Err("config: default_dest must be a dest id (an integer)")
+        DEFAULT_DEST = dest
         ROUTES.clear()
         ROUTES.update({route.msg_id: route.dest_id for route in message_map})
 

@@ -19,7 +19,7 @@ pub const KNOWN_IMPORTS: [(&str, &str); 8] = [
     ("wasi:io/", "granted: streams and polling over the stubs below"),
     (
         "wasi:cli/",
-        "stubbed: no environment variables or arguments, empty stdin, stdout/stderr discarded, exit traps",
+        "stubbed: no environment variables or arguments, empty stdin, stdout/stderr counted and logged at debug, exit traps",
     ),
     ("wasi:filesystem/", "stubbed: no preopened directory, so no file can be opened"),
     ("wasi:sockets/", "stubbed: TCP, UDP and name lookups denied"),

@@ -136,6 +136,12 @@ pub struct ClusterConfig {
     /// Bound of the queue of Redis writes (locations, bus messages); beyond it they are
     /// dropped and counted (`wasmgate_cluster_messages_total{outcome="dropped"}`).
     pub queue_len: usize,
+    /// Oldest bus message a node still delivers, in milliseconds since it was published (the
+    /// publisher's wall clock against the receiver's: nodes must keep their clocks in sync,
+    /// e.g. NTP). Older ones (published while Redis was paused, or the receiver stalled) are
+    /// dropped and counted (`wasmgate_cluster_messages_total{outcome="expired"}`): a late
+    /// realtime push is worse than none. 0: deliver whatever the age.
+    pub bus_max_age_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -148,6 +154,7 @@ impl Default for ClusterConfig {
             ttl_s: 10,
             location_ttl_s: 60,
             queue_len: 65_536,
+            bus_max_age_ms: 5_000,
         }
     }
 }

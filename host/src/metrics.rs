@@ -345,7 +345,7 @@ impl Metrics {
             &mut r,
             &mut families,
             "cluster_messages",
-            "Cross-node bus messages: published, received, dropped (queue full), failed (Redis error)",
+            "Cross-node bus messages: published, received, dropped (queue full), failed (Redis error), expired (older than cluster.bus_max_age_ms on receipt, not delivered)",
             m.cluster_messages.clone(),
         );
         register(
@@ -406,7 +406,7 @@ impl Metrics {
         for from in ["compiler", "disk_cache", "memory_cache"] {
             let _ = self.script_compiles.get_or_create(&FromLabel { from });
         }
-        for outcome in ["published", "failed", "dropped", "received"] {
+        for outcome in ["published", "failed", "dropped", "received", "expired"] {
             let _ = self.cluster_messages.get_or_create(&OutcomeLabel { outcome });
         }
         for outcome in ["ok", "failed", "dropped"] {

@@ -191,6 +191,11 @@ impl NodeProcess {
     /// Starts a node in the cluster of `redis` and `etcd` whose auth script refuses duplicate
     /// logins; waits for its `node <id> ws <addr>` line.
     async fn start(redis: &RedisServer, etcd: &EtcdServer) -> Self {
+        Self::start_with(redis, etcd, "").await
+    }
+
+    /// As [`NodeProcess::start`], with `extra` TOML tables appended to the config.
+    async fn start_with(redis: &RedisServer, etcd: &EtcdServer, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = format!(
             r#"
@@ -206,6 +211,7 @@ redis_url = "{redis}"
 etcd_endpoints = ["{etcd}"]
 ttl_s = {TTL_S}
 location_ttl_s = 60
+{extra}
 "#,
             secret = wasmgate_tests::SECRET,
             issuer = wasmgate_tests::ISSUER,
@@ -234,6 +240,18 @@ location_ttl_s = 60
         let words: Vec<&str> = line.split_whitespace().collect();
         let [_, id, _, ws] = words[..] else { panic!("unexpected line {line:?}") };
         Self { child, id: id.parse().expect("id"), ws: ws.parse().expect("ws addr"), _dir: dir }
+    }
+}
+
+impl NodeProcess {
+    /// Sends `signal` (`STOP`, `CONT`) to the node's process.
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
     }
 }
 
@@ -283,6 +301,90 @@ async fn a_node_killed_with_sigkill_leaves_discovery_within_its_ttl_and_frees_it
     .await;
     let d = node(Some(&redis), Some(&etcd)).await;
     assert_eq!(d.gateway.node_id(), killed_id, "the id is claimable again");
+}
+
+/// A bus message published longer ago than `cluster.bus_max_age_ms` is dropped on receipt and
+/// counted `expired`; the same message with a fresh publish time is delivered. The envelope is
+/// the one docs/cluster.md gives: origin u32, publish time u64 (ms), backend frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_messages_older_than_the_max_age_are_dropped_and_counted() {
+    use tokio_util::codec::Encoder as _;
+    use wasmgate::protocol::backend::{BackendCodec, BackendFrame};
+    let redis = RedisServer::start().await;
+    let h = Harness::start_with(|c| {
+        with_admin_token(c);
+        c.cluster.redis_url = Some(redis.url());
+        c.cluster.bus_max_age_ms = 2_000;
+    })
+    .await;
+    let mut jill = h.logged_in_ws("jill").await;
+    let channel = format!("wasmgate:bus:{}", h.gateway.node_id());
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let publish = |published_ms: u64, body: &'static str| {
+        let mut payload = bytes::BytesMut::new();
+        bytes::BufMut::put_u32(&mut payload, 999); // origin: a node that is not this one
+        bytes::BufMut::put_u64(&mut payload, published_ms);
+        let frame = BackendFrame::PushUser { user_id: "jill".into(), msg_id: PUSH, body: body.into() };
+        BackendCodec::default().encode(frame, &mut payload).expect("encode");
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&channel).arg(payload.to_vec());
+        publish
+    };
+    let expired = || async {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        let line =
+            metrics.lines().find(|l| l.starts_with("wasmgate_cluster_messages_total{outcome=\"expired\"}"));
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).expect("the expired series")
+    };
+    assert_eq!(expired().await, 0);
+    wait_until("the node subscribes to its channel", || async {
+        let subscribed: (String, u64) = redis.query(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel)).await;
+        subscribed.1 == 1
+    })
+    .await;
+    let receivers: u64 = redis.query(&mut publish(now_ms - 10_000, "stale")).await;
+    assert_eq!(receivers, 1, "the node is subscribed");
+    let receivers: u64 = redis.query(&mut publish(now_ms, "fresh")).await;
+    assert_eq!(receivers, 1);
+    // In order per channel: the first packet to arrive is the fresh one, the stale one is gone.
+    assert_eq!(next_with(&mut jill, PUSH).await, Value::String("fresh".into()));
+    wait_until("the stale message is counted", || async { expired().await == 1 }).await;
+    nothing_more(&mut jill, PUSH).await;
+}
+
+/// A node stalled (SIGSTOP) for longer than `heartbeat_ms` while its client kept sending
+/// heartbeats: on resume the node reads what waited in the socket before judging the session
+/// silent, so the session lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_resumed_after_a_stall_keeps_sessions_whose_clients_kept_sending() {
+    const HEARTBEAT: u32 = 2;
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let node = NodeProcess::start_with(&redis, &etcd, "[timeouts]\nheartbeat_ms = 1500\n").await;
+    let mut client = Client::ws(&format!("ws://{}/", node.ws), false).await.expect("connect");
+    client.login(1, &wasmgate_tests::token("ivy")).await.expect("login");
+    let sender = tokio::spawn(async move {
+        // Heartbeats every 250 ms for 4 s; the node is stopped from 0.5 s to 3.5 s.
+        for _ in 0..16 {
+            client.send(HEARTBEAT, b"").await.expect("send a heartbeat");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        client
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await; // twice heartbeat_ms
+    node.signal("CONT");
+    let mut client = sender.await.expect("sender");
+    // Every heartbeat is answered and the session is not closed.
+    let seq = client.send(HEARTBEAT, b"").await.expect("send");
+    loop {
+        match client.recv_within(PROMPT).await.expect("an answer") {
+            wasmgate_tests::Received::Packet(p) if p.seq == seq => break,
+            wasmgate_tests::Received::Packet(p) => assert_eq!(p.msg_id, HEARTBEAT, "{p:?}"),
+            closed => panic!("the session was closed after the stall: {closed:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

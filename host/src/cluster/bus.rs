@@ -1,10 +1,12 @@
 //! The cross-node bus (Redis pub/sub) and user location (Redis keys).
 //!
 //! Messages are backend-protocol frames ([`BackendFrame`]: `Reply` as push-to-session,
-//! `PushUser`, `PushRoom`, `PushAll`, `Kick`) prefixed by the publishing node's id:
-//! `<origin u32 BE><frame as on a backend connection>`. A backend -> backend relay for a dest
-//! this node has no pool for goes to a node that has one (its registration lists its dests)
-//! as `<origin | 0x8000_0000 u32 BE><dest u32 BE><Relayed frame>`, into that dest's pool.
+//! `PushUser`, `PushRoom`, `PushAll`, `Kick`) prefixed by the publishing node's id and the
+//! publish time: `<origin u32 BE><published ms since the Unix epoch u64 BE><frame as on a
+//! backend connection>`. A backend -> backend relay for a dest this node has no pool for goes
+//! to a node that has one (its registration lists its dests) as `<origin | 0x8000_0000 u32
+//! BE><published u64 BE><dest u32 BE><Relayed frame>`, into that dest's pool. A receiver drops
+//! a message older than `cluster.bus_max_age_ms` (counted `expired`).
 //! Each node subscribes to its own channel `<prefix>:bus:<id>` and to `<prefix>:bus:all`, and
 //! delivers what it receives to its local sessions, rooms and pools (never re-publishing),
 //! skipping its own broadcasts.
@@ -22,7 +24,7 @@
 //! script, so a lookup costs no round trip on the caller's side.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -140,6 +142,7 @@ impl Relay {
     pub fn to_node_dest(&self, node: u32, dest: u32, frame: BackendFrame) -> bool {
         let mut buf = BytesMut::new();
         buf.put_u32(self.node_id | TO_DEST);
+        buf.put_u64(unix_ms());
         buf.put_u32(dest);
         match BackendCodec::default().encode(frame, &mut buf) {
             Ok(()) => self.enqueue(Op::Publish { node: Some(node), payload: buf.freeze() }),
@@ -168,6 +171,7 @@ impl Relay {
     fn envelope(&self, frame: BackendFrame) -> Option<Bytes> {
         let mut buf = BytesMut::new();
         buf.put_u32(self.node_id);
+        buf.put_u64(unix_ms());
         match BackendCodec::default().encode(frame, &mut buf) {
             Ok(()) => Some(buf.freeze()),
             Err(e) => {
@@ -212,6 +216,11 @@ impl Keys {
     fn all_channel(&self) -> String {
         format!("{}:bus:all", self.prefix)
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (the bus messages' publish time).
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn location(node: u32, session: u64) -> String {
@@ -347,6 +356,8 @@ pub(super) struct Local {
     pub rooms: Arc<Rooms>,
     pub upstreams: Upstreams,
     pub metrics: Metrics,
+    /// `cluster.bus_max_age_ms`: older messages are dropped (`None`: never).
+    pub max_age_ms: Option<u64>,
 }
 
 /// Receives this node's and the broadcast channel until `shutdown`, reconnecting with
@@ -383,12 +394,21 @@ pub(super) async fn subscribe(client: redis::Client, keys: Keys, local: Local, s
 /// Delivers one bus message to local sessions and rooms.
 async fn deliver(local: &Local, payload: &[u8]) {
     let mut buf = BytesMut::from(payload);
-    if buf.len() < 4 {
+    if buf.len() < 12 {
         return tracing::warn!("bus message shorter than its header; ignored");
     }
     let origin = buf.get_u32();
     if origin == local.node_id {
         return; // our own broadcast
+    }
+    let published = buf.get_u64();
+    if let Some(max_age) = local.max_age_ms
+        && unix_ms().saturating_sub(published) > max_age
+    {
+        // Published while Redis was paused, the publisher's writes were stuck, or this node
+        // stalled: a late realtime push is worse than none.
+        local.metrics.cluster_messages.get_or_create(&OutcomeLabel { outcome: "expired" }).inc();
+        return;
     }
     let (origin, dest) = match origin & TO_DEST {
         0 => (origin, None),

@@ -173,6 +173,7 @@ impl Cluster {
                 rooms,
                 upstreams: upstreams.clone(),
                 metrics: self.metrics.clone(),
+                max_age_ms: (self.config.bus_max_age_ms > 0).then_some(self.config.bus_max_age_ms),
             };
             self.tasks.spawn(bus::subscribe(redis.client.clone(), keys, local, self.stop.clone()));
         }

@@ -159,6 +159,11 @@ async fn serve(
     tracing::debug!(reason = reason.name(), "session closed");
 }
 
+/// How long after its login or heartbeat deadline a session still reads before it is closed:
+/// after a stall the timer and the socket turn ready together, and the client's bytes waiting
+/// in the socket must count. Silent clients are closed this much later.
+const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 pub(super) struct Session {
     pub(super) core: Arc<Core>,
     pub(super) handle: SessionHandle,
@@ -201,6 +206,8 @@ impl Session {
         // `last_seen`, and a firing that is early re-arms for the new deadline.
         let timer = sleep_until(self.next_deadline());
         tokio::pin!(timer);
+        // Set while a passed deadline waits out its grace.
+        let mut grace_ends: Option<Instant> = None;
         let shutdown = self.core.shutdown.clone();
         loop {
             tokio::select! {
@@ -212,15 +219,27 @@ impl Session {
                 }
                 _ = &mut timer => {
                     let now = Instant::now();
-                    if self.login_deadline.is_some_and(|d| d <= now) {
+                    let login_late = self.login_deadline.is_some_and(|d| d <= now);
+                    let silent = self.heartbeat_deadline() <= now;
+                    if !login_late && !silent {
+                        grace_ends = None;
+                        timer.as_mut().reset(self.next_deadline());
+                        continue;
+                    }
+                    // A deadline passed. After a stall (the process paused, the host
+                    // overloaded) the timer can fire before the reader has seen what the
+                    // client sent meanwhile: give the reader `DEADLINE_GRACE` before judging.
+                    let ends = *grace_ends.get_or_insert(now + DEADLINE_GRACE);
+                    if now < ends {
+                        timer.as_mut().reset(ends);
+                        continue;
+                    }
+                    if login_late {
                         self.handle.close(CloseReason::LoginTimeout, "no login in time");
-                        return;
-                    }
-                    if self.heartbeat_deadline() <= now {
+                    } else {
                         self.handle.close(CloseReason::HeartbeatTimeout, "no message in time");
-                        return;
                     }
-                    timer.as_mut().reset(self.next_deadline());
+                    return;
                 }
                 inbound = reader.next() => match inbound {
                     Inbound::Packet(packet) => {

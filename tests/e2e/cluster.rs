@@ -119,18 +119,32 @@ async fn pushes_and_room_broadcasts_cross_nodes_exactly_once() {
     // Push to a user on another node, through node a's API.
     let body = json!({ "user_id": "alice", "data": {"n": 1} }).to_string();
     let (status, answer) = a.admin("POST", "/push/user", &body, false, Some(ADMIN_TOKEN)).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(next_with(&mut alice, PUSH).await, json!({"n": 1}));
-    nothing_more(&mut alice, PUSH).await;
-
-    // Push to a session of another node: its id names the node (202, handed to the bus).
     let location: String = redis.query(redis::cmd("GET").arg("wasmgate:user:alice")).await;
     let session_id = location.split_once(':').map(|(_, s)| s.to_string()).expect("node:session");
+    let b_id = b.gateway.node_id();
+    let expected = json!({
+        "delivered": 0, "relayed": true, "node_live": true,
+        "location": {"node": b_id, "session": session_id},
+    });
+    assert_eq!((status, &answer), (200, &expected));
+    assert_eq!(next_with(&mut alice, PUSH).await, json!({"n": 1}));
+    nothing_more(&mut alice, PUSH).await;
+    // A user with no location: nothing relayed, and the answer says why.
+    let body = json!({ "user_id": "nobody", "data": 1 }).to_string();
+    let (status, answer) = a.admin("POST", "/push/user", &body, false, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, answer), (200, json!({"delivered": 0, "location": null, "relayed": false})));
+
+    // Push to a session of another node: its id names the node (202, handed to the bus).
     let body = json!({ "session_id": session_id, "data": "to her session" }).to_string();
     let (status, answer) = a.admin("POST", "/push/session", &body, false, Some(ADMIN_TOKEN)).await;
-    assert_eq!((status, &answer["relayed_to_node"]), (202, &json!(b.gateway.node_id())), "{answer}");
+    assert_eq!((status, answer), (202, json!({"relayed_to_node": b_id, "node_live": true})));
     assert_eq!(next_with(&mut alice, PUSH).await, json!("to her session"));
     nothing_more(&mut alice, PUSH).await;
+    // A session id naming a node that is not in discovery: refused, not sent into the void.
+    let ghost = wasmgate::session::SessionIdGen::new(999).next_id().to_string();
+    let body = json!({ "session_id": ghost, "data": "to nobody" }).to_string();
+    let (status, answer) = a.admin("POST", "/push/session", &body, false, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, &answer["error"]), (404, &json!("not_found")), "{answer}");
 
     // A room with a member on every node.
     let mut members = [a.logged_in_ws("m-a").await, b.logged_in_ws("m-b").await, c.logged_in_ws("m-c").await];
@@ -204,6 +218,7 @@ id = 1
 [listen]
 ws = "127.0.0.1:0"
 tcp = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 [scripts.auth]
 config = {{ secret = "{secret}", issuer = "{issuer}", duplicate_login = "refuse-new" }}
 [cluster]
@@ -418,6 +433,46 @@ async fn nodes_register_again_after_etcd_loses_everything_and_recover_after_a_re
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no cross-node push after the Redis restart");
+    }
+}
+
+/// Redis restarted empty: as soon as a node's bus subscription is back it re-writes its users'
+/// locations, so a cross-node push to a user works again at once, not at the next periodic
+/// refresh (a third of `location_ttl_s`: 200 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_empty_locations_are_rewritten_on_reconnect() {
+    let (mut redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let start = || {
+        let (redis_url, etcd_endpoint) = (redis.url(), etcd.endpoint());
+        Harness::start_with(move |c| {
+            with_admin_token(c);
+            c.cluster.redis_url = Some(redis_url);
+            c.cluster.etcd_endpoints = vec![etcd_endpoint];
+            c.cluster.ttl_s = TTL_S;
+            c.cluster.location_ttl_s = 600;
+        })
+    };
+    let (a, b) = tokio::join!(start(), start());
+    wait_nodes(&a, &{
+        let mut ids = [a.gateway.node_id(), b.gateway.node_id()];
+        ids.sort();
+        ids
+    })
+    .await;
+    let mut alice = b.logged_in_ws("alice").await;
+    redis.restart().await;
+    let restarted = std::time::Instant::now();
+    let body = json!({ "user_id": "alice", "data": "after the restart" }).to_string();
+    loop {
+        let (status, answer) = a.admin("POST", "/push/user", &body, false, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "{answer}");
+        if tokio::time::timeout(Duration::from_millis(200), next_with(&mut alice, PUSH)).await.is_ok() {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "no cross-node push 5 s after the Redis restart"
+        );
     }
 }
 

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{HttpResponse, error, json};
+use crate::cluster::{Cluster, Relay};
 use crate::gateway::Core;
 use crate::metrics::TargetLabel;
 use crate::protocol::backend::BackendFrame;
@@ -112,6 +113,45 @@ fn parse_form(core: &Core, body: &[u8]) -> Result<Push, String> {
 }
 
 /// Handles `POST /push/<target>`.
+/// The other nodes' half of a push to `user`, `delivered` to sessions here already: the
+/// user's location in Redis names the node of their latest session; the push goes there over
+/// the bus unless that is this node or discovery says the node is gone. The answer (docs/api.md):
+/// `delivered`, `location` (`{"node", "session"}` or `null`), `node_live` (`null` without
+/// etcd), `relayed`, and `location_error` when Redis did not answer within 1 s (then nothing is
+/// relayed).
+async fn push_user_remote(
+    cluster: &Cluster,
+    relay: &Relay,
+    user: &str,
+    (msg_id, body): (u32, Bytes),
+    delivered: usize,
+) -> serde_json::Value {
+    let location = match cluster.locate(user).await {
+        Ok(location) => location,
+        Err(e) => {
+            return serde_json::json!({
+                "delivered": delivered, "location": null, "relayed": false, "location_error": format!("{e:#}"),
+            });
+        }
+    };
+    let Some(location) = location else {
+        return serde_json::json!({ "delivered": delivered, "location": null, "relayed": false });
+    };
+    let here = location.node == relay.node_id();
+    let live = if here { Some(true) } else { cluster.node_live(location.node) };
+    let relayed = !here && live != Some(false);
+    if relayed {
+        let frame = BackendFrame::PushUser { user_id: user.to_string(), msg_id, body };
+        relay.to_node(location.node, frame);
+    }
+    serde_json::json!({
+        "delivered": delivered,
+        "location": { "node": location.node, "session": location.session.to_string() },
+        "node_live": live,
+        "relayed": relayed,
+    })
+}
+
 pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -> HttpResponse {
     let push = match if form { parse_form(core, body) } else { parse_json(core, body) } {
         Ok(push) => push,
@@ -139,12 +179,24 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
                 (Some(_), _) => {
                     error(StatusCode::CONFLICT, "session_closing", format!("session {id} is closing"))
                 }
-                // Another node's session: handed to the bus (at most once, not confirmed).
+                // Another node's session: handed to the bus (at most once, not confirmed),
+                // unless discovery says its node is gone.
                 (None, Some(relay)) if node != relay.node_id() => {
+                    let live = core.cluster.as_ref().and_then(|c| c.node_live(node));
+                    if live == Some(false) {
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            format!("session {id} is on node {node}, which is not in discovery"),
+                        );
+                    }
                     let frame =
                         BackendFrame::Reply { session_id: id, msg_id: push.msg_id, seq: 0, body: push.body };
                     relay.to_node(node, frame);
-                    json(StatusCode::ACCEPTED, serde_json::json!({ "relayed_to_node": node }))
+                    json(
+                        StatusCode::ACCEPTED,
+                        serde_json::json!({ "relayed_to_node": node, "node_live": live }),
+                    )
                 }
                 (None, _) => {
                     error(StatusCode::NOT_FOUND, "not_found", format!("no session {id} on this node"))
@@ -155,17 +207,13 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
             let Some(user) = push.user_id else { return missing("user_id") };
             counted("user");
             let sessions = core.registry.of_user(&user);
-            if let Some(relay) = core.relay() {
-                // The node of the user's latest session, if it is another one (decided in Redis).
-                let frame = BackendFrame::PushUser {
-                    user_id: user.clone(),
-                    msg_id: push.msg_id,
-                    body: push.body.clone(),
-                };
-                relay.push_user(&user, frame);
-                let packet = Arc::new(SharedPacket::new(push.msg_id, 0, push.body));
-                let delivered = sessions.iter().filter(|s| s.send_shared(packet.clone())).count();
-                return json(StatusCode::OK, serde_json::json!({ "delivered": delivered, "relayed": true }));
+            let packet = Arc::new(SharedPacket::new(push.msg_id, 0, push.body.clone()));
+            let delivered = sessions.iter().filter(|s| s.send_shared(packet.clone())).count();
+            if let (Some(cluster), Some(relay)) = (&core.cluster, core.relay()) {
+                return json(
+                    StatusCode::OK,
+                    push_user_remote(cluster, relay, &user, (push.msg_id, push.body), delivered).await,
+                );
             }
             if sessions.is_empty() {
                 return error(
@@ -174,8 +222,6 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
                     format!("user `{user}` has no session on this node"),
                 );
             }
-            let packet = Arc::new(SharedPacket::new(push.msg_id, 0, push.body));
-            let delivered = sessions.iter().filter(|s| s.send_shared(packet.clone())).count();
             json(StatusCode::OK, serde_json::json!({ "delivered": delivered }))
         }
         "room" => {

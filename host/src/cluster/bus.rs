@@ -18,7 +18,7 @@
 //!
 //! User location: on login `<prefix>:user:<user id>` = `<node id>:<session id>` with a TTL
 //! (`cluster.location_ttl_s`) refreshed (or restored after a Redis restart) every third of it
-//! for every logged-in session; on
+//! and whenever the bus subscription comes back, for every logged-in session; on
 //! close it is deleted only if it still names that session (a fast reconnect elsewhere is
 //! not undone). A push to a user goes to the node the key names, decided inside Redis by a
 //! script, so a lookup costs no round trip on the caller's side.
@@ -311,21 +311,26 @@ async fn writer(
     }
 }
 
-/// Refreshes the location of every logged-in session of this node, every third of the TTL
-/// (and restores locations a Redis restart lost, unless a newer session took the user).
+/// Refreshes the location of every logged-in session of this node, every third of the TTL,
+/// and at once when the bus subscription comes back after a failure (`reconnected` changes:
+/// Redis may have restarted empty). Restores locations a Redis restart lost, unless a newer
+/// session took the user. A failed refresh is retried after [`RETRY`].
 pub(super) async fn refresh_locations(
     mut conn: ConnectionManager,
     keys: Keys,
     node_id: u32,
     registry: Arc<Registry>,
     location_ttl: Duration,
+    mut reconnected: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
     let ttl_ms = location_ttl.as_millis() as u64;
+    let mut wait = location_ttl / 3;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(location_ttl / 3) => {}
+            _ = tokio::time::sleep(wait) => {}
+            Ok(()) = reconnected.changed() => {}
         }
         let mut pipe = redis::pipe();
         let mut n = 0;
@@ -341,13 +346,18 @@ pub(super) async fn refresh_locations(
                 n += 1;
             }
         }
+        wait = location_ttl / 3;
         if n > 0
             && let Err(e) = pipe.query_async::<()>(&mut conn).await
         {
-            tracing::warn!("cannot refresh {n} user locations in Redis: {e}");
+            tracing::warn!("cannot refresh {n} user locations in Redis (retrying in {RETRY:?}): {e}");
+            wait = wait.min(RETRY);
         }
     }
 }
+
+/// How soon a failed Redis refresh (locations, node id) is tried again.
+pub(super) const RETRY: Duration = Duration::from_secs(1);
 
 /// Where bus messages are delivered on this node.
 pub(super) struct Local {
@@ -361,15 +371,29 @@ pub(super) struct Local {
 }
 
 /// Receives this node's and the broadcast channel until `shutdown`, reconnecting with
-/// back-off (messages published while disconnected are lost: at most once).
-pub(super) async fn subscribe(client: redis::Client, keys: Keys, local: Local, shutdown: CancellationToken) {
+/// back-off (messages published while disconnected are lost: at most once). Each successful
+/// re-subscription after a failure bumps `reconnected`, so the location refresh and the node
+/// id claim run at once.
+pub(super) async fn subscribe(
+    client: redis::Client,
+    keys: Keys,
+    local: Local,
+    reconnected: tokio::sync::watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
+    let mut subscribed_before = false;
     while !shutdown.is_cancelled() {
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(keys.node_channel(local.node_id)).await?;
             pubsub.subscribe(keys.all_channel()).await?;
             tracing::info!(node = local.node_id, "subscribed to the cluster bus");
+            if subscribed_before {
+                reconnected.send_modify(|n| *n += 1);
+            }
+            subscribed_before = true;
+            backoff = Duration::from_millis(100);
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {
                 deliver(&local, message.get_payload_bytes()).await;

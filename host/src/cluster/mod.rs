@@ -151,12 +151,15 @@ impl Cluster {
         let ttl = Duration::from_secs(self.config.ttl_s);
         let keys = bus::Keys { prefix: self.config.prefix.clone() };
         if let Some(redis) = &self.redis {
+            // Bumped when the bus subscription comes back after a failure.
+            let (reconnected, on_reconnect) = tokio::sync::watch::channel(0);
             self.tasks.spawn(node_id::hold(
                 redis.conn.clone(),
                 self.config.prefix.clone(),
                 self.node_id,
                 redis.token.clone(),
                 ttl,
+                on_reconnect.clone(),
                 self.stop.clone(),
             ));
             self.tasks.spawn(bus::refresh_locations(
@@ -165,6 +168,7 @@ impl Cluster {
                 self.node_id,
                 registry.clone(),
                 Duration::from_secs(self.config.location_ttl_s),
+                on_reconnect,
                 self.stop.clone(),
             ));
             let local = bus::Local {
@@ -175,7 +179,13 @@ impl Cluster {
                 metrics: self.metrics.clone(),
                 max_age_ms: (self.config.bus_max_age_ms > 0).then_some(self.config.bus_max_age_ms),
             };
-            self.tasks.spawn(bus::subscribe(redis.client.clone(), keys, local, self.stop.clone()));
+            self.tasks.spawn(bus::subscribe(
+                redis.client.clone(),
+                keys,
+                local,
+                reconnected,
+                self.stop.clone(),
+            ));
         }
         if let Some(etcd) = &self.etcd {
             let key = registration::key(&self.config.prefix, &advertised.name, self.node_id);
@@ -244,6 +254,27 @@ impl Cluster {
             .await
             .context("Redis did not answer within 1 s")?
             .context("claiming the user's location in Redis")
+    }
+
+    /// `user`'s location as Redis has it now: `Ok(None)` when there is none (or no Redis).
+    ///
+    /// Errors: Redis failing or slower than [`location::CLAIM_TIMEOUT`] (1 s).
+    pub async fn locate(&self, user: &str) -> anyhow::Result<Option<Location>> {
+        let Some(redis) = &self.redis else { return Ok(None) };
+        let key = bus::Keys { prefix: self.config.prefix.clone() }.user(user);
+        let mut conn = redis.conn.clone();
+        let cmd = redis::cmd("GET").arg(key).clone();
+        let value: Option<String> = tokio::time::timeout(location::CLAIM_TIMEOUT, cmd.query_async(&mut conn))
+            .await
+            .context("Redis did not answer within 1 s")?
+            .context("reading the user's location in Redis")?;
+        Ok(value.as_deref().and_then(Location::parse))
+    }
+
+    /// Whether node `node` is live as far as this node can tell: in discovery (with etcd), or
+    /// `None` without etcd (no way to know).
+    pub fn node_live(&self, node: u32) -> Option<bool> {
+        self.etcd.as_ref().map(|_| node == self.node_id || self.nodes.has(node))
     }
 
     /// Whether Redis and etcd (those configured) answer within `limit`: `(name, problem)` for

@@ -13,6 +13,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
+use super::bus::RETRY;
 use crate::session::MAX_NODE_ID;
 
 /// Extends the key's TTL only if it still holds our token.
@@ -59,22 +60,28 @@ pub(super) async fn claim(
     anyhow::bail!("every node id from {start} to {MAX_NODE_ID} is taken in Redis ({prefix}:node:*)")
 }
 
-/// Keeps the claim alive until `shutdown`, then releases it.
+/// Keeps the claim alive until `shutdown`, then releases it: refreshes every third of `ttl`,
+/// at once when the bus subscription comes back after a failure (`reconnected` changes), and
+/// after [`RETRY`] when a refresh failed.
 pub(super) async fn hold(
     mut conn: ConnectionManager,
     prefix: String,
     id: u32,
     token: String,
     ttl: Duration,
+    mut reconnected: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
     let key = key(&prefix, id);
     let refresh = redis::Script::new(REFRESH);
+    let mut wait = ttl / 3;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep(wait) => {}
+            Ok(()) = reconnected.changed() => {}
         }
+        wait = ttl / 3;
         let kept: redis::RedisResult<i64> =
             refresh.key(&key).arg(&token).arg(ttl.as_millis() as u64).invoke_async(&mut conn).await;
         match kept {
@@ -98,7 +105,10 @@ pub(super) async fn hold(
                     Err(e) => tracing::warn!(node = id, "cannot claim the node id again: {e}"),
                 }
             }
-            Err(e) => tracing::warn!(node = id, "cannot refresh the node id in Redis: {e}"),
+            Err(e) => {
+                tracing::warn!(node = id, "cannot refresh the node id in Redis (retrying in {RETRY:?}): {e}");
+                wait = wait.min(RETRY);
+            }
         }
     }
     let released: redis::RedisResult<i64> =

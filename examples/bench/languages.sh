@@ -11,10 +11,20 @@
 set -euo pipefail
 BIN=$1 LOADGEN=$2 SECONDS_PER_RUN=${3:-5}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+LANGS="rust c python js qjs"
 declare -A ROUTER=(
     [rust]=$ROOT/target/wasm-guests/wasm32-wasip2/release/wasmgate_template_router.wasm
+    [c]=$ROOT/examples/scripts/c/build/router.wasm
     [python]=$ROOT/examples/scripts/python/build/router.wasm
     [js]=$ROOT/examples/scripts/js/build/router.wasm
+    [qjs]=$ROOT/examples/scripts/js/build/router-qjs.wasm
+)
+declare -A HANDLER=(
+    [rust]=$ROOT/target/wasm-guests/wasm32-wasip2/release/wasmgate_template_handler.wasm
+    [c]=$ROOT/examples/scripts/c/build/handler.wasm
+    [python]=$ROOT/examples/scripts/python/build/handler.wasm
+    [js]=$ROOT/examples/scripts/js/build/handler.wasm
+    [qjs]=$ROOT/examples/scripts/js/build/handler-qjs.wasm
 )
 PORT=7600 ADMIN=127.0.0.1:7602 TOKEN=languages-bench-token
 DIR=$(mktemp -d)
@@ -33,7 +43,7 @@ deploy() { # file -> seconds
 }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$PID/status"; }
 echo "lang | size MB | cold deploy s | warm deploy ms | linear memory per instance MiB | RSS growth of the cold deploy MiB"
-for lang in rust python js; do
+for lang in $LANGS; do
     file=${ROUTER[$lang]}
     [ -f "$file" ] || { echo "$lang: $file missing (examples/scripts/build.sh)"; continue; }
     "$BIN" --config "$DIR/wasmgate.toml" run 2>"$DIR/log" &
@@ -52,9 +62,16 @@ for lang in rust python js; do
     printf "%s | %.1f | %.2f | %.0f | %.1f | %.0f\n" "$lang" "$(echo "$(stat -c %s "$file") / 1000000" | bc -l)" \
         "$cold" "$(echo "$warm * 1000" | bc -l)" "$(echo "$memory / 1048576" | bc -l)" "$(echo "($after - $before) / 1024" | bc -l)"
 done
-for lang in rust python js; do
+for lang in $LANGS; do
     [ -f "${ROUTER[$lang]}" ] || continue
     echo "== relay through the $lang router"
     "$LOADGEN" relay --targets wasmgate --gateway "$BIN" --router "${ROUTER[$lang]}" --seconds "$SECONDS_PER_RUN" \
         | grep -E "saturation|router calls"
 done
+echo "== one call into a live instance (route: message 150, answered by the router; handle: one packet)"
+ARGS=()
+for lang in $LANGS; do
+    [ -f "${ROUTER[$lang]}" ] && ARGS+=(--router "$lang=${ROUTER[$lang]}")
+    [ -f "${HANDLER[$lang]}" ] && ARGS+=(--handler "$lang=${HANDLER[$lang]}")
+done
+(cd "$ROOT" && cargo bench --quiet -p wasmgate --bench script_call -- "${ARGS[@]}")

@@ -2,8 +2,13 @@
 //! and per `authenticate` (default auth, HS256 JWT), next to the same routing done natively
 //! (a `HashMap` lookup). Prints median and p99 over batches.
 //!
-//! Run: `cargo bench -p wasmgate --bench script_call` (release profile). Figures are recorded
-//! in docs/benchmarks.md.
+//! With `--router NAME=FILE` / `--handler NAME=FILE` (repeatable) it also times the given
+//! router components' `route` (message 150, which the templates answer themselves) and
+//! handler components' `handle`: the per-call cost of each language's template
+//! (examples/scripts; examples/bench/languages.sh passes them).
+//!
+//! Run: `cargo bench -p wasmgate --bench script_call [-- --router c=FILE ...]` (release
+//! profile). Figures are recorded in docs/benchmarks.md.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -12,7 +17,7 @@ use std::time::Instant;
 use wasmgate::embedded;
 use wasmgate::metrics::Metrics;
 use wasmgate::script::bindings::{MessageRoute, Packet, Session, Transport};
-use wasmgate::script::{Auth, Limits, Router, ScriptSource};
+use wasmgate::script::{Auth, Handler, Limits, Router, ScriptSource};
 
 const BATCH: usize = 1_000;
 const BATCHES: usize = 200;
@@ -34,12 +39,12 @@ where
     samples
 }
 
-/// Prints the median and p99 of per-call ns samples.
-fn summarize(name: &str, mut per_call_ns: Vec<f64>) {
+/// Prints the median and p99 of per-call ns samples (each the mean of a `batch`-call batch).
+fn summarize(name: &str, batch: usize, mut per_call_ns: Vec<f64>) {
     per_call_ns.sort_by(f64::total_cmp);
     let median = per_call_ns[per_call_ns.len() / 2];
     let p99 = per_call_ns[per_call_ns.len() * 99 / 100];
-    println!("{name:<28} median {median:>9.1} ns/call   p99 (of {BATCH}-call batches) {p99:>9.1} ns/call");
+    println!("{name:<28} median {median:>9.1} ns/call   p99 (of {batch}-call batches) {p99:>9.1} ns/call");
 }
 
 fn token() -> String {
@@ -53,19 +58,43 @@ fn token() -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &Claims { sub: "bench-user", exp }, &key).unwrap()
 }
 
+/// `--router NAME=FILE` and `--handler NAME=FILE` arguments, in order: (world, name, file).
+fn components() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let world = match arg.as_str() {
+            "--router" => "router",
+            "--handler" => "handler",
+            _ => continue, // cargo's own `--bench`
+        };
+        let value = args.next().unwrap_or_else(|| panic!("{arg} needs NAME=FILE"));
+        let (name, file) =
+            value.split_once('=').unwrap_or_else(|| panic!("{arg} {value}: expected NAME=FILE"));
+        out.push((world.to_string(), name.to_string(), file.to_string()));
+    }
+    out
+}
+
+/// One instance per script, the default deadline and memory cap.
+fn limits_one() -> Limits {
+    Limits {
+        deadline: std::time::Duration::from_millis(200),
+        memory_bytes: 64 << 20,
+        instances: 1,
+        cache_dir: None,
+        engine: Default::default(),
+        services: Default::default(),
+        trap_unknown_imports: false,
+    }
+}
+
 fn main() {
+    let components = components();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let metrics = Metrics::new();
-        let limits = Limits {
-            deadline: std::time::Duration::from_millis(200),
-            memory_bytes: 64 << 20,
-            instances: 1,
-            cache_dir: None,
-            engine: Default::default(),
-            services: Default::default(),
-            trap_unknown_imports: false,
-        };
+        let limits = limits_one();
         let routes: Vec<MessageRoute> =
             (100..200).map(|m| MessageRoute { msg_id: m, dest_id: 101 }).collect();
         let native: HashMap<u32, u32> = routes.iter().map(|r| (r.msg_id, r.dest_id)).collect();
@@ -104,15 +133,43 @@ fn main() {
         let route = || async {
             black_box(router.route(black_box(&session), black_box(&packet)).await.unwrap());
         };
-        summarize("router.route (wasm)", time_batches(BATCHES, BATCH, route).await);
+        summarize("router.route (wasm)", BATCH, time_batches(BATCHES, BATCH, route).await);
         let native_route = || async {
             black_box(native.get(&black_box(packet.msg_id)));
         };
-        summarize("route (native HashMap)", time_batches(BATCHES, BATCH, native_route).await);
+        summarize("route (native HashMap)", BATCH, time_batches(BATCHES, BATCH, native_route).await);
         let token = token();
         let login = || async {
             black_box(auth.authenticate(&session, &token).await.unwrap().unwrap());
         };
-        summarize("auth.authenticate (wasm)", time_batches(BATCHES / 10, BATCH / 10, login).await);
+        summarize(
+            "auth.authenticate (wasm)",
+            BATCH / 10,
+            time_batches(BATCHES / 10, BATCH / 10, login).await,
+        );
+
+        for (world, name, file) in components {
+            let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let source = ScriptSource { name: name.clone(), bytes: bytes.into(), config_json: "{}".into() };
+            let label = format!("{world} {name}");
+            // Fewer calls for interpreters: a batch of 100 still spans milliseconds.
+            let (batches, batch) = (BATCHES / 2, BATCH / 10);
+            if world == "router" {
+                let routes = (100..200).map(|m| MessageRoute { msg_id: m, dest_id: 101 }).collect();
+                let router = Router::load(&source, limits_one(), &metrics, routes).await.unwrap();
+                let call = || async {
+                    black_box(router.route(black_box(&session), black_box(&packet)).await.unwrap());
+                };
+                time_batches(1, 1_000, call).await; // warm-up
+                summarize(&label, batch, time_batches(batches, batch, call).await);
+            } else {
+                let handler = Handler::load(true, &source, limits_one(), &metrics).await.unwrap();
+                let call = || async {
+                    black_box(handler.handle(black_box(&session), black_box(&packet)).await.unwrap());
+                };
+                time_batches(1, 1_000, call).await; // warm-up
+                summarize(&label, batch, time_batches(batches, batch, call).await);
+            }
+        }
     });
 }

@@ -64,8 +64,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    /// Runs the deploy pipeline on `source` (with one instance when `stateful`).
-    pub(crate) async fn load(
+    /// Runs the deploy pipeline on `source` (with one instance when `stateful`). Errors: as
+    /// [`Deployed::load`] (refused component, `init` error, trap).
+    pub async fn load(
         stateful: bool,
         source: &ScriptSource,
         mut limits: Limits,

@@ -142,6 +142,11 @@ enum Scenario {
         /// Run the gateway without wasmtime's pooling allocator, to compare instantiation.
         #[arg(long)]
         no_pooling: bool,
+        /// A router component to alternate with the default router, the first deploy of it
+        /// cold (e.g. examples/scripts/python/build/router.wasm: do sessions stall while it
+        /// compiles?). It must forward message 100 by `message_map`.
+        #[arg(long)]
+        component: Option<PathBuf>,
         /// The gateway binary (default: `wasmgate` next to this binary).
         #[arg(long)]
         gateway: Option<PathBuf>,
@@ -210,9 +215,14 @@ fn main() -> anyhow::Result<()> {
         Scenario::LoginStorm { logins, concurrency, gateway } => {
             runtime.block_on(login_storm::run(logins.max(1), concurrency.max(1), gateway.as_deref()))
         }
-        Scenario::Swap { clients, seconds, every_ms, no_pooling, gateway } => {
-            let swaps =
-                swap::Swaps { clients: clients.max(1), seconds: seconds.max(0.5), every_ms, no_pooling };
+        Scenario::Swap { clients, seconds, every_ms, no_pooling, gateway, component } => {
+            let swaps = swap::Swaps {
+                clients: clients.max(1),
+                seconds: seconds.max(0.5),
+                every_ms,
+                no_pooling,
+                component,
+            };
             runtime.block_on(swap::run(swaps, gateway.as_deref()))
         }
         Scenario::Worker { server, transport, source, first, sessions, concurrency } => {

@@ -120,7 +120,7 @@ async fn pushes_and_room_broadcasts_cross_nodes_exactly_once() {
     let body = json!({ "user_id": "alice", "data": {"n": 1} }).to_string();
     let (status, answer) = a.admin("POST", "/push/user", &body, false, Some(ADMIN_TOKEN)).await;
     let location: String = redis.query(redis::cmd("GET").arg("wasmgate:user:alice")).await;
-    let session_id = location.split_once(':').map(|(_, s)| s.to_string()).expect("node:session");
+    let session_id = location.split(':').nth(1).map(str::to_string).expect("node:session:incarnation");
     let b_id = b.gateway.node_id();
     let expected = json!({
         "delivered": 0, "relayed": true, "node_live": true,
@@ -277,18 +277,24 @@ impl Drop for NodeProcess {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_killed_with_sigkill_leaves_discovery_within_its_ttl_and_frees_its_id_and_users() {
-    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
-    let a = Harness::start_with(|c| {
+/// A node in-process asking for id 1, refusing duplicate logins, locations kept 60 s.
+async fn refuse_new_node(redis: &RedisServer, etcd: &EtcdServer) -> Harness {
+    let (redis_url, etcd_endpoint) = (redis.url(), etcd.endpoint());
+    Harness::start_with(move |c| {
         c.node.id = 1;
-        c.cluster.redis_url = Some(redis.url());
-        c.cluster.etcd_endpoints = vec![etcd.endpoint()];
+        c.cluster.redis_url = Some(redis_url);
+        c.cluster.etcd_endpoints = vec![etcd_endpoint];
         c.cluster.ttl_s = TTL_S;
         c.cluster.location_ttl_s = 60;
         c.scripts.auth.config.insert("duplicate_login".into(), "refuse-new".into());
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_leaves_discovery_within_its_ttl_and_frees_its_id_and_users() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let a = refuse_new_node(&redis, &etcd).await;
     let killed = NodeProcess::start(&redis, &etcd).await;
     let killed_id = killed.id;
     wait_nodes(&a, &[1, 2]).await;
@@ -400,6 +406,33 @@ async fn a_node_resumed_after_a_stall_keeps_sessions_whose_clients_kept_sending(
             closed => panic!("the session was closed after the stall: {closed:?}"),
         }
     }
+}
+
+/// `refuse-new` and a crashed node whose id a new process claimed: the user's location names
+/// the id, but not the incarnation now registered under it, so the user logs in elsewhere at
+/// once instead of being refused until the location's TTL (60 s here) runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_new_does_not_lock_out_the_users_of_a_crashed_node_whose_id_was_reused() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let a = refuse_new_node(&redis, &etcd).await;
+    let crashed = NodeProcess::start(&redis, &etcd).await;
+    let id = crashed.id;
+    let mut hank = Client::ws(&format!("ws://{}/", crashed.ws), false).await.expect("connect");
+    hank.login(1, &wasmgate_tests::token("hank")).await.expect("login");
+    drop(crashed); // SIGKILL
+    wait_until("the crashed node's id key expires", || async {
+        let held: Option<String> = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{id}"))).await;
+        held.is_none()
+    })
+    .await;
+    let restarted = NodeProcess::start(&redis, &etcd).await;
+    assert_eq!(restarted.id, id, "the new process claims the freed id");
+    wait_nodes(&a, &[1, id]).await;
+    let location: String = redis.query(redis::cmd("GET").arg("wasmgate:user:hank")).await;
+    assert!(location.starts_with(&format!("{id}:")), "still the crashed process's session: {location}");
+    let _hank_again = a.logged_in_ws("hank").await;
+    let location: String = redis.query(redis::cmd("GET").arg("wasmgate:user:hank")).await;
+    assert!(location.starts_with("1:"), "taken over by node a: {location}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

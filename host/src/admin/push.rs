@@ -138,7 +138,7 @@ async fn push_user_remote(
         return serde_json::json!({ "delivered": delivered, "location": null, "relayed": false });
     };
     let here = location.node == relay.node_id();
-    let live = if here { Some(true) } else { cluster.node_live(location.node) };
+    let live = cluster.node_live(location.node, location.incarnation);
     let relayed = !here && live != Some(false);
     if relayed {
         let frame = BackendFrame::PushUser { user_id: user.to_string(), msg_id, body };
@@ -182,7 +182,7 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
                 // Another node's session: handed to the bus (at most once, not confirmed),
                 // unless discovery says its node is gone.
                 (None, Some(relay)) if node != relay.node_id() => {
-                    let live = core.cluster.as_ref().and_then(|c| c.node_live(node));
+                    let live = core.cluster.as_ref().and_then(|c| c.node_live(node, 0));
                     if live == Some(false) {
                         return error(
                             StatusCode::NOT_FOUND,

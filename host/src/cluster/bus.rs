@@ -16,7 +16,8 @@
 //! counts; a Redis error loses that batch (counted, logged). Delivery is therefore **at most
 //! once**, in order per publishing node; see docs/cluster.md for why pub/sub was chosen.
 //!
-//! User location: on login `<prefix>:user:<user id>` = `<node id>:<session id>` with a TTL
+//! User location: on login `<prefix>:user:<user id>` = `<node id>:<session id>:<incarnation>`
+//! ([`super::Location`]) with a TTL
 //! (`cluster.location_ttl_s`) refreshed (or restored after a Redis restart) every third of it
 //! and whenever the bus subscription comes back, for every logged-in session; on
 //! close it is deleted only if it still names that session (a fast reconnect elsewhere is
@@ -54,7 +55,7 @@ if not node or node == ARGV[2] then return 0 end
 return redis.call('PUBLISH', ARGV[1] .. node, ARGV[3])";
 
 /// Keeps a user's location: sets it when it is missing (Redis restarted) or still ours.
-/// KEYS[1] user key; ARGV[1] `<node>:<session>`, ARGV[2] TTL in ms.
+/// KEYS[1] user key; ARGV[1] `<node>:<session>:<incarnation>`, ARGV[2] TTL in ms.
 const KEEP_LOCATION: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == false or v == ARGV[1] then
@@ -95,6 +96,8 @@ enum Op {
 pub struct Relay {
     tx: mpsc::Sender<Op>,
     node_id: u32,
+    /// This process's incarnation (written into user locations).
+    incarnation: u64,
     metrics: Metrics,
     nodes: Arc<NodeTable>,
 }
@@ -223,8 +226,8 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn location(node: u32, session: u64) -> String {
-    format!("{node}:{session}")
+fn location(node: u32, session: u64, incarnation: u64) -> String {
+    super::Location { node, session, incarnation }.value()
 }
 
 /// The relay and the writer task that drains it (spawn the future).
@@ -233,6 +236,7 @@ pub(super) fn relay(
     conn: ConnectionManager,
     keys: Keys,
     node_id: u32,
+    incarnation: u64,
     queue_len: usize,
     location_ttl: Duration,
     metrics: Metrics,
@@ -240,7 +244,7 @@ pub(super) fn relay(
     stop: CancellationToken,
 ) -> (Relay, impl std::future::Future<Output = ()>) {
     let (tx, rx) = mpsc::channel(queue_len.max(1));
-    let relay = Relay { tx, node_id, metrics: metrics.clone(), nodes };
+    let relay = Relay { tx, node_id, incarnation, metrics: metrics.clone(), nodes };
     (relay.clone(), writer(conn, keys, rx, relay, location_ttl, stop))
 }
 
@@ -287,11 +291,11 @@ async fn writer(
                     published += 1;
                 }
                 Op::SetLocation { user, session } => {
-                    let value = location(relay.node_id, session);
+                    let value = location(relay.node_id, session, relay.incarnation);
                     pipe.cmd("SET").arg(keys.user(&user)).arg(value).arg("PX").arg(ttl_ms).ignore();
                 }
                 Op::DelLocation { user, session } => {
-                    let value = location(relay.node_id, session);
+                    let value = location(relay.node_id, session, relay.incarnation);
                     pipe.cmd("EVAL")
                         .arg(super::node_id::RELEASE)
                         .arg(1)
@@ -318,7 +322,7 @@ async fn writer(
 pub(super) async fn refresh_locations(
     mut conn: ConnectionManager,
     keys: Keys,
-    node_id: u32,
+    (node_id, incarnation): (u32, u64),
     registry: Arc<Registry>,
     location_ttl: Duration,
     mut reconnected: tokio::sync::watch::Receiver<u64>,
@@ -340,7 +344,7 @@ pub(super) async fn refresh_locations(
                     .arg(KEEP_LOCATION)
                     .arg(1)
                     .arg(keys.user(user))
-                    .arg(location(node_id, session.id()))
+                    .arg(location(node_id, session.id(), incarnation))
                     .arg(ttl_ms)
                     .ignore();
                 n += 1;

@@ -38,6 +38,11 @@ pub struct NodeInfo {
     pub dests: Vec<u32>,
     /// Software version.
     pub version: String,
+    /// Which process holds the id now: a random number drawn when the node claimed its id
+    /// (a restarted node that claims the same id has a new one). 0 or absent: not given (a
+    /// service registering without it); liveness then goes by id alone.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// How [`NodeTable::pick`] chooses among the nodes of a type.
@@ -74,6 +79,15 @@ impl NodeTable {
     /// Whether a node with `id` is registered.
     pub fn has(&self, id: u32) -> bool {
         self.nodes.read().values().any(|n| n.id == id)
+    }
+
+    /// Whether node `id` is registered in `incarnation` (0: any incarnation; a registration
+    /// without one matches any).
+    pub fn has_incarnation(&self, id: u32, incarnation: u64) -> bool {
+        self.nodes
+            .read()
+            .values()
+            .any(|n| n.id == id && (incarnation == 0 || n.incarnation == 0 || n.incarnation == incarnation))
     }
 
     /// One node of `node_type`, chosen `how` ([`choose`]).
@@ -171,6 +185,7 @@ mod tests {
             load,
             version: "0".into(),
             dests: vec![100, 300],
+            incarnation: 0,
         }
     }
 

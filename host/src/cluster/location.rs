@@ -1,8 +1,9 @@
 //! Claiming a user's location for a login under a duplicate-login policy (seed 000 step
 //! 8.1.1.2: `userId -> {serverId, sessionId}` in Redis).
 //!
-//! The key is `<prefix>:user:<user id>` = `<node id>:<session id>` (see [`super::bus`] for how
-//! it is refreshed and removed). A claim is one Redis command, so two logins of the same user
+//! The key is `<prefix>:user:<user id>` = `<node id>:<session id>:<incarnation>` (see
+//! [`super::bus`] for how it is refreshed and removed). The incarnation tells a session of a
+//! node's current process from one of a crashed process whose id was claimed again. A claim is one Redis command, so two logins of the same user
 //! racing on two nodes are ordered by Redis:
 //! - [`Policy::Replace`] (`kick-older`): `SET .. PX .. GET` takes the key and returns the
 //!   session it named, which the caller kicks. Of two racing logins the later one stays.
@@ -32,18 +33,28 @@ return 0";
 pub struct Location {
     pub node: u32,
     pub session: u64,
+    /// The incarnation of the node's process that holds the session (its registration says
+    /// which incarnation is live); 0 when unknown (a value written without one).
+    pub incarnation: u64,
 }
 
 impl Location {
-    /// The key's value, `<node>:<session>`.
+    /// The key's value, `<node>:<session>:<incarnation>`.
     pub fn value(self) -> String {
-        format!("{}:{}", self.node, self.session)
+        format!("{}:{}:{}", self.node, self.session, self.incarnation)
     }
 
-    /// Parses a key's value; `None` if it is not `<node>:<session>`.
+    /// Parses a key's value, `<node>:<session>:<incarnation>` or `<node>:<session>`
+    /// (incarnation 0); `None` otherwise.
     pub fn parse(value: &str) -> Option<Self> {
-        let (node, session) = value.split_once(':')?;
-        Some(Self { node: node.parse().ok()?, session: session.parse().ok()? })
+        let mut parts = value.split(':');
+        let node = parts.next()?.parse().ok()?;
+        let session = parts.next()?.parse().ok()?;
+        let incarnation = match parts.next() {
+            Some(text) => text.parse().ok()?,
+            None => 0,
+        };
+        parts.next().is_none().then_some(Self { node, session, incarnation })
     }
 }
 
@@ -117,9 +128,11 @@ mod tests {
 
     #[test]
     fn location_values_round_trip_and_junk_is_refused() {
-        let l = Location { node: 7, session: 123_456_789_012 };
+        let l = Location { node: 7, session: 123_456_789_012, incarnation: 99 };
+        assert_eq!(l.value(), "7:123456789012:99");
         assert_eq!(Location::parse(&l.value()), Some(l));
-        for junk in ["", "7", "x:1", "7:", "7:y", "-1:3"] {
+        assert_eq!(Location::parse("7:5"), Some(Location { node: 7, session: 5, incarnation: 0 }));
+        for junk in ["", "7", "x:1", "7:", "7:y", "-1:3", "7:5:", "7:5:x", "7:5:1:2"] {
             assert_eq!(Location::parse(junk), None, "{junk:?}");
         }
     }

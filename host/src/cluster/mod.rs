@@ -38,10 +38,19 @@ struct RedisPart {
     token: String,
 }
 
+/// A fresh incarnation number: random, never 0 (0 means "not given").
+fn new_incarnation() -> u64 {
+    fastrand::u64(1..)
+}
+
 /// This node's membership of the cluster.
 pub struct Cluster {
     /// The node id claimed in Redis (or the configured one without Redis).
     pub node_id: u32,
+    /// This process's incarnation: drawn at join, registered in etcd and written into user
+    /// locations, so a session of a crashed process whose id another process claimed since
+    /// is known to be gone ([`NodeInfo::incarnation`]).
+    pub incarnation: u64,
     /// The cross-node bus; `None` without Redis.
     pub relay: Option<Relay>,
     /// Nodes registered in etcd (empty without etcd).
@@ -84,6 +93,7 @@ impl Cluster {
         let tasks = TaskTracker::new();
         let ttl = Duration::from_secs(settings.ttl_s);
         let mut node_id = config.node.id;
+        let incarnation = new_incarnation();
         let mut relay = None;
         let nodes = Arc::<NodeTable>::default();
         let redis = match &settings.redis_url {
@@ -102,6 +112,7 @@ impl Cluster {
                     conn.clone(),
                     keys,
                     node_id,
+                    incarnation,
                     settings.queue_len,
                     location_ttl,
                     metrics.clone(),
@@ -125,6 +136,7 @@ impl Cluster {
         };
         Ok(Some(Self {
             node_id,
+            incarnation,
             relay,
             nodes,
             redis,
@@ -165,7 +177,7 @@ impl Cluster {
             self.tasks.spawn(bus::refresh_locations(
                 redis.conn.clone(),
                 keys.clone(),
-                self.node_id,
+                (self.node_id, self.incarnation),
                 registry.clone(),
                 Duration::from_secs(self.config.location_ttl_s),
                 on_reconnect,
@@ -189,7 +201,8 @@ impl Cluster {
         }
         if let Some(etcd) = &self.etcd {
             let key = registration::key(&self.config.prefix, &advertised.name, self.node_id);
-            let (id, node_type) = (self.node_id, self.config.node_type.clone());
+            let (id, incarnation, node_type) =
+                (self.node_id, self.incarnation, self.config.node_type.clone());
             let info = move || NodeInfo {
                 id,
                 node_type: node_type.clone(),
@@ -200,6 +213,7 @@ impl Cluster {
                 load: registry.len() as u64,
                 version: env!("CARGO_PKG_VERSION").into(),
                 dests: upstreams.dests(),
+                incarnation,
             };
             self.tasks.spawn(registration::run(etcd.clone(), key, ttl, info, self.stop.clone()));
             self.tasks.spawn(discovery::watch(
@@ -239,13 +253,13 @@ impl Cluster {
             return Ok(Claim::Taken { previous: None });
         };
         let key = bus::Keys { prefix: self.config.prefix.clone() }.user(user);
-        let ours = Location { node: self.node_id, session };
+        let ours = Location { node: self.node_id, session, incarnation: self.incarnation };
         let ttl_ms = self.config.location_ttl_s * 1000;
         let live = |l: Location| {
-            if l.node == self.node_id {
+            if self.is_ours(l) {
                 registry.get(l.session).is_some()
             } else {
-                self.etcd.is_none() || self.nodes.has(l.node)
+                self.node_live(l.node, l.incarnation) != Some(false)
             }
         };
         let mut conn = redis.conn.clone();
@@ -271,10 +285,20 @@ impl Cluster {
         Ok(value.as_deref().and_then(Location::parse))
     }
 
-    /// Whether node `node` is live as far as this node can tell: in discovery (with etcd), or
-    /// `None` without etcd (no way to know).
-    pub fn node_live(&self, node: u32) -> Option<bool> {
-        self.etcd.as_ref().map(|_| node == self.node_id || self.nodes.has(node))
+    /// Whether node `node` in `incarnation` (0: any) is live as far as this node can tell:
+    /// this process, or in discovery with etcd; `None` without etcd (no way to know).
+    pub fn node_live(&self, node: u32, incarnation: u64) -> Option<bool> {
+        if node == self.node_id {
+            return Some(incarnation == 0 || incarnation == self.incarnation);
+        }
+        self.etcd.as_ref().map(|_| self.nodes.has_incarnation(node, incarnation))
+    }
+
+    /// Whether `location` names a session of this process (this node id, this incarnation or
+    /// an unknown one).
+    pub fn is_ours(&self, location: Location) -> bool {
+        location.node == self.node_id
+            && (location.incarnation == 0 || location.incarnation == self.incarnation)
     }
 
     /// Whether Redis and etcd (those configured) answer within `limit`: `(name, problem)` for

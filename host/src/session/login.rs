@@ -127,6 +127,8 @@ impl Session {
                     Ok(Claim::Taken { previous: Some(old) }) if old.node != cluster.node_id => {
                         relay.replace(old.node, old.session);
                     }
+                    // A session of an earlier process under this node id: gone with it.
+                    Ok(Claim::Taken { previous: Some(old) }) if !cluster.is_ours(old) => {}
                     Ok(Claim::Taken { previous: Some(old) }) => {
                         // Normally closed by the local replacement above already.
                         if let Some(other) = core.registry.get(old.session).filter(|o| o.id() != handle.id())

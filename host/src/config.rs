@@ -129,7 +129,9 @@ pub struct ClusterConfig {
     /// This node's type in discovery (seed 004's node type): `gateway`.
     pub node_type: String,
     /// TTL of the node id key in Redis and of the etcd lease, in seconds; refreshed every
-    /// third of it. A crashed node's id and registration free themselves after it.
+    /// third of it. A crashed node's id and registration free themselves after it; a node
+    /// that could not refresh for that long (stalled, cut off from Redis) has lost its id and
+    /// rejoins under a new one, closing its sessions (docs/cluster.md, fencing).
     pub ttl_s: u64,
     /// TTL of a user's location key in Redis, in seconds; refreshed every third of it.
     pub location_ttl_s: u64,

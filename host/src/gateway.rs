@@ -468,6 +468,26 @@ impl RunningGateway {
         changed
     }
 
+    /// Completes when this node has lost its cluster node id (its claim's deadline passed or
+    /// another process holds the id; docs/cluster.md, fencing); never for a standalone node.
+    /// Then call [`RunningGateway::restart_fenced`] and start a new gateway, which claims a
+    /// fresh id.
+    pub async fn fenced(&self) {
+        match &self.core.cluster {
+            Some(cluster) => cluster.fenced().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// After [`RunningGateway::fenced`]: closes every session with 1012 `node_restarting` (an
+    /// error frame first), then shuts down as [`RunningGateway::shutdown`] does.
+    pub async fn restart_fenced(self, grace: Duration) {
+        for session in self.core.registry.all() {
+            session.close(CloseReason::NodeRestarting, "the node lost its cluster id; reconnect");
+        }
+        self.shutdown(grace).await
+    }
+
     /// Graceful shutdown: stop accepting; every session flushes its queue and gets an error
     /// frame `going_away` and close code 1001; the node leaves the cluster (etcd lease revoked,
     /// node id released); upstream pools write what they hold and read replies briefly; then

@@ -224,9 +224,10 @@ async fn check_script(cli: &Cli, world: &str, file: &Path, config: String) -> an
 }
 
 /// Runs the gateway until SIGINT/SIGTERM (a second one exits at once); SIGHUP re-reads the
-/// config.
+/// config. A node that loses its cluster node id (fencing, docs/cluster.md) closes its
+/// sessions and starts again under a fresh id, retrying while Redis cannot be reached.
 async fn run(
-    config: Config,
+    mut config: Config,
     path: &Option<PathBuf>,
     overrides: &toml::Table,
     grace_s: u64,
@@ -234,28 +235,62 @@ async fn run(
 ) -> anyhow::Result<()> {
     // Handlers first: a signal during start-up is acted on once the gateway serves.
     let mut signals = Signals::new()?;
-    let gateway = RunningGateway::start(config).await.context("starting wasmgate")?;
-    telemetry.export_metrics(gateway.metrics().clone())?;
-    notify(&[NotifyState::Ready]);
-    while let Signal::Hangup = signals.next().await {
-        notify(&[NotifyState::Reloading]);
-        match config_centre::load(path.as_deref(), overrides).await {
-            Ok(config) => {
-                let restart = gateway.reload(&config).await;
-                tracing::info!(needs_restart = ?restart, "SIGHUP: config files re-read");
-            }
-            Err(e) => tracing::error!("SIGHUP: config not reloaded: {e:#}"),
-        }
+    let grace = Duration::from_secs(grace_s);
+    let mut gateway = RunningGateway::start(config.clone()).await.context("starting wasmgate")?;
+    loop {
+        telemetry.export_metrics(gateway.metrics().clone())?;
         notify(&[NotifyState::Ready]);
+        let fenced = loop {
+            let signal = tokio::select! {
+                signal = signals.next() => signal,
+                _ = gateway.fenced() => break true,
+            };
+            let Signal::Hangup = signal else { break false };
+            notify(&[NotifyState::Reloading]);
+            match config_centre::load(path.as_deref(), overrides).await {
+                Ok(loaded) => {
+                    let restart = gateway.reload(&loaded).await;
+                    tracing::info!(needs_restart = ?restart, "SIGHUP: config files re-read");
+                    config = loaded;
+                }
+                Err(e) => tracing::error!("SIGHUP: config not reloaded: {e:#}"),
+            }
+            notify(&[NotifyState::Ready]);
+        };
+        if !fenced {
+            break;
+        }
+        notify(&[NotifyState::Reloading]);
+        gateway.restart_fenced(grace).await;
+        gateway = rejoin(&config, &mut signals).await?;
     }
     notify(&[NotifyState::Stopping]);
     tracing::info!(grace_s, "shutting down (a second signal exits at once)");
     tokio::select! {
-        _ = gateway.shutdown(Duration::from_secs(grace_s)) => Ok(()),
+        _ = gateway.shutdown(grace) => Ok(()),
         _ = async { while let Signal::Hangup = signals.next().await {} } => {
             tracing::warn!("second signal: exiting at once");
             std::process::exit(130)
         }
+    }
+}
+
+/// Starts the gateway again after it lost its node id, retrying every few seconds (Redis may
+/// be what cut it off). A stop signal meanwhile ends the process.
+async fn rejoin(config: &Config, signals: &mut Signals) -> anyhow::Result<RunningGateway> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match RunningGateway::start(config.clone()).await {
+            Ok(gateway) => return Ok(gateway),
+            Err(e) => tracing::error!("rejoining the cluster failed, retrying in {backoff:?}: {e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            signal = signals.next() => if let Signal::Stop = signal {
+                anyhow::bail!("stopped while rejoining the cluster");
+            },
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

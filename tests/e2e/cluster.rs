@@ -198,6 +198,8 @@ struct NodeProcess {
     child: std::process::Child,
     id: u32,
     ws: std::net::SocketAddr,
+    /// The node's `node <id> ws <addr>` lines, read on a thread of their own.
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -205,11 +207,12 @@ impl NodeProcess {
     /// Starts a node in the cluster of `redis` and `etcd` whose auth script refuses duplicate
     /// logins; waits for its `node <id> ws <addr>` line.
     async fn start(redis: &RedisServer, etcd: &EtcdServer) -> Self {
-        Self::start_with(redis, etcd, "").await
+        Self::start_with(redis, etcd, TTL_S, "").await
     }
 
-    /// As [`NodeProcess::start`], with `extra` TOML tables appended to the config.
-    async fn start_with(redis: &RedisServer, etcd: &EtcdServer, extra: &str) -> Self {
+    /// As [`NodeProcess::start`], with the id and lease TTL `ttl_s` and `extra` TOML tables
+    /// appended to the config.
+    async fn start_with(redis: &RedisServer, etcd: &EtcdServer, ttl_s: u64, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = format!(
             r#"
@@ -224,7 +227,7 @@ config = {{ secret = "{secret}", issuer = "{issuer}", duplicate_login = "refuse-
 [cluster]
 redis_url = "{redis}"
 etcd_endpoints = ["{etcd}"]
-ttl_s = {TTL_S}
+ttl_s = {ttl_s}
 location_ttl_s = 60
 {extra}
 "#,
@@ -241,20 +244,27 @@ location_ttl_s = 60
             .spawn()
             .expect("start cluster-node");
         let stdout = child.stdout.take().expect("stdout");
-        let line = tokio::time::timeout(
-            PROMPT,
-            tokio::task::spawn_blocking(move || {
-                let mut line = String::new();
-                std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
-            }),
-        )
-        .await
-        .expect("the node started in time")
-        .expect("reader")
-        .expect("read its line");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut node = Self { child, id: 0, ws: loopback(), lines, _dir: dir };
+        node.next_start(PROMPT).await;
+        node
+    }
+
+    /// Waits for the node's next `node <id> ws <addr>` line (its start, or its rejoin under a
+    /// new id) and records both.
+    async fn next_start(&mut self, within: Duration) {
+        let line = tokio::time::timeout(within, self.lines.recv())
+            .await
+            .expect("the node (re)started in time")
+            .expect("the node is running");
         let words: Vec<&str> = line.split_whitespace().collect();
         let [_, id, _, ws] = words[..] else { panic!("unexpected line {line:?}") };
-        Self { child, id: id.parse().expect("id"), ws: ws.parse().expect("ws addr"), _dir: dir }
+        (self.id, self.ws) = (id.parse().expect("id"), ws.parse().expect("ws addr"));
     }
 }
 
@@ -324,6 +334,39 @@ async fn a_node_killed_with_sigkill_leaves_discovery_within_its_ttl_and_frees_it
     assert_eq!(d.gateway.node_id(), killed_id, "the id is claimable again");
 }
 
+/// Fencing: a node stalled past its TTL (SIGSTOP) while another process claims its id finds
+/// on resume that its claim's deadline has passed; it closes its sessions with 1012
+/// `node_restarting` and rejoins under a fresh id instead of serving beside the new holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stalled_past_its_ttl_fences_itself_and_rejoins_under_a_new_id() {
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let mut stalled = NodeProcess::start(&redis, &etcd).await;
+    let id = stalled.id;
+    let mut ivy = Client::ws(&format!("ws://{}/", stalled.ws), false).await.expect("connect");
+    ivy.login(1, &wasmgate_tests::token("ivy")).await.expect("login");
+    stalled.signal("STOP");
+    wait_until("the stalled node's id key expires", || async {
+        let held: Option<String> = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{id}"))).await;
+        held.is_none()
+    })
+    .await;
+    let usurper = node(Some(&redis), Some(&etcd)).await;
+    assert_eq!(usurper.gateway.node_id(), id, "another process claims the id");
+    let _jack = usurper.logged_in_ws("jack").await;
+    stalled.signal("CONT");
+    wasmgate_tests::expect_error_then_close(&mut ivy, "node_restarting", Some(1012)).await;
+    stalled.next_start(PROMPT).await;
+    assert_ne!(stalled.id, id, "rejoined under a fresh id");
+    let mut both = [id, stalled.id];
+    both.sort();
+    wait_nodes(&usurper, &both).await;
+    let held: String = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{id}"))).await;
+    let mut ivy = Client::ws(&format!("ws://{}/", stalled.ws), false).await.expect("reconnect");
+    ivy.login(1, &wasmgate_tests::token("ivy")).await.expect("login after the rejoin");
+    let still: String = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{id}"))).await;
+    assert_eq!(held, still, "the usurper keeps its claim");
+}
+
 /// A bus message published longer ago than `cluster.bus_max_age_ms` is dropped on receipt and
 /// counted `expired`; the same message with a fresh publish time is delivered. The envelope is
 /// the one docs/cluster.md gives: origin u32, publish time u64 (ms), backend frame.
@@ -381,7 +424,8 @@ async fn bus_messages_older_than_the_max_age_are_dropped_and_counted() {
 async fn a_node_resumed_after_a_stall_keeps_sessions_whose_clients_kept_sending() {
     const HEARTBEAT: u32 = 2;
     let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
-    let node = NodeProcess::start_with(&redis, &etcd, "[timeouts]\nheartbeat_ms = 1500\n").await;
+    // A TTL longer than the stall: the node keeps its id (a longer stall fences it: below).
+    let node = NodeProcess::start_with(&redis, &etcd, 10, "[timeouts]\nheartbeat_ms = 1500\n").await;
     let mut client = Client::ws(&format!("ws://{}/", node.ws), false).await.expect("connect");
     client.login(1, &wasmgate_tests::token("ivy")).await.expect("login");
     let sender = tokio::spawn(async move {

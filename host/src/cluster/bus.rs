@@ -372,6 +372,9 @@ pub(super) struct Local {
     pub metrics: Metrics,
     /// `cluster.bus_max_age_ms`: older messages are dropped (`None`: never).
     pub max_age_ms: Option<u64>,
+    /// The node id claim: once lost, nothing addressed to the id is delivered here (another
+    /// process may hold it).
+    pub fence: Option<Arc<super::Fence>>,
 }
 
 /// Receives this node's and the broadcast channel until `shutdown`, reconnecting with
@@ -424,6 +427,9 @@ async fn deliver(local: &Local, payload: &[u8]) {
     let mut buf = BytesMut::from(payload);
     if buf.len() < 12 {
         return tracing::warn!("bus message shorter than its header; ignored");
+    }
+    if local.fence.as_ref().is_some_and(|f| !f.valid()) {
+        return; // the id is lost: these may be meant for the process that holds it now
     }
     let origin = buf.get_u32();
     if origin == local.node_id {

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 pub use self::bus::Relay;
 pub use self::discovery::{NodeInfo, NodeTable, Pick};
 pub use self::location::{Claim, Location, Policy};
+pub use self::node_id::Fence;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rooms::Rooms;
@@ -51,6 +52,8 @@ pub struct Cluster {
     /// locations, so a session of a crashed process whose id another process claimed since
     /// is known to be gone ([`NodeInfo::incarnation`]).
     pub incarnation: u64,
+    /// The node id claim's fence; `None` without Redis (the configured id is simply used).
+    pub fence: Option<Arc<Fence>>,
     /// The cross-node bus; `None` without Redis.
     pub relay: Option<Relay>,
     /// Nodes registered in etcd (empty without etcd).
@@ -95,6 +98,7 @@ impl Cluster {
         let mut node_id = config.node.id;
         let incarnation = new_incarnation();
         let mut relay = None;
+        let mut fence = None;
         let nodes = Arc::<NodeTable>::default();
         let redis = match &settings.redis_url {
             Some(url) => {
@@ -104,7 +108,10 @@ impl Cluster {
                     .context("connecting to Redis timed out")?
                     .with_context(|| format!("connecting to Redis at {url}"))?;
                 let token = format!("{}-{}", std::process::id(), fastrand::u64(..));
-                node_id = node_id::claim(&mut conn, &settings.prefix, config.node.id, &token, ttl).await?;
+                let (claimed, claim_fence) =
+                    node_id::claim(&mut conn, &settings.prefix, config.node.id, &token, ttl).await?;
+                node_id = claimed;
+                fence = Some(Arc::new(claim_fence));
                 tracing::info!(node = node_id, "node id claimed in Redis");
                 let keys = bus::Keys { prefix: settings.prefix.clone() };
                 let location_ttl = Duration::from_secs(settings.location_ttl_s);
@@ -137,6 +144,7 @@ impl Cluster {
         Ok(Some(Self {
             node_id,
             incarnation,
+            fence,
             relay,
             nodes,
             redis,
@@ -168,9 +176,9 @@ impl Cluster {
             self.tasks.spawn(node_id::hold(
                 redis.conn.clone(),
                 self.config.prefix.clone(),
-                self.node_id,
-                redis.token.clone(),
+                (self.node_id, redis.token.clone()),
                 ttl,
+                self.fence.clone().expect("a fence with Redis"),
                 on_reconnect.clone(),
                 self.stop.clone(),
             ));
@@ -190,6 +198,7 @@ impl Cluster {
                 upstreams: upstreams.clone(),
                 metrics: self.metrics.clone(),
                 max_age_ms: (self.config.bus_max_age_ms > 0).then_some(self.config.bus_max_age_ms),
+                fence: self.fence.clone(),
             };
             self.tasks.spawn(bus::subscribe(
                 redis.client.clone(),
@@ -215,7 +224,8 @@ impl Cluster {
                 dests: upstreams.dests(),
                 incarnation,
             };
-            self.tasks.spawn(registration::run(etcd.clone(), key, ttl, info, self.stop.clone()));
+            let fence = self.fence.clone();
+            self.tasks.spawn(registration::run(etcd.clone(), key, ttl, info, fence, self.stop.clone()));
             self.tasks.spawn(discovery::watch(
                 etcd.clone(),
                 registration::nodes_prefix(&self.config.prefix),
@@ -299,6 +309,20 @@ impl Cluster {
     pub fn is_ours(&self, location: Location) -> bool {
         location.node == self.node_id
             && (location.incarnation == 0 || location.incarnation == self.incarnation)
+    }
+
+    /// Whether this node may act under its id: not fenced (always true without Redis).
+    pub fn holds_id(&self) -> bool {
+        self.fence.as_ref().is_none_or(|f| f.valid())
+    }
+
+    /// Completes when the node has lost its id (never without Redis): the gateway must close
+    /// its sessions and rejoin ([`crate::RunningGateway::fenced`]).
+    pub async fn fenced(&self) {
+        match &self.fence {
+            Some(fence) => fence.lost().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Whether Redis and etcd (those configured) answer within `limit`: `(name, problem)` for

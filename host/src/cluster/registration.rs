@@ -28,17 +28,27 @@ pub(super) async fn run(
     key: String,
     ttl: Duration,
     info: impl Fn() -> NodeInfo,
+    fence: Option<std::sync::Arc<super::Fence>>,
     shutdown: CancellationToken,
 ) {
+    // Never (re-)register under an id this node no longer holds: the key may be another
+    // process's registration now.
+    let holds_id = || fence.as_ref().is_none_or(|f| f.valid());
     let mut backoff = Duration::from_millis(100);
     let mut lease = None;
     while !shutdown.is_cancelled() {
         let kept = async {
+            if !holds_id() {
+                return Ok(());
+            }
             let granted = client.lease_grant(ttl.as_secs().max(1) as i64, None).await?;
             let id = granted.id();
             lease = Some(id);
             let mut current = info();
             let value = serde_json::to_string(&current).unwrap_or_default();
+            if !holds_id() {
+                return Ok(());
+            }
             client.put(key.as_str(), value, Some(PutOptions::new().with_lease(id))).await?;
             tracing::info!(key, lease = id, "registered in etcd");
             let (mut keeper, mut responses) = client.lease_keep_alive(id).await?;
@@ -53,7 +63,7 @@ pub(super) async fn run(
                     }
                 }
                 let now = info();
-                if now != current {
+                if now != current && holds_id() {
                     let value = serde_json::to_string(&now).unwrap_or_default();
                     client.put(key.as_str(), value, Some(PutOptions::new().with_lease(id))).await?;
                     current = now;

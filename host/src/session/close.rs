@@ -12,6 +12,9 @@ pub enum CloseReason {
     Normal,
     /// The gateway is shutting down.
     GoingAway,
+    /// The node lost its cluster node id (its claim's deadline passed, or another process
+    /// holds it) and restarts under a new one: reconnect (to this node or another).
+    NodeRestarting,
     /// A binary frame was not a packet (shorter than the header).
     MalformedFrame,
     /// A text frame was not a JSON packet.
@@ -39,9 +42,10 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every close reason (their metric series are created at start).
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Normal,
         Self::GoingAway,
+        Self::NodeRestarting,
         Self::MalformedFrame,
         Self::MalformedJson,
         Self::MessageTooBig,
@@ -60,6 +64,7 @@ impl CloseReason {
         match self {
             Self::Normal => 1000,
             Self::GoingAway => 1001,
+            Self::NodeRestarting => 1012,
             Self::MalformedFrame | Self::TransportError => 1002,
             Self::MalformedJson => 1007,
             Self::MessageTooBig => 1009,
@@ -79,6 +84,7 @@ impl CloseReason {
         match self {
             Self::Normal => "normal",
             Self::GoingAway => "going_away",
+            Self::NodeRestarting => "node_restarting",
             Self::MalformedFrame => "malformed_frame",
             Self::MalformedJson => "malformed_json",
             Self::MessageTooBig => "message_too_big",

@@ -57,6 +57,10 @@ where
                 }
             },
         };
+        if core.cluster.as_ref().is_some_and(|c| !c.holds_id()) {
+            drop(stream); // the node lost its id: no session may be minted under it
+            continue;
+        }
         // Another listener may have taken the room meanwhile: then this one connection waits
         // (at most one per listener) until a session ends.
         let permit = tokio::select! {

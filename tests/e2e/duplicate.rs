@@ -221,3 +221,46 @@ async fn refuse_new_takes_over_a_location_left_by_a_node_that_is_gone() {
     let location: String = redis.query(redis::cmd("GET").arg("wasmgate:user:gina")).await;
     assert!(location.starts_with(&format!("{}:", a.gateway.node_id())), "{location}");
 }
+
+/// Two nodes with `policy`, ids and leases of 10 s (longer than the outage below: no fencing),
+/// locations refreshed only every 200 s (so what happens is the reconnect's doing).
+async fn partition_pair(policy: &str, redis: &RedisServer, etcd: &EtcdServer) -> (Harness, Harness) {
+    let start = || {
+        let policy = policy.to_string();
+        let (redis, etcd) = (redis.url(), etcd.endpoint());
+        Harness::start_with(move |c| {
+            with_admin_token(c);
+            c.scripts.auth.config.insert("duplicate_login".into(), toml::Value::String(policy));
+            c.node.id = 1;
+            c.cluster.redis_url = Some(redis);
+            c.cluster.etcd_endpoints = vec![etcd];
+            c.cluster.ttl_s = 10;
+            c.cluster.location_ttl_s = 600;
+        })
+    };
+    tokio::join!(start(), start())
+}
+
+/// Two sessions of one user admitted while Redis was down (each node then decides alone) are
+/// reconciled when Redis is back: `kick-older` keeps the newer (the older closes with 4006),
+/// `refuse-new` the older (the newer closes with 4004).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_admitted_during_a_redis_outage_are_reconciled_by_policy() {
+    for (policy, older_closed) in [("kick-older", true), ("refuse-new", false)] {
+        let (mut redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+        let (a, b) = partition_pair(policy, &redis, &etcd).await;
+        wait_until("the nodes see each other", || async { a.gateway.nodes().len() == 2 }).await;
+        redis.stop();
+        // Each login waits 1 s for Redis, then goes ahead on what its node knows.
+        let older = a.logged_in_ws("zoe").await;
+        let newer = b.logged_in_ws("zoe").await;
+        redis.restart().await;
+        let (mut closed, mut kept) = if older_closed { (older, newer) } else { (newer, older) };
+        let (code, close) = if older_closed { ("replaced", 4006) } else { ("kicked", 4004) };
+        expect_error_then_close(&mut closed, code, Some(close)).await;
+        // The other one lives on.
+        let seq = kept.send(2, b"").await.expect("send a heartbeat");
+        let (answer, _) = kept.recv_reply(2, seq, PROMPT).await.expect("the kept session answers");
+        assert_eq!(answer.msg_id, 2, "{policy}");
+    }
+}

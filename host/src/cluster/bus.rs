@@ -39,7 +39,7 @@ use crate::metrics::{Metrics, OutcomeLabel};
 use crate::protocol::backend::{BackendCodec, BackendFrame};
 use crate::protocol::client::SharedPacket;
 use crate::rooms::Rooms;
-use crate::session::{CloseReason, Registry};
+use crate::session::{CloseReason, DuplicateRule, Registry, SessionHandle};
 use crate::upstream::Upstreams;
 
 /// Set in the origin word of a message that carries a target dest (a relay).
@@ -54,14 +54,20 @@ local node = string.match(v, '^(%d+):')
 if not node or node == ARGV[2] then return 0 end
 return redis.call('PUBLISH', ARGV[1] .. node, ARGV[3])";
 
-/// Keeps a user's location: sets it when it is missing (Redis restarted) or still ours.
+/// Keeps a user's location: sets it when it is missing (Redis restarted) or still ours (1);
+/// otherwise returns the value naming the other session.
 /// KEYS[1] user key; ARGV[1] `<node>:<session>:<incarnation>`, ARGV[2] TTL in ms.
 const KEEP_LOCATION: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == false or v == ARGV[1] then
-  return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
-return 0";
+return v";
+
+/// Takes the key if it still holds ARGV[1]. KEYS[1] user key; ARGV[1] old value, ARGV[2] new
+/// value, ARGV[3] TTL in ms.
+const TAKE_OVER: &str = super::location::TAKE_OVER;
 
 /// Reason text of a bus `Kick` that closes the session as [`CloseReason::Replaced`] (4006)
 /// rather than `kicked`: the user logged in again on another node (duplicate login
@@ -84,6 +90,9 @@ enum Op {
     SetLocation {
         user: Arc<str>,
         session: u64,
+        /// Only if the user has no location (`SET NX`): a login whose duplicate check could
+        /// not reach Redis must not hide another session; the refresh reconciles the two.
+        if_free: bool,
     },
     DelLocation {
         user: Arc<str>,
@@ -163,7 +172,15 @@ impl Relay {
 
     /// Records that `user` is logged in on `session` of this node.
     pub fn logged_in(&self, user: Arc<str>, session: u64) {
-        self.enqueue(Op::SetLocation { user, session });
+        self.enqueue(Op::SetLocation { user, session, if_free: false });
+    }
+
+    /// Records that `user` is logged in on `session` of this node, which was admitted without
+    /// its duplicate-login check (Redis did not answer): only if the user has no location.
+    /// Should another node have admitted a session of the user meanwhile, the location
+    /// refresh finds the two and reconciles them by the duplicate-login rule.
+    pub fn logged_in_unchecked(&self, user: Arc<str>, session: u64) {
+        self.enqueue(Op::SetLocation { user, session, if_free: true });
     }
 
     /// Forgets `user`'s location if it still names `session`.
@@ -290,9 +307,13 @@ async fn writer(
                         .ignore();
                     published += 1;
                 }
-                Op::SetLocation { user, session } => {
+                Op::SetLocation { user, session, if_free } => {
                     let value = location(relay.node_id, session, relay.incarnation);
-                    pipe.cmd("SET").arg(keys.user(&user)).arg(value).arg("PX").arg(ttl_ms).ignore();
+                    let set = pipe.cmd("SET").arg(keys.user(&user)).arg(value).arg("PX").arg(ttl_ms);
+                    if if_free {
+                        set.arg("NX");
+                    }
+                    set.ignore();
                 }
                 Op::DelLocation { user, session } => {
                     let value = location(relay.node_id, session, relay.incarnation);
@@ -315,48 +336,142 @@ async fn writer(
     }
 }
 
-/// Refreshes the location of every logged-in session of this node, every third of the TTL,
-/// and at once when the bus subscription comes back after a failure (`reconnected` changes:
-/// Redis may have restarted empty). Restores locations a Redis restart lost, unless a newer
-/// session took the user. A failed refresh is retried after [`RETRY`].
-pub(super) async fn refresh_locations(
-    mut conn: ConnectionManager,
-    keys: Keys,
-    (node_id, incarnation): (u32, u64),
-    registry: Arc<Registry>,
-    location_ttl: Duration,
-    mut reconnected: tokio::sync::watch::Receiver<u64>,
-    shutdown: CancellationToken,
-) {
-    let ttl_ms = location_ttl.as_millis() as u64;
-    let mut wait = location_ttl / 3;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            Ok(()) = reconnected.changed() => {}
+/// Keeps this node's user locations in Redis ([`Locations::run`]).
+pub(super) struct Locations {
+    pub conn: ConnectionManager,
+    pub keys: Keys,
+    pub node_id: u32,
+    pub incarnation: u64,
+    pub registry: Arc<Registry>,
+    pub relay: Relay,
+    /// Whether a session a location names still exists (its node and incarnation live).
+    pub live: Box<dyn Fn(super::Location) -> bool + Send + Sync>,
+    pub ttl: Duration,
+}
+
+/// Why a session closed by reconciliation under `refuse-new` was closed (a `Kick`, 4004).
+const RECONCILED: &str = "duplicate login (reconciled after a partition)";
+
+impl Locations {
+    /// Refreshes the location of every logged-in session of this node, every third of the
+    /// TTL, and at once when the bus subscription comes back after a failure (`reconnected`
+    /// changes: Redis may have restarted empty). Restores locations a Redis restart lost. A
+    /// location naming another live session of the user means both were admitted while the
+    /// nodes could not agree (Redis unreachable): they are reconciled by the sessions'
+    /// duplicate-login rule — `kick-older` keeps the newer session (the other closes with 4006
+    /// `replaced`), `refuse-new` the older one (the other closes with 4004 `kicked`); session
+    /// ids order by creation time. A failed refresh is retried after [`RETRY`].
+    pub(super) async fn run(
+        mut self,
+        mut reconnected: tokio::sync::watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        let mut wait = self.ttl / 3;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                Ok(()) = reconnected.changed() => {}
+            }
+            wait = match self.refresh().await {
+                Ok(()) => self.ttl / 3,
+                Err(e) => {
+                    tracing::warn!("cannot refresh user locations in Redis (retrying in {RETRY:?}): {e}");
+                    RETRY.min(self.ttl / 3)
+                }
+            };
+        }
+    }
+
+    async fn refresh(&mut self) -> redis::RedisResult<()> {
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let sessions: Vec<(SessionHandle, Arc<str>)> = self
+            .registry
+            .all()
+            .into_iter()
+            .filter_map(|s| {
+                let user = s.user_id()?.clone();
+                Some((s, user))
+            })
+            .collect();
+        if sessions.is_empty() {
+            return Ok(());
         }
         let mut pipe = redis::pipe();
-        let mut n = 0;
-        for session in registry.all() {
-            if let Some(user) = session.user_id() {
-                pipe.cmd("EVAL")
-                    .arg(KEEP_LOCATION)
-                    .arg(1)
-                    .arg(keys.user(user))
-                    .arg(location(node_id, session.id(), incarnation))
-                    .arg(ttl_ms)
-                    .ignore();
-                n += 1;
+        for (session, user) in &sessions {
+            pipe.cmd("EVAL")
+                .arg(KEEP_LOCATION)
+                .arg(1)
+                .arg(self.keys.user(user))
+                .arg(location(self.node_id, session.id(), self.incarnation))
+                .arg(ttl_ms);
+        }
+        let kept: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
+        for ((session, user), kept) in sessions.iter().zip(kept) {
+            if let redis::Value::BulkString(other) = kept
+                && let Some(other) = std::str::from_utf8(&other).ok().and_then(super::Location::parse)
+            {
+                self.reconcile(session, user, other).await?;
             }
         }
-        wait = location_ttl / 3;
-        if n > 0
-            && let Err(e) = pipe.query_async::<()>(&mut conn).await
-        {
-            tracing::warn!("cannot refresh {n} user locations in Redis (retrying in {RETRY:?}): {e}");
-            wait = wait.min(RETRY);
+        Ok(())
+    }
+
+    /// `session` of `user` found the user's location naming `other`.
+    async fn reconcile(
+        &mut self,
+        session: &SessionHandle,
+        user: &str,
+        other: super::Location,
+    ) -> redis::RedisResult<()> {
+        let rule = session.duplicate_rule();
+        let live = (self.live)(other);
+        let ours_wins = match rule {
+            _ if !live => true,
+            DuplicateRule::Allow => return Ok(()), // the location names the latest login
+            DuplicateRule::KickOlder => session.id() > other.session,
+            DuplicateRule::RefuseNew => session.id() < other.session,
+        };
+        if !ours_wins {
+            let (why, text) = match rule {
+                DuplicateRule::RefuseNew => (CloseReason::Kicked, RECONCILED),
+                _ => (CloseReason::Replaced, REPLACED),
+            };
+            session.close(why, text);
+            return Ok(());
         }
+        let ours = location(self.node_id, session.id(), self.incarnation);
+        let taken: i64 = redis::cmd("EVAL")
+            .arg(TAKE_OVER)
+            .arg(1)
+            .arg(self.keys.user(user))
+            .arg(other.value())
+            .arg(ours)
+            .arg(self.ttl.as_millis() as u64)
+            .query_async(&mut self.conn)
+            .await?;
+        if taken == 1 && live {
+            tracing::info!(user, kept = session.id(), closed = other.session, "duplicate login reconciled");
+            let local = other.node == self.node_id && other.incarnation == self.incarnation;
+            match (rule, local) {
+                (DuplicateRule::RefuseNew, true) => {
+                    if let Some(s) = self.registry.get(other.session) {
+                        s.close(CloseReason::Kicked, RECONCILED);
+                    }
+                }
+                (DuplicateRule::RefuseNew, false) => self.relay.to_node(
+                    other.node,
+                    BackendFrame::Kick { session_id: other.session, reason: RECONCILED.into() },
+                ),
+                (_, true) => {
+                    if let Some(s) = self.registry.get(other.session) {
+                        s.close(CloseReason::Replaced, REPLACED);
+                    }
+                }
+                (_, false) => self.relay.replace(other.node, other.session),
+            }
+        }
+        Ok(())
     }
 }
 

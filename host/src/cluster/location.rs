@@ -21,7 +21,7 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Takes the key if it still holds ARGV[1]. KEYS[1] user key; ARGV[1] old value, ARGV[2] new
 /// value, ARGV[3] TTL in ms.
-const TAKE_OVER: &str = r"
+pub(super) const TAKE_OVER: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1

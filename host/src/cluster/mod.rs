@@ -182,15 +182,31 @@ impl Cluster {
                 on_reconnect.clone(),
                 self.stop.clone(),
             ));
-            self.tasks.spawn(bus::refresh_locations(
-                redis.conn.clone(),
-                keys.clone(),
-                (self.node_id, self.incarnation),
-                registry.clone(),
-                Duration::from_secs(self.config.location_ttl_s),
-                on_reconnect,
-                self.stop.clone(),
-            ));
+            let live = {
+                let (nodes, registry, with_etcd) =
+                    (self.nodes.clone(), registry.clone(), self.etcd.is_some());
+                let (node_id, incarnation) = (self.node_id, self.incarnation);
+                move |l: Location| {
+                    if l.node == node_id && (l.incarnation == 0 || l.incarnation == incarnation) {
+                        registry.get(l.session).is_some()
+                    } else if l.node == node_id {
+                        false
+                    } else {
+                        !with_etcd || nodes.has_incarnation(l.node, l.incarnation)
+                    }
+                }
+            };
+            let locations = bus::Locations {
+                conn: redis.conn.clone(),
+                keys: keys.clone(),
+                node_id: self.node_id,
+                incarnation: self.incarnation,
+                registry: registry.clone(),
+                relay: self.relay.clone().expect("a relay with Redis"),
+                live: Box::new(live),
+                ttl: Duration::from_secs(self.config.location_ttl_s),
+            };
+            self.tasks.spawn(locations.run(on_reconnect, self.stop.clone()));
             let local = bus::Local {
                 node_id: self.node_id,
                 registry: registry.clone(),

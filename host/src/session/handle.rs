@@ -53,6 +53,8 @@ struct Shared {
     user_id: OnceLock<Arc<str>>,
     /// Logged in, or an anonymous go-push session: receives pushes to everyone.
     admitted: AtomicBool,
+    /// The duplicate-login rule the session logged in under ([`DuplicateRule`] as u8).
+    duplicate_rule: AtomicU8,
     tx: flume::Sender<Outbound>,
     close_reason: OnceLock<(CloseReason, String)>,
     /// How far the close has gone: the reader stops at `CLOSING`, the writer (without
@@ -110,6 +112,17 @@ pub(crate) struct Memberships {
 #[derive(Clone)]
 pub struct SessionHandle(Arc<Shared>);
 
+/// A duplicate-login rule (the auth script's `on-duplicate`), as kept per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DuplicateRule {
+    Allow = 0,
+    /// The newest session of a user stays.
+    KickOlder = 1,
+    /// The oldest session of a user stays.
+    RefuseNew = 2,
+}
+
 /// Body of an error frame: `{"code": "...", "message": "..."}`.
 pub fn error_body(code: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "code": code, "message": message }).to_string())
@@ -135,6 +148,7 @@ impl SessionHandle {
             error_msg_id,
             user_id: OnceLock::new(),
             admitted: AtomicBool::new(false),
+            duplicate_rule: AtomicU8::new(DuplicateRule::Allow as u8),
             tx,
             close_reason: OnceLock::new(),
             close: CloseSignal::default(),
@@ -170,6 +184,21 @@ impl SessionHandle {
     /// Marks the session as one that receives pushes to everyone (done at login).
     pub(crate) fn admit(&self) {
         self.0.admitted.store(true, Ordering::Relaxed);
+    }
+
+    /// Records the duplicate-login rule of the session's login.
+    pub(crate) fn set_duplicate_rule(&self, rule: DuplicateRule) {
+        self.0.duplicate_rule.store(rule as u8, Ordering::Relaxed);
+    }
+
+    /// The duplicate-login rule the session logged in under (`Allow` before login): what the
+    /// cluster reconciles when two sessions of the user turn out live after a partition.
+    pub fn duplicate_rule(&self) -> DuplicateRule {
+        match self.0.duplicate_rule.load(Ordering::Relaxed) {
+            1 => DuplicateRule::KickOlder,
+            2 => DuplicateRule::RefuseNew,
+            _ => DuplicateRule::Allow,
+        }
     }
 
     /// Logged in (or an anonymous go-push session): pushes to everyone reach it.

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::CloseReason;
 use super::driver::Session;
+use super::{CloseReason, DuplicateRule};
 use crate::cluster::bus::REPLACED;
 use crate::cluster::{Claim, Cluster, Policy};
 use crate::metrics::ReasonLabel;
@@ -107,6 +107,11 @@ impl Session {
     async fn admit(&self, user: &Arc<str>, policy: DuplicateLogin) -> bool {
         let (core, handle) = (&self.core, &self.handle);
         let relay = core.relay();
+        handle.set_duplicate_rule(match policy {
+            DuplicateLogin::Allow => DuplicateRule::Allow,
+            DuplicateLogin::KickOlder => DuplicateRule::KickOlder,
+            DuplicateLogin::RefuseNew => DuplicateRule::RefuseNew,
+        });
         match policy {
             DuplicateLogin::Allow => {
                 handle.set_user(user.clone());
@@ -139,7 +144,7 @@ impl Session {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(user = &**user, "duplicate login check went local only: {e:#}");
-                        relay.logged_in(user.clone(), handle.id());
+                        relay.logged_in_unchecked(user.clone(), handle.id());
                     }
                 }
             }
@@ -164,7 +169,7 @@ impl Session {
                 }
                 handle.set_user(user.clone());
                 if let (false, Some(relay)) = (claimed, relay) {
-                    relay.logged_in(user.clone(), handle.id());
+                    relay.logged_in_unchecked(user.clone(), handle.id());
                 }
             }
         }

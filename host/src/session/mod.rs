@@ -17,6 +17,6 @@ mod registry;
 mod room_routes;
 
 pub use close::CloseReason;
-pub use handle::{Outbound, SessionHandle, TransportKind, error_body};
+pub use handle::{DuplicateRule, Outbound, SessionHandle, TransportKind, error_body};
 pub use id::{MAX_NODE_ID, SessionIdGen, node_of};
 pub use registry::Registry;

@@ -452,7 +452,8 @@ impl Locations {
             .await?;
         if taken == 1 && live {
             tracing::info!(user, kept = session.id(), closed = other.session, "duplicate login reconciled");
-            let local = other.node == self.node_id && other.incarnation == self.incarnation;
+            // Live and under our id: this process's (the live check rules out other incarnations).
+            let local = other.node == self.node_id;
             match (rule, local) {
                 (DuplicateRule::RefuseNew, true) => {
                     if let Some(s) = self.registry.get(other.session) {

@@ -767,3 +767,66 @@ fn check_script_reports_and_exits_by_verdict() {
     assert_eq!(code, Some(1), "{report}");
     assert!(report.contains("does not export `wasmgate:gateway/handler`"), "{report}");
 }
+
+/// Fencing in the binary: `wasmgate run` stopped (SIGSTOP) until its node id key expires while
+/// another process claims the id; on SIGCONT it closes its sessions with 1012 and serves again
+/// under a fresh id, on the same listener addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_gateway_that_lost_its_node_id_rejoins_under_a_new_one() {
+    use wasmgate_tests::servers::{EtcdServer, RedisServer};
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let (backend, _) = counting_backend().await;
+    let cluster = format!(
+        "[cluster]\nredis_url = \"{}\"\netcd_endpoints = [\"{}\"]\nttl_s = 2\n",
+        redis.url(),
+        etcd.endpoint()
+    );
+    let s = setup(backend, &cluster);
+    let gateway = Gateway::start(&s.config, s.ws, &[], &[]).await;
+    let claimed = |gateway: &Gateway| -> Vec<u64> {
+        let log = gateway.log.lock();
+        let lines = log.iter().filter(|l| l["fields"]["message"] == "node id claimed in Redis");
+        lines.filter_map(|l| l["fields"]["node"].as_u64()).collect()
+    };
+    gateway.wait_logged("node id claimed in Redis").await;
+    let id = claimed(&gateway)[0];
+    let mut client = gateway.client("ivy").await;
+
+    gateway.signal("STOP");
+    let expired = Instant::now() + PROMPT;
+    loop {
+        let held: Option<String> = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{id}"))).await;
+        if held.is_none() {
+            break;
+        }
+        assert!(Instant::now() < expired, "the stopped gateway's id key never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (redis_url, etcd_endpoint) = (redis.url(), etcd.endpoint());
+    let usurper = wasmgate_tests::Harness::start_with(move |c| {
+        c.node.id = id as u32;
+        c.cluster.redis_url = Some(redis_url);
+        c.cluster.etcd_endpoints = vec![etcd_endpoint];
+        c.cluster.ttl_s = 2;
+    })
+    .await;
+    assert_eq!(u64::from(usurper.gateway.node_id()), id, "another process claims the id");
+    gateway.signal("CONT");
+
+    wasmgate_tests::expect_error_then_close(&mut client, "node_restarting", Some(1012)).await;
+    gateway.wait_logged("wasmgate stopped").await;
+    let rejoined = Instant::now() + PROMPT;
+    let again = loop {
+        if let Ok(mut client) = Client::ws(&format!("ws://{}/", s.ws), false).await
+            && client.login(1, &token("ivy")).await.is_ok()
+        {
+            break client;
+        }
+        assert!(Instant::now() < rejoined, "the gateway did not serve again: {:?}", gateway.log.lock());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(again);
+    let ids = claimed(&gateway);
+    assert_eq!(ids.len(), 2, "claimed twice: {ids:?}");
+    assert_ne!(ids[1], id, "rejoined under a fresh id");
+}

@@ -115,7 +115,8 @@ fn parse_form(core: &Core, body: &[u8]) -> Result<Push, String> {
 /// Handles `POST /push/<target>`.
 /// The other nodes' half of a push to `user`, `delivered` to sessions here already: the
 /// user's location in Redis names the node of their latest session; the push goes there over
-/// the bus unless that is this node or discovery says the node is gone. The answer (docs/api.md):
+/// the bus unless that is this node or the location names an earlier incarnation of a node
+/// id. The answer (docs/api.md):
 /// `delivered`, `location` (`{"node", "session"}` or `null`), `node_live` (`null` without
 /// etcd), `relayed`, and `location_error` when Redis did not answer within 1 s (then nothing is
 /// relayed).
@@ -139,7 +140,10 @@ async fn push_user_remote(
     };
     let here = location.node == relay.node_id();
     let live = cluster.node_live(location.node, location.incarnation);
-    let relayed = !here && live != Some(false);
+    // Not to a node registered under another incarnation: the session there is gone. A node
+    // missing from discovery may just not be seen yet: the push goes, the answer says so.
+    let earlier_incarnation = live == Some(false) && cluster.nodes.has(location.node);
+    let relayed = !(here || earlier_incarnation);
     if relayed {
         let frame = BackendFrame::PushUser { user_id: user.to_string(), msg_id, body };
         relay.to_node(location.node, frame);
@@ -179,17 +183,11 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
                 (Some(_), _) => {
                     error(StatusCode::CONFLICT, "session_closing", format!("session {id} is closing"))
                 }
-                // Another node's session: handed to the bus (at most once, not confirmed),
-                // unless discovery says its node is gone.
+                // Another node's session: handed to the bus (at most once, not confirmed); the
+                // answer says whether its node is in discovery (a node just started may not be
+                // seen yet, so the push goes anyway).
                 (None, Some(relay)) if node != relay.node_id() => {
                     let live = core.cluster.as_ref().and_then(|c| c.node_live(node, 0));
-                    if live == Some(false) {
-                        return error(
-                            StatusCode::NOT_FOUND,
-                            "not_found",
-                            format!("session {id} is on node {node}, which is not in discovery"),
-                        );
-                    }
                     let frame =
                         BackendFrame::Reply { session_id: id, msg_id: push.msg_id, seq: 0, body: push.body };
                     relay.to_node(node, frame);

@@ -35,6 +35,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use super::discovery::NodeTable;
+use super::location::{FencingToken, TAKE_OVER};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::protocol::backend::{BackendCodec, BackendFrame};
 use crate::protocol::client::SharedPacket;
@@ -55,19 +56,26 @@ if not node or node == ARGV[2] then return 0 end
 return redis.call('PUBLISH', ARGV[1] .. node, ARGV[3])";
 
 /// Keeps a user's location: sets it when it is missing (Redis restarted) or still ours (1);
-/// otherwise returns the value naming the other session.
-/// KEYS[1] user key; ARGV[1] `<node>:<session>:<incarnation>`, ARGV[2] TTL in ms.
+/// otherwise returns the value naming the other session; 0 when this process no longer holds
+/// its node id (the fencing token differs). KEYS[1] user key, KEYS[2] node id key; ARGV[1]
+/// fencing token, ARGV[2] `<node>:<session>:<incarnation>`, ARGV[3] TTL in ms.
 const KEEP_LOCATION: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if v == false or v == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
 return v";
 
-/// Takes the key if it still holds ARGV[1]. KEYS[1] user key; ARGV[1] old value, ARGV[2] new
-/// value, ARGV[3] TTL in ms.
-const TAKE_OVER: &str = super::location::TAKE_OVER;
+/// A login's location write, if this process still holds its node id. KEYS[1] user key,
+/// KEYS[2] node id key; ARGV[1] fencing token, ARGV[2] value, ARGV[3] TTL in ms, ARGV[4] `nx`
+/// (only if the user has no location) or `any`.
+const SET_LOCATION: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if ARGV[4] == 'nx' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1";
 
 /// Reason text of a bus `Kick` that closes the session as [`CloseReason::Replaced`] (4006)
 /// rather than `kicked`: the user logged in again on another node (duplicate login
@@ -107,6 +115,8 @@ pub struct Relay {
     node_id: u32,
     /// This process's incarnation (written into user locations).
     incarnation: u64,
+    /// Carried by every location write, checked by Redis.
+    fencing: FencingToken,
     metrics: Metrics,
     nodes: Arc<NodeTable>,
 }
@@ -252,8 +262,7 @@ fn location(node: u32, session: u64, incarnation: u64) -> String {
 pub(super) fn relay(
     conn: ConnectionManager,
     keys: Keys,
-    node_id: u32,
-    incarnation: u64,
+    (node_id, incarnation, fencing): (u32, u64, FencingToken),
     queue_len: usize,
     location_ttl: Duration,
     metrics: Metrics,
@@ -261,7 +270,7 @@ pub(super) fn relay(
     stop: CancellationToken,
 ) -> (Relay, impl std::future::Future<Output = ()>) {
     let (tx, rx) = mpsc::channel(queue_len.max(1));
-    let relay = Relay { tx, node_id, incarnation, metrics: metrics.clone(), nodes };
+    let relay = Relay { tx, node_id, incarnation, fencing, metrics: metrics.clone(), nodes };
     (relay.clone(), writer(conn, keys, rx, relay, location_ttl, stop))
 }
 
@@ -309,11 +318,16 @@ async fn writer(
                 }
                 Op::SetLocation { user, session, if_free } => {
                     let value = location(relay.node_id, session, relay.incarnation);
-                    let set = pipe.cmd("SET").arg(keys.user(&user)).arg(value).arg("PX").arg(ttl_ms);
-                    if if_free {
-                        set.arg("NX");
-                    }
-                    set.ignore();
+                    pipe.cmd("EVAL")
+                        .arg(SET_LOCATION)
+                        .arg(2)
+                        .arg(keys.user(&user))
+                        .arg(&*relay.fencing.node_key)
+                        .arg(&*relay.fencing.token)
+                        .arg(value)
+                        .arg(ttl_ms)
+                        .arg(if if_free { "nx" } else { "any" })
+                        .ignore();
                 }
                 Op::DelLocation { user, session } => {
                     let value = location(relay.node_id, session, relay.incarnation);
@@ -344,6 +358,7 @@ pub(super) struct Locations {
     pub incarnation: u64,
     pub registry: Arc<Registry>,
     pub relay: Relay,
+    pub fencing: FencingToken,
     /// Whether a session a location names still exists (its node and incarnation live).
     pub live: Box<dyn Fn(super::Location) -> bool + Send + Sync>,
     pub ttl: Duration,
@@ -374,7 +389,10 @@ impl Locations {
                 Ok(()) = reconnected.changed() => {}
             }
             wait = match self.refresh().await {
-                Ok(()) => self.ttl / 3,
+                Ok(true) => self.ttl / 3,
+                // Refused for want of the node id key (Redis restarted empty and the id is not
+                // claimed again yet, or it is lost): try again soon.
+                Ok(false) => RETRY.min(self.ttl / 3),
                 Err(e) => {
                     tracing::warn!("cannot refresh user locations in Redis (retrying in {RETRY:?}): {e}");
                     RETRY.min(self.ttl / 3)
@@ -383,7 +401,9 @@ impl Locations {
         }
     }
 
-    async fn refresh(&mut self) -> redis::RedisResult<()> {
+    /// One refresh of every location; `false` when Redis refused some for want of our node
+    /// id (the fencing token did not match).
+    async fn refresh(&mut self) -> redis::RedisResult<bool> {
         let ttl_ms = self.ttl.as_millis() as u64;
         let sessions: Vec<(SessionHandle, Arc<str>)> = self
             .registry
@@ -391,30 +411,38 @@ impl Locations {
             .into_iter()
             .filter_map(|s| {
                 let user = s.user_id()?.clone();
-                Some((s, user))
+                // A closing session no longer holds its user's place.
+                s.close_reason().is_none().then_some((s, user))
             })
             .collect();
         if sessions.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let mut pipe = redis::pipe();
         for (session, user) in &sessions {
             pipe.cmd("EVAL")
                 .arg(KEEP_LOCATION)
-                .arg(1)
+                .arg(2)
                 .arg(self.keys.user(user))
+                .arg(&*self.fencing.node_key)
+                .arg(&*self.fencing.token)
                 .arg(location(self.node_id, session.id(), self.incarnation))
                 .arg(ttl_ms);
         }
         let kept: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
+        let mut all_kept = true;
         for ((session, user), kept) in sessions.iter().zip(kept) {
-            if let redis::Value::BulkString(other) = kept
-                && let Some(other) = std::str::from_utf8(&other).ok().and_then(super::Location::parse)
-            {
-                self.reconcile(session, user, other).await?;
+            match kept {
+                redis::Value::Int(0) => all_kept = false,
+                redis::Value::BulkString(other) => {
+                    if let Some(other) = std::str::from_utf8(&other).ok().and_then(super::Location::parse) {
+                        self.reconcile(session, user, other).await?;
+                    }
+                }
+                _ => {}
             }
         }
-        Ok(())
+        Ok(all_kept)
     }
 
     /// `session` of `user` found the user's location naming `other`.
@@ -443,8 +471,10 @@ impl Locations {
         let ours = location(self.node_id, session.id(), self.incarnation);
         let taken: i64 = redis::cmd("EVAL")
             .arg(TAKE_OVER)
-            .arg(1)
+            .arg(2)
             .arg(self.keys.user(user))
+            .arg(&*self.fencing.node_key)
+            .arg(&*self.fencing.token)
             .arg(other.value())
             .arg(ours)
             .arg(self.ttl.as_millis() as u64)

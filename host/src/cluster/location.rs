@@ -19,14 +19,39 @@ use redis::aio::ConnectionManager;
 /// How long a login waits for Redis before deciding with what this node knows.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Takes the key if it still holds ARGV[1]. KEYS[1] user key; ARGV[1] old value, ARGV[2] new
-/// value, ARGV[3] TTL in ms.
+/// The fencing token every location write carries: the node id key's value. A write from a
+/// process that no longer holds its node id (another claimed it) is refused by Redis itself,
+/// so no stale incarnation writes a location, even with a write in flight when it lost the id.
+#[derive(Clone)]
+pub(super) struct FencingToken {
+    /// `<prefix>:node:<id>`.
+    pub node_key: std::sync::Arc<str>,
+    /// The value this process set there.
+    pub token: std::sync::Arc<str>,
+}
+
+/// Takes the key if it still holds ARGV[2], and the node id is still ours. KEYS[1] user key,
+/// KEYS[2] node id key; ARGV[1] fencing token, ARGV[2] old value, ARGV[3] new value, ARGV[4]
+/// TTL in ms. 1: taken; 0: not (changed meanwhile, or the id is not ours).
 pub(super) const TAKE_OVER: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
   return 1
 end
 return 0";
+
+/// `SET <user key> <value> [NX] PX <ttl> GET` if the node id is still ours (else an error
+/// `fenced`). KEYS[1] user key, KEYS[2] node id key; ARGV[1] fencing token, ARGV[2] value,
+/// ARGV[3] TTL in ms, ARGV[4] `nx` or `any`. Returns the previous value or nil.
+const CLAIM: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('fenced: this process no longer holds its node id')
+end
+local old = redis.call('GET', KEYS[1])
+if old and ARGV[4] == 'nx' then return old end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return old";
 
 /// Where a user's session lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,19 +105,23 @@ pub enum Claim {
 /// exists. Errors: Redis unreachable or failing (the caller decides locally).
 pub(super) async fn claim(
     conn: &mut ConnectionManager,
-    key: &str,
+    (key, fencing): (&str, &FencingToken),
     ours: Location,
     ttl_ms: u64,
     policy: Policy,
     live: impl Fn(Location) -> bool,
 ) -> redis::RedisResult<Claim> {
-    let mut set = redis::cmd("SET");
-    set.arg(key).arg(ours.value());
-    if policy == Policy::IfFree {
-        set.arg("NX");
-    }
-    set.arg("PX").arg(ttl_ms).arg("GET");
-    let old: Option<String> = set.query_async(conn).await?;
+    let old: Option<String> = redis::cmd("EVAL")
+        .arg(CLAIM)
+        .arg(2)
+        .arg(key)
+        .arg(&*fencing.node_key)
+        .arg(&*fencing.token)
+        .arg(ours.value())
+        .arg(ttl_ms)
+        .arg(if policy == Policy::IfFree { "nx" } else { "any" })
+        .query_async(conn)
+        .await?;
     let Some(old) = old else {
         return Ok(Claim::Taken { previous: None });
     };
@@ -106,8 +135,10 @@ pub(super) async fn claim(
         _ => {
             let taken: i64 = redis::cmd("EVAL")
                 .arg(TAKE_OVER)
-                .arg(1)
+                .arg(2)
                 .arg(key)
+                .arg(&*fencing.node_key)
+                .arg(&*fencing.token)
                 .arg(&old)
                 .arg(ours.value())
                 .arg(ttl_ms)

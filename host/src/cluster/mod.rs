@@ -37,6 +37,8 @@ struct RedisPart {
     conn: redis::aio::ConnectionManager,
     /// Value of our node id key: who holds the id.
     token: String,
+    /// The node id key and our token there, carried by every location write.
+    fencing: location::FencingToken,
 }
 
 /// A fresh incarnation number: random, never 0 (0 means "not given").
@@ -115,11 +117,14 @@ impl Cluster {
                 tracing::info!(node = node_id, "node id claimed in Redis");
                 let keys = bus::Keys { prefix: settings.prefix.clone() };
                 let location_ttl = Duration::from_secs(settings.location_ttl_s);
+                let fencing = location::FencingToken {
+                    node_key: node_id::key(&settings.prefix, node_id).into(),
+                    token: token.as_str().into(),
+                };
                 let (sender, writer) = bus::relay(
                     conn.clone(),
                     keys,
-                    node_id,
-                    incarnation,
+                    (node_id, incarnation, fencing.clone()),
                     settings.queue_len,
                     location_ttl,
                     metrics.clone(),
@@ -128,7 +133,7 @@ impl Cluster {
                 );
                 tasks.spawn(writer);
                 relay = Some(sender);
-                Some(RedisPart { client, conn, token })
+                Some(RedisPart { client, conn, token, fencing })
             }
             None => None,
         };
@@ -188,7 +193,7 @@ impl Cluster {
                 let (node_id, incarnation) = (self.node_id, self.incarnation);
                 move |l: Location| {
                     if l.node == node_id && (l.incarnation == 0 || l.incarnation == incarnation) {
-                        registry.get(l.session).is_some()
+                        registry.get(l.session).is_some_and(|s| s.close_reason().is_none())
                     } else if l.node == node_id {
                         false
                     } else {
@@ -203,6 +208,7 @@ impl Cluster {
                 incarnation: self.incarnation,
                 registry: registry.clone(),
                 relay: self.relay.clone().expect("a relay with Redis"),
+                fencing: redis.fencing.clone(),
                 live: Box::new(live),
                 ttl: Duration::from_secs(self.config.location_ttl_s),
             };
@@ -289,7 +295,7 @@ impl Cluster {
             }
         };
         let mut conn = redis.conn.clone();
-        let claim = location::claim(&mut conn, &key, ours, ttl_ms, policy, live);
+        let claim = location::claim(&mut conn, (&key, &redis.fencing), ours, ttl_ms, policy, live);
         tokio::time::timeout(location::CLAIM_TIMEOUT, claim)
             .await
             .context("Redis did not answer within 1 s")?

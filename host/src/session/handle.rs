@@ -53,7 +53,8 @@ struct Shared {
     user_id: OnceLock<Arc<str>>,
     /// Logged in, or an anonymous go-push session: receives pushes to everyone.
     admitted: AtomicBool,
-    /// The duplicate-login rule the session logged in under ([`DuplicateRule`] as u8).
+    /// The duplicate-login rule to reconcile under ([`DuplicateRule`] as u8; see
+    /// [`SessionHandle::duplicate_rule`]).
     duplicate_rule: AtomicU8,
     tx: flume::Sender<Outbound>,
     close_reason: OnceLock<(CloseReason, String)>,
@@ -191,8 +192,9 @@ impl SessionHandle {
         self.0.duplicate_rule.store(rule as u8, Ordering::Relaxed);
     }
 
-    /// The duplicate-login rule the session logged in under (`Allow` before login): what the
-    /// cluster reconciles when two sessions of the user turn out live after a partition.
+    /// The duplicate-login rule to reconcile this session under, set only for a session
+    /// admitted without its cluster-wide check (Redis did not answer); `Allow` otherwise: the
+    /// cluster reconciles such sessions when two of one user turn out live after a partition.
     pub fn duplicate_rule(&self) -> DuplicateRule {
         match self.0.duplicate_rule.load(Ordering::Relaxed) {
             1 => DuplicateRule::KickOlder,

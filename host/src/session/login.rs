@@ -107,11 +107,6 @@ impl Session {
     async fn admit(&self, user: &Arc<str>, policy: DuplicateLogin) -> bool {
         let (core, handle) = (&self.core, &self.handle);
         let relay = core.relay();
-        handle.set_duplicate_rule(match policy {
-            DuplicateLogin::Allow => DuplicateRule::Allow,
-            DuplicateLogin::KickOlder => DuplicateRule::KickOlder,
-            DuplicateLogin::RefuseNew => DuplicateRule::RefuseNew,
-        });
         match policy {
             DuplicateLogin::Allow => {
                 handle.set_user(user.clone());
@@ -144,6 +139,7 @@ impl Session {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(user = &**user, "duplicate login check went local only: {e:#}");
+                        handle.set_duplicate_rule(DuplicateRule::KickOlder);
                         relay.logged_in_unchecked(user.clone(), handle.id());
                     }
                 }
@@ -169,6 +165,7 @@ impl Session {
                 }
                 handle.set_user(user.clone());
                 if let (false, Some(relay)) = (claimed, relay) {
+                    handle.set_duplicate_rule(DuplicateRule::RefuseNew);
                     relay.logged_in_unchecked(user.clone(), handle.id());
                 }
             }

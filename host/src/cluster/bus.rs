@@ -370,12 +370,13 @@ const RECONCILED: &str = "duplicate login (reconciled after a partition)";
 impl Locations {
     /// Refreshes the location of every logged-in session of this node, every third of the
     /// TTL, and at once when the bus subscription comes back after a failure (`reconnected`
-    /// changes: Redis may have restarted empty). Restores locations a Redis restart lost. A
-    /// location naming another live session of the user means both were admitted while the
-    /// nodes could not agree (Redis unreachable): they are reconciled by the sessions'
-    /// duplicate-login rule — `kick-older` keeps the newer session (the other closes with 4006
-    /// `replaced`), `refuse-new` the older one (the other closes with 4004 `kicked`); session
-    /// ids order by creation time. A failed refresh is retried after [`RETRY`].
+    /// changes: Redis may have restarted empty). Restores locations a Redis restart lost. For
+    /// a session admitted without its duplicate check (Redis did not answer), a location
+    /// naming another live session of the user means the nodes could not agree: the two are
+    /// reconciled by the rule the session recorded — `kick-older` keeps the newer session (the
+    /// other closes with 4006 `replaced`), `refuse-new` the older one (the other closes with
+    /// 4004 `kicked`); session ids order by creation time. A location naming a gone session is
+    /// taken over. A failed or refused refresh is retried after [`RETRY`].
     pub(super) async fn run(
         mut self,
         mut reconnected: tokio::sync::watch::Receiver<u64>,

@@ -195,6 +195,41 @@ async fn a_graceful_leave_revokes_the_registration_and_frees_the_id() {
     wait_nodes(&c, &[1, 2, 3]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_held_under_another_lease_is_not_overwritten_and_is_retaken_when_it_goes() {
+    // A process that held id 1 before (stalled, fenced, not yet revoked) left its
+    // registration under its own lease; the new holder of the id must not overwrite it (the
+    // stale process's revoke would then delete the new holder's registration) and must
+    // register as soon as it is gone.
+    let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
+    let key = "/wasmgate/nodes/wasmgate/1";
+    let stale = json!({"id": 1, "type": "gateway", "name": "wasmgate", "ws_addr": "127.0.0.1:9",
+        "tcp_addr": null, "admin_addr": null, "load": 0, "version": "0", "incarnation": 7})
+    .to_string();
+    let stale_lease = etcd.put_leased(key, &stale, 60).await;
+    let a = node(Some(&redis), Some(&etcd)).await;
+    assert_eq!(a.gateway.node_id(), 1);
+    // Three keepalive rounds (every ttl_s / 3) without touching the other lease's key.
+    tokio::time::sleep(Duration::from_millis(TTL_S * 1000)).await;
+    assert_eq!(etcd.get(key).await, Some((stale.clone(), stale_lease)), "not overwritten");
+    etcd.revoke(stale_lease).await;
+    wait_until("the node registers again once the other registration is gone", || async {
+        etcd.get(key).await.is_some_and(|(value, lease)| {
+            let info: Value = serde_json::from_str(&value).unwrap_or_default();
+            lease != stale_lease && info["incarnation"].as_u64().is_some_and(|i| i != 7 && i != 0)
+        })
+    })
+    .await;
+    // Deleted behind its back (as a stale revoke would): back within a keepalive round.
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("etcd");
+    client.delete(key, None).await.expect("etcd delete");
+    wait_until("the node registers again after its key was deleted", || async {
+        etcd.get(key).await.is_some()
+    })
+    .await;
+    wait_nodes(&a, &[1]).await;
+}
+
 /// A gateway node in a child process (`cluster-node`), killed with SIGKILL when dropped.
 struct NodeProcess {
     child: std::process::Child,
@@ -341,11 +376,17 @@ async fn a_node_killed_with_sigkill_leaves_discovery_within_its_ttl_and_frees_it
 /// `node_restarting` and rejoins under a fresh id instead of serving beside the new holder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stalled_past_its_ttl_fences_itself_and_rejoins_under_a_new_id() {
+    let session_of = |login: &wasmgate::protocol::client::Packet| -> u64 {
+        let answer: Value = serde_json::from_slice(&login.body).expect("login answer");
+        answer["session_id"].as_str().and_then(|id| id.parse().ok()).expect("a session id")
+    };
+    // Session ids: 41 bits of time, the 10-bit node id, a 12-bit sequence (docs/protocol.md).
+    let node_of = |session: u64| ((session >> 12) & 0x3ff) as u32;
     let (redis, etcd) = (RedisServer::start().await, EtcdServer::start().await);
     let mut stalled = NodeProcess::start(&redis, &etcd).await;
     let id = stalled.id;
     let mut ivy = Client::ws(&format!("ws://{}/", stalled.ws), false).await.expect("connect");
-    ivy.login(1, &wasmgate_tests::token("ivy")).await.expect("login");
+    let ivy_before = session_of(&ivy.login(1, &wasmgate_tests::token("ivy")).await.expect("login"));
     stalled.signal("STOP");
     wait_until("the stalled node's id key expires", || async {
         let held: Option<String> = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{id}"))).await;
@@ -354,7 +395,8 @@ async fn a_node_stalled_past_its_ttl_fences_itself_and_rejoins_under_a_new_id() 
     .await;
     let usurper = node(Some(&redis), Some(&etcd)).await;
     assert_eq!(usurper.gateway.node_id(), id, "another process claims the id");
-    let _jack = usurper.logged_in_ws("jack").await;
+    let mut jack = usurper.ws(false).await;
+    let jack_session = session_of(&jack.login(1, &wasmgate_tests::token("jack")).await.expect("login"));
     stalled.signal("CONT");
     wasmgate_tests::expect_error_then_close(&mut ivy, "node_restarting", Some(1012)).await;
     stalled.next_start(PROMPT).await;
@@ -364,9 +406,26 @@ async fn a_node_stalled_past_its_ttl_fences_itself_and_rejoins_under_a_new_id() 
     wait_nodes(&usurper, &both).await;
     let held: String = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{id}"))).await;
     let mut ivy = Client::ws(&format!("ws://{}/", stalled.ws), false).await.expect("reconnect");
-    ivy.login(1, &wasmgate_tests::token("ivy")).await.expect("login after the rejoin");
+    let ivy_after =
+        session_of(&ivy.login(1, &wasmgate_tests::token("ivy")).await.expect("login after the rejoin"));
     let still: String = redis.query(redis::cmd("GET").arg(format!("wasmgate:node:{id}"))).await;
     assert_eq!(held, still, "the usurper keeps its claim");
+    // No session id minted twice; the resumed process mints under its new id only.
+    assert_eq!((node_of(ivy_before), node_of(jack_session), node_of(ivy_after)), (id, id, stalled.id));
+    assert!(ivy_before != jack_session && ivy_after != jack_session && ivy_before != ivy_after);
+    // A push for a session id reaches at most the one session that owns it: the old process's
+    // session is gone everywhere, the usurper's gets its own push once, nobody else anything.
+    let push =
+        |session: u64| json!({"session_id": session.to_string(), "msg_id": PUSH, "data": 1}).to_string();
+    let (status, answer) =
+        usurper.admin("POST", "/push/session", &push(ivy_before), false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 404, "the stalled process's old session is gone: {answer}");
+    let (status, answer) =
+        usurper.admin("POST", "/push/session", &push(jack_session), false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(next_with(&mut jack, PUSH).await, json!(1));
+    nothing_more(&mut jack, PUSH).await;
+    nothing_more(&mut ivy, PUSH).await;
 }
 
 /// Location writes carry the node id key's token and Redis refuses them once another process

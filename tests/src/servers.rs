@@ -155,15 +155,39 @@ impl EtcdServer {
         Self::start_with(port, peer_port, tempfile::tempdir().expect("etcd data dir")).await
     }
 
-    /// The keys under `prefix`.
     /// Puts `value` at `key`.
     pub async fn put(&self, key: &str, value: &str) {
-        let mut client = etcd_client::Client::connect([self.endpoint()], None).await.expect("etcd connect");
-        client.put(key, value, None).await.expect("etcd put");
+        self.client().await.put(key, value, None).await.expect("etcd put");
     }
 
+    /// Puts `value` at `key` under a new lease of `ttl_s`, as another process registering
+    /// would; returns the lease id (revoke it with [`Self::revoke`]).
+    pub async fn put_leased(&self, key: &str, value: &str, ttl_s: i64) -> i64 {
+        let mut client = self.client().await;
+        let lease = client.lease_grant(ttl_s, None).await.expect("etcd lease grant").id();
+        let options = etcd_client::PutOptions::new().with_lease(lease);
+        client.put(key, value, Some(options)).await.expect("etcd put");
+        lease
+    }
+
+    /// Revokes `lease`, deleting its keys.
+    pub async fn revoke(&self, lease: i64) {
+        self.client().await.lease_revoke(lease).await.expect("etcd lease revoke");
+    }
+
+    /// The value at `key` and the lease it is attached to (0: none), if the key exists.
+    pub async fn get(&self, key: &str) -> Option<(String, i64)> {
+        let response = self.client().await.get(key, None).await.expect("etcd get");
+        response.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()))
+    }
+
+    async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None).await.expect("etcd connect")
+    }
+
+    /// The keys under `prefix`.
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let mut client = etcd_client::Client::connect([self.endpoint()], None).await.expect("etcd connect");
+        let mut client = self.client().await;
         let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
         let response = client.get(prefix, Some(options)).await.expect("etcd get");
         response.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()

@@ -76,6 +76,46 @@ pub struct Cluster {
 /// Stripes of [`Cluster::login_lock`].
 const LOGIN_LOCKS: usize = 256;
 
+/// Judges whether a user location names a session that still exists: the one rule the login
+/// claim and the location refresh share.
+#[derive(Clone)]
+struct Liveness {
+    node_id: u32,
+    incarnation: u64,
+    /// The node table; `None` without etcd (other nodes cannot be judged).
+    nodes: Option<Arc<NodeTable>>,
+}
+
+impl Liveness {
+    /// Whether node `node` in `incarnation` (0: any) is live as far as this node can tell:
+    /// this process (an earlier incarnation of this id is not), or in discovery with etcd;
+    /// `None` for another node without etcd (no way to know).
+    fn node_live(&self, node: u32, incarnation: u64) -> Option<bool> {
+        if node == self.node_id {
+            return Some(incarnation == 0 || incarnation == self.incarnation);
+        }
+        self.nodes.as_ref().map(|nodes| nodes.has_incarnation(node, incarnation))
+    }
+
+    /// Whether `location` names a session of this process (this node id, this incarnation or
+    /// an unknown one).
+    fn is_ours(&self, location: Location) -> bool {
+        location.node == self.node_id
+            && (location.incarnation == 0 || location.incarnation == self.incarnation)
+    }
+
+    /// Whether the session `location` names still holds its user's place: on this process, a
+    /// session in `registry` that is not closing; elsewhere, its node live in that
+    /// incarnation (assumed live when that cannot be known, without etcd).
+    fn session_live(&self, location: Location, registry: &Registry) -> bool {
+        if self.is_ours(location) {
+            registry.get(location.session).is_some_and(|s| s.close_reason().is_none())
+        } else {
+            self.node_live(location.node, location.incarnation) != Some(false)
+        }
+    }
+}
+
 /// What the registration tells other nodes, besides the id and load.
 pub struct Advertised {
     pub name: String,
@@ -188,18 +228,8 @@ impl Cluster {
                 self.stop.clone(),
             ));
             let live = {
-                let (nodes, registry, with_etcd) =
-                    (self.nodes.clone(), registry.clone(), self.etcd.is_some());
-                let (node_id, incarnation) = (self.node_id, self.incarnation);
-                move |l: Location| {
-                    if l.node == node_id && (l.incarnation == 0 || l.incarnation == incarnation) {
-                        registry.get(l.session).is_some_and(|s| s.close_reason().is_none())
-                    } else if l.node == node_id {
-                        false
-                    } else {
-                        !with_etcd || nodes.has_incarnation(l.node, l.incarnation)
-                    }
-                }
+                let (liveness, registry) = (self.liveness(), registry.clone());
+                move |l: Location| liveness.session_live(l, &registry)
             };
             let locations = bus::Locations {
                 conn: redis.conn.clone(),
@@ -270,7 +300,7 @@ impl Cluster {
 
     /// Claims `user`'s location for this node's `session` under `policy` (see [`location`]).
     /// A session the location names counts as gone when its node is not in discovery (with
-    /// etcd) or, on this node, when it is not in `registry`. Without Redis there is no
+    /// etcd) or, on this node, when it is not in `registry` or is closing. Without Redis there is no
     /// location: `Taken { previous: None }`.
     ///
     /// Errors: Redis failing or slower than [`location::CLAIM_TIMEOUT`] (1 s).
@@ -287,13 +317,8 @@ impl Cluster {
         let key = bus::Keys { prefix: self.config.prefix.clone() }.user(user);
         let ours = Location { node: self.node_id, session, incarnation: self.incarnation };
         let ttl_ms = self.config.location_ttl_s * 1000;
-        let live = |l: Location| {
-            if self.is_ours(l) {
-                registry.get(l.session).is_some()
-            } else {
-                self.node_live(l.node, l.incarnation) != Some(false)
-            }
-        };
+        let liveness = self.liveness();
+        let live = |l: Location| liveness.session_live(l, registry);
         let mut conn = redis.conn.clone();
         let claim = location::claim(&mut conn, (&key, &redis.fencing), ours, ttl_ms, policy, live);
         tokio::time::timeout(location::CLAIM_TIMEOUT, claim)
@@ -317,20 +342,23 @@ impl Cluster {
         Ok(value.as_deref().and_then(Location::parse))
     }
 
-    /// Whether node `node` in `incarnation` (0: any) is live as far as this node can tell:
-    /// this process, or in discovery with etcd; `None` without etcd (no way to know).
+    /// Whether node `node` in `incarnation` (0: any) is live as far as this node can tell
+    /// ([`Liveness::node_live`]).
     pub fn node_live(&self, node: u32, incarnation: u64) -> Option<bool> {
-        if node == self.node_id {
-            return Some(incarnation == 0 || incarnation == self.incarnation);
-        }
-        self.etcd.as_ref().map(|_| self.nodes.has_incarnation(node, incarnation))
+        self.liveness().node_live(node, incarnation)
     }
 
-    /// Whether `location` names a session of this process (this node id, this incarnation or
-    /// an unknown one).
+    /// Whether `location` names a session of this process ([`Liveness::is_ours`]).
     pub fn is_ours(&self, location: Location) -> bool {
-        location.node == self.node_id
-            && (location.incarnation == 0 || location.incarnation == self.incarnation)
+        self.liveness().is_ours(location)
+    }
+
+    fn liveness(&self) -> Liveness {
+        Liveness {
+            node_id: self.node_id,
+            incarnation: self.incarnation,
+            nodes: self.etcd.as_ref().map(|_| self.nodes.clone()),
+        }
     }
 
     /// Whether this node may act under its id: not fenced (always true without Redis).

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Advertised, Cluster, Relay};
 use crate::config::{Config, ScriptConfig};
+use crate::delivery::{Delivery, Remote};
 use crate::maps::{self, DestMap, MessageMap};
 use crate::metrics::Metrics;
 use crate::metrics::ReasonLabel;
@@ -52,6 +53,8 @@ pub(crate) struct Core {
     /// applied again).
     pub applied: watch::Applied,
     pub rooms: Arc<Rooms>,
+    /// Every push, reply, kick and broadcast: this node, or others over the bus.
+    pub delivery: Arc<Delivery>,
     /// Membership of a cluster (Redis, etcd); `None` standalone.
     pub cluster: Option<Arc<Cluster>>,
     /// Login/logout notices to the user centre; `None` without `user_centre.url`.
@@ -326,6 +329,8 @@ impl RunningGateway {
         let node = NodeIdentity { id: config.node.id, name: config.node.name.clone() };
         let shutdown = CancellationToken::new();
         let rooms = Arc::new(Rooms::new(&config.rooms, registry.clone(), &metrics, &tasks, shutdown.clone()));
+        let remote = cluster.as_ref().and_then(|c| c.relay.clone()).map(|r| Arc::new(r) as Arc<dyn Remote>);
+        let delivery = Arc::new(Delivery::new(registry.clone(), rooms.clone(), remote));
         let upstreams = Upstreams::new(
             registry.clone(),
             rooms.clone(),
@@ -333,8 +338,9 @@ impl RunningGateway {
             config.upstream.clone(),
             node,
             tasks.clone(),
-            cluster.as_ref().and_then(|c| c.relay.clone()),
+            delivery.clone(),
         );
+        delivery.connect_dests(upstreams.local_dests());
         let user_centre = UserCentre::start(&config.user_centre, config.node.id, &metrics)?;
         let core = Arc::new(Core {
             ids: SessionIdGen::new(config.node.id),
@@ -349,6 +355,7 @@ impl RunningGateway {
             manifest_applied: parking_lot::Mutex::new(manifest_applied),
             applied: applied_files,
             rooms,
+            delivery,
             cluster,
             user_centre,
             upstreams,
@@ -380,7 +387,13 @@ impl RunningGateway {
                 tcp_addr: tcp_addr.map(|a| a.to_string()),
                 admin_addr: admin_addr.map(|a| a.to_string()),
             };
-            cluster.start(core.registry.clone(), core.rooms.clone(), core.upstreams.clone(), advertised);
+            let upstreams = core.upstreams.clone();
+            cluster.start(
+                core.registry.clone(),
+                core.delivery.clone(),
+                move || upstreams.dests(),
+                advertised,
+            );
         }
         services.connect(ClusterAccess {
             node_id: core.config.node.id,

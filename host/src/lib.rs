@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_centre;
 pub mod config_overrides;
+pub mod delivery;
 pub mod embedded;
 mod gateway;
 pub mod maps;

@@ -9,8 +9,6 @@
 //! session of another node (its id names the node; answered 202), the node of a user's latest
 //! session, and every node for rooms and push-to-all. Remote delivery is not confirmed.
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -18,12 +16,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{HttpResponse, error, json};
-use crate::cluster::{Cluster, Relay};
+use crate::cluster::Cluster;
+use crate::delivery::{Delivery, FannedOut, Reached, Scope};
 use crate::gateway::Core;
 use crate::metrics::TargetLabel;
-use crate::protocol::backend::BackendFrame;
-use crate::protocol::client::{SharedPacket, data_body};
-use crate::session::node_of;
+use crate::protocol::client::data_body;
 
 /// A session id as a JSON number or string (ids above 2^53 do not survive JavaScript numbers,
 /// so the login answer gives them as strings).
@@ -122,10 +119,10 @@ fn parse_form(core: &Core, body: &[u8]) -> Result<Push, String> {
 /// relayed).
 async fn push_user_remote(
     cluster: &Cluster,
-    relay: &Relay,
+    delivery: &Delivery,
     user: &str,
     (msg_id, body): (u32, Bytes),
-    delivered: usize,
+    delivered: u32,
 ) -> serde_json::Value {
     let location = match cluster.locate(user).await {
         Ok(location) => location,
@@ -138,16 +135,12 @@ async fn push_user_remote(
     let Some(location) = location else {
         return serde_json::json!({ "delivered": delivered, "location": null, "relayed": false });
     };
-    let here = location.node == relay.node_id();
+    let here = location.node == cluster.node_id;
     let live = cluster.node_live(location.node, location.incarnation);
     // Not to a node registered under another incarnation: the session there is gone. A node
     // missing from discovery may just not be seen yet: the push goes, the answer says so.
     let earlier_incarnation = live == Some(false) && cluster.nodes.has(location.node);
-    let relayed = !(here || earlier_incarnation);
-    if relayed {
-        let frame = BackendFrame::PushUser { user_id: user.to_string(), msg_id, body };
-        relay.to_node(location.node, frame);
-    }
+    let relayed = !(here || earlier_incarnation) && delivery.to_user_on(location.node, user, msg_id, body);
     serde_json::json!({
         "delivered": delivered,
         "location": { "node": location.node, "session": location.session.to_string() },
@@ -171,32 +164,27 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
     let missing =
         |field: &str| error(StatusCode::BAD_REQUEST, "bad_request", format!("`{field}` is required"));
     let counted = |target: &'static str| core.metrics.pushes.get_or_create(&TargetLabel { target }).inc();
+    let delivery = &core.delivery;
     match target {
         "session" => {
             let Some(id) = push.session_id else { return missing("session_id") };
             counted("session");
-            let node = node_of(id);
-            match (core.registry.get(id), core.relay()) {
-                (Some(session), _) if session.send(push.msg_id, 0, push.body.clone()) => {
-                    json(StatusCode::OK, serde_json::json!({ "delivered": 1 }))
-                }
-                (Some(_), _) => {
+            match delivery.to_session(id, (push.msg_id, 0), push.body, Scope::Cluster) {
+                Reached::Here => json(StatusCode::OK, serde_json::json!({ "delivered": 1 })),
+                Reached::Closing => {
                     error(StatusCode::CONFLICT, "session_closing", format!("session {id} is closing"))
                 }
                 // Another node's session: handed to the bus (at most once, not confirmed); the
                 // answer says whether its node is in discovery (a node just started may not be
                 // seen yet, so the push goes anyway).
-                (None, Some(relay)) if node != relay.node_id() => {
+                Reached::Relayed { node } => {
                     let live = core.cluster.as_ref().and_then(|c| c.node_live(node, 0));
-                    let frame =
-                        BackendFrame::Reply { session_id: id, msg_id: push.msg_id, seq: 0, body: push.body };
-                    relay.to_node(node, frame);
                     json(
                         StatusCode::ACCEPTED,
                         serde_json::json!({ "relayed_to_node": node, "node_live": live }),
                     )
                 }
-                (None, _) => {
+                Reached::Nowhere => {
                     error(StatusCode::NOT_FOUND, "not_found", format!("no session {id} on this node"))
                 }
             }
@@ -204,16 +192,16 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
         "user" => {
             let Some(user) = push.user_id else { return missing("user_id") };
             counted("user");
-            let sessions = core.registry.of_user(&user);
-            let packet = Arc::new(SharedPacket::new(push.msg_id, 0, push.body.clone()));
-            let delivered = sessions.iter().filter(|s| s.send_shared(packet.clone())).count();
-            if let (Some(cluster), Some(relay)) = (&core.cluster, core.relay()) {
+            // The other nodes' half needs the user's location for the answer, so it is sent
+            // here rather than through the bus's own lookup.
+            let delivered = delivery.to_user_here(&user, push.msg_id, push.body.clone());
+            if let Some(cluster) = core.cluster.as_ref().filter(|_| delivery.remote().is_some()) {
                 return json(
                     StatusCode::OK,
-                    push_user_remote(cluster, relay, &user, (push.msg_id, push.body), delivered).await,
+                    push_user_remote(cluster, delivery, &user, (push.msg_id, push.body), delivered).await,
                 );
             }
-            if sessions.is_empty() {
+            if delivered == 0 && core.registry.of_user(&user).is_empty() {
                 return error(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -225,38 +213,26 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
         "room" => {
             let Some(room) = push.room else { return missing("room") };
             counted("room");
-            if let Some(relay) = core.relay() {
-                relay.to_all(BackendFrame::PushRoom {
-                    room: room.clone(),
-                    exclude_session: push.exclude.unwrap_or(0),
-                    msg_id: push.msg_id,
-                    body: push.body.clone(),
-                });
-            }
-            let packet = SharedPacket::new(push.msg_id, 0, push.body);
-            match (core.rooms.broadcast(&room, packet, push.exclude).await, core.relay()) {
-                (Some(members), None) => {
+            match delivery.to_room(&room, push.exclude, push.msg_id, push.body, Scope::Cluster).await {
+                FannedOut { here: Some(members), relayed: false } => {
                     json(StatusCode::OK, serde_json::json!({ "room": room, "members": members }))
                 }
-                (Some(members), Some(_)) => json(
+                FannedOut { here: Some(members), relayed: true } => json(
                     StatusCode::OK,
                     serde_json::json!({ "room": room, "members": members, "relayed": true }),
                 ),
                 // Members may be on other nodes: the push went to them.
-                (None, Some(_)) => {
+                FannedOut { here: None, relayed: true } => {
                     json(StatusCode::OK, serde_json::json!({ "room": room, "members": 0, "relayed": true }))
                 }
-                (None, None) => {
+                FannedOut { here: None, relayed: false } => {
                     error(StatusCode::NOT_FOUND, "not_found", format!("no room `{room}` on this node"))
                 }
             }
         }
         "all" => {
             counted("all");
-            if let Some(relay) = core.relay() {
-                relay.to_all(BackendFrame::PushAll { msg_id: push.msg_id, body: push.body.clone() });
-            }
-            let sessions = core.rooms.push_all(SharedPacket::new(push.msg_id, 0, push.body)).await;
+            let sessions = delivery.to_all(push.msg_id, push.body, Scope::Cluster).await.here.unwrap_or(0);
             json(StatusCode::OK, serde_json::json!({ "sessions": sessions }))
         }
         other => error(

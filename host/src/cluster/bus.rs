@@ -36,12 +36,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::discovery::NodeTable;
 use super::location::{FencingToken, TAKE_OVER};
+use crate::delivery::{Delivery, REPLACED, Remote, Scope};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::protocol::backend::{BackendCodec, BackendFrame};
-use crate::protocol::client::SharedPacket;
-use crate::rooms::Rooms;
 use crate::session::{CloseReason, DuplicateRule, Registry, SessionHandle};
-use crate::upstream::Upstreams;
 
 /// Set in the origin word of a message that carries a target dest (a relay).
 const TO_DEST: u32 = 0x8000_0000;
@@ -76,11 +74,6 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if ARGV[4] == 'nx' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1";
-
-/// Reason text of a bus `Kick` that closes the session as [`CloseReason::Replaced`] (4006)
-/// rather than `kicked`: the user logged in again on another node (duplicate login
-/// `kick-older`).
-pub const REPLACED: &str = "the user logged in again";
 
 /// Most queued writes sent in one pipeline.
 const BATCH: usize = 256;
@@ -175,11 +168,6 @@ impl Relay {
         }
     }
 
-    /// Closes `session` of node `node` as replaced by a newer login of its user (4006).
-    pub fn replace(&self, node: u32, session: u64) {
-        self.to_node(node, BackendFrame::Kick { session_id: session, reason: REPLACED.into() });
-    }
-
     /// Records that `user` is logged in on `session` of this node.
     pub fn logged_in(&self, user: Arc<str>, session: u64) {
         self.enqueue(Op::SetLocation { user, session, if_free: false });
@@ -255,6 +243,29 @@ fn unix_ms() -> u64 {
 
 fn location(node: u32, session: u64, incarnation: u64) -> String {
     super::Location { node, session, incarnation }.value()
+}
+
+/// The bus as [`crate::delivery`] sends through it.
+impl Remote for Relay {
+    fn node_id(&self) -> u32 {
+        self.node_id
+    }
+
+    fn to_node(&self, node: u32, frame: BackendFrame) {
+        Relay::to_node(self, node, frame);
+    }
+
+    fn to_all(&self, frame: BackendFrame) {
+        Relay::to_all(self, frame);
+    }
+
+    fn to_user(&self, user: &str, frame: BackendFrame) {
+        self.push_user(user, frame);
+    }
+
+    fn to_dest(&self, dest: u32, key: u64, frame: BackendFrame) -> Option<u32> {
+        Relay::to_dest(self, dest, key, frame)
+    }
 }
 
 /// The relay and the writer task that drains it (spawn the future).
@@ -357,7 +368,8 @@ pub(super) struct Locations {
     pub node_id: u32,
     pub incarnation: u64,
     pub registry: Arc<Registry>,
-    pub relay: Relay,
+    /// Where a reconciliation's kick of the other session goes (here or its node).
+    pub delivery: Arc<Delivery>,
     pub fencing: FencingToken,
     /// Whether a session a location names still exists (its node and incarnation live).
     pub live: Box<dyn Fn(super::Location) -> bool + Send + Sync>,
@@ -483,25 +495,11 @@ impl Locations {
             .await?;
         if taken == 1 && live {
             tracing::info!(user, kept = session.id(), closed = other.session, "duplicate login reconciled");
-            // Live and under our id: this process's (the live check rules out other incarnations).
-            let local = other.node == self.node_id;
-            match (rule, local) {
-                (DuplicateRule::RefuseNew, true) => {
-                    if let Some(s) = self.registry.get(other.session) {
-                        s.close(CloseReason::Kicked, RECONCILED);
-                    }
-                }
-                (DuplicateRule::RefuseNew, false) => self.relay.to_node(
-                    other.node,
-                    BackendFrame::Kick { session_id: other.session, reason: RECONCILED.into() },
-                ),
-                (_, true) => {
-                    if let Some(s) = self.registry.get(other.session) {
-                        s.close(CloseReason::Replaced, REPLACED);
-                    }
-                }
-                (_, false) => self.relay.replace(other.node, other.session),
-            }
+            let (why, text) = match rule {
+                DuplicateRule::RefuseNew => (CloseReason::Kicked, RECONCILED),
+                _ => (CloseReason::Replaced, REPLACED),
+            };
+            self.delivery.kick(other.session, why, text, Scope::Cluster);
         }
         Ok(())
     }
@@ -513,9 +511,7 @@ pub(super) const RETRY: Duration = Duration::from_secs(1);
 /// Where bus messages are delivered on this node.
 pub(super) struct Local {
     pub node_id: u32,
-    pub registry: Arc<Registry>,
-    pub rooms: Arc<Rooms>,
-    pub upstreams: Upstreams,
+    pub delivery: Arc<Delivery>,
     pub metrics: Metrics,
     /// `cluster.bus_max_age_ms`: older messages are dropped (`None`: never).
     pub max_age_ms: Option<u64>,
@@ -569,7 +565,7 @@ pub(super) async fn subscribe(
     }
 }
 
-/// Delivers one bus message to local sessions and rooms.
+/// Delivers one bus message on this node only ([`Delivery::from_bus`]).
 async fn deliver(local: &Local, payload: &[u8]) {
     let mut buf = BytesMut::from(payload);
     if buf.len() < 12 {
@@ -602,41 +598,7 @@ async fn deliver(local: &Local, payload: &[u8]) {
         Err(e) => return tracing::warn!(origin, "undecodable bus message: {e}"),
     };
     local.metrics.cluster_messages.get_or_create(&OutcomeLabel { outcome: "received" }).inc();
-    if let Some(dest) = dest {
-        // Into this node's pool only: a relay crosses the bus at most once.
-        let key = match &frame {
-            BackendFrame::Relayed { session_id, .. } => *session_id,
-            _ => 0,
-        };
-        return local.upstreams.relay_here(dest, key, frame);
-    }
-    match frame {
-        BackendFrame::Reply { session_id, msg_id, seq, body } => {
-            if let Some(session) = local.registry.get(session_id) {
-                session.send(msg_id, seq, body);
-            }
-        }
-        BackendFrame::PushUser { user_id, msg_id, body } => {
-            let packet = Arc::new(SharedPacket::new(msg_id, 0, body));
-            for session in local.registry.of_user(&user_id) {
-                session.send_shared(packet.clone());
-            }
-        }
-        BackendFrame::PushRoom { room, exclude_session, msg_id, body } => {
-            let exclude = (exclude_session != 0).then_some(exclude_session);
-            local.rooms.broadcast(&room, SharedPacket::new(msg_id, 0, body), exclude).await;
-        }
-        BackendFrame::PushAll { msg_id, body } => {
-            local.rooms.push_all(SharedPacket::new(msg_id, 0, body)).await;
-        }
-        BackendFrame::Kick { session_id, reason } => {
-            if let Some(session) = local.registry.get(session_id) {
-                let why = if reason == REPLACED { CloseReason::Replaced } else { CloseReason::Kicked };
-                session.close(why, &reason);
-            }
-        }
-        other => {
-            tracing::warn!(origin, kind = ?std::mem::discriminant(&other), "unexpected bus frame; ignored")
-        }
+    if !local.delivery.from_bus(dest, frame).await {
+        tracing::warn!(origin, "unexpected bus frame; ignored");
     }
 }

@@ -24,10 +24,9 @@ pub use self::discovery::{NodeInfo, NodeTable, Pick};
 pub use self::location::{Claim, Location, Policy};
 pub use self::node_id::Fence;
 use crate::config::Config;
+use crate::delivery::Delivery;
 use crate::metrics::Metrics;
-use crate::rooms::Rooms;
 use crate::session::Registry;
-use crate::upstream::Upstreams;
 
 /// How long joining waits for Redis or etcd before the start fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -203,14 +202,14 @@ impl Cluster {
         }))
     }
 
-    /// Starts holding the id, refreshing user locations, receiving the bus (delivering into
-    /// `registry`, `rooms` and, for relays, `upstreams`), registering in etcd (with the dests
-    /// of `upstreams`) and watching discovery.
+    /// Starts holding the id, refreshing the locations of `registry`'s users, receiving the
+    /// bus (delivering through `delivery`), registering in etcd (with `dests()`, the dest ids
+    /// this node has a pool for) and watching discovery.
     pub fn start(
         &self,
         registry: Arc<Registry>,
-        rooms: Arc<Rooms>,
-        upstreams: Upstreams,
+        delivery: Arc<Delivery>,
+        dests: impl Fn() -> Vec<u32> + Send + Sync + 'static,
         advertised: Advertised,
     ) {
         let ttl = Duration::from_secs(self.config.ttl_s);
@@ -237,7 +236,7 @@ impl Cluster {
                 node_id: self.node_id,
                 incarnation: self.incarnation,
                 registry: registry.clone(),
-                relay: self.relay.clone().expect("a relay with Redis"),
+                delivery: delivery.clone(),
                 fencing: redis.fencing.clone(),
                 live: Box::new(live),
                 ttl: Duration::from_secs(self.config.location_ttl_s),
@@ -245,9 +244,7 @@ impl Cluster {
             self.tasks.spawn(locations.run(on_reconnect, self.stop.clone()));
             let local = bus::Local {
                 node_id: self.node_id,
-                registry: registry.clone(),
-                rooms,
-                upstreams: upstreams.clone(),
+                delivery,
                 metrics: self.metrics.clone(),
                 max_age_ms: (self.config.bus_max_age_ms > 0).then_some(self.config.bus_max_age_ms),
                 fence: self.fence.clone(),
@@ -273,7 +270,7 @@ impl Cluster {
                 admin_addr: advertised.admin_addr.clone(),
                 load: registry.len() as u64,
                 version: env!("CARGO_PKG_VERSION").into(),
-                dests: upstreams.dests(),
+                dests: dests(),
                 incarnation,
             };
             let fence = self.fence.clone();

@@ -18,6 +18,20 @@ use super::pool::{InitFn, Limits, Slot, World};
 use super::{ScriptError, ScriptSource};
 use crate::metrics::Metrics;
 
+/// Calls `iface().method(store, args..)` on an instance of `script`'s live version (one
+/// pooled instance, under the epoch deadline; errors as [`super::pool::ScriptPool::call`]).
+macro_rules! call_live {
+    ($script:expr, $iface:ident . $method:ident ( $($arg:expr),* )) => {{
+        let live = $script.live();
+        live.pool
+            .call(|mut slot| async move {
+                let r = slot.bindings.$iface().$method(&mut slot.store, $($arg),*).await;
+                (slot, r)
+            })
+            .await
+    }};
+}
+
 fn auth_init(config: &str) -> InitFn<AuthScript> {
     let config: Arc<str> = config.into();
     Arc::new(move |mut slot: Slot<AuthScript>| {
@@ -112,33 +126,13 @@ impl Auth {
         session: &Session,
         token: &str,
     ) -> Result<Result<Identity, Rejection>, ScriptError> {
-        let live = self.script.live();
-        live.pool
-            .call(|mut slot| async move {
-                let r = slot
-                    .bindings
-                    .wasmgate_gateway_auth()
-                    .call_authenticate(&mut slot.store, session, token)
-                    .await;
-                (slot, r)
-            })
-            .await
+        call_live!(self.script, wasmgate_gateway_auth.call_authenticate(session, token))
     }
 
     /// Tells the script a logged-in `session` ended (seed 004's "account lost"); `reason` is
     /// the close reason's name. Errors: [`ScriptError`] (logged by the caller, nothing else).
     pub async fn account_lost(&self, session: &Session, reason: &str) -> Result<(), ScriptError> {
-        let live = self.script.live();
-        live.pool
-            .call(|mut slot| async move {
-                let r = slot
-                    .bindings
-                    .wasmgate_gateway_auth()
-                    .call_account_lost(&mut slot.store, session, reason)
-                    .await;
-                (slot, r)
-            })
-            .await
+        call_live!(self.script, wasmgate_gateway_auth.call_account_lost(session, reason))
     }
 }
 
@@ -198,17 +192,7 @@ impl Router {
 
     /// Decides what happens to `packet`.
     pub async fn route(&self, session: &Session, packet: &Packet) -> Result<Decision, ScriptError> {
-        let live = self.script.live();
-        live.pool
-            .call(|mut slot| async move {
-                let r = slot
-                    .bindings
-                    .wasmgate_gateway_router()
-                    .call_route(&mut slot.store, session, packet)
-                    .await;
-                (slot, r)
-            })
-            .await
+        call_live!(self.script, wasmgate_gateway_router.call_route(session, packet))
     }
 
     /// Deploys a new version live, initialised with the current `message_map`.
@@ -257,17 +241,7 @@ impl Rooms {
         session: &Session,
         request: &JoinRequest,
     ) -> Result<Result<JoinAccept, JoinRefusal>, ScriptError> {
-        let live = self.script.live();
-        live.pool
-            .call(|mut slot| async move {
-                let r = slot
-                    .bindings
-                    .wasmgate_gateway_rooms()
-                    .call_on_join(&mut slot.store, session, request)
-                    .await;
-                (slot, r)
-            })
-            .await
+        call_live!(self.script, wasmgate_gateway_rooms.call_on_join(session, request))
     }
 
     /// `session` has left `room`; returns the effects the script wants.
@@ -277,17 +251,7 @@ impl Rooms {
         room: &RoomInfo,
         cause: LeaveCause,
     ) -> Result<Vec<Effect>, ScriptError> {
-        let live = self.script.live();
-        live.pool
-            .call(|mut slot| async move {
-                let r = slot
-                    .bindings
-                    .wasmgate_gateway_rooms()
-                    .call_on_leave(&mut slot.store, session, room, cause)
-                    .await;
-                (slot, r)
-            })
-            .await
+        call_live!(self.script, wasmgate_gateway_rooms.call_on_leave(session, room, cause))
     }
 
     /// A member's message to `room`.
@@ -297,17 +261,7 @@ impl Rooms {
         room: &RoomInfo,
         packet: &Packet,
     ) -> Result<Result<Vec<Effect>, MessageError>, ScriptError> {
-        let live = self.script.live();
-        live.pool
-            .call(|mut slot| async move {
-                let r = slot
-                    .bindings
-                    .wasmgate_gateway_rooms()
-                    .call_on_message(&mut slot.store, session, room, packet)
-                    .await;
-                (slot, r)
-            })
-            .await
+        call_live!(self.script, wasmgate_gateway_rooms.call_on_message(session, room, packet))
     }
 }
 

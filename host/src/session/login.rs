@@ -24,8 +24,8 @@ use bytes::Bytes;
 
 use super::driver::Session;
 use super::{CloseReason, DuplicateRule};
-use crate::cluster::bus::REPLACED;
 use crate::cluster::{Claim, Cluster, Policy};
+use crate::delivery::{REPLACED, Scope};
 use crate::metrics::ReasonLabel;
 use crate::script::bindings::{DuplicateLogin, Rejection};
 
@@ -125,7 +125,7 @@ impl Session {
                 let Some((cluster, relay)) = cluster.zip(relay) else { return true };
                 match cluster.claim_location(user, handle.id(), Policy::Replace, &core.registry).await {
                     Ok(Claim::Taken { previous: Some(old) }) if old.node != cluster.node_id => {
-                        relay.replace(old.node, old.session);
+                        core.delivery.kick(old.session, CloseReason::Replaced, REPLACED, Scope::Cluster);
                     }
                     // A session of an earlier process under this node id: gone with it.
                     Ok(Claim::Taken { previous: Some(old) }) if !cluster.is_ours(old) => {}

@@ -14,9 +14,9 @@ use serde_json::value::RawValue;
 
 use super::CloseReason;
 use super::driver::Session;
+use crate::delivery::{Reached, Scope};
 use crate::metrics::ReasonLabel;
-use crate::protocol::backend::BackendFrame;
-use crate::protocol::client::{SharedPacket, data_body};
+use crate::protocol::client::data_body;
 use crate::rooms::JoinOutcome;
 use crate::script::bindings::{Effect, JoinRefusal, JoinRequest, LeaveCause, MessageError, Packet, RoomInfo};
 
@@ -219,60 +219,35 @@ impl Session {
                 Effect::Broadcast(b) => {
                     let exclude = b.exclude_sender.then_some(self.handle.id());
                     let body = Bytes::from(b.body);
-                    if let Some(relay) = self.core.relay() {
-                        // Members on other nodes of the cluster.
-                        relay.to_all(BackendFrame::PushRoom {
-                            room: b.room.clone(),
-                            exclude_session: exclude.unwrap_or(0),
-                            msg_id: b.msg_id,
-                            body: body.clone(),
-                        });
-                    }
-                    let packet = SharedPacket::new(b.msg_id, 0, body);
-                    if self.core.rooms.broadcast(&b.room, packet, exclude).await.is_none() {
+                    let out =
+                        self.core.delivery.to_room(&b.room, exclude, b.msg_id, body, Scope::Cluster).await;
+                    if out.here.is_none() {
                         tracing::debug!(
                             room = b.room,
                             "rooms script broadcast to a room that does not exist"
                         );
                     }
                 }
-                Effect::Send(d) => match self.core.registry.get(d.session_id) {
-                    Some(target) => {
-                        target.send(d.msg_id, 0, Bytes::from(d.body));
+                Effect::Send(d) => {
+                    let body = Bytes::from(d.body);
+                    let reached =
+                        self.core.delivery.to_session(d.session_id, (d.msg_id, 0), body, Scope::Cluster);
+                    if reached == Reached::Nowhere {
+                        tracing::debug!(session = d.session_id, "rooms script sent to a session not here");
                     }
-                    None => {
-                        let frame = BackendFrame::Reply {
-                            session_id: d.session_id,
-                            msg_id: d.msg_id,
-                            seq: 0,
-                            body: Bytes::from(d.body),
-                        };
-                        self.to_other_node(d.session_id, frame, "sent to");
-                    }
-                },
+                }
                 Effect::Reply(a) => {
                     self.handle.send(a.msg_id, seq, Bytes::from(a.body));
                 }
                 Effect::Kick(k) => {
                     let reason: String = k.reason.chars().take(120).collect();
-                    match self.core.registry.get(k.session_id) {
-                        Some(target) => target.close(CloseReason::Kicked, &reason),
-                        None => {
-                            let frame = BackendFrame::Kick { session_id: k.session_id, reason };
-                            self.to_other_node(k.session_id, frame, "kicked");
-                        }
+                    let reached =
+                        self.core.delivery.kick(k.session_id, CloseReason::Kicked, &reason, Scope::Cluster);
+                    if reached == Reached::Nowhere {
+                        tracing::debug!(session = k.session_id, "rooms script kicked a session not here");
                     }
                 }
             }
-        }
-    }
-
-    /// A frame for a session not on this node: over the bus to its node in a cluster.
-    fn to_other_node(&self, session_id: u64, frame: BackendFrame, what: &str) {
-        let node = super::node_of(session_id);
-        match self.core.relay() {
-            Some(relay) if node != relay.node_id() => relay.to_node(node, frame),
-            _ => tracing::debug!(session = session_id, "rooms script {what} a session not here"),
         }
     }
 }

@@ -25,8 +25,8 @@ use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 
 use self::pool::Pool;
-use crate::cluster::Relay;
 use crate::config::UpstreamConfig;
+use crate::delivery::{Delivery, LocalDests};
 use crate::maps::DestMap;
 use crate::metrics::{DestLabel, DestOutcomeLabel, Metrics};
 use crate::protocol::backend::BackendFrame;
@@ -70,8 +70,8 @@ pub(crate) struct Shared {
     settings: UpstreamConfig,
     node: NodeIdentity,
     tasks: TaskTracker,
-    /// The cross-node bus: pushes for sessions, users and rooms beyond this node.
-    relay: Option<Relay>,
+    /// Where replies, pushes, kicks and relays from backends go.
+    delivery: Arc<Delivery>,
     /// Frames written to backends (flushed to the socket), every dest together.
     frames_sent: AtomicU64,
 }
@@ -92,7 +92,7 @@ impl Upstreams {
         settings: UpstreamConfig,
         node: NodeIdentity,
         tasks: TaskTracker,
-        relay: Option<Relay>,
+        delivery: Arc<Delivery>,
     ) -> Self {
         let shared = Shared {
             table: ArcSwap::default(),
@@ -102,7 +102,7 @@ impl Upstreams {
             settings,
             node,
             tasks,
-            relay,
+            delivery,
             frames_sent: AtomicU64::new(0),
         };
         Self { shared: Arc::new(shared) }
@@ -175,11 +175,9 @@ impl Upstreams {
         dests
     }
 
-    /// Queues a backend -> backend `frame` (a `Relayed`) that another node sent over the bus
-    /// into this node's pool of `dest`, without waiting; counted and logged when it cannot be
-    /// (no such dest here any more, queue full, connection down). Never goes back on the bus.
-    pub fn relay_here(&self, dest: u32, key: u64, frame: BackendFrame) {
-        dispatch::relay_local(&self.shared, dest, key, frame);
+    /// This node's pools as [`Delivery`] relays into them (without keeping them alive).
+    pub fn local_dests(&self) -> Arc<dyn LocalDests> {
+        Arc::new(WeakPools(Arc::downgrade(&self.shared)))
     }
 
     /// Queues `frame` (a `Relayed` from a script) into this node's pool of `dest` without
@@ -215,6 +213,24 @@ impl Upstreams {
         let table = self.shared.table.swap(Arc::default());
         for pool in table.values() {
             pool.stop();
+        }
+    }
+}
+
+/// [`LocalDests`] over the pool table, held weakly: delivery must not keep the pools of a
+/// stopped gateway alive.
+struct WeakPools(std::sync::Weak<Shared>);
+
+impl LocalDests for WeakPools {
+    fn has(&self, dest: u32) -> bool {
+        self.0.upgrade().is_some_and(|shared| shared.table.load().contains_key(&dest))
+    }
+
+    /// Never waits; counted and logged when it cannot be queued (no such dest here any more,
+    /// queue full, connection down).
+    fn relay_here(&self, dest: u32, key: u64, frame: BackendFrame) {
+        if let Some(shared) = self.0.upgrade() {
+            dispatch::relay_local(&shared, dest, key, frame);
         }
     }
 }

@@ -29,6 +29,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// `code` + `blame` labels of error frames sent to clients (docs/protocol.md).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub code: &'static str,
+    pub blame: &'static str,
+}
+
 /// `outcome` label of cluster bus messages.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -102,6 +109,7 @@ pub struct Metrics {
     pub messages_out: Family<TransportLabel, Counter>,
     pub sessions_closed: Family<ReasonLabel, Counter>,
     pub logins: Family<ReasonLabel, Counter>,
+    pub client_errors: Family<ErrorLabel, Counter>,
     pub routed: Family<DestOutcomeLabel, Counter>,
     pub upstream_frames_in: Family<DestLabel, Counter>,
     pub upstream_connections_up: Family<DestLabel, Gauge>,
@@ -149,6 +157,7 @@ impl Metrics {
             messages_out: Family::default(),
             sessions_closed: Family::default(),
             logins: Family::default(),
+            client_errors: Family::default(),
             routed: Family::default(),
             upstream_frames_in: Family::default(),
             upstream_connections_up: Family::default(),
@@ -199,6 +208,17 @@ impl Metrics {
             m.sessions_closed.clone(),
         );
         register(&mut r, &mut families, "logins", "Login attempts, by result", m.logins.clone());
+        register(
+            &mut r,
+            &mut families,
+            "client_errors",
+            "Error frames sent to clients, by code and by who is to blame (client, script, upstream, gateway)",
+            m.client_errors.clone(),
+        );
+        for code in crate::session::ErrorCode::ALL {
+            let _ =
+                m.client_errors.get_or_create(&ErrorLabel { code: code.name(), blame: code.blame().name() });
+        }
         register(
             &mut r,
             &mut families,
@@ -435,6 +455,11 @@ impl Metrics {
     /// including those without a sample yet (which the text encodings leave out).
     pub fn families(&self) -> &[(String, MetricType)] {
         &self.families
+    }
+
+    /// Counts an error frame with `code` sent to a client.
+    pub fn client_error(&self, code: crate::session::ErrorCode) {
+        self.client_errors.get_or_create(&ErrorLabel { code: code.name(), blame: code.blame().name() }).inc();
     }
 
     /// The counter of one transport, cached by callers on the hot path.

@@ -49,6 +49,12 @@ async fn unknown_message_id_gets_an_error_frame_and_the_session_goes_on() {
     assert_eq!(error_of(&error.body).0, "unknown_message");
     let seq = c.send(100, b"still here").await.unwrap();
     c.recv_reply(100, seq, PROMPT).await.unwrap();
+    // Counted by code and by who is to blame (docs/protocol.md).
+    let metrics = h.gateway.metrics().render();
+    let client = "wasmgate_client_errors_total{code=\"unknown_message\",blame=\"client\"}";
+    assert_eq!(wasmgate_tests::metric(&metrics, client), 1.0);
+    let upstream = "wasmgate_client_errors_total{code=\"upstream_unavailable\",blame=\"upstream\"}";
+    assert_eq!(wasmgate_tests::metric(&metrics, upstream), 0.0, "every series exists from the start");
 }
 
 /// `scripts.native_router` decides as the default router script does (map lookup, else
@@ -128,6 +134,8 @@ async fn backend_down_gives_errors_then_recovers_when_it_returns() {
         assert!(others.is_empty(), "unexpected {others:?}");
         assert_eq!(error_of(&error.body).0, "upstream_unavailable");
     }
+    let upstream = "wasmgate_client_errors_total{code=\"upstream_unavailable\",blame=\"upstream\"}";
+    assert_eq!(wasmgate_tests::metric(&h.gateway.metrics().render(), upstream), 5.0);
 
     let _back = Backend::start(addr).await;
     h.wait_upstream(101, 2).await;

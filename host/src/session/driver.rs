@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument as _;
 
-use super::{CloseReason, Outbound, SessionHandle, TransportKind};
+use super::{CloseReason, ErrorCode, Outbound, SessionHandle, TransportKind};
 use crate::gateway::Core;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::protocol::backend::BackendFrame;
@@ -192,6 +192,18 @@ impl Session {
         Self { core, handle, info, last_seen: now, login_deadline, messages_in }
     }
 
+    /// Answers packet `seq` with an error frame `code` (counted by code and blame).
+    pub(super) fn reject(&self, seq: u32, code: ErrorCode, message: &str) {
+        self.core.metrics.client_error(code);
+        self.handle.send_error(seq, code, message);
+    }
+
+    /// Answers packet `seq` with an error frame `code` (counted), then closes for `reason`.
+    pub(super) fn reject_and_close(&self, reason: CloseReason, seq: u32, code: ErrorCode, message: &str) {
+        self.core.metrics.client_error(code);
+        self.handle.close_with_error(reason, seq, code, message);
+    }
+
     fn heartbeat_deadline(&self) -> Instant {
         self.last_seen + Duration::from_millis(self.core.config.timeouts.heartbeat_ms)
     }
@@ -284,9 +296,9 @@ impl Session {
         } else if id == routes.close {
             self.handle.close(CloseReason::Normal, "client asked to close");
         } else if id == routes.error || id == routes.push {
-            self.handle.send_error(seq, "bad_request", "this id is server-to-client only");
+            self.reject(seq, ErrorCode::BadRequest, "this id is server-to-client only");
         } else if self.info.user_id.is_none() {
-            self.handle.send_error(seq, "not_logged_in", "log in before sending other messages");
+            self.reject(seq, ErrorCode::NotLoggedIn, "log in before sending other messages");
         } else if id == routes.join {
             self.join_request(seq, &packet.body).await;
         } else if id == routes.leave {
@@ -314,7 +326,7 @@ impl Session {
         }
         if self.info.user_id.is_none() {
             if !self.core.config.rooms.gopush_anonymous {
-                self.handle.send_error(0, "not_logged_in", "log in first (WebSocket URL `?token=`)");
+                self.reject(0, ErrorCode::NotLoggedIn, "log in first (WebSocket URL `?token=`)");
                 return;
             }
             self.handle.admit();
@@ -341,7 +353,7 @@ impl Session {
                 Ok(outcome) => decision_of(outcome),
                 Err(e) => {
                     tracing::debug!("handler script failed: {e}");
-                    self.handle.send_error(seq, "script_error", "the handler script failed on this message");
+                    self.reject(seq, ErrorCode::ScriptError, "the handler script failed on this message");
                     return;
                 }
             };
@@ -357,7 +369,7 @@ impl Session {
                 }
                 None => {
                     tracing::debug!("router failed: {e}");
-                    self.handle.send_error(seq, "script_error", "the router failed on this message");
+                    self.reject(seq, ErrorCode::ScriptError, "the router failed on this message");
                     return;
                 }
             },
@@ -379,7 +391,7 @@ impl Session {
                     body: packet.body,
                 };
                 if let Err(e) = self.core.upstreams.forward(dest, self.info.id, frame).await {
-                    self.handle.send_error(seq, e.code(), &e.to_string());
+                    self.reject(seq, e.code(), &e.to_string());
                 }
             }
             Decision::Reply(reply) => {
@@ -394,11 +406,11 @@ impl Session {
             }
             Decision::Reject(error) => {
                 let (code, message) = match &error {
-                    RouteError::UnknownMessage => ("unknown_message", "no route for this message id"),
-                    RouteError::BadRequest(m) => ("bad_request", m.as_str()),
-                    RouteError::Forbidden(m) => ("forbidden", m.as_str()),
+                    RouteError::UnknownMessage => (ErrorCode::UnknownMessage, "no route for this message id"),
+                    RouteError::BadRequest(m) => (ErrorCode::BadRequest, m.as_str()),
+                    RouteError::Forbidden(m) => (ErrorCode::Forbidden, m.as_str()),
                 };
-                self.handle.send_error(seq, code, message);
+                self.reject(seq, code, message);
             }
         }
     }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::CloseReason;
+use super::{CloseReason, ErrorCode};
 use crate::protocol::client::SharedPacket;
 
 /// Something for a session's writer.
@@ -239,14 +239,19 @@ impl SessionHandle {
     }
 
     /// Queues an error frame (`code`, human-readable `message`) answering the packet `seq`.
-    pub fn send_error(&self, seq: u32, code: &str, message: &str) -> bool {
-        self.send(self.0.error_msg_id, seq, error_body(code, message))
+    /// Callers count it ([`crate::metrics::Metrics::client_error`]).
+    pub fn send_error(&self, seq: u32, code: ErrorCode, message: &str) -> bool {
+        self.send(self.0.error_msg_id, seq, error_body(code.name(), message))
     }
 
     /// Closes gracefully: what is queued is written first, then (if the reason is announced)
     /// an error frame with `code`/`message` answering packet `seq` (0: none), then the close.
     /// Only the first close counts.
-    pub fn close_with_error(&self, reason: CloseReason, seq: u32, code: &str, message: &str) {
+    pub fn close_with_error(&self, reason: CloseReason, seq: u32, code: ErrorCode, message: &str) {
+        self.close_announcing(reason, seq, code.name(), message);
+    }
+
+    fn close_announcing(&self, reason: CloseReason, seq: u32, code: &str, message: &str) {
         if self.0.close_reason.set((reason, message.to_string())).is_err() {
             return;
         }
@@ -265,7 +270,7 @@ impl SessionHandle {
 
     /// [`Self::close_with_error`] with the reason's own name as the error code.
     pub fn close(&self, reason: CloseReason, message: &str) {
-        self.close_with_error(reason, 0, reason.name(), message);
+        self.close_announcing(reason, 0, reason.name(), message);
     }
 
     /// Closes now, dropping whatever is queued (slow consumer, shutdown deadline).

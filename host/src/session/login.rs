@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::driver::Session;
-use super::{CloseReason, DuplicateRule};
+use super::{CloseReason, DuplicateRule, ErrorCode};
 use crate::cluster::{Claim, Cluster, Policy};
 use crate::delivery::{REPLACED, Scope};
 use crate::metrics::ReasonLabel;
@@ -48,7 +48,7 @@ impl Session {
         };
         if self.info.user_id.is_some() {
             count("duplicate");
-            self.handle.send_error(seq, "already_logged_in", "this session is logged in");
+            self.reject(seq, ErrorCode::AlreadyLoggedIn, "this session is logged in");
             return;
         }
         match self.core.auth.authenticate(&self.info, token).await {
@@ -56,10 +56,10 @@ impl Session {
                 let user: Arc<str> = identity.user_id.as_str().into();
                 if !self.admit(&user, identity.on_duplicate).await {
                     count("duplicate_refused");
-                    return self.handle.close_with_error(
+                    return self.reject_and_close(
                         CloseReason::AuthRejected,
                         seq,
-                        "duplicate_login",
+                        ErrorCode::DuplicateLogin,
                         "this user is logged in on another session",
                     );
                 }
@@ -82,20 +82,20 @@ impl Session {
             Ok(Err(rejection)) => {
                 count("rejected");
                 let (code, message) = match &rejection {
-                    Rejection::InvalidToken(m) => ("invalid_token", m.as_str()),
-                    Rejection::Expired => ("expired", "token expired"),
-                    Rejection::Forbidden(m) => ("forbidden", m.as_str()),
+                    Rejection::InvalidToken(m) => (ErrorCode::InvalidToken, m.as_str()),
+                    Rejection::Expired => (ErrorCode::Expired, "token expired"),
+                    Rejection::Forbidden(m) => (ErrorCode::Forbidden, m.as_str()),
                 };
-                self.handle.close_with_error(CloseReason::AuthRejected, seq, code, message);
+                self.reject_and_close(CloseReason::AuthRejected, seq, code, message);
             }
             Err(e) => {
                 // Auth fails closed: a broken login script logs nobody in.
                 count("script_error");
                 tracing::warn!("login refused, auth script failed: {e}");
-                self.handle.close_with_error(
+                self.reject_and_close(
                     CloseReason::AuthRejected,
                     seq,
-                    "auth_unavailable",
+                    ErrorCode::AuthUnavailable,
                     "login is unavailable",
                 );
             }

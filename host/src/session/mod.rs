@@ -6,10 +6,12 @@
 //! - [`driver`]: the per-connection tasks (read loop with timers and local routes; write loop).
 //! - `login`: login through the auth script and the duplicate-login policy.
 //! - `room_routes`: the join, leave, room message and room list routes.
-//! - [`close`]: the documented close reasons and codes.
+//! - [`close`]: the documented close reasons and codes; `error`: the error frame codes, with
+//!   who is to blame and whether a retry helps.
 
 mod close;
 pub(crate) mod driver;
+mod error;
 mod handle;
 pub mod id;
 mod login;
@@ -17,6 +19,7 @@ mod registry;
 mod room_routes;
 
 pub use close::CloseReason;
+pub use error::{Blame, ErrorCode};
 pub use handle::{DuplicateRule, Outbound, SessionHandle, TransportKind, error_body};
 pub use id::{MAX_NODE_ID, SessionIdGen, node_of};
 pub use registry::Registry;

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::CloseReason;
 use super::driver::Session;
+use super::{CloseReason, ErrorCode};
 use crate::delivery::{Reached, Scope};
 use crate::metrics::ReasonLabel;
 use crate::protocol::client::data_body;
@@ -53,7 +53,7 @@ impl Session {
         match parse_request(body, true) {
             Ok((room, data)) => self.join(seq, room, data).await,
             Err(e) => {
-                self.handle.send_error(seq, "bad_request", &e);
+                self.reject(seq, ErrorCode::BadRequest, &e);
             }
         }
     }
@@ -63,7 +63,7 @@ impl Session {
         let (rooms, join_id) = (&self.core.rooms, self.core.config.routes.join);
         if let Err(e) = rooms.check_name(&room) {
             self.count_join("bad_request");
-            self.handle.send_error(seq, "bad_request", &e.to_string());
+            self.reject(seq, ErrorCode::BadRequest, &e.to_string());
             return;
         }
         let (joined, member) = {
@@ -85,19 +85,21 @@ impl Session {
             Ok(Ok(accept)) => accept,
             Ok(Err(refusal)) => {
                 let (code, message) = match &refusal {
-                    JoinRefusal::Forbidden(m) => ("forbidden", m.as_str()),
-                    JoinRefusal::RoomFull => ("room_full", "the room is full"),
-                    JoinRefusal::TooManyRooms => ("too_many_rooms", "this session is in too many rooms"),
-                    JoinRefusal::BadRequest(m) => ("bad_request", m.as_str()),
+                    JoinRefusal::Forbidden(m) => (ErrorCode::Forbidden, m.as_str()),
+                    JoinRefusal::RoomFull => (ErrorCode::RoomFull, "the room is full"),
+                    JoinRefusal::TooManyRooms => {
+                        (ErrorCode::TooManyRooms, "this session is in too many rooms")
+                    }
+                    JoinRefusal::BadRequest(m) => (ErrorCode::BadRequest, m.as_str()),
                 };
-                self.count_join(code);
-                self.handle.send_error(seq, code, message);
+                self.count_join(code.name());
+                self.reject(seq, code, message);
                 return;
             }
             Err(e) => {
                 tracing::debug!("rooms script failed on join: {e}");
                 self.count_join("script_error");
-                self.handle.send_error(seq, "rooms_unavailable", "the room logic failed; join refused");
+                self.reject(seq, ErrorCode::RoomsUnavailable, "the room logic failed; join refused");
                 return;
             }
         };
@@ -113,11 +115,11 @@ impl Session {
             }
             JoinOutcome::Full => {
                 self.count_join("room_full");
-                self.handle.send_error(seq, "room_full", "the room is full");
+                self.reject(seq, ErrorCode::RoomFull, "the room is full");
             }
             JoinOutcome::TooManyRooms => {
                 self.count_join("too_many_rooms");
-                self.handle.send_error(seq, "too_many_rooms", "this session is in too many rooms");
+                self.reject(seq, ErrorCode::TooManyRooms, "this session is in too many rooms");
             }
             JoinOutcome::Closed => {}
         }
@@ -127,7 +129,7 @@ impl Session {
         match parse_request(body, true) {
             Ok((room, _)) => self.leave(seq, &room).await,
             Err(e) => {
-                self.handle.send_error(seq, "bad_request", &e);
+                self.reject(seq, ErrorCode::BadRequest, &e);
             }
         }
     }
@@ -135,7 +137,7 @@ impl Session {
     /// Leaves `room`, then gives the rooms script its say (effects only).
     pub(super) async fn leave(&mut self, seq: u32, room: &str) {
         let Some(members) = self.core.rooms.leave(&self.handle, room) else {
-            self.handle.send_error(seq, "not_in_room", "this session is not in that room");
+            self.reject(seq, ErrorCode::NotInRoom, "this session is not in that room");
             return;
         };
         self.handle.send(self.core.config.routes.leave, seq, answer(room, members, "left"));
@@ -164,12 +166,12 @@ impl Session {
         let (room, data) = match parse_request(&packet.body, false) {
             Ok(parsed) => parsed,
             Err(e) => {
-                self.handle.send_error(seq, "bad_request", &e);
+                self.reject(seq, ErrorCode::BadRequest, &e);
                 return;
             }
         };
         if !self.handle.memberships().lock().rooms.iter().any(|r| **r == *room) {
-            self.handle.send_error(seq, "not_in_room", "join the room before sending to it");
+            self.reject(seq, ErrorCode::NotInRoom, "join the room before sending to it");
             return;
         }
         let info = RoomInfo { members: self.core.rooms.members(&room).unwrap_or(0), name: room };
@@ -177,14 +179,14 @@ impl Session {
         match self.core.rooms_script.on_message(&self.info, &info, &record).await {
             Ok(Ok(effects)) => self.apply(effects, seq).await,
             Ok(Err(MessageError::BadRequest(m))) => {
-                self.handle.send_error(seq, "bad_request", &m);
+                self.reject(seq, ErrorCode::BadRequest, &m);
             }
             Ok(Err(MessageError::Forbidden(m))) => {
-                self.handle.send_error(seq, "forbidden", &m);
+                self.reject(seq, ErrorCode::Forbidden, &m);
             }
             Err(e) => {
                 tracing::debug!("rooms script failed on a message: {e}");
-                self.handle.send_error(seq, "rooms_unavailable", "the room logic failed on this message");
+                self.reject(seq, ErrorCode::RoomsUnavailable, "the room logic failed on this message");
             }
         }
     }
@@ -202,7 +204,7 @@ impl Session {
             match serde_json::from_slice(body) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.handle.send_error(seq, "bad_request", &format!("expected {{\"prefix\": ..}}: {e}"));
+                    self.reject(seq, ErrorCode::BadRequest, &format!("expected {{\"prefix\": ..}}: {e}"));
                     return;
                 }
             }

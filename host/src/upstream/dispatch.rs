@@ -14,7 +14,7 @@ use crate::delivery::{FannedOut, Reached, Scope};
 use crate::metrics::TargetLabel;
 use crate::protocol::backend::BackendFrame;
 use crate::rooms::JoinOutcome;
-use crate::session::CloseReason;
+use crate::session::{CloseReason, ErrorCode};
 
 /// Handles one frame received from the backend of `from_dest`.
 pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: BackendFrame) {
@@ -121,7 +121,8 @@ pub(super) fn undeliverable(shared: &Shared, dest: u32, frame: BackendFrame, why
     match frame {
         BackendFrame::Forward { session_id, seq, .. } => {
             if let Some(session) = shared.registry.get(session_id) {
-                session.send_error(seq, "upstream_unavailable", &format!("dest {dest}: {why}"));
+                shared.metrics.client_error(ErrorCode::UpstreamUnavailable);
+                session.send_error(seq, ErrorCode::UpstreamUnavailable, &format!("dest {dest}: {why}"));
             }
         }
         other => {

@@ -31,7 +31,7 @@ use crate::maps::DestMap;
 use crate::metrics::{DestLabel, DestOutcomeLabel, Metrics};
 use crate::protocol::backend::BackendFrame;
 use crate::rooms::Rooms;
-use crate::session::Registry;
+use crate::session::{ErrorCode, Registry};
 
 /// Why a message could not be handed to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,11 +46,11 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The error frame `code` for this error.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> ErrorCode {
         match self {
-            Self::UnknownDest(_) => "unknown_dest",
-            Self::Unavailable(_) => "upstream_unavailable",
-            Self::Busy(_) => "upstream_busy",
+            Self::UnknownDest(_) => ErrorCode::UnknownDest,
+            Self::Unavailable(_) => ErrorCode::UpstreamUnavailable,
+            Self::Busy(_) => ErrorCode::UpstreamBusy,
         }
     }
 }
@@ -161,7 +161,7 @@ impl Upstreams {
         };
         let outcome = match result {
             Ok(()) => "ok",
-            Err(e) => e.code(),
+            Err(e) => e.code().name(),
         };
         tracing::Span::current().record("wasmgate.outcome", outcome);
         self.shared.metrics.routed.get_or_create(&DestOutcomeLabel { dest, outcome }).inc();

@@ -24,7 +24,7 @@ pub enum ConfigError {
 }
 
 /// The whole gateway configuration (`wasmgate.toml`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node: NodeConfig,
@@ -48,7 +48,7 @@ pub struct Config {
 /// or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
 /// is set; the other `OTEL_*` variables (`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,
 /// `OTEL_BSP_*`, headers, timeout) apply as the OpenTelemetry SDK defines them.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Collector URL, e.g. `http://127.0.0.1:4317`; wins over the environment.
@@ -60,7 +60,7 @@ pub struct TelemetryConfig {
 
 /// Configuration and maps kept in etcd (seed 000 step 1's config centre; docs/cluster.md).
 /// Off by default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigCentreConfig {
     /// Read `wasmgate.toml` (merged over this file), `dest_map.json` and `message_map.json`
@@ -73,6 +73,29 @@ pub struct ConfigCentreConfig {
 }
 
 impl Config {
+    /// The sections of `other` that differ from this (running) configuration and apply only
+    /// at the next start, by name (`["limits", "listen"]`): every section but `maps`, which
+    /// is re-read live. `node.id` is left out (the running id is the one claimed in Redis).
+    pub fn changed_sections(&self, other: &Self) -> Vec<&'static str> {
+        let sections = [
+            ("node", self.node.name != other.node.name),
+            ("listen", self.listen != other.listen),
+            ("limits", self.limits != other.limits),
+            ("tcp", self.tcp != other.tcp),
+            ("timeouts", self.timeouts != other.timeouts),
+            ("routes", self.routes != other.routes),
+            ("upstream", self.upstream != other.upstream),
+            ("scripts", self.scripts != other.scripts),
+            ("rooms", self.rooms != other.rooms),
+            ("admin", self.admin != other.admin),
+            ("cluster", self.cluster != other.cluster),
+            ("user_centre", self.user_centre != other.user_centre),
+            ("config_centre", self.config_centre != other.config_centre),
+            ("telemetry", self.telemetry != other.telemetry),
+        ];
+        sections.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
+    }
+
     /// The etcd endpoints of the config centre: its own, else the cluster's.
     pub fn config_centre_endpoints(&self) -> &[String] {
         match self.config_centre.etcd_endpoints.as_slice() {
@@ -93,7 +116,7 @@ impl Config {
 
 /// User-centre notifications: each login and disconnect POSTed as JSON (seed 000 steps
 /// 8.1.1.3 and 6.3.2; docs/configuration.md). `url` unset (default): none.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UserCentreConfig {
     /// `http://host[:port]/path` receiving the notices.
@@ -114,7 +137,7 @@ impl Default for UserCentreConfig {
 
 /// Running several gateways as one cluster (docs/cluster.md). With neither Redis nor etcd
 /// configured (the default) the gateway runs standalone.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Redis URL (`redis://127.0.0.1:6379/0`): node id claim (seed 000 step 2), user location
@@ -162,7 +185,7 @@ impl Default for ClusterConfig {
 }
 
 /// This gateway node's identity.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Node (server) id, 0..=1023; part of every session id (seed 000: `serverId`).
@@ -178,7 +201,7 @@ impl Default for NodeConfig {
 }
 
 /// Listener addresses. Port 0 picks a free port (tests); `None` disables a listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// WebSocket listener (also answers `GET /ping`). Seed 003: `WSAddr`.
@@ -205,7 +228,7 @@ impl Default for ListenConfig {
 }
 
 /// Connection and message limits (seed 003 gate options).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Most client connections held at once, WS and TCP together; enforced before `accept`.
@@ -224,7 +247,7 @@ impl Default for LimitsConfig {
 }
 
 /// TCP length-prefix framing (leaf's `LenMsgLen` and `LittleEndian`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpFramingConfig {
     /// Size of the length prefix in bytes: 2 or 4.
@@ -240,7 +263,7 @@ impl Default for TcpFramingConfig {
 }
 
 /// Per-session timers, in milliseconds (seed 000 step 6.2.2).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
     /// A session that has not logged in this long after connecting is closed (4001).
@@ -260,7 +283,7 @@ impl Default for TimeoutsConfig {
 }
 
 /// Message ids of the built-in local routes (seed 000 step 6.1.1).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutesConfig {
     /// Login ("connect confirm"): body is the token.
@@ -318,7 +341,7 @@ impl RoutesConfig {
 }
 
 /// Rooms and fan-out (seed 002, go-push).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {
     /// Hard cap of rooms one session is in, whatever the rooms script allows (it bounds
@@ -353,7 +376,7 @@ impl Default for RoomsConfig {
 }
 
 /// The admin port's API (docs/api.md).
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Bearer token of the push and query API (`Authorization: Bearer <token>`). `None`
@@ -374,7 +397,7 @@ impl fmt::Debug for AdminConfig {
 }
 
 /// Where `dest_map.json` and `message_map.json` come from (seed 000 step 5).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MapsConfig {
     /// Path of `dest_map.json`; `None` uses the embedded example map.
@@ -386,7 +409,7 @@ pub struct MapsConfig {
 }
 
 /// Upstream queue-pool behaviour.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Frames queued per pool connection before senders wait.
@@ -415,7 +438,7 @@ impl Default for UpstreamConfig {
 }
 
 /// The scripts and their sandbox.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScriptsConfig {
     pub auth: ScriptConfig,
@@ -465,7 +488,7 @@ pub struct ScriptsConfig {
 /// instantiating — at a deploy, or to replace a trapped instance — takes a free slot instead of
 /// mapping fresh memory. The per-instance memory cap stays `scripts.memory_bytes`. (Gateways
 /// started in one process with the same values share one pool and one compile cache.)
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolingConfig {
     /// Use the pooling allocator (default). Off: each instance's memory is mapped on demand.
@@ -517,7 +540,7 @@ impl Default for ScriptsConfig {
 pub const DEV_JWT_SECRET: &str = "wasmgate-dev-secret";
 
 /// One script: which component, and the JSON configuration its `init` receives.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScriptConfig {
     /// Path of the component (`.wasm`); `None` uses the default script built into the binary.
@@ -679,6 +702,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_sections_name_what_differs_except_maps_and_the_node_id() {
+        let running = Config::default();
+        let mut next = running.clone();
+        assert!(running.changed_sections(&next).is_empty());
+        next.node.id = 9;
+        next.maps.dest_map = Some("elsewhere.json".into());
+        assert!(running.changed_sections(&next).is_empty(), "applied live / claimed at start");
+        next.limits.max_conn_num += 1;
+        next.scripts.deadline_ms += 1;
+        next.telemetry.sample_ratio = Some(0.5);
+        assert_eq!(running.changed_sections(&next), ["limits", "scripts", "telemetry"]);
+    }
 
     #[test]
     fn empty_file_is_the_embedded_default() {

@@ -28,7 +28,8 @@ use crate::script::engine::EngineSettings;
 use crate::script::manifest::{MANIFEST_FILE, Manifest};
 use crate::script::services::{ClusterAccess, Services};
 use crate::script::{
-    Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptSource,
+    Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptName, ScriptSource,
+    Scripts,
 };
 use crate::session::{CloseReason, Registry, SessionIdGen};
 use crate::upstream::{NodeIdentity, Upstreams};
@@ -41,14 +42,10 @@ pub(crate) struct Core {
     pub ids: SessionIdGen,
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
-    pub auth: Auth,
-    pub router: Router,
-    pub rooms_script: RoomsScript,
-    /// User-named handler scripts and the message ids `message_map` gives them.
-    pub handlers: Handlers,
+    pub scripts: Arc<Scripts>,
     /// Built-in scripts taken from the scripts directory's manifest: name -> version id of the
     /// entry (file + config) last deployed from it.
-    pub manifest_applied: parking_lot::Mutex<HashMap<&'static str, String>>,
+    pub manifest_applied: parking_lot::Mutex<HashMap<ScriptName, String>>,
     /// What the file watcher last applied from each watched file (identical content is not
     /// applied again).
     pub applied: watch::Applied,
@@ -65,18 +62,13 @@ pub(crate) struct Core {
     pub tasks: TaskTracker,
 }
 
-/// The built-in scripts every gateway runs, by name (deploys, rollbacks, the watched scripts
-/// directory). Handler scripts come and go with `message_map`.
-pub const SCRIPT_NAMES: [&str; 3] = ["auth", "router", "rooms"];
-
 impl Core {
     /// The cross-node bus, when the gateway runs in a cluster with Redis.
     pub(crate) fn relay(&self) -> Option<&Relay> {
         self.cluster.as_ref().and_then(|c| c.relay.as_ref())
     }
 
-    /// Deploys `bytes` live as script `name` (one of [`SCRIPT_NAMES`] or a loaded handler
-    /// script) with `config` (JSON text; `None` keeps the live version's). Counted in
+    /// Deploys `bytes` live as script `name` (a [`ScriptName`] or a loaded handler script) with `config` (JSON text; `None` keeps the live version's). Counted in
     /// `wasmgate_script_deploys_total{reason="ok"|"unchanged"|"rejected"}` (`unchanged`: the
     /// live version was deployed again, a no-op).
     ///
@@ -88,19 +80,14 @@ impl Core {
         bytes: &[u8],
         config: Option<String>,
     ) -> Result<ScriptInfo, ScriptError> {
-        let source = |live: ScriptSource| ScriptSource {
-            name: name.to_string(),
-            bytes: bytes.into(),
-            config_json: config.clone().unwrap_or(live.config_json),
-        };
-        let result = match name {
-            "auth" => self.auth.deploy(source(self.auth.source())).await,
-            "router" => self.router.deploy(source(self.router.source())).await,
-            "rooms" => self.rooms_script.deploy(source(self.rooms_script.source())).await,
-            _ => match self.handlers.get(name) {
-                Some(handler) => handler.deploy(source(handler.source())).await,
-                None => Err(ScriptError::Unknown { script: name.into() }),
-            },
+        let result = match self.scripts.source(name) {
+            Ok(live) => {
+                let config_json = config.unwrap_or(live.config_json);
+                self.scripts
+                    .deploy(ScriptSource { name: name.to_string(), bytes: bytes.into(), config_json })
+                    .await
+            }
+            Err(e) => Err(e),
         };
         let reason = match &result {
             Ok(info) if info.unchanged => "unchanged",
@@ -119,7 +106,7 @@ impl Core {
     ///
     /// Errors: the manifest or a file cannot be read; a deploy is refused (the entries before
     /// it stay deployed).
-    pub(crate) async fn apply_manifest_builtins(&self) -> Result<Vec<&'static str>, ScriptError> {
+    pub(crate) async fn apply_manifest_builtins(&self) -> Result<Vec<ScriptName>, ScriptError> {
         let Some(dir) = &self.config.scripts.dir else { return Ok(Vec::new()) };
         let manifest = Manifest::read(dir)?;
         let mut deployed = Vec::new();
@@ -127,10 +114,10 @@ impl Core {
             let Some(name) = entry.world.builtin() else { continue };
             let source = entry.source(dir)?;
             let id = version_id(&source.bytes, &source.config_json);
-            if self.manifest_applied.lock().get(name) == Some(&id) {
+            if self.manifest_applied.lock().get(&name) == Some(&id) {
                 continue;
             }
-            self.deploy_script(name, &source.bytes, Some(source.config_json)).await?;
+            self.deploy_script(name.name(), &source.bytes, Some(source.config_json)).await?;
             self.manifest_applied.lock().insert(name, id);
             deployed.push(name);
         }
@@ -139,15 +126,7 @@ impl Core {
 
     /// Puts the previous version of script `name` back.
     pub(crate) async fn rollback_script(&self, name: &str) -> Result<ScriptInfo, ScriptError> {
-        match name {
-            "auth" => self.auth.rollback().await,
-            "router" => self.router.rollback().await,
-            "rooms" => self.rooms_script.rollback().await,
-            _ => match self.handlers.get(name) {
-                Some(handler) => handler.rollback().await,
-                None => Err(ScriptError::Unknown { script: name.into() }),
-            },
-        }
+        self.scripts.rollback(name).await
     }
 }
 
@@ -164,20 +143,20 @@ pub struct RunningGateway {
 /// else `[scripts.<name>]` (its `path`, or the default built into the binary). Returns the
 /// source and, for a manifest entry, its version id.
 fn script_source(
-    name: &str,
+    name: ScriptName,
     manifest: &Manifest,
     config: &Config,
     default: &[u8],
 ) -> anyhow::Result<(ScriptSource, Option<String>)> {
-    if let (Some(dir), Some(entry)) = (&config.scripts.dir, manifest.get(name)) {
+    if let (Some(dir), Some(entry)) = (&config.scripts.dir, manifest.get(name.name())) {
         let source = entry.source(dir)?;
         let id = version_id(&source.bytes, &source.config_json);
         return Ok((source, Some(id)));
     }
     let script: &ScriptConfig = match name {
-        "auth" => &config.scripts.auth,
-        "router" => &config.scripts.router,
-        _ => &config.scripts.rooms,
+        ScriptName::Auth => &config.scripts.auth,
+        ScriptName::Router => &config.scripts.router,
+        ScriptName::Rooms => &config.scripts.rooms,
     };
     let bytes: Arc<[u8]> = match &script.path {
         Some(path) => std::fs::read(path)
@@ -185,7 +164,7 @@ fn script_source(
             .into(),
         None => default.into(),
     };
-    Ok((ScriptSource { name: name.into(), bytes, config_json: script.config_json() }, None))
+    Ok((ScriptSource { name: name.name().into(), bytes, config_json: script.config_json() }, None))
 }
 
 /// `message_map` as the router's `init` receives it.
@@ -283,16 +262,16 @@ impl RunningGateway {
             None => Manifest::default(),
         };
         let mut manifest_applied = HashMap::new();
-        let mut source_of = |name: &'static str, default: &[u8]| -> anyhow::Result<ScriptSource> {
+        let mut source_of = |name: ScriptName, default: &[u8]| -> anyhow::Result<ScriptSource> {
             let (source, id) = script_source(name, &manifest, &config, default)?;
             if let Some(id) = id {
                 manifest_applied.insert(name, id);
             }
             Ok(source)
         };
-        let auth_source = source_of("auth", embedded::DEFAULT_AUTH)?;
-        let router_source = source_of("router", embedded::DEFAULT_ROUTER)?;
-        let rooms_source = source_of("rooms", embedded::DEFAULT_ROOMS)?;
+        let auth_source = source_of(ScriptName::Auth, embedded::DEFAULT_AUTH)?;
+        let router_source = source_of(ScriptName::Router, embedded::DEFAULT_ROUTER)?;
+        let rooms_source = source_of(ScriptName::Rooms, embedded::DEFAULT_ROOMS)?;
         let routes = message_routes(&message_map);
         let auth = Auth::load(&auth_source, limits.clone(), &metrics).await?;
         let router = Router::load(&router_source, limits.clone(), &metrics, routes).await?;
@@ -348,10 +327,7 @@ impl RunningGateway {
             config,
             registry,
             metrics,
-            auth,
-            router,
-            rooms_script,
-            handlers,
+            scripts: Arc::new(Scripts { auth, router, rooms: rooms_script, handlers }),
             manifest_applied: parking_lot::Mutex::new(manifest_applied),
             applied: applied_files,
             rooms,
@@ -453,28 +429,10 @@ impl RunningGateway {
     /// manifest are read again and applied live, as when they change on disk (even with
     /// `maps.no_watch`). Other settings apply at the next start: returns the sections of
     /// `config` that differ from the running ones (also logged as a warning), e.g.
-    /// `["limits", "listen"]`.
+    /// `["limits", "listen"]` ([`Config::changed_sections`]).
     pub async fn reload(&self, config: &Config) -> Vec<&'static str> {
         watch::reload_files(&self.core).await;
-        let running = &self.core.config;
-        let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let sections: [(&'static str, bool); 13] = [
-            ("node", running.node.name != config.node.name),
-            ("listen", differs(&running.listen, &config.listen)),
-            ("limits", differs(&running.limits, &config.limits)),
-            ("tcp", differs(&running.tcp, &config.tcp)),
-            ("timeouts", differs(&running.timeouts, &config.timeouts)),
-            ("routes", differs(&running.routes, &config.routes)),
-            ("upstream", differs(&running.upstream, &config.upstream)),
-            ("scripts", differs(&running.scripts, &config.scripts)),
-            ("rooms", differs(&running.rooms, &config.rooms)),
-            ("admin", differs(&running.admin, &config.admin)),
-            ("cluster", differs(&running.cluster, &config.cluster)),
-            ("user_centre", differs(&running.user_centre, &config.user_centre)),
-            ("config_centre", differs(&running.config_centre, &config.config_centre)),
-        ];
-        let changed: Vec<&'static str> =
-            sections.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
+        let changed = self.core.config.changed_sections(config);
         if !changed.is_empty() {
             tracing::warn!(sections = ?changed, "config sections changed; they apply at the next start");
         }

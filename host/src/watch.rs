@@ -31,11 +31,11 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::gateway::{Core, SCRIPT_NAMES, message_routes};
+use crate::gateway::{Core, message_routes};
 use crate::maps;
 use crate::metrics::ReasonLabel;
-use crate::script::ScriptError;
 use crate::script::manifest::{MANIFEST_FILE, Manifest};
+use crate::script::{ScriptError, ScriptName};
 
 /// Quiet time after the last file event before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -106,7 +106,7 @@ pub struct MapWatcher {
 enum MapKind {
     Dest,
     Message,
-    Script(&'static str),
+    Script(ScriptName),
     /// The scripts directory's manifest and handler components (the path is the directory's
     /// manifest; any `.wasm` there other than the built-ins' matches too).
     Handlers,
@@ -125,7 +125,7 @@ impl MapWatcher {
         .filter_map(|(path, kind)| path.map(|p| (p, kind)))
         .collect();
         if let Some(dir) = &core.config.scripts.dir {
-            for name in SCRIPT_NAMES {
+            for name in ScriptName::ALL {
                 files.push((dir.join(format!("{name}.wasm")), MapKind::Script(name)));
             }
             files.push((dir.join(MANIFEST_FILE), MapKind::Handlers));
@@ -261,8 +261,8 @@ pub(crate) fn apply_dest_map(core: &Core, text: &str) -> Result<String, maps::Ma
 pub(crate) async fn apply_message_map(core: &Core, text: &str) -> Result<String, maps::MapError> {
     let map = maps::parse_message_map(text)?;
     let invalid = |e: ScriptError| maps::MapError::Invalid { what: "message_map", message: e.to_string() };
-    let applied = core.handlers.apply(Some(maps::script_routes(&map))).await.map_err(invalid)?;
-    core.router.reload(message_routes(&map)).await.map_err(invalid)?;
+    let applied = core.scripts.handlers.apply(Some(maps::script_routes(&map))).await.map_err(invalid)?;
+    core.scripts.router.reload(message_routes(&map)).await.map_err(invalid)?;
     Ok(format!("{} message ids; handler scripts: {applied}", map.len()))
 }
 
@@ -286,14 +286,15 @@ pub(crate) fn record(core: &Core, origin: &str, result: Result<String, maps::Map
 async fn apply_manifest(core: &Arc<Core>) -> Result<String, maps::MapError> {
     let invalid =
         |e: ScriptError| maps::MapError::Invalid { what: "scripts manifest", message: e.to_string() };
-    let applied = core.handlers.apply(None).await.map_err(invalid)?;
+    let applied = core.scripts.handlers.apply(None).await.map_err(invalid)?;
     let builtins = core.apply_manifest_builtins().await.map_err(invalid)?;
     Ok(format!("handler scripts: {applied}; built-in scripts deployed: {builtins:?}"))
 }
 
 /// Deploys a changed script file (the deploy is counted and logged by the pipeline), unless
 /// the manifest describes that script (then the manifest's reload deploys it, with its config).
-async fn deploy_file(core: &Arc<Core>, path: &Path, name: &str) {
+async fn deploy_file(core: &Arc<Core>, path: &Path, name: ScriptName) {
+    let name = name.name();
     let dir = path.parent().unwrap_or(Path::new("."));
     if Manifest::read(dir).is_ok_and(|m| m.get(name).is_some()) {
         return tracing::debug!(script = name, "script file changed; its manifest entry applies it");

@@ -8,18 +8,14 @@ use hyper::StatusCode;
 
 use super::{HttpResponse, error, json};
 use crate::gateway::Core;
-use crate::script::{ScriptError, ScriptInfo};
+use crate::script::{ScriptError, ScriptInfo, ScriptName};
 
 /// Largest component accepted, in bytes.
 pub(super) const MAX_COMPONENT: usize = 64 << 20;
 
-use crate::gateway::SCRIPT_NAMES as NAMES;
-
 /// `GET /scripts`.
 pub(super) fn list(core: &Core) -> HttpResponse {
-    let mut scripts = vec![core.auth.info(), core.router.info(), core.rooms_script.info()];
-    scripts.extend(core.handlers.infos());
-    json(StatusCode::OK, serde_json::json!({ "scripts": scripts }))
+    json(StatusCode::OK, serde_json::json!({ "scripts": core.scripts.infos() }))
 }
 
 fn refused(e: ScriptError) -> HttpResponse {
@@ -73,7 +69,7 @@ pub(super) async fn rollback(core: &Core, name: &str) -> HttpResponse {
 
 /// A built-in script or a loaded handler script.
 fn known(core: &Core, name: &str) -> bool {
-    NAMES.contains(&name) || core.handlers.get(name).is_some()
+    core.scripts.has(name)
 }
 
 fn unknown(name: &str) -> HttpResponse {
@@ -82,7 +78,7 @@ fn unknown(name: &str) -> HttpResponse {
         "not_found",
         format!(
             "no script `{name}`: the scripts are {} and the handler scripts message_map names",
-            NAMES.join(", ")
+            ScriptName::ALL.map(ScriptName::name).join(", ")
         ),
     )
 }

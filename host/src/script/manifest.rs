@@ -22,6 +22,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::ScriptName;
 use super::{ScriptError, ScriptSource};
 use crate::maps::check_script_name;
 
@@ -56,12 +57,12 @@ impl ScriptWorld {
     }
 
     /// The built-in script this world belongs to; `None` for handlers.
-    pub fn builtin(self) -> Option<&'static str> {
+    pub fn builtin(self) -> Option<ScriptName> {
         match self {
             Self::Handler => None,
-            Self::Auth => Some("auth"),
-            Self::Router => Some("router"),
-            Self::Rooms => Some("rooms"),
+            Self::Auth => Some(ScriptName::Auth),
+            Self::Router => Some(ScriptName::Router),
+            Self::Rooms => Some(ScriptName::Rooms),
         }
     }
 }
@@ -105,7 +106,7 @@ impl Manifest {
         for entry in &manifest.scripts {
             match entry.world.builtin() {
                 None => check_script_name(&entry.name).map_err(invalid)?,
-                Some(builtin) if builtin == entry.name && !entry.stateful => {}
+                Some(builtin) if builtin.name() == entry.name && !entry.stateful => {}
                 Some(builtin) => {
                     return Err(invalid(format!(
                         "script `{}`: world `{builtin}` is only for the built-in script `{builtin}`, \

@@ -6,6 +6,7 @@
 //! - [`state`]: per-store state and the `host` interface scripts import.
 //! - [`deploy`]: versions of a named script, the deploy pipeline, atomic swap and rollback.
 //! - [`hooks`]: [`Auth`], [`Router`] and [`Rooms`], what the gateway calls.
+//! - `set`: [`Scripts`], every script of a gateway by name ([`ScriptName`] for the built-in ones).
 //! - [`manifest`] and [`handlers`]: user-named handler scripts that `message_map.json` sends
 //!   message ids to.
 
@@ -19,6 +20,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod pool;
 pub mod services;
+mod set;
 pub mod state;
 mod stdio;
 
@@ -37,6 +39,7 @@ pub use self::handlers::{Handler, Handlers};
 pub use self::hooks::{Auth, Rooms, Router};
 pub use self::pool::Limits;
 use self::pool::World;
+pub use self::set::{ScriptName, Scripts};
 use self::state::ScriptState;
 
 /// Script failures. Expected refusals (a bad token, an unknown message) are not errors: they

@@ -149,7 +149,7 @@ async fn serve(
         if let Some(user_centre) = &core.user_centre {
             user_centre.logout(user, handle.id(), handle.peer());
         }
-        if let Err(e) = Box::pin(core.auth.account_lost(&session.info, reason.name())).await {
+        if let Err(e) = Box::pin(core.scripts.auth.account_lost(&session.info, reason.name())).await {
             tracing::warn!("auth script's account-lost failed: {e}");
         }
     }
@@ -341,12 +341,14 @@ impl Session {
 
     async fn route(&mut self, packet: Packet) {
         let seq = packet.seq;
-        if self.core.config.scripts.native_router && self.core.handlers.for_message(packet.msg_id).is_none() {
-            let decision = self.core.router.route_native(packet.msg_id);
+        if self.core.config.scripts.native_router
+            && self.core.scripts.handlers.for_message(packet.msg_id).is_none()
+        {
+            let decision = self.core.scripts.router.route_native(packet.msg_id);
             return self.apply_decision(decision, packet).await;
         }
         let record = bindings::Packet { msg_id: packet.msg_id, seq, body: packet.body.to_vec() };
-        if let Some(handler) = self.core.handlers.for_message(packet.msg_id) {
+        if let Some(handler) = self.core.scripts.handlers.for_message(packet.msg_id) {
             // message_map sends this id to a handler script; a failing one answers
             // `script_error` (no fallback dest: the map chose the script over a dest).
             let decision = match handler.handle(&self.info, &record).await {
@@ -359,7 +361,7 @@ impl Session {
             };
             return self.apply_decision(decision, packet).await;
         }
-        let decision = match self.core.router.route(&self.info, &record).await {
+        let decision = match self.core.scripts.router.route(&self.info, &record).await {
             Ok(decision) => decision,
             // Failure policy: the configured fallback dest, else an error reply.
             Err(e) => match self.core.config.scripts.router_fallback_dest {

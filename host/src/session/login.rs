@@ -51,7 +51,7 @@ impl Session {
             self.reject(seq, ErrorCode::AlreadyLoggedIn, "this session is logged in");
             return;
         }
-        match self.core.auth.authenticate(&self.info, token).await {
+        match self.core.scripts.auth.authenticate(&self.info, token).await {
             Ok(Ok(identity)) => {
                 let user: Arc<str> = identity.user_id.as_str().into();
                 if !self.admit(&user, identity.on_duplicate).await {

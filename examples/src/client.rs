@@ -68,7 +68,7 @@ impl Client {
     /// Connects over TCP with the gateway's length-prefix framing.
     pub async fn tcp(addr: SocketAddr, framing: &TcpFramingConfig) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        let codec = wasmgate::transport::tcp::codec(framing, 16 << 20);
+        let codec = wasmgate::downstream::tcp::codec(framing, 16 << 20);
         Ok(Self { transport: Transport::Tcp { framed: Framed::new(stream, codec) }, next_seq: 1 })
     }
 

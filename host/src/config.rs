@@ -688,7 +688,7 @@ impl Config {
             return Err(invalid("cluster.prefix", "must be non-empty ASCII letters, digits, `_`, `-`, `.`"));
         }
         if let Some(url) = &self.user_centre.url
-            && let Err(e) = crate::user_centre::check_url(url)
+            && let Err(e) = crate::http_client::HttpTarget::parse(url)
         {
             return Err(invalid("user_centre.url", format!("{e:#}")));
         }

@@ -14,21 +14,26 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Map of the crate: [`config`] (TOML), [`transport`] (WebSocket, TCP listeners),
-//! [`session`] (ids, handles, registry, the per-connection driver), [`script`] (the wasmtime
-//! host), [`upstream`] (queue pools to backends), [`protocol`] (client and backend wire
-//! formats), [`maps`] and [`watch`] (`dest_map`/`message_map`), [`metrics`], [`admin`],
-//! [`cluster`] (Redis identity and bus, etcd registration and discovery), [`config_centre`]
-//! (config and maps from etcd).
+//! Map of the crate, top layer first (each imports only from layers below it;
+//! docs/architecture.md draws it): `app` (the composition root: [`RunningGateway`]);
+//! [`admin`] (the HTTP admin API); [`control`] (live changes: scripts, maps, from files, etcd
+//! or the API); [`downstream`] (client listeners and the per-connection driver); [`script`]
+//! (the wasmtime host); [`cluster`] (Redis identity and bus, etcd registration and
+//! discovery) and [`upstream`] (queue pools to backends); [`delivery`] (every push, reply,
+//! kick and broadcast, here or over the bus); [`rooms`] and [`session`] (handles, registry,
+//! ids, close reasons, error codes); then [`protocol`] (client and backend wire formats),
+//! [`maps`], [`config`], [`metrics`], [`telemetry`], [`user_centre`], [`http_client`].
 
 pub mod admin;
+mod app;
 pub mod cluster;
 pub mod config;
-pub mod config_centre;
 pub mod config_overrides;
+pub mod control;
 pub mod delivery;
+pub mod downstream;
 pub mod embedded;
-mod gateway;
+pub mod http_client;
 pub mod maps;
 pub mod metrics;
 pub mod otlp_metrics;
@@ -37,10 +42,8 @@ pub mod rooms;
 pub mod script;
 pub mod session;
 pub mod telemetry;
-pub mod transport;
 pub mod upstream;
 pub mod user_centre;
-pub mod watch;
 
+pub use app::RunningGateway;
 pub use config::Config;
-pub use gateway::RunningGateway;

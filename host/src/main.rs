@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sd_notify::NotifyState;
+use wasmgate::control::config_centre;
 use wasmgate::telemetry::{self, Telemetry};
-use wasmgate::{Config, RunningGateway, config_centre, config_overrides};
+use wasmgate::{Config, RunningGateway, config_overrides};
 
 /// Long-connection gateway for game and realtime backends, scripted in WebAssembly.
 #[derive(Parser)]
@@ -106,7 +107,7 @@ async fn admin_call(
 ) -> anyhow::Result<()> {
     let addr = args.admin.or(config.listen.admin).context("no admin address: give --admin")?;
     let token = args.token.or_else(|| config.admin.token.clone());
-    let (status, text) = wasmgate::admin::client::request(addr, token.as_deref(), method, path, body).await?;
+    let (status, text) = wasmgate::http_client::request(addr, token.as_deref(), method, path, body).await?;
     println!("{text}");
     anyhow::ensure!((200..300).contains(&status), "the gateway answered {status}");
     Ok(())

@@ -15,13 +15,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::UserCentreConfig;
+use crate::http_client::HttpTarget;
 use crate::metrics::{Metrics, OutcomeLabel};
 
 /// One notice, as POSTed.
@@ -34,36 +34,6 @@ struct Notice {
     node_id: u32,
     peer_addr: String,
     at_ms: u64,
-}
-
-/// Where notices go: `http://host:port/path` split up.
-#[derive(Debug, Clone)]
-struct Target {
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> anyhow::Result<Self> {
-        let uri: hyper::Uri = url.parse().with_context(|| format!("`{url}` is not a URL"))?;
-        anyhow::ensure!(uri.scheme_str() == Some("http"), "`{url}`: only http:// is supported");
-        let host = uri.host().context("the URL has no host")?.to_string();
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        Ok(Self { host, port: uri.port_u16().unwrap_or(80), path })
-    }
-
-    async fn resolve(&self) -> anyhow::Result<SocketAddr> {
-        tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await?
-            .next()
-            .with_context(|| format!("{} resolves to no address", self.host))
-    }
-}
-
-/// Checks `user_centre.url`. Errors: not an `http://host[:port]/path` URL.
-pub fn check_url(url: &str) -> anyhow::Result<()> {
-    Target::parse(url).map(|_| ())
 }
 
 /// The sending side; cheap to call from sessions.
@@ -79,7 +49,7 @@ impl UserCentre {
     /// Starts the sender when `config.url` is set. Errors: an unusable URL.
     pub fn start(config: &UserCentreConfig, node_id: u32, metrics: &Metrics) -> anyhow::Result<Option<Self>> {
         let Some(url) = &config.url else { return Ok(None) };
-        let target = Target::parse(url)?;
+        let target = HttpTarget::parse(url)?;
         let (tx, rx) = mpsc::channel(config.queue_len.max(1));
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
         let settings = (Duration::from_millis(config.timeout_ms), config.retries);
@@ -127,7 +97,7 @@ fn count(metrics: &Metrics, outcome: &'static str) {
 }
 
 async fn send_loop(
-    target: Target,
+    target: HttpTarget,
     mut rx: mpsc::Receiver<Notice>,
     (timeout, retries): (Duration, u32),
     metrics: Metrics,
@@ -149,7 +119,7 @@ async fn send_loop(
             let sent = tokio::time::timeout(timeout, async {
                 let addr = target.resolve().await?;
                 let host = format!("{}:{}", target.host, target.port);
-                crate::admin::client::send(
+                crate::http_client::send(
                     addr,
                     &host,
                     "POST",
@@ -194,13 +164,13 @@ mod tests {
 
     #[test]
     fn urls_parse_or_name_the_problem() {
-        let target = Target::parse("http://users.lan:8080/notify?src=gw").unwrap();
+        let target = HttpTarget::parse("http://users.lan:8080/notify?src=gw").unwrap();
         assert_eq!(
             (target.host.as_str(), target.port, target.path.as_str()),
             ("users.lan", 8080, "/notify?src=gw")
         );
-        assert_eq!(Target::parse("http://users.lan").unwrap().port, 80);
-        assert!(check_url("https://users.lan/").unwrap_err().to_string().contains("http://"));
-        assert!(check_url("not a url").is_err());
+        assert_eq!(HttpTarget::parse("http://users.lan").unwrap().port, 80);
+        assert!(HttpTarget::parse("https://users.lan/").unwrap_err().to_string().contains("http://"));
+        assert!(HttpTarget::parse("not a url").is_err());
     }
 }

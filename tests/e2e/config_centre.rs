@@ -54,7 +54,7 @@ async fn a_message_map_in_etcd_replaces_the_file_and_each_put_is_applied_live() 
     assert!(routed(&mut client, 121).await);
     // A change to the file is not applied: etcd is the source.
     wasmgate_tests::write_message_map(&h.dir, &[(123, 101)]);
-    tokio::time::sleep(wasmgate::watch::DEBOUNCE * 3).await;
+    tokio::time::sleep(wasmgate::control::watch::DEBOUNCE * 3).await;
     assert!(!routed(&mut client, 123).await);
 }
 
@@ -70,19 +70,21 @@ async fn the_gateway_config_in_etcd_is_merged_over_the_file_and_errors_name_key_
     );
     std::fs::write(&path, file).expect("write the file");
     // No key yet: the file alone.
-    let config = wasmgate::config_centre::load(Some(&path), &Default::default()).await.expect("loads");
+    let config =
+        wasmgate::control::config_centre::load(Some(&path), &Default::default()).await.expect("loads");
     assert_eq!(config.timeouts.login_ms, 5000);
 
     let key = "/wasmgate/config/gw-7/wasmgate.toml";
     etcd.put(key, "[timeouts]\nlogin_ms = 1234\n[rooms]\nlist_limit = 9\n").await;
-    let config = wasmgate::config_centre::load(Some(&path), &Default::default()).await.expect("loads");
+    let config =
+        wasmgate::control::config_centre::load(Some(&path), &Default::default()).await.expect("loads");
     assert_eq!((config.timeouts.login_ms, config.timeouts.heartbeat_ms), (1234, 30000));
     assert_eq!((config.rooms.list_limit, config.node.name.as_str()), (9, "gw-7"));
 
     etcd.put(key, "[timeouts]\nlogin_ms = \"soon\"\n").await;
     let error = format!(
         "{:#}",
-        wasmgate::config_centre::load(Some(&path), &Default::default()).await.expect_err("refused")
+        wasmgate::control::config_centre::load(Some(&path), &Default::default()).await.expect_err("refused")
     );
     assert!(error.contains(key) && error.contains("login_ms"), "{error}");
 }

@@ -166,7 +166,7 @@ async fn refused_candidates_leave_the_live_version_running() {
     assert_eq!(status, 404);
     let addr = h.gateway.admin_addr().expect("admin");
     let (status, _) =
-        wasmgate::admin::client::request(addr, None, "POST", "/scripts/router", hostile.clone())
+        wasmgate::http_client::request(addr, None, "POST", "/scripts/router", hostile.clone())
             .await
             .expect("post");
     assert_eq!(status, 401, "deploys need the token");

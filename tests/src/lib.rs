@@ -225,7 +225,7 @@ impl Harness {
         }
         let addr = self.admin_addr();
         let (status, text) =
-            wasmgate::admin::client::request(addr, Some(ADMIN_TOKEN), "POST", &path, wasm.to_vec())
+            wasmgate::http_client::request(addr, Some(ADMIN_TOKEN), "POST", &path, wasm.to_vec())
                 .await
                 .expect("deploy request");
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))

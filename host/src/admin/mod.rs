@@ -7,7 +7,6 @@
 //! `admin.profiling`, CPU profiles and heap statistics ([`profile`]). Without a configured token that API answers 403
 //! `api_disabled`. Every error is JSON `{"error": "<code>", "reason": "<text>"}`.
 
-pub mod client;
 mod profile;
 mod push;
 mod ready;
@@ -25,8 +24,34 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::gateway::Core;
-use crate::metrics::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::control::Control;
+use crate::delivery::Delivery;
+use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
+use crate::rooms::Rooms;
+use crate::session::Registry;
+use crate::upstream::Upstreams;
+
+/// What the admin API reads and acts on.
+pub struct AdminCtx {
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    /// Open sessions (`GET /sessions`, push-to-user answers).
+    pub registry: Arc<Registry>,
+    pub rooms: Arc<Rooms>,
+    /// Where pushes go.
+    pub delivery: Arc<Delivery>,
+    /// Readiness, node liveness in push answers; `None` standalone.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Readiness and queue depths.
+    pub upstreams: Upstreams,
+    /// Script deploys, rollbacks and listing.
+    pub control: Arc<Control>,
+    pub shutdown: CancellationToken,
+}
 
 /// Largest request body of the admin API, in bytes.
 const MAX_BODY: usize = 1 << 20;
@@ -34,10 +59,10 @@ const MAX_BODY: usize = 1 << 20;
 type HttpResponse = Response<Full<Bytes>>;
 
 /// Serves admin requests until shutdown.
-pub(crate) async fn serve(core: Arc<Core>, listener: TcpListener) {
+pub(crate) async fn serve(ctx: Arc<AdminCtx>, listener: TcpListener) {
     loop {
         let (stream, _) = tokio::select! {
-            _ = core.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -47,12 +72,12 @@ pub(crate) async fn serve(core: Arc<Core>, listener: TcpListener) {
                 }
             },
         };
-        let core = core.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            let shutdown = core.shutdown.clone();
+            let shutdown = ctx.shutdown.clone();
             let service = hyper::service::service_fn(move |req| {
-                let core = core.clone();
-                async move { Ok::<_, Infallible>(respond(&core, req).await) }
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(respond(&ctx, req).await) }
             });
             let conn =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -81,22 +106,22 @@ fn error(status: StatusCode, code: &str, reason: impl std::fmt::Display) -> Http
     json(status, serde_json::json!({ "error": code, "reason": reason.to_string() }))
 }
 
-async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
+async fn respond(ctx: &AdminCtx, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => {
-            core.upstreams.sample_queue_depths();
+            ctx.upstreams.sample_queue_depths();
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
             match accept.contains("application/openmetrics-text") {
-                true => response(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, core.metrics.render_openmetrics()),
-                false => response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, core.metrics.render()),
+                true => response(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, ctx.metrics.render_openmetrics()),
+                false => response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, ctx.metrics.render()),
             }
         }
         (&Method::GET, "/healthz") => {
-            json(StatusCode::OK, serde_json::json!({ "status": "ok", "sessions": core.registry.len() }))
+            json(StatusCode::OK, serde_json::json!({ "status": "ok", "sessions": ctx.registry.len() }))
         }
         (&Method::GET, "/readyz") => {
-            let problems = ready::not_ready(core).await;
+            let problems = ready::not_ready(ctx).await;
             match problems.is_empty() {
                 true => json(StatusCode::OK, serde_json::json!({ "ready": true })),
                 false => json(
@@ -110,16 +135,16 @@ async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
             "/push/session" | "/push/user" | "/push/room" | "/push/all" | "/rooms" | "/sessions" | "/scripts"
             | "/cluster/nodes",
         ) => {
-            if let Err(denied) = authorize(core, &req) {
+            if let Err(denied) = authorize(ctx, &req) {
                 return denied;
             }
-            api(core, req, &path).await
+            api(ctx, req, &path).await
         }
         (&Method::GET, "/debug/pprof/profile" | "/debug/pprof/flamegraph" | "/debug/heap") => {
-            if let Err(denied) = authorize(core, &req) {
+            if let Err(denied) = authorize(ctx, &req) {
                 return denied;
             }
-            if !core.config.admin.profiling {
+            if !ctx.config.admin.profiling {
                 return error(
                     StatusCode::FORBIDDEN,
                     "profiling_disabled",
@@ -133,10 +158,10 @@ async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
             }
         }
         (_, p) if p.starts_with("/scripts/") => {
-            if let Err(denied) = authorize(core, &req) {
+            if let Err(denied) = authorize(ctx, &req) {
                 return denied;
             }
-            api(core, req, &path).await
+            api(ctx, req, &path).await
         }
         _ => error(
             StatusCode::NOT_FOUND,
@@ -149,8 +174,8 @@ async fn respond(core: &Core, req: Request<Incoming>) -> HttpResponse {
 /// Checks the bearer token (compared through SHA-256 digests, so the time taken does not
 /// depend on how much of the token matched).
 #[allow(clippy::result_large_err)]
-fn authorize(core: &Core, req: &Request<Incoming>) -> Result<(), HttpResponse> {
-    let Some(expected) = core.config.admin.token.as_deref() else {
+fn authorize(ctx: &AdminCtx, req: &Request<Incoming>) -> Result<(), HttpResponse> {
+    let Some(expected) = ctx.config.admin.token.as_deref() else {
         return Err(error(
             StatusCode::FORBIDDEN,
             "api_disabled",
@@ -171,18 +196,18 @@ fn authorize(core: &Core, req: &Request<Incoming>) -> Result<(), HttpResponse> {
     Err(denied)
 }
 
-async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
+async fn api(ctx: &AdminCtx, req: Request<Incoming>, path: &str) -> HttpResponse {
     let method = req.method().clone();
     match (method, path) {
         (Method::GET, "/rooms") => {
             let query = req.uri().query().unwrap_or_default().to_string();
             let mut prefix = String::new();
-            let mut limit = core.config.rooms.list_limit;
+            let mut limit = ctx.config.rooms.list_limit;
             for (key, value) in form_urlencoded::parse(query.as_bytes()) {
                 match &*key {
                     "prefix" => prefix = value.into_owned(),
                     "limit" => match value.parse::<usize>() {
-                        Ok(n) => limit = n.min(core.config.rooms.list_limit),
+                        Ok(n) => limit = n.min(ctx.config.rooms.list_limit),
                         Err(_) => {
                             return error(StatusCode::BAD_REQUEST, "bad_request", "limit must be a number");
                         }
@@ -190,28 +215,28 @@ async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
                     _ => {}
                 }
             }
-            let (rooms, total) = core.rooms.list(&prefix, limit);
+            let (rooms, total) = ctx.rooms.list(&prefix, limit);
             json(StatusCode::OK, serde_json::json!({ "rooms": rooms, "total": total }))
         }
         (Method::GET, "/sessions") => {
-            json(StatusCode::OK, serde_json::json!({ "sessions": core.registry.len() }))
+            json(StatusCode::OK, serde_json::json!({ "sessions": ctx.registry.len() }))
         }
-        (Method::GET, "/scripts") => scripts::list(core),
+        (Method::GET, "/scripts") => scripts::list(ctx),
         (Method::GET, "/cluster/nodes") => {
             let query = req.uri().query().unwrap_or_default().to_string();
             let node_type =
                 form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "type").map(|(_, v)| v);
-            let nodes = match (&core.cluster, node_type) {
+            let nodes = match (&ctx.cluster, node_type) {
                 (None, _) => Vec::new(),
                 (Some(cluster), Some(t)) => cluster.nodes.of_type(&t),
                 (Some(cluster), None) => cluster.nodes.all(),
             };
-            json(StatusCode::OK, serde_json::json!({ "node_id": core.config.node.id, "nodes": nodes }))
+            json(StatusCode::OK, serde_json::json!({ "node_id": ctx.config.node.id, "nodes": nodes }))
         }
         (Method::POST, _) if path.starts_with("/scripts/") => {
             let rest = &path["/scripts/".len()..];
             if let Some(name) = rest.strip_suffix("/rollback") {
-                return scripts::rollback(core, name).await;
+                return scripts::rollback(ctx, name).await;
             }
             let config = req.uri().query().and_then(|q| {
                 form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "config").map(|(_, v)| v.into_owned())
@@ -226,7 +251,7 @@ async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
                     );
                 }
             };
-            scripts::deploy(core, rest, component, config).await
+            scripts::deploy(ctx, rest, component, config).await
         }
         (Method::POST, _) if path.starts_with("/push/") => {
             let form = req
@@ -246,7 +271,7 @@ async fn api(core: &Core, req: Request<Incoming>, path: &str) -> HttpResponse {
             };
             // `curl -d '{...}'` labels JSON as a form: a body that starts like JSON is JSON.
             let form = form && !body.trim_ascii_start().starts_with(b"{");
-            push::handle(core, &path["/push/".len()..], form, &body).await
+            push::handle(ctx, &path["/push/".len()..], form, &body).await
         }
         (method, _) => error(
             StatusCode::METHOD_NOT_ALLOWED,

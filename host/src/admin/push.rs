@@ -15,10 +15,10 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::AdminCtx;
 use super::{HttpResponse, error, json};
 use crate::cluster::Cluster;
 use crate::delivery::{Delivery, FannedOut, Reached, Scope};
-use crate::gateway::Core;
 use crate::metrics::TargetLabel;
 use crate::protocol::client::data_body;
 
@@ -63,7 +63,7 @@ struct Push {
     body: Bytes,
 }
 
-fn parse_json(core: &Core, body: &[u8]) -> Result<Push, String> {
+fn parse_json(ctx: &AdminCtx, body: &[u8]) -> Result<Push, String> {
     let request: PushRequest<'_> = serde_json::from_slice(body).map_err(|e| format!("JSON body: {e}"))?;
     let body = match (request.data, &request.data_b64) {
         (Some(_), Some(_)) => return Err("give `data` or `data_b64`, not both".into()),
@@ -81,19 +81,19 @@ fn parse_json(core: &Core, body: &[u8]) -> Result<Push, String> {
         exclude: id(&request.exclude_session, "exclude_session")?,
         user_id: request.user_id,
         room: request.room,
-        msg_id: request.msg_id.unwrap_or(core.config.routes.push),
+        msg_id: request.msg_id.unwrap_or(ctx.config.routes.push),
         body,
     })
 }
 
 /// go-push's form: `room`, `msg` (the pushed JSON, sent as is), optional `msg_id`.
-fn parse_form(core: &Core, body: &[u8]) -> Result<Push, String> {
+fn parse_form(ctx: &AdminCtx, body: &[u8]) -> Result<Push, String> {
     let mut push = Push {
         session_id: None,
         user_id: None,
         room: None,
         exclude: None,
-        msg_id: core.config.routes.push,
+        msg_id: ctx.config.routes.push,
         body: Bytes::new(),
     };
     for (key, value) in form_urlencoded::parse(body) {
@@ -149,22 +149,22 @@ async fn push_user_remote(
     })
 }
 
-pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -> HttpResponse {
-    let push = match if form { parse_form(core, body) } else { parse_json(core, body) } {
+pub(super) async fn handle(ctx: &AdminCtx, target: &str, form: bool, body: &[u8]) -> HttpResponse {
+    let push = match if form { parse_form(ctx, body) } else { parse_json(ctx, body) } {
         Ok(push) => push,
         Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason),
     };
-    if push.body.len() > core.config.limits.max_msg_len {
+    if push.body.len() > ctx.config.limits.max_msg_len {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the pushed body is over limits.max_msg_len ({} bytes)", core.config.limits.max_msg_len),
+            format!("the pushed body is over limits.max_msg_len ({} bytes)", ctx.config.limits.max_msg_len),
         );
     }
     let missing =
         |field: &str| error(StatusCode::BAD_REQUEST, "bad_request", format!("`{field}` is required"));
-    let counted = |target: &'static str| core.metrics.pushes.get_or_create(&TargetLabel { target }).inc();
-    let delivery = &core.delivery;
+    let counted = |target: &'static str| ctx.metrics.pushes.get_or_create(&TargetLabel { target }).inc();
+    let delivery = &ctx.delivery;
     match target {
         "session" => {
             let Some(id) = push.session_id else { return missing("session_id") };
@@ -178,7 +178,7 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
                 // answer says whether its node is in discovery (a node just started may not be
                 // seen yet, so the push goes anyway).
                 Reached::Relayed { node } => {
-                    let live = core.cluster.as_ref().and_then(|c| c.node_live(node, 0));
+                    let live = ctx.cluster.as_ref().and_then(|c| c.node_live(node, 0));
                     json(
                         StatusCode::ACCEPTED,
                         serde_json::json!({ "relayed_to_node": node, "node_live": live }),
@@ -195,13 +195,13 @@ pub(super) async fn handle(core: &Core, target: &str, form: bool, body: &[u8]) -
             // The other nodes' half needs the user's location for the answer, so it is sent
             // here rather than through the bus's own lookup.
             let delivered = delivery.to_user_here(&user, push.msg_id, push.body.clone());
-            if let Some(cluster) = core.cluster.as_ref().filter(|_| delivery.remote().is_some()) {
+            if let Some(cluster) = ctx.cluster.as_ref().filter(|_| delivery.remote().is_some()) {
                 return json(
                     StatusCode::OK,
                     push_user_remote(cluster, delivery, &user, (push.msg_id, push.body), delivered).await,
                 );
             }
-            if delivered == 0 && core.registry.of_user(&user).is_empty() {
+            if delivered == 0 && ctx.registry.of_user(&user).is_empty() {
                 return error(
                     StatusCode::NOT_FOUND,
                     "not_found",

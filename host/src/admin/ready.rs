@@ -11,23 +11,23 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::gateway::Core;
+use super::AdminCtx;
 
 /// Longest wait for Redis or etcd.
 const PROBE: Duration = Duration::from_millis(500);
 
 /// What is not ready, by check name (empty: ready).
-pub(super) async fn not_ready(core: &Core) -> Map<String, Value> {
+pub(super) async fn not_ready(ctx: &AdminCtx) -> Map<String, Value> {
     let mut problems = Map::new();
-    if core.shutdown.is_cancelled() {
+    if ctx.shutdown.is_cancelled() {
         problems.insert("shutdown".into(), "the gateway is shutting down".into());
     }
-    for dest in core.upstreams.dests() {
-        if core.upstreams.connections_up(dest) == 0 {
+    for dest in ctx.upstreams.dests() {
+        if ctx.upstreams.connections_up(dest) == 0 {
             problems.insert(format!("upstream:{dest}"), "no queue-pool connection up".into());
         }
     }
-    if let Some(cluster) = &core.cluster {
+    if let Some(cluster) = &ctx.cluster {
         for (name, why) in cluster.unreachable(PROBE).await {
             problems.insert(name.into(), why.into());
         }

@@ -6,16 +6,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::StatusCode;
 
+use super::AdminCtx;
 use super::{HttpResponse, error, json};
-use crate::gateway::Core;
 use crate::script::{ScriptError, ScriptInfo, ScriptName};
 
 /// Largest component accepted, in bytes.
 pub(super) const MAX_COMPONENT: usize = 64 << 20;
 
 /// `GET /scripts`.
-pub(super) fn list(core: &Core) -> HttpResponse {
-    json(StatusCode::OK, serde_json::json!({ "scripts": core.scripts.infos() }))
+pub(super) fn list(ctx: &AdminCtx) -> HttpResponse {
+    json(StatusCode::OK, serde_json::json!({ "scripts": ctx.control.scripts.infos() }))
 }
 
 fn refused(e: ScriptError) -> HttpResponse {
@@ -41,7 +41,7 @@ fn answer(result: Result<ScriptInfo, ScriptError>, started: Instant) -> HttpResp
 /// `POST /scripts/{name}`: deploys `component` (with `config`, JSON text, or the live
 /// version's config when `None`).
 pub(super) async fn deploy(
-    core: &Core,
+    ctx: &AdminCtx,
     name: &str,
     component: Bytes,
     config: Option<String>,
@@ -51,25 +51,25 @@ pub(super) async fn deploy(
     {
         return error(StatusCode::BAD_REQUEST, "bad_request", format!("config is not JSON: {e}"));
     }
-    if !known(core, name) {
+    if !known(ctx, name) {
         return unknown(name);
     }
     let started = Instant::now();
-    answer(core.deploy_script(name, &component, config).await, started)
+    answer(ctx.control.deploy_script(name, &component, config).await, started)
 }
 
 /// `POST /scripts/{name}/rollback`.
-pub(super) async fn rollback(core: &Core, name: &str) -> HttpResponse {
-    if !known(core, name) {
+pub(super) async fn rollback(ctx: &AdminCtx, name: &str) -> HttpResponse {
+    if !known(ctx, name) {
         return unknown(name);
     }
     let started = Instant::now();
-    answer(core.rollback_script(name).await, started)
+    answer(ctx.control.rollback_script(name).await, started)
 }
 
 /// A built-in script or a loaded handler script.
-fn known(core: &Core, name: &str) -> bool {
-    core.scripts.has(name)
+fn known(ctx: &AdminCtx, name: &str) -> bool {
+    ctx.control.scripts.has(name)
 }
 
 fn unknown(name: &str) -> HttpResponse {

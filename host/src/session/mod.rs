@@ -3,20 +3,14 @@
 //! - [`id`]: session ids (node id + time + sequence).
 //! - [`handle`]: the shareable handle with the bounded outbound queue.
 //! - [`registry`]: live sessions by id and by user.
-//! - [`driver`]: the per-connection tasks (read loop with timers and local routes; write loop).
-//! - `login`: login through the auth script and the duplicate-login policy.
-//! - `room_routes`: the join, leave, room message and room list routes.
 //! - [`close`]: the documented close reasons and codes; `error`: the error frame codes, with
 //!   who is to blame and whether a retry helps.
 
 mod close;
-pub(crate) mod driver;
 mod error;
 mod handle;
 pub mod id;
-mod login;
 mod registry;
-mod room_routes;
 
 pub use close::CloseReason;
 pub use error::{Blame, ErrorCode};

@@ -1,6 +1,6 @@
 //! One load-generator connection to the gateway over either of its client transports:
 //! WebSocket (RFC 6455, one binary frame per packet) or TCP (the gateway's length-prefix
-//! framing, `transport::tcp::codec` with the default `[tcp_framing]`: 4-byte big-endian
+//! framing, `downstream::tcp::codec` with the default `[tcp_framing]`: 4-byte big-endian
 //! length). Both are seen as a sink and a stream of encoded packets, so a scenario is written
 //! once for the two.
 
@@ -59,7 +59,7 @@ impl Conn {
             }
             Transport::Tcp => Conn::Tcp(Framed::new(
                 stream,
-                wasmgate::transport::tcp::codec(&TcpFramingConfig::default(), 1 << 20),
+                wasmgate::downstream::tcp::codec(&TcpFramingConfig::default(), 1 << 20),
             )),
         })
     }

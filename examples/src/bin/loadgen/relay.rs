@@ -341,7 +341,7 @@ pub async fn run(
 /// `wasmgate_script_call_duration_seconds{script="router"}` over the run).
 async fn print_router_calls(target: RelayTarget, admin: u16) {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
-    let Ok((_, text)) = wasmgate::admin::client::request(addr, None, "GET", "/metrics", Vec::new()).await
+    let Ok((_, text)) = wasmgate::http_client::request(addr, None, "GET", "/metrics", Vec::new()).await
     else {
         return;
     };

@@ -126,7 +126,7 @@ enabled = {pooling}
         let started = Instant::now();
         let router = routers[swaps.len() % routers.len()].clone();
         let (status, text) =
-            wasmgate::admin::client::request(admin_addr, Some(TOKEN), "POST", "/scripts/router", router)
+            wasmgate::http_client::request(admin_addr, Some(TOKEN), "POST", "/scripts/router", router)
                 .await?;
         anyhow::ensure!(status == 200, "deploy answered {status}: {text}");
         swaps.push(started.elapsed().as_nanos() as u64);

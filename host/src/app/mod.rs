@@ -1,8 +1,11 @@
-//! Starting and stopping a gateway: what `wasmgate` runs and what tests start in-process.
+//! The composition root: starting, reloading and stopping a gateway — what `wasmgate` runs
+//! and what tests start in-process. It builds each layer's context ([`SessionCtx`] for
+//! listeners and sessions, [`Control`] for live changes, [`AdminCtx`] for the admin API) and
+//! is the only module that sees them all (docs/architecture.md).
 //!
-//! Start-up order (seed 000's, minus Redis/etcd which later issues add): validate config ->
-//! load and initialise scripts -> read maps -> bind every listener (fails early, nothing
-//! served yet) -> connect upstream pools -> serve -> watch map files.
+//! Start-up order: validate config -> read maps (config centre, files, embedded) -> load and
+//! initialise scripts -> join the cluster (node id) -> bind every listener (fails early,
+//! nothing served yet) -> connect upstream pools -> serve -> register, watch map files.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,124 +18,32 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{Advertised, Cluster, Relay};
+use crate::admin::{self, AdminCtx};
+use crate::cluster::{Advertised, Cluster};
 use crate::config::{Config, ScriptConfig};
+use crate::control::{Control, config_centre, message_routes, watch};
 use crate::delivery::{Delivery, Remote};
+use crate::downstream::{self, SessionCtx};
+use crate::embedded;
 use crate::maps::{self, DestMap, MessageMap};
 use crate::metrics::Metrics;
 use crate::metrics::ReasonLabel;
 use crate::rooms::Rooms;
-use crate::script::bindings::MessageRoute;
 use crate::script::deploy::version_id;
 use crate::script::engine::EngineSettings;
 use crate::script::manifest::{MANIFEST_FILE, Manifest};
 use crate::script::services::{ClusterAccess, Services};
 use crate::script::{
-    Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptError, ScriptInfo, ScriptName, ScriptSource,
-    Scripts,
+    Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptName, ScriptSource, Scripts,
 };
 use crate::session::{CloseReason, Registry, SessionIdGen};
 use crate::upstream::{NodeIdentity, Upstreams};
 use crate::user_centre::UserCentre;
-use crate::{admin, config_centre, embedded, transport, watch};
-
-/// Everything a session or listener needs, shared by all of them.
-pub(crate) struct Core {
-    pub config: Config,
-    pub ids: SessionIdGen,
-    pub registry: Arc<Registry>,
-    pub metrics: Metrics,
-    pub scripts: Arc<Scripts>,
-    /// Built-in scripts taken from the scripts directory's manifest: name -> version id of the
-    /// entry (file + config) last deployed from it.
-    pub manifest_applied: parking_lot::Mutex<HashMap<ScriptName, String>>,
-    /// What the file watcher last applied from each watched file (identical content is not
-    /// applied again).
-    pub applied: watch::Applied,
-    pub rooms: Arc<Rooms>,
-    /// Every push, reply, kick and broadcast: this node, or others over the bus.
-    pub delivery: Arc<Delivery>,
-    /// Membership of a cluster (Redis, etcd); `None` standalone.
-    pub cluster: Option<Arc<Cluster>>,
-    /// Login/logout notices to the user centre; `None` without `user_centre.url`.
-    pub user_centre: Option<UserCentre>,
-    pub upstreams: Upstreams,
-    pub conn_limit: Arc<Semaphore>,
-    pub shutdown: CancellationToken,
-    pub tasks: TaskTracker,
-}
-
-impl Core {
-    /// The cross-node bus, when the gateway runs in a cluster with Redis.
-    pub(crate) fn relay(&self) -> Option<&Relay> {
-        self.cluster.as_ref().and_then(|c| c.relay.as_ref())
-    }
-
-    /// Deploys `bytes` live as script `name` (a [`ScriptName`] or a loaded handler script) with `config` (JSON text; `None` keeps the live version's). Counted in
-    /// `wasmgate_script_deploys_total{reason="ok"|"unchanged"|"rejected"}` (`unchanged`: the
-    /// live version was deployed again, a no-op).
-    ///
-    /// Errors: any step of the pipeline ([`crate::script::deploy`]); an unknown name is
-    /// [`ScriptError::Unknown`].
-    pub(crate) async fn deploy_script(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        config: Option<String>,
-    ) -> Result<ScriptInfo, ScriptError> {
-        let result = match self.scripts.source(name) {
-            Ok(live) => {
-                let config_json = config.unwrap_or(live.config_json);
-                self.scripts
-                    .deploy(ScriptSource { name: name.to_string(), bytes: bytes.into(), config_json })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        let reason = match &result {
-            Ok(info) if info.unchanged => "unchanged",
-            Ok(_) => "ok",
-            Err(_) => "rejected",
-        };
-        self.metrics.script_deploys.get_or_create(&ReasonLabel { reason }).inc();
-        if let Err(e) = &result {
-            tracing::warn!(script = name, "deploy refused, the live version stays: {e}");
-        }
-        result
-    }
-
-    /// Deploys each built-in script the scripts directory's manifest describes whose file or
-    /// config changed since it was last applied; returns the names deployed.
-    ///
-    /// Errors: the manifest or a file cannot be read; a deploy is refused (the entries before
-    /// it stay deployed).
-    pub(crate) async fn apply_manifest_builtins(&self) -> Result<Vec<ScriptName>, ScriptError> {
-        let Some(dir) = &self.config.scripts.dir else { return Ok(Vec::new()) };
-        let manifest = Manifest::read(dir)?;
-        let mut deployed = Vec::new();
-        for entry in manifest.builtins() {
-            let Some(name) = entry.world.builtin() else { continue };
-            let source = entry.source(dir)?;
-            let id = version_id(&source.bytes, &source.config_json);
-            if self.manifest_applied.lock().get(&name) == Some(&id) {
-                continue;
-            }
-            self.deploy_script(name.name(), &source.bytes, Some(source.config_json)).await?;
-            self.manifest_applied.lock().insert(name, id);
-            deployed.push(name);
-        }
-        Ok(deployed)
-    }
-
-    /// Puts the previous version of script `name` back.
-    pub(crate) async fn rollback_script(&self, name: &str) -> Result<ScriptInfo, ScriptError> {
-        self.scripts.rollback(name).await
-    }
-}
 
 /// A running gateway. Dropping it does not stop it: call [`RunningGateway::shutdown`].
 pub struct RunningGateway {
-    core: Arc<Core>,
+    core: Arc<SessionCtx>,
+    control: Arc<Control>,
     ws_addr: Option<SocketAddr>,
     tcp_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
@@ -165,11 +76,6 @@ fn script_source(
         None => default.into(),
     };
     Ok((ScriptSource { name: name.name().into(), bytes, config_json: script.config_json() }, None))
-}
-
-/// `message_map` as the router's `init` receives it.
-pub(crate) fn message_routes(map: &MessageMap) -> Vec<MessageRoute> {
-    maps::dest_routes(map).map(|(msg_id, dest_id)| MessageRoute { msg_id, dest_id }).collect()
 }
 
 /// The maps at start: from the config centre's keys when they exist, else the files, else the
@@ -321,15 +227,22 @@ impl RunningGateway {
         );
         delivery.connect_dests(upstreams.local_dests());
         let user_centre = UserCentre::start(&config.user_centre, config.node.id, &metrics)?;
-        let core = Arc::new(Core {
+        let config = Arc::new(config);
+        let scripts = Arc::new(Scripts { auth, router, rooms: rooms_script, handlers });
+        let control = Arc::new(Control::new(
+            (config.clone(), scripts.clone(), upstreams.clone()),
+            metrics.clone(),
+            manifest_applied,
+            applied_files,
+            shutdown.clone(),
+        ));
+        let core = Arc::new(SessionCtx {
             ids: SessionIdGen::new(config.node.id),
             conn_limit: Arc::new(Semaphore::new(config.limits.max_conn_num)),
-            config,
+            config: config.clone(),
             registry,
             metrics,
-            scripts: Arc::new(Scripts { auth, router, rooms: rooms_script, handlers }),
-            manifest_applied: parking_lot::Mutex::new(manifest_applied),
-            applied: applied_files,
+            scripts,
             rooms,
             delivery,
             cluster,
@@ -343,18 +256,26 @@ impl RunningGateway {
         let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let (ws_addr, tcp_addr, admin_addr) = (addr(&ws), addr(&tcp), addr(&admin_listener));
         if let Some(listener) = ws {
-            core.tasks.spawn(transport::accept_loop(
-                core.clone(),
-                listener,
-                "websocket",
-                transport::ws::serve,
-            ));
+            let accept = downstream::accept_loop(core.clone(), listener, "websocket", downstream::ws::serve);
+            core.tasks.spawn(accept);
         }
         if let Some(listener) = tcp {
-            core.tasks.spawn(transport::accept_loop(core.clone(), listener, "tcp", transport::tcp::serve));
+            let accept = downstream::accept_loop(core.clone(), listener, "tcp", downstream::tcp::serve);
+            core.tasks.spawn(accept);
         }
         if let Some(listener) = admin_listener {
-            core.tasks.spawn(admin::serve(core.clone(), listener));
+            let admin = Arc::new(AdminCtx {
+                config,
+                metrics: core.metrics.clone(),
+                registry: core.registry.clone(),
+                rooms: core.rooms.clone(),
+                delivery: core.delivery.clone(),
+                cluster: core.cluster.clone(),
+                upstreams: core.upstreams.clone(),
+                control: control.clone(),
+                shutdown: core.shutdown.clone(),
+            });
+            core.tasks.spawn(admin::serve(admin, listener));
         }
         if let Some(cluster) = &core.cluster {
             let advertised = Advertised {
@@ -378,11 +299,11 @@ impl RunningGateway {
             upstreams: core.upstreams.clone(),
         });
         if let Some(centre) = centre_maps {
-            core.tasks.spawn(centre.watch(core.clone()));
+            core.tasks.spawn(centre.watch(control.clone()));
         }
-        let watcher = watch::MapWatcher::start(core.clone())?;
+        let watcher = watch::MapWatcher::start(control.clone())?;
         tracing::info!(node = core.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");
-        Ok(Self { core, ws_addr, tcp_addr, admin_addr, _watcher: watcher })
+        Ok(Self { core, control, ws_addr, tcp_addr, admin_addr, _watcher: watcher })
     }
 
     /// Bound WebSocket address (with the real port when configured with port 0).
@@ -431,7 +352,7 @@ impl RunningGateway {
     /// `config` that differ from the running ones (also logged as a warning), e.g.
     /// `["limits", "listen"]` ([`Config::changed_sections`]).
     pub async fn reload(&self, config: &Config) -> Vec<&'static str> {
-        watch::reload_files(&self.core).await;
+        watch::reload_files(&self.control).await;
         let changed = self.core.config.changed_sections(config);
         if !changed.is_empty() {
             tracing::warn!(sections = ?changed, "config sections changed; they apply at the next start");

@@ -15,10 +15,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 
+use super::SessionCtx;
+use super::driver::{self, Inbound, PacketReader, PacketWriter};
 use crate::config::TcpFramingConfig;
-use crate::gateway::Core;
 use crate::protocol::client::{self, HEADER_LEN};
-use crate::session::driver::{self, Inbound, PacketReader, PacketWriter};
 use crate::session::{CloseReason, TransportKind};
 
 use super::{READ_BUFFER, WRITE_BUFFER};
@@ -35,13 +35,13 @@ pub fn codec(framing: &TcpFramingConfig, max_frame: usize) -> LengthDelimitedCod
 
 /// Serves one accepted TCP client until it closes.
 pub(crate) async fn serve(
-    core: Arc<Core>,
+    ctx: Arc<SessionCtx>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
-    let framing = &core.config.tcp;
-    let max_in = core.config.limits.max_msg_len + HEADER_LEN;
+    let framing = &ctx.config.tcp;
+    let max_in = ctx.config.limits.max_msg_len + HEADER_LEN;
     // Outbound packets may be larger than what clients may send; bound them by the prefix.
     let max_out = if framing.len_msg_len == 2 { u16::MAX as usize } else { u32::MAX as usize };
     let (read, write) = stream.into_split();
@@ -51,7 +51,7 @@ pub(crate) async fn serve(
     let mut framed = FramedWrite::with_capacity(write, codec(framing, max_out), 0);
     framed.set_backpressure_boundary(WRITE_BUFFER);
     let writer = TcpWriter { framed };
-    driver::run(core.clone(), TransportKind::Tcp, peer, None, reader, writer).await;
+    driver::run(ctx.clone(), TransportKind::Tcp, peer, None, reader, writer).await;
     drop(permit);
 }
 

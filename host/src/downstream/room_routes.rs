@@ -13,12 +13,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::driver::Session;
-use super::{CloseReason, ErrorCode};
 use crate::delivery::{Reached, Scope};
 use crate::metrics::ReasonLabel;
 use crate::protocol::client::data_body;
 use crate::rooms::JoinOutcome;
 use crate::script::bindings::{Effect, JoinRefusal, JoinRequest, LeaveCause, MessageError, Packet, RoomInfo};
+use crate::session::{CloseReason, ErrorCode};
 
 #[derive(Deserialize)]
 struct RoomRequest<'a> {
@@ -46,7 +46,7 @@ fn answer(room: &str, members: u32, status: &str) -> Bytes {
 
 impl Session {
     fn count_join(&self, result: &'static str) {
-        self.core.metrics.room_joins.get_or_create(&ReasonLabel { reason: result }).inc();
+        self.ctx.metrics.room_joins.get_or_create(&ReasonLabel { reason: result }).inc();
     }
 
     pub(super) async fn join_request(&mut self, seq: u32, body: &[u8]) {
@@ -60,7 +60,7 @@ impl Session {
 
     /// Joins `room` if the rooms script allows it.
     pub(super) async fn join(&mut self, seq: u32, room: String, data: Bytes) {
-        let (rooms, join_id) = (&self.core.rooms, self.core.config.routes.join);
+        let (rooms, join_id) = (&self.ctx.rooms, self.ctx.config.routes.join);
         if let Err(e) = rooms.check_name(&room) {
             self.count_join("bad_request");
             self.reject(seq, ErrorCode::BadRequest, &e.to_string());
@@ -81,7 +81,7 @@ impl Session {
             rooms_joined: joined as u32,
             body: data.to_vec(),
         };
-        let accept = match self.core.scripts.rooms.on_join(&self.info, &request).await {
+        let accept = match self.ctx.scripts.rooms.on_join(&self.info, &request).await {
             Ok(Ok(accept)) => accept,
             Ok(Err(refusal)) => {
                 let (code, message) = match &refusal {
@@ -136,17 +136,17 @@ impl Session {
 
     /// Leaves `room`, then gives the rooms script its say (effects only).
     pub(super) async fn leave(&mut self, seq: u32, room: &str) {
-        let Some(members) = self.core.rooms.leave(&self.handle, room) else {
+        let Some(members) = self.ctx.rooms.leave(&self.handle, room) else {
             self.reject(seq, ErrorCode::NotInRoom, "this session is not in that room");
             return;
         };
-        self.handle.send(self.core.config.routes.leave, seq, answer(room, members, "left"));
+        self.handle.send(self.ctx.config.routes.leave, seq, answer(room, members, "left"));
         let info = RoomInfo { name: room.to_string(), members };
         self.after_leave(info, LeaveCause::Requested, seq).await;
     }
 
     async fn after_leave(&mut self, room: RoomInfo, cause: LeaveCause, seq: u32) {
-        match self.core.scripts.rooms.on_leave(&self.info, &room, cause).await {
+        match self.ctx.scripts.rooms.on_leave(&self.info, &room, cause).await {
             Ok(effects) => self.apply(effects, seq).await,
             Err(e) => tracing::debug!(room = room.name, "rooms script failed on leave; effects lost: {e}"),
         }
@@ -154,7 +154,7 @@ impl Session {
 
     /// Leaves every room as the session ends (each with the script's `on-leave`).
     pub(super) async fn leave_rooms_on_close(&mut self) {
-        for (room, members) in self.core.rooms.leave_all(&self.handle) {
+        for (room, members) in self.ctx.rooms.leave_all(&self.handle) {
             let info = RoomInfo { name: room.to_string(), members };
             self.after_leave(info, LeaveCause::Closed, 0).await;
         }
@@ -174,9 +174,9 @@ impl Session {
             self.reject(seq, ErrorCode::NotInRoom, "join the room before sending to it");
             return;
         }
-        let info = RoomInfo { members: self.core.rooms.members(&room).unwrap_or(0), name: room };
+        let info = RoomInfo { members: self.ctx.rooms.members(&room).unwrap_or(0), name: room };
         let record = Packet { msg_id: packet.msg_id, seq, body: data.to_vec() };
-        match self.core.scripts.rooms.on_message(&self.info, &info, &record).await {
+        match self.ctx.scripts.rooms.on_message(&self.info, &info, &record).await {
             Ok(Ok(effects)) => self.apply(effects, seq).await,
             Ok(Err(MessageError::BadRequest(m))) => {
                 self.reject(seq, ErrorCode::BadRequest, &m);
@@ -209,9 +209,9 @@ impl Session {
                 }
             }
         };
-        let (rooms, total) = self.core.rooms.list(&request.prefix, self.core.config.rooms.list_limit);
+        let (rooms, total) = self.ctx.rooms.list(&request.prefix, self.ctx.config.rooms.list_limit);
         let body = serde_json::json!({ "rooms": rooms, "total": total }).to_string();
-        self.handle.send(self.core.config.routes.room_list, seq, Bytes::from(body));
+        self.handle.send(self.ctx.config.routes.room_list, seq, Bytes::from(body));
     }
 
     /// Carries out a rooms script's effects, in order. `seq` is the request's (for replies).
@@ -222,7 +222,7 @@ impl Session {
                     let exclude = b.exclude_sender.then_some(self.handle.id());
                     let body = Bytes::from(b.body);
                     let out =
-                        self.core.delivery.to_room(&b.room, exclude, b.msg_id, body, Scope::Cluster).await;
+                        self.ctx.delivery.to_room(&b.room, exclude, b.msg_id, body, Scope::Cluster).await;
                     if out.here.is_none() {
                         tracing::debug!(
                             room = b.room,
@@ -233,7 +233,7 @@ impl Session {
                 Effect::Send(d) => {
                     let body = Bytes::from(d.body);
                     let reached =
-                        self.core.delivery.to_session(d.session_id, (d.msg_id, 0), body, Scope::Cluster);
+                        self.ctx.delivery.to_session(d.session_id, (d.msg_id, 0), body, Scope::Cluster);
                     if reached == Reached::Nowhere {
                         tracing::debug!(session = d.session_id, "rooms script sent to a session not here");
                     }
@@ -244,7 +244,7 @@ impl Session {
                 Effect::Kick(k) => {
                     let reason: String = k.reason.chars().take(120).collect();
                     let reached =
-                        self.core.delivery.kick(k.session_id, CloseReason::Kicked, &reason, Scope::Cluster);
+                        self.ctx.delivery.kick(k.session_id, CloseReason::Kicked, &reason, Scope::Cluster);
                     if reached == Reached::Nowhere {
                         tracing::debug!(session = k.session_id, "rooms script kicked a session not here");
                     }

@@ -23,11 +23,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::driver::Session;
-use super::{CloseReason, DuplicateRule, ErrorCode};
 use crate::cluster::{Claim, Cluster, Policy};
 use crate::delivery::{REPLACED, Scope};
 use crate::metrics::ReasonLabel;
 use crate::script::bindings::{DuplicateLogin, Rejection};
+use crate::session::{CloseReason, DuplicateRule, ErrorCode};
 
 impl Session {
     /// Logs the session in with `token` (the login packet's, or the WebSocket URL's); `seq`
@@ -41,7 +41,7 @@ impl Session {
         fields(wasmgate.seq = seq, enduser.id = tracing::field::Empty, wasmgate.outcome = tracing::field::Empty)
     )]
     pub(super) async fn login(&mut self, seq: u32, token: &str, answer: bool) {
-        let metrics = &self.core.metrics;
+        let metrics = &self.ctx.metrics;
         let count = |result: &'static str| {
             tracing::Span::current().record("wasmgate.outcome", result);
             metrics.logins.get_or_create(&ReasonLabel { reason: result }).inc()
@@ -51,7 +51,7 @@ impl Session {
             self.reject(seq, ErrorCode::AlreadyLoggedIn, "this session is logged in");
             return;
         }
-        match self.core.scripts.auth.authenticate(&self.info, token).await {
+        match self.ctx.scripts.auth.authenticate(&self.info, token).await {
             Ok(Ok(identity)) => {
                 let user: Arc<str> = identity.user_id.as_str().into();
                 if !self.admit(&user, identity.on_duplicate).await {
@@ -65,7 +65,7 @@ impl Session {
                 }
                 count("ok");
                 tracing::Span::current().record("enduser.id", &*user);
-                if let Some(user_centre) = &self.core.user_centre {
+                if let Some(user_centre) = &self.ctx.user_centre {
                     user_centre.login(&user, self.handle.id(), self.handle.peer());
                 }
                 self.info.user_id = Some(identity.user_id);
@@ -73,10 +73,10 @@ impl Session {
                 let body = serde_json::json!({
                     "user_id": &*user,
                     "session_id": self.handle.id().to_string(),
-                    "node_id": self.core.config.node.id,
+                    "node_id": self.ctx.config.node.id,
                 });
                 if answer {
-                    self.handle.send(self.core.config.routes.login, seq, Bytes::from(body.to_string()));
+                    self.handle.send(self.ctx.config.routes.login, seq, Bytes::from(body.to_string()));
                 }
             }
             Ok(Err(rejection)) => {
@@ -105,34 +105,33 @@ impl Session {
     /// Binds the session to `user` under the duplicate-login `policy` (module docs); `false`
     /// when the login is refused (nothing was bound or recorded).
     async fn admit(&self, user: &Arc<str>, policy: DuplicateLogin) -> bool {
-        let (core, handle) = (&self.core, &self.handle);
-        let relay = core.relay();
+        let (ctx, handle) = (&self.ctx, &self.handle);
+        let relay = ctx.relay();
         match policy {
             DuplicateLogin::Allow => {
                 handle.set_user(user.clone());
-                core.registry.bind_user(handle, user);
+                ctx.registry.bind_user(handle, user);
                 if let Some(relay) = relay {
                     relay.logged_in(user.clone(), handle.id());
                 }
             }
             DuplicateLogin::KickOlder => {
-                let cluster = core.cluster.as_deref().filter(|_| relay.is_some());
+                let cluster = ctx.cluster.as_deref().filter(|_| relay.is_some());
                 let _serial = serialise(cluster, user).await;
                 handle.set_user(user.clone());
-                for older in core.registry.bind_user_replacing(handle, user) {
+                for older in ctx.registry.bind_user_replacing(handle, user) {
                     older.close(CloseReason::Replaced, REPLACED);
                 }
                 let Some((cluster, relay)) = cluster.zip(relay) else { return true };
-                match cluster.claim_location(user, handle.id(), Policy::Replace, &core.registry).await {
+                match cluster.claim_location(user, handle.id(), Policy::Replace, &ctx.registry).await {
                     Ok(Claim::Taken { previous: Some(old) }) if old.node != cluster.node_id => {
-                        core.delivery.kick(old.session, CloseReason::Replaced, REPLACED, Scope::Cluster);
+                        ctx.delivery.kick(old.session, CloseReason::Replaced, REPLACED, Scope::Cluster);
                     }
                     // A session of an earlier process under this node id: gone with it.
                     Ok(Claim::Taken { previous: Some(old) }) if !cluster.is_ours(old) => {}
                     Ok(Claim::Taken { previous: Some(old) }) => {
                         // Normally closed by the local replacement above already.
-                        if let Some(other) = core.registry.get(old.session).filter(|o| o.id() != handle.id())
-                        {
+                        if let Some(other) = ctx.registry.get(old.session).filter(|o| o.id() != handle.id()) {
                             other.close(CloseReason::Replaced, REPLACED);
                         }
                     }
@@ -145,11 +144,11 @@ impl Session {
                 }
             }
             DuplicateLogin::RefuseNew => {
-                let cluster = core.cluster.as_deref().filter(|_| relay.is_some());
+                let cluster = ctx.cluster.as_deref().filter(|_| relay.is_some());
                 let _serial = serialise(cluster, user).await;
                 let mut claimed = false;
                 if let Some(cluster) = cluster {
-                    match cluster.claim_location(user, handle.id(), Policy::IfFree, &core.registry).await {
+                    match cluster.claim_location(user, handle.id(), Policy::IfFree, &ctx.registry).await {
                         Ok(Claim::Taken { .. }) => claimed = true,
                         Ok(Claim::Refused) => return false,
                         Err(e) => {
@@ -157,7 +156,7 @@ impl Session {
                         }
                     }
                 }
-                if !core.registry.bind_user_if_alone(handle, user) {
+                if !ctx.registry.bind_user_if_alone(handle, user) {
                     if let (true, Some(relay)) = (claimed, relay) {
                         relay.closed(user.clone(), handle.id());
                     }

@@ -34,10 +34,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::gateway::Core;
+use super::SessionCtx;
+use super::driver::{self, Inbound, PacketReader, PacketWriter};
 use crate::protocol::client::{self, HEADER_LEN, SharedPacket};
 use crate::protocol::gopush;
-use crate::session::driver::{self, Inbound, PacketReader, PacketWriter};
 use crate::session::{CloseReason, TransportKind};
 
 use super::{READ_BUFFER, WRITE_BUFFER};
@@ -46,18 +46,18 @@ type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Serves one accepted TCP connection: HTTP until it upgrades, then a WebSocket session.
 pub(crate) async fn serve(
-    core: Arc<Core>,
+    ctx: Arc<SessionCtx>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
     // The permit follows the connection into the WebSocket session after the upgrade.
     let permit = Arc::new(Mutex::new(Some(permit)));
-    let handshake = Duration::from_millis(core.config.timeouts.handshake_ms);
-    let core_shutdown = core.shutdown.clone();
+    let handshake = Duration::from_millis(ctx.config.timeouts.handshake_ms);
+    let core_shutdown = ctx.shutdown.clone();
     let service = hyper::service::service_fn(move |req| {
-        let (core, permit) = (core.clone(), permit.clone());
-        async move { Ok::<_, Infallible>(handle(core, req, peer, &permit)) }
+        let (ctx, permit) = (ctx.clone(), permit.clone());
+        async move { Ok::<_, Infallible>(handle(ctx, req, peer, &permit)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -89,7 +89,7 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
 }
 
 fn handle(
-    core: Arc<Core>,
+    ctx: Arc<SessionCtx>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     permit: &Mutex<Option<OwnedSemaphorePermit>>,
@@ -121,13 +121,13 @@ fn handle(
     });
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let max = core.config.limits.max_msg_len + HEADER_LEN;
+    let max = ctx.config.limits.max_msg_len + HEADER_LEN;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    core.tasks.clone().spawn(async move {
+    ctx.tasks.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
@@ -135,7 +135,7 @@ fn handle(
                 let (sink, stream) = ws.split();
                 let mode = Arc::new(AtomicU8::new(MODE_BINARY));
                 let reader = WsReader { stream, mode: mode.clone() };
-                let routes = &core.config.routes;
+                let routes = &ctx.config.routes;
                 let ids = gopush::Ids {
                     heartbeat: routes.heartbeat,
                     error: routes.error,
@@ -143,7 +143,7 @@ fn handle(
                     leave: routes.leave,
                 };
                 let writer = WsWriter { sink, mode, ids };
-                driver::run(core, TransportKind::WebSocket, peer, token, reader, writer).await;
+                driver::run(ctx, TransportKind::WebSocket, peer, token, reader, writer).await;
             }
             Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
         }

@@ -31,9 +31,8 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::gateway::{Core, message_routes};
+use super::Control;
 use crate::maps;
-use crate::metrics::ReasonLabel;
 use crate::script::manifest::{MANIFEST_FILE, Manifest};
 use crate::script::{ScriptError, ScriptName};
 
@@ -115,16 +114,16 @@ enum MapKind {
 impl MapWatcher {
     /// Starts watching the configured map files (unless `maps.no_watch`) and script files;
     /// `None` when there is nothing to watch.
-    pub(crate) fn start(core: Arc<Core>) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn start(control: Arc<Control>) -> anyhow::Result<Option<Self>> {
         let mut files: Vec<(PathBuf, MapKind)> = [
-            (core.config.maps.dest_map.clone(), MapKind::Dest),
-            (core.config.maps.message_map.clone(), MapKind::Message),
+            (control.config.maps.dest_map.clone(), MapKind::Dest),
+            (control.config.maps.message_map.clone(), MapKind::Message),
         ]
         .into_iter()
-        .filter(|_| !core.config.maps.no_watch)
+        .filter(|_| !control.config.maps.no_watch)
         .filter_map(|(path, kind)| path.map(|p| (p, kind)))
         .collect();
-        if let Some(dir) = &core.config.scripts.dir {
+        if let Some(dir) = &control.config.scripts.dir {
             for name in ScriptName::ALL {
                 files.push((dir.join(format!("{name}.wasm")), MapKind::Script(name)));
             }
@@ -155,11 +154,11 @@ impl MapWatcher {
             watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         }
         for (path, kind, notify) in signals {
-            let core = core.clone();
+            let control = control.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = core.shutdown.cancelled() => return,
+                        _ = control.shutdown.cancelled() => return,
                         _ = notify.notified() => {}
                     }
                     // Coalesce a burst of events (write + rename + chmod...).
@@ -169,7 +168,7 @@ impl MapWatcher {
                             _ = tokio::time::sleep(DEBOUNCE) => break,
                         }
                     }
-                    reload(&core, &path, kind).await;
+                    reload(&control, &path, kind).await;
                 }
             });
         }
@@ -193,24 +192,24 @@ fn matches(event_path: &Path, path: &Path, kind: MapKind) -> bool {
 /// Re-reads and applies the map files and the scripts directory's manifest now, whether they
 /// are watched or not (SIGHUP; [`crate::RunningGateway::reload`]). Each result is logged and
 /// counted as for a changed file.
-pub(crate) async fn reload_files(core: &Arc<Core>) {
+pub(crate) async fn reload_files(control: &Arc<Control>) {
     let maps = [
-        (core.config.maps.dest_map.clone(), MapKind::Dest),
-        (core.config.maps.message_map.clone(), MapKind::Message),
+        (control.config.maps.dest_map.clone(), MapKind::Dest),
+        (control.config.maps.message_map.clone(), MapKind::Message),
     ];
     for (path, kind) in maps {
         if let Some(path) = path {
-            reload(core, &path, kind).await;
+            reload(control, &path, kind).await;
         }
     }
-    if let Some(dir) = &core.config.scripts.dir {
-        reload(core, &dir.join(MANIFEST_FILE), MapKind::Handlers).await;
+    if let Some(dir) = &control.config.scripts.dir {
+        reload(control, &dir.join(MANIFEST_FILE), MapKind::Handlers).await;
     }
 }
 
-async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
+async fn reload(control: &Arc<Control>, path: &Path, kind: MapKind) {
     if let MapKind::Script(name) = kind {
-        return deploy_file(core, path, name).await;
+        return deploy_file(control, path, name).await;
     }
     let (content, result) = match kind {
         MapKind::Script(_) => return,
@@ -220,80 +219,45 @@ async fn reload(core: &Arc<Core>, path: &Path, kind: MapKind) {
             let Ok(content) = tokio::task::spawn_blocking(move || manifest_fingerprint(&dir)).await else {
                 return;
             };
-            if core.applied.is_live(path, &content) {
+            if control.applied.is_live(path, &content) {
                 return tracing::debug!(path = %path.display(), "scripts directory unchanged; not reloaded");
             }
-            (content, apply_manifest(core).await)
+            (content, apply_manifest(control).await)
         }
         MapKind::Dest | MapKind::Message => {
             let text = match maps::read(path) {
                 Ok(text) => text,
-                Err(e) => return record(core, &path.display().to_string(), Err(e)),
+                Err(e) => return control.record(&path.display().to_string(), Err(e)),
             };
             let content = text_hash(&text);
-            if core.applied.is_live(path, &content) {
+            if control.applied.is_live(path, &content) {
                 return tracing::debug!(path = %path.display(), "map file unchanged; not reloaded");
             }
             let result = match kind {
-                MapKind::Dest => apply_dest_map(core, &text),
-                _ => apply_message_map(core, &text).await,
+                MapKind::Dest => control.apply_dest_map(&text),
+                _ => control.apply_message_map(&text).await,
             };
             (content, result)
         }
     };
     if result.is_ok() {
-        core.applied.set(path, content);
+        control.applied.set(path, content);
     }
-    record(core, &path.display().to_string(), result);
-}
-
-/// Applies `dest_map.json` text live (only changed pools rebuilt); returns a summary.
-/// Errors: the text is not a valid dest map (the running table stays).
-pub(crate) fn apply_dest_map(core: &Core, text: &str) -> Result<String, maps::MapError> {
-    let map = maps::parse_dest_map(text)?;
-    core.upstreams.apply(&map);
-    Ok(format!("{} dests", map.len()))
-}
-
-/// Applies `message_map.json` text live: handler scripts it names brought in, replaced or
-/// retired, then the router re-initialised with it; returns a summary. Errors: an invalid
-/// map, or a script that cannot be loaded or refuses it (the running map stays).
-pub(crate) async fn apply_message_map(core: &Core, text: &str) -> Result<String, maps::MapError> {
-    let map = maps::parse_message_map(text)?;
-    let invalid = |e: ScriptError| maps::MapError::Invalid { what: "message_map", message: e.to_string() };
-    let applied = core.scripts.handlers.apply(Some(maps::script_routes(&map))).await.map_err(invalid)?;
-    core.scripts.router.reload(message_routes(&map)).await.map_err(invalid)?;
-    Ok(format!("{} message ids; handler scripts: {applied}", map.len()))
-}
-
-/// Logs a reload of `origin` (a path or an etcd key) and counts it in
-/// `wasmgate_map_reloads_total{reason="ok"|"invalid"}`.
-pub(crate) fn record(core: &Core, origin: &str, result: Result<String, maps::MapError>) {
-    let reason = match &result {
-        Ok(summary) => {
-            tracing::info!(origin, "map reloaded: {summary}");
-            "ok"
-        }
-        Err(e) => {
-            tracing::error!(origin, "map reload rejected, keeping the running map: {e}");
-            "invalid"
-        }
-    };
-    core.metrics.map_reloads.get_or_create(&ReasonLabel { reason }).inc();
+    control.record(&path.display().to_string(), result);
 }
 
 /// Re-applies the scripts directory's manifest: handler scripts, then built-in entries.
-async fn apply_manifest(core: &Arc<Core>) -> Result<String, maps::MapError> {
+async fn apply_manifest(control: &Arc<Control>) -> Result<String, maps::MapError> {
     let invalid =
         |e: ScriptError| maps::MapError::Invalid { what: "scripts manifest", message: e.to_string() };
-    let applied = core.scripts.handlers.apply(None).await.map_err(invalid)?;
-    let builtins = core.apply_manifest_builtins().await.map_err(invalid)?;
+    let applied = control.scripts.handlers.apply(None).await.map_err(invalid)?;
+    let builtins = control.apply_manifest_builtins().await.map_err(invalid)?;
     Ok(format!("handler scripts: {applied}; built-in scripts deployed: {builtins:?}"))
 }
 
 /// Deploys a changed script file (the deploy is counted and logged by the pipeline), unless
 /// the manifest describes that script (then the manifest's reload deploys it, with its config).
-async fn deploy_file(core: &Arc<Core>, path: &Path, name: ScriptName) {
+async fn deploy_file(control: &Arc<Control>, path: &Path, name: ScriptName) {
     let name = name.name();
     let dir = path.parent().unwrap_or(Path::new("."));
     if Manifest::read(dir).is_ok_and(|m| m.get(name).is_some()) {
@@ -304,7 +268,7 @@ async fn deploy_file(core: &Arc<Core>, path: &Path, name: ScriptName) {
         // Deleted or renamed away: the live version stays.
         Err(e) => return tracing::debug!(path = %path.display(), "script file not readable: {e}"),
     };
-    if let Ok(info) = core.deploy_script(name, &bytes, None).await
+    if let Ok(info) = control.deploy_script(name, &bytes, None).await
         && !info.unchanged
     {
         tracing::info!(path = %path.display(), script = name, version = info.version, "script file deployed");

@@ -1,11 +1,17 @@
-//! Client listeners: WebSocket ([`ws`]) and length-prefixed TCP ([`tcp`]).
+//! Downstream: the client listeners — WebSocket ([`ws`]) and length-prefixed TCP ([`tcp`]) —
+//! and the life of each connection (`driver`: timers, local routes, scripts, upstream sends;
+//! `login`: the auth script and duplicate-login policies; `room_routes`: join, leave, room
+//! messages, room list), given a [`SessionCtx`] of what sessions use and nothing else.
 //!
-//! Both share one accept loop that enforces `max_conn_num` (seed 003 `MaxConnNum`) before
+//! Both listeners share one accept loop that enforces `max_conn_num` (seed 003 `MaxConnNum`) before
 //! `accept`: a listener accepts only while the gateway has room, so a full gateway leaves new
 //! connections in the kernel backlog instead of accepting and dropping them (at most one
 //! accepted connection per listener can wait for room when two listeners race for the last
 //! place). Each accepted socket is handed to its own task at once.
 
+pub(crate) mod driver;
+mod login;
+mod room_routes;
 pub mod tcp;
 pub mod ws;
 
@@ -15,9 +21,48 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::gateway::Core;
+use crate::cluster::{Cluster, Relay};
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::rooms::Rooms;
+use crate::script::Scripts;
+use crate::session::{Registry, SessionIdGen};
+use crate::upstream::Upstreams;
+use crate::user_centre::UserCentre;
+
+/// What listeners and sessions use, shared by all of them.
+pub struct SessionCtx {
+    pub config: Arc<Config>,
+    pub ids: SessionIdGen,
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+    /// The live scripts (login, routing, rooms, handlers).
+    pub scripts: Arc<Scripts>,
+    pub rooms: Arc<Rooms>,
+    /// Every push, reply, kick and broadcast: this node, or others over the bus.
+    pub delivery: Arc<Delivery>,
+    /// Membership of a cluster (Redis, etcd); `None` standalone.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Login/logout notices to the user centre; `None` without `user_centre.url`.
+    pub user_centre: Option<UserCentre>,
+    pub upstreams: Upstreams,
+    /// `limits.max_conn_num` places.
+    pub conn_limit: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl SessionCtx {
+    /// The cross-node bus (user locations), when the gateway runs in a cluster with Redis.
+    pub(crate) fn relay(&self) -> Option<&Relay> {
+        self.cluster.as_ref().and_then(|c| c.relay.as_ref())
+    }
+}
 
 /// Outbound frames are gathered up to this many bytes before a write, on both transports; a
 /// flush writes the rest. With no write buffer every frame costs a syscall, which caps fan-out
@@ -31,19 +76,23 @@ pub(crate) const WRITE_BUFFER: usize = 8 * 1024;
 /// session (docs/benchmarks.md, idle sessions).
 pub(crate) const READ_BUFFER: usize = 1024;
 
-/// Accepts until shutdown, spawning `handle(core, stream, peer, permit)` per connection.
-pub(crate) async fn accept_loop<F, Fut>(core: Arc<Core>, listener: TcpListener, kind: &'static str, handle: F)
-where
-    F: Fn(Arc<Core>, TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+/// Accepts until shutdown, spawning `handle(ctx, stream, peer, permit)` per connection.
+pub(crate) async fn accept_loop<F, Fut>(
+    ctx: Arc<SessionCtx>,
+    listener: TcpListener,
+    kind: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<SessionCtx>, TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let shutdown = core.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     loop {
         // Wait for room without reserving it: a reserved permit would sit idle in every
         // listener's `accept`, shrinking `max_conn_num` by one per listener.
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            room = core.conn_limit.acquire() => if room.is_err() { break },
+            room = ctx.conn_limit.acquire() => if room.is_err() { break },
         }
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -57,7 +106,7 @@ where
                 }
             },
         };
-        if core.cluster.as_ref().is_some_and(|c| !c.holds_id()) {
+        if ctx.cluster.as_ref().is_some_and(|c| !c.holds_id()) {
             drop(stream); // the node lost its id: no session may be minted under it
             continue;
         }
@@ -65,13 +114,13 @@ where
         // (at most one per listener) until a session ends.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            permit = core.conn_limit.clone().acquire_owned() => match permit {
+            permit = ctx.conn_limit.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
         };
         let _ = stream.set_nodelay(true);
-        core.tasks.spawn(handle(core.clone(), stream, peer, permit));
+        ctx.tasks.spawn(handle(ctx.clone(), stream, peer, permit));
     }
     tracing::debug!(listener = kind, "listener stopped");
 }

@@ -4,7 +4,7 @@
 //! upstream sends, in order) and the write loop (drains the outbound queue, batching what is
 //! ready into one flush). Phases, after the transport's handshake:
 //!
-//! 1. registered in the [`Registry`](super::Registry); login timer armed (`login_ms`);
+//! 1. registered in the [`Registry`](crate::session::Registry); login timer armed (`login_ms`);
 //! 2. login route -> auth script -> user bound, login timer disarmed;
 //! 3. each packet resets the heartbeat timer (`heartbeat_ms`); local routes (heartbeat, close)
 //!    are answered here, anything else goes to the router script and then upstream;
@@ -20,12 +20,12 @@ use bytes::Bytes;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument as _;
 
-use super::{CloseReason, ErrorCode, Outbound, SessionHandle, TransportKind};
-use crate::gateway::Core;
+use super::SessionCtx;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::protocol::backend::BackendFrame;
 use crate::protocol::client::Packet;
 use crate::script::bindings::{self, Decision, HandlerError, Outcome, Reply, RouteError};
+use crate::session::{CloseReason, ErrorCode, Outbound, SessionHandle, TransportKind};
 
 /// What a transport's reader yields.
 pub(crate) enum Inbound {
@@ -73,24 +73,24 @@ pub(crate) trait PacketWriter: Send + 'static {
 /// transport (WebSocket after the upgrade, TCP after accept); `token`, if any, logs the
 /// session in before its first packet (WebSocket `?token=`).
 pub(crate) async fn run(
-    core: Arc<Core>,
+    ctx: Arc<SessionCtx>,
     transport: TransportKind,
     peer: std::net::SocketAddr,
     token: Option<String>,
     reader: impl PacketReader,
     writer: impl PacketWriter,
 ) {
-    let config = &core.config;
-    let id = core.ids.next_id();
+    let config = &ctx.config;
+    let id = ctx.ids.next_id();
     let (handle, rx) =
         SessionHandle::new(id, transport, peer, config.routes.error, config.limits.pending_write_num);
     let label = transport.name();
-    let metrics = &core.metrics;
+    let metrics = &ctx.metrics;
     Metrics::transport_counter(&metrics.connections_total, label).inc();
     let open =
         metrics.connections.get_or_create(&crate::metrics::TransportLabel { transport: label }).clone();
     open.inc();
-    core.registry.insert(handle.clone());
+    ctx.registry.insert(handle.clone());
     // OpenTelemetry semantic-convention names where they exist (session.id, client.*,
     // network.protocol.name; the login span has enduser.id); exported only when span export
     // is on.
@@ -104,7 +104,7 @@ pub(crate) async fn run(
     );
     async {
         tracing::debug!("session open");
-        serve(core.clone(), handle, rx, reader, writer, token, label, open).await;
+        serve(ctx.clone(), handle, rx, reader, writer, token, label, open).await;
     }
     .instrument(span)
     .await;
@@ -113,7 +113,7 @@ pub(crate) async fn run(
 /// The session after its registration: login, packets, close, and the bookkeeping after it.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    core: Arc<Core>,
+    ctx: Arc<SessionCtx>,
     handle: SessionHandle,
     rx: flume::Receiver<Outbound>,
     reader: impl PacketReader,
@@ -122,14 +122,14 @@ async fn serve(
     label: &'static str,
     open: prometheus_client::metrics::gauge::Gauge,
 ) {
-    let config = &core.config;
-    let metrics = &core.metrics;
+    let config = &ctx.config;
+    let metrics = &ctx.metrics;
 
     let write_timeout = Duration::from_millis(config.timeouts.write_ms);
     let out_counter = Metrics::transport_counter(&metrics.messages_out, label);
     let writer_task = tokio::spawn(write_loop(writer, rx, handle.clone(), write_timeout, out_counter));
 
-    let mut session = Session::new(core.clone(), handle.clone());
+    let mut session = Session::new(ctx.clone(), handle.clone());
     if let Some(token) = token {
         Box::pin(session.login(0, &token, false)).await;
     }
@@ -140,16 +140,16 @@ async fn serve(
     if timeout(write_timeout + Duration::from_secs(1), writer_task).await.is_err() {
         handle.abort(CloseReason::SlowConsumer, "close did not complete");
     }
-    core.registry.remove(&handle);
+    ctx.registry.remove(&handle);
     let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
     if let Some(user) = handle.user_id() {
-        if let Some(relay) = core.relay() {
+        if let Some(relay) = ctx.relay() {
             relay.closed(user.clone(), handle.id());
         }
-        if let Some(user_centre) = &core.user_centre {
+        if let Some(user_centre) = &ctx.user_centre {
             user_centre.logout(user, handle.id(), handle.peer());
         }
-        if let Err(e) = Box::pin(core.scripts.auth.account_lost(&session.info, reason.name())).await {
+        if let Err(e) = Box::pin(ctx.scripts.auth.account_lost(&session.info, reason.name())).await {
             tracing::warn!("auth script's account-lost failed: {e}");
         }
     }
@@ -165,7 +165,7 @@ async fn serve(
 const DEADLINE_GRACE: Duration = Duration::from_millis(100);
 
 pub(super) struct Session {
-    pub(super) core: Arc<Core>,
+    pub(super) ctx: Arc<SessionCtx>,
     pub(super) handle: SessionHandle,
     /// What scripts are told about this session (kept, not rebuilt per call).
     pub(super) info: bindings::Session,
@@ -175,11 +175,11 @@ pub(super) struct Session {
 }
 
 impl Session {
-    fn new(core: Arc<Core>, handle: SessionHandle) -> Self {
+    fn new(ctx: Arc<SessionCtx>, handle: SessionHandle) -> Self {
         let now = Instant::now();
         let info = bindings::Session {
             id: handle.id(),
-            node_id: core.config.node.id,
+            node_id: ctx.config.node.id,
             transport: match handle.transport() {
                 TransportKind::WebSocket => bindings::Transport::Websocket,
                 TransportKind::Tcp => bindings::Transport::Tcp,
@@ -187,25 +187,25 @@ impl Session {
             peer_addr: handle.peer().to_string(),
             user_id: None,
         };
-        let login_deadline = Some(now + Duration::from_millis(core.config.timeouts.login_ms));
-        let messages_in = Metrics::transport_counter(&core.metrics.messages_in, handle.transport().name());
-        Self { core, handle, info, last_seen: now, login_deadline, messages_in }
+        let login_deadline = Some(now + Duration::from_millis(ctx.config.timeouts.login_ms));
+        let messages_in = Metrics::transport_counter(&ctx.metrics.messages_in, handle.transport().name());
+        Self { ctx, handle, info, last_seen: now, login_deadline, messages_in }
     }
 
     /// Answers packet `seq` with an error frame `code` (counted by code and blame).
     pub(super) fn reject(&self, seq: u32, code: ErrorCode, message: &str) {
-        self.core.metrics.client_error(code);
+        self.ctx.metrics.client_error(code);
         self.handle.send_error(seq, code, message);
     }
 
     /// Answers packet `seq` with an error frame `code` (counted), then closes for `reason`.
     pub(super) fn reject_and_close(&self, reason: CloseReason, seq: u32, code: ErrorCode, message: &str) {
-        self.core.metrics.client_error(code);
+        self.ctx.metrics.client_error(code);
         self.handle.close_with_error(reason, seq, code, message);
     }
 
     fn heartbeat_deadline(&self) -> Instant {
-        self.last_seen + Duration::from_millis(self.core.config.timeouts.heartbeat_ms)
+        self.last_seen + Duration::from_millis(self.ctx.config.timeouts.heartbeat_ms)
     }
 
     fn next_deadline(&self) -> Instant {
@@ -220,7 +220,7 @@ impl Session {
         tokio::pin!(timer);
         // Set while a passed deadline waits out its grace.
         let mut grace_ends: Option<Instant> = None;
-        let shutdown = self.core.shutdown.clone();
+        let shutdown = self.ctx.shutdown.clone();
         loop {
             tokio::select! {
                 biased;
@@ -286,7 +286,7 @@ impl Session {
     }
 
     async fn on_packet(&mut self, packet: Packet) {
-        let routes = &self.core.config.routes;
+        let routes = &self.ctx.config.routes;
         let seq = packet.seq;
         let id = packet.msg_id;
         if id == routes.heartbeat {
@@ -314,7 +314,7 @@ impl Session {
 
     fn heartbeat(&self, seq: u32) {
         let body = serde_json::json!({ "server_time_ms": unix_ms() }).to_string();
-        self.handle.send(self.core.config.routes.heartbeat, seq, Bytes::from(body));
+        self.handle.send(self.ctx.config.routes.heartbeat, seq, Bytes::from(body));
     }
 
     /// go-push's PING, JOIN and LEAVE (seed 002). Without a login they are refused unless
@@ -325,7 +325,7 @@ impl Session {
             return self.heartbeat(0);
         }
         if self.info.user_id.is_none() {
-            if !self.core.config.rooms.gopush_anonymous {
+            if !self.ctx.config.rooms.gopush_anonymous {
                 self.reject(0, ErrorCode::NotLoggedIn, "log in first (WebSocket URL `?token=`)");
                 return;
             }
@@ -341,14 +341,14 @@ impl Session {
 
     async fn route(&mut self, packet: Packet) {
         let seq = packet.seq;
-        if self.core.config.scripts.native_router
-            && self.core.scripts.handlers.for_message(packet.msg_id).is_none()
+        if self.ctx.config.scripts.native_router
+            && self.ctx.scripts.handlers.for_message(packet.msg_id).is_none()
         {
-            let decision = self.core.scripts.router.route_native(packet.msg_id);
+            let decision = self.ctx.scripts.router.route_native(packet.msg_id);
             return self.apply_decision(decision, packet).await;
         }
         let record = bindings::Packet { msg_id: packet.msg_id, seq, body: packet.body.to_vec() };
-        if let Some(handler) = self.core.scripts.handlers.for_message(packet.msg_id) {
+        if let Some(handler) = self.ctx.scripts.handlers.for_message(packet.msg_id) {
             // message_map sends this id to a handler script; a failing one answers
             // `script_error` (no fallback dest: the map chose the script over a dest).
             let decision = match handler.handle(&self.info, &record).await {
@@ -361,10 +361,10 @@ impl Session {
             };
             return self.apply_decision(decision, packet).await;
         }
-        let decision = match self.core.scripts.router.route(&self.info, &record).await {
+        let decision = match self.ctx.scripts.router.route(&self.info, &record).await {
             Ok(decision) => decision,
             // Failure policy: the configured fallback dest, else an error reply.
-            Err(e) => match self.core.config.scripts.router_fallback_dest {
+            Err(e) => match self.ctx.config.scripts.router_fallback_dest {
                 Some(dest) => {
                     tracing::debug!(dest, "router failed, forwarding to the fallback dest: {e}");
                     Decision::Forward(dest)
@@ -392,7 +392,7 @@ impl Session {
                     user_id: self.info.user_id.clone().unwrap_or_default(),
                     body: packet.body,
                 };
-                if let Err(e) = self.core.upstreams.forward(dest, self.info.id, frame).await {
+                if let Err(e) = self.ctx.upstreams.forward(dest, self.info.id, frame).await {
                     self.reject(seq, e.code(), &e.to_string());
                 }
             }
@@ -400,7 +400,7 @@ impl Session {
                 self.handle.send(reply.msg_id, seq, Bytes::from(reply.body));
             }
             Decision::Drop => {
-                self.core.metrics.script_drops.inc();
+                self.ctx.metrics.script_drops.inc();
             }
             Decision::Close(reason) => {
                 let reason: String = reason.chars().take(120).collect();

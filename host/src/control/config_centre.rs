@@ -6,7 +6,7 @@
 //!   [`load`]). A later change is logged; it applies at the next start.
 //! - `dest_map.json`, `message_map.json`: when present at start, they replace the map files
 //!   (which are then not watched) and are watched: a put is applied live exactly like a
-//!   changed file ([`crate::watch`]), an invalid one is refused and counted, a delete keeps the
+//!   changed file ([`super::watch`]), an invalid one is refused and counted, a delete keeps the
 //!   running map.
 //!
 //! The keys are followed with [`etcd_watch`] (read, watch, read again when the watch breaks);
@@ -19,11 +19,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use etcd_client::GetOptions;
 
+use super::Control;
 use crate::cluster::etcd_watch::{self, Change};
 use crate::config::Config;
 use crate::config_overrides::{self, merge};
-use crate::gateway::Core;
-use crate::watch;
 
 /// Key (under the prefix) of the gateway config merged over the local file.
 pub const CONFIG_KEY: &str = "wasmgate.toml";
@@ -121,7 +120,7 @@ pub async fn read_maps(config: &Config) -> anyhow::Result<Option<Maps>> {
 impl Maps {
     /// Follows the map keys that were present at start until the gateway shuts down,
     /// applying each new value live (a burst of puts is applied as its last value).
-    pub(crate) async fn watch(self, core: Arc<Core>) {
+    pub(crate) async fn watch(self, control: Arc<Control>) {
         let Maps { dest_map, message_map, client, prefix } = self;
         let mut applied = vec![(DEST_MAP_KEY, dest_map), (MESSAGE_MAP_KEY, message_map)];
         applied.retain(|(_, text)| text.is_some());
@@ -151,24 +150,24 @@ impl Maps {
         let apply_changes = async {
             loop {
                 tokio::select! {
-                    _ = core.shutdown.cancelled() => return,
+                    _ = control.shutdown.cancelled() => return,
                     changed = latest.changed() => if changed.is_err() { return },
                 }
                 let now = latest.borrow_and_update().clone();
                 for ((name, running), text) in applied.iter_mut().zip(now) {
                     let Some(text) = text.filter(|t| running.as_ref() != Some(t)) else { continue };
                     let result = match *name {
-                        DEST_MAP_KEY => watch::apply_dest_map(&core, &text),
-                        _ => watch::apply_message_map(&core, &text).await,
+                        DEST_MAP_KEY => control.apply_dest_map(&text),
+                        _ => control.apply_message_map(&text).await,
                     };
                     // A refused text is remembered too: it is not retried until it changes.
                     *running = Some(text);
-                    watch::record(&core, &format!("etcd:{prefix}{name}"), result);
+                    control.record(&format!("etcd:{prefix}{name}"), result);
                 }
             }
         };
         let follow =
-            etcd_watch::follow(client, prefix.clone(), "config centre", core.shutdown.clone(), on_change);
+            etcd_watch::follow(client, prefix.clone(), "config centre", control.shutdown.clone(), on_change);
         tokio::join!(follow, apply_changes);
     }
 }

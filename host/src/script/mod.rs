@@ -12,6 +12,7 @@
 
 pub mod bindings;
 pub mod check;
+mod cluster_host;
 pub mod deploy;
 pub mod engine;
 pub mod handlers;

@@ -9,8 +9,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::bindings::auth::wasmgate::gateway::cluster::{self, NodeInfo, Pick, SendError};
-use super::state::ScriptState;
+use super::bindings::auth::wasmgate::gateway::cluster::{NodeInfo, Pick, SendError};
 use crate::cluster::Relay;
 use crate::cluster::discovery::{self, NodeTable};
 use crate::protocol::backend::BackendFrame;
@@ -49,7 +48,7 @@ impl Services {
     }
 }
 
-fn to_wit(node: discovery::NodeInfo) -> NodeInfo {
+pub(super) fn to_wit(node: discovery::NodeInfo) -> NodeInfo {
     NodeInfo {
         id: node.id,
         node_type: node.node_type,
@@ -60,7 +59,7 @@ fn to_wit(node: discovery::NodeInfo) -> NodeInfo {
     }
 }
 
-fn pick_of(how: Pick) -> discovery::Pick {
+pub(super) fn pick_of(how: Pick) -> discovery::Pick {
     match how {
         Pick::Random => discovery::Pick::Random,
         Pick::LeastLoaded => discovery::Pick::LeastLoaded,
@@ -68,16 +67,23 @@ fn pick_of(how: Pick) -> discovery::Pick {
 }
 
 impl ClusterAccess {
-    fn table(&self) -> Vec<discovery::NodeInfo> {
+    pub(super) fn table(&self) -> Vec<discovery::NodeInfo> {
         self.nodes.as_ref().map(|t| t.all()).unwrap_or_default()
     }
 
     /// Nodes of `node_type` that have `dest`.
-    fn candidates(&self, node_type: &str, dest: u32) -> Vec<discovery::NodeInfo> {
+    pub(super) fn candidates(&self, node_type: &str, dest: u32) -> Vec<discovery::NodeInfo> {
         self.table().into_iter().filter(|n| n.node_type == node_type && n.dests.contains(&dest)).collect()
     }
 
-    fn send(&self, node: u32, dest: u32, session: u64, msg_id: u32, body: Vec<u8>) -> Result<(), SendError> {
+    pub(super) fn send(
+        &self,
+        node: u32,
+        dest: u32,
+        session: u64,
+        msg_id: u32,
+        body: Vec<u8>,
+    ) -> Result<(), SendError> {
         let frame =
             BackendFrame::Relayed { from_dest: 0, session_id: session, msg_id, seq: 0, body: body.into() };
         if node == self.node_id {
@@ -95,67 +101,5 @@ impl ClusterAccess {
             true => Ok(()),
             false => Err(SendError::Unavailable("the cluster bus queue is full".into())),
         }
-    }
-}
-
-impl cluster::Host for ScriptState {
-    fn self_id(&mut self) -> u32 {
-        self.access().map_or(0, |a| a.node_id)
-    }
-
-    fn nodes(&mut self, node_type: Option<String>) -> Vec<NodeInfo> {
-        let Some(access) = self.access() else { return Vec::new() };
-        let all = access.table().into_iter();
-        all.filter(|n| node_type.as_ref().is_none_or(|t| *t == n.node_type)).map(to_wit).collect()
-    }
-
-    fn node(&mut self, id: u32) -> Option<NodeInfo> {
-        self.access()?.nodes.as_ref()?.by_id(id).map(to_wit)
-    }
-
-    fn pick_node(&mut self, node_type: String, how: Pick) -> Option<NodeInfo> {
-        self.access()?.nodes.as_ref()?.pick(&node_type, pick_of(how)).map(to_wit)
-    }
-
-    fn send_to_node(
-        &mut self,
-        node: u32,
-        dest_id: u32,
-        session_id: u64,
-        msg_id: u32,
-        body: Vec<u8>,
-    ) -> Result<(), SendError> {
-        self.access().ok_or(SendError::NoSuchNode)?.send(node, dest_id, session_id, msg_id, body)
-    }
-
-    fn send_to_type(
-        &mut self,
-        node_type: String,
-        how: Pick,
-        dest_id: u32,
-        session_id: u64,
-        msg_id: u32,
-        body: Vec<u8>,
-    ) -> Result<u32, SendError> {
-        let access = self.access().ok_or(SendError::NoSuchNode)?;
-        let chosen = discovery::choose(access.candidates(&node_type, dest_id), pick_of(how));
-        let node = chosen.ok_or(SendError::NoSuchNode)?.id;
-        access.send(node, dest_id, session_id, msg_id, body).map(|()| node)
-    }
-
-    fn broadcast_to_type(
-        &mut self,
-        node_type: String,
-        dest_id: u32,
-        session_id: u64,
-        msg_id: u32,
-        body: Vec<u8>,
-        exclude_self: bool,
-    ) -> u32 {
-        let Some(access) = self.access() else { return 0 };
-        let nodes = access.candidates(&node_type, dest_id);
-        let targets = nodes.iter().filter(|n| !(exclude_self && n.id == access.node_id));
-        targets.filter(|n| access.send(n.id, dest_id, session_id, msg_id, body.clone()).is_ok()).count()
-            as u32
     }
 }

@@ -2,9 +2,9 @@
 //! before any port is bound. Every field has a default, so an empty file (or no file) is the
 //! embedded default: loopback listeners, the default scripts, the example maps.
 //!
-//! Names follow the seeds where users know them: leaf's gate options (`max_conn_num`,
-//! `pending_write_num`, `max_msg_len`, `len_msg_len`, `little_endian`; seed 003) and
-//! connectsrv's timers and maps (seed 000).
+//! Names follow the systems users know (docs/glossary.md): leaf's gate options
+//! (`max_conn_num`, `pending_write_num`, `max_msg_len`, `len_msg_len`, `little_endian`) and
+//! connectsrv's timers and maps.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -58,7 +58,7 @@ pub struct TelemetryConfig {
     pub sample_ratio: Option<f64>,
 }
 
-/// Configuration and maps kept in etcd (seed 000 step 1's config centre; docs/cluster.md).
+/// Configuration and maps kept in etcd (connectsrv's config centre; docs/cluster.md).
 /// Off by default.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -114,8 +114,8 @@ impl Config {
     }
 }
 
-/// User-centre notifications: each login and disconnect POSTed as JSON (seed 000 steps
-/// 8.1.1.3 and 6.3.2; docs/configuration.md). `url` unset (default): none.
+/// User-centre notifications: each login and disconnect POSTed as JSON (as connectsrv
+/// does; docs/configuration.md). `url` unset (default): none.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UserCentreConfig {
@@ -140,16 +140,16 @@ impl Default for UserCentreConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Redis URL (`redis://127.0.0.1:6379/0`): node id claim (seed 000 step 2), user location
-    /// (step 8.1.1.2) and the cross-node bus (pushes, room broadcasts). `None`: none of these.
+    /// Redis URL (`redis://127.0.0.1:6379/0`): node id claim (connectsrv), user location
+    /// and the cross-node bus (pushes, room broadcasts). `None`: none of these.
     pub redis_url: Option<String>,
-    /// etcd endpoints (`http://127.0.0.1:2379`): registration and discovery (seed 000 step 3,
-    /// seed 004's node table). Empty: no registration.
+    /// etcd endpoints (`http://127.0.0.1:2379`): registration and discovery (connectsrv,
+    /// go-xserver's node table). Empty: no registration.
     pub etcd_endpoints: Vec<String>,
     /// Prefix of every Redis key and channel (`<prefix>:node:<id>`) and of etcd keys
     /// (`/<prefix>/nodes/<node.name>/<id>`).
     pub prefix: String,
-    /// This node's type in discovery (seed 004's node type): `gateway`.
+    /// This node's type in discovery (go-xserver's node type): `gateway`.
     pub node_type: String,
     /// TTL of the node id key in Redis and of the etcd lease, in seconds; refreshed every
     /// third of it. A crashed node's id and registration free themselves after it; a node
@@ -188,9 +188,9 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
-    /// Node (server) id, 0..=1023; part of every session id (seed 000: `serverId`).
+    /// Node (server) id, 0..=1023; part of every session id (connectsrv: `serverId`).
     pub id: u32,
-    /// Server name, reported to backends and used in logs (seed 000: `serverName`).
+    /// Server name, reported to backends and used in logs (connectsrv: `serverName`).
     pub name: String,
 }
 
@@ -227,7 +227,7 @@ impl Default for ListenConfig {
     }
 }
 
-/// Connection and message limits (seed 003 gate options).
+/// Connection and message limits (leaf's gate options).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -262,7 +262,7 @@ impl Default for TcpFramingConfig {
     }
 }
 
-/// Per-session timers, in milliseconds (seed 000 step 6.2.2).
+/// Per-session timers, in milliseconds (connectsrv).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
@@ -270,7 +270,7 @@ pub struct TimeoutsConfig {
     pub login_ms: u64,
     /// A session silent this long is closed (4002). Any client message counts.
     pub heartbeat_ms: u64,
-    /// Time allowed for the WebSocket HTTP upgrade request (seed 003 `HTTPTimeout`).
+    /// Time allowed for the WebSocket HTTP upgrade request (leaf's `HTTPTimeout`).
     pub handshake_ms: u64,
     /// A write to a client that does not complete this long closes it as a slow consumer.
     pub write_ms: u64,
@@ -282,7 +282,7 @@ impl Default for TimeoutsConfig {
     }
 }
 
-/// Message ids of the built-in local routes (seed 000 step 6.1.1).
+/// Message ids of the built-in local routes (connectsrv).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutesConfig {
@@ -301,7 +301,7 @@ pub struct RoutesConfig {
     /// A message to a room the session is in: body `{"room": "..", "data": <any>}`; also the
     /// id of the default rooms script's broadcasts.
     pub room_message: u32,
-    /// The room list (seed 000 step 6.1.1: "request game room list").
+    /// The room list (connectsrv: "request game room list").
     pub room_list: u32,
     /// Id of pushes that name none (go-push's `/push/room` and `/push/all` forms).
     pub push: u32,
@@ -340,7 +340,7 @@ impl RoutesConfig {
     }
 }
 
-/// Rooms and fan-out (seed 002, go-push).
+/// Rooms and fan-out (go-push).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {
@@ -396,7 +396,7 @@ impl fmt::Debug for AdminConfig {
     }
 }
 
-/// Where `dest_map.json` and `message_map.json` come from (seed 000 step 5).
+/// Where `dest_map.json` and `message_map.json` come from (connectsrv).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MapsConfig {

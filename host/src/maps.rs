@@ -1,4 +1,4 @@
-//! `dest_map.json` and `message_map.json`, in seed 000's formats (step 5.1 and 5.2).
+//! `dest_map.json` and `message_map.json`, in connectsrv's formats.
 //!
 //! ```json
 //! // dest_map.json: dest id -> queue pool
@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Keys are decimal strings (JSON object keys); parsing rejects anything else with an error
-//! naming the key. Dest id ranges by convention (seed 000): 0-99 connection services,
+//! naming the key. Dest id ranges by convention (connectsrv): 0-99 connection services,
 //! 100-199 other services, 200-299 user centre, 300-499 game dispatch, 1000+ games.
 
 use std::collections::BTreeMap;
@@ -38,7 +38,7 @@ pub type DestMap = BTreeMap<u32, DestEntry>;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum Target {
-    /// A dest id (seed 000): the router script decides, usually forwarding to this dest.
+    /// A dest id (connectsrv): the router script decides, usually forwarding to this dest.
     Dest(u32),
     /// The name of a handler script from the scripts directory's manifest, which handles the
     /// message instead of the router.

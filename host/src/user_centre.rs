@@ -1,4 +1,4 @@
-//! User-centre notifications (seed 000 steps 8.1.1.3 and 6.3.2): every login and every
+//! User-centre notifications (connectsrv): every login and every
 //! disconnect of a logged-in session is POSTed as JSON to `user_centre.url`:
 //!
 //! ```json

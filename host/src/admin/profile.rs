@@ -1,4 +1,4 @@
-//! Profiling on the admin port (seed 000 serves Go's pprof on its own port): a CPU profile of
+//! Profiling on the admin port (connectsrv serves Go's pprof on its own port): a CPU profile of
 //! the whole process sampled at 99 Hz for `seconds` (1-60, default 10), returned as a pprof
 //! protobuf (`GET /debug/pprof/profile`, readable by `go tool pprof` and
 //! <https://pprof.me>) or as a flame graph SVG (`GET /debug/pprof/flamegraph`); and the

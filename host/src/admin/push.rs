@@ -3,7 +3,7 @@
 //! JSON bodies: `{"session_id" | "user_id" | "room": .., "msg_id": u32, "data": <any>}`
 //! (`data_b64` instead of `data` for bytes; `msg_id` defaults to `routes.push`;
 //! `exclude_session` for rooms). go-push's form bodies also work: `/push/room` with
-//! `room=..&msg=<json>` and `/push/all` with `msg=<json>` (seed 002).
+//! `room=..&msg=<json>` and `/push/all` with `msg=<json>`.
 //!
 //! In a cluster with Redis a push reaches other nodes over the bus (docs/cluster.md): a
 //! session of another node (its id names the node; answered 202), the node of a user's latest

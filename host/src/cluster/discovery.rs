@@ -1,5 +1,5 @@
 //! Discovery: the node table, kept in sync with etcd by watching the registration prefix, and
-//! seed 004's `INode` queries on it (pick one of a type at random or least loaded, list by
+//! go-xserver's `INode` queries on it (pick one of a type at random or least loaded, list by
 //! type, all, by id, has).
 //!
 //! The table follows the registration prefix ([`super::etcd_watch`]: a full read, then a
@@ -20,10 +20,10 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: u32,
-    /// Node type (seed 004's `NodeType`): `gateway`, or a backend's own.
+    /// Node type (go-xserver's `NodeType`): `gateway`, or a backend's own.
     #[serde(rename = "type")]
     pub node_type: String,
-    /// Server name (seed 000's `serverName`).
+    /// Server name (connectsrv's `serverName`).
     pub name: String,
     /// Client-facing WebSocket and TCP addresses, `ip:port`.
     pub ws_addr: Option<String>,

@@ -1,5 +1,5 @@
-//! Claiming a user's location for a login under a duplicate-login policy (seed 000 step
-//! 8.1.1.2: `userId -> {serverId, sessionId}` in Redis).
+//! Claiming a user's location for a login under a duplicate-login policy (connectsrv's
+//! `userId -> {serverId, sessionId}` in Redis).
 //!
 //! The key is `<prefix>:user:<user id>` = `<node id>:<session id>:<incarnation>` (see
 //! [`super::bus`] for how it is refreshed and removed). The incarnation tells a session of a

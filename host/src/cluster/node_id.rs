@@ -1,4 +1,4 @@
-//! The node id, claimed in Redis (seed 000 step 2: start from the configured id, take the
+//! The node id, claimed in Redis (connectsrv: start from the configured id, take the
 //! first one whose key does not exist).
 //!
 //! Key `<prefix>:node:<id>`, value a token unique to this process, set with `SET .. NX PX ttl`

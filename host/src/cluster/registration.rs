@@ -1,4 +1,4 @@
-//! Registration in etcd (seed 000 step 3): this node's [`NodeInfo`] under
+//! Registration in etcd (connectsrv): this node's [`NodeInfo`] under
 //! `/<prefix>/nodes/<node.name>/<id>`, attached to a lease of `cluster.ttl_s` kept alive every
 //! third of it. When the lease is lost (etcd restarted, a partition longer than the TTL) the
 //! node grants a new one and registers again. On shutdown the lease is revoked, which deletes

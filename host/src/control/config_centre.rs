@@ -1,4 +1,4 @@
-//! The config centre (seed 000 step 1: "get the config from the config centre, set the global
+//! The config centre (connectsrv: "get the config from the config centre, set the global
 //! config, register the dest_map update callback"): with `[config_centre] enabled`, three etcd
 //! keys under the prefix (default `/<cluster.prefix>/config/<node.name>/`) take part:
 //!

@@ -1,4 +1,4 @@
-//! Watches `dest_map.json` and `message_map.json` (seed 000 step 5: file listeners with reload
+//! Watches `dest_map.json` and `message_map.json` (connectsrv: file listeners with reload
 //! callbacks) and, with `scripts.dir`, the script files `auth.wasm`, `router.wasm` and
 //! `rooms.wasm` in it, and applies valid changes live (a script file goes through the deploy
 //! pipeline, keeping the live config; a refused one leaves the live version). A change to the

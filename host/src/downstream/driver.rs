@@ -317,7 +317,7 @@ impl Session {
         self.handle.send(self.ctx.config.routes.heartbeat, seq, Bytes::from(body));
     }
 
-    /// go-push's PING, JOIN and LEAVE (seed 002). Without a login they are refused unless
+    /// go-push's PING, JOIN and LEAVE. Without a login they are refused unless
     /// `rooms.gopush_anonymous` admits the session as go-push does.
     async fn on_gopush(&mut self, request: crate::protocol::gopush::Request) {
         use crate::protocol::gopush::Request;

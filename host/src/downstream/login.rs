@@ -1,4 +1,4 @@
-//! Login (seed 000 step 8.1.1, seed 003's token login) and the duplicate-login policy.
+//! Login (connectsrv, as connsvr's token login) and the duplicate-login policy.
 //!
 //! The auth script turns the token into an identity whose `on-duplicate` says what a second
 //! login of the same user does ([`DuplicateLogin`]):

@@ -3,7 +3,7 @@
 //! `login`: the auth script and duplicate-login policies; `room_routes`: join, leave, room
 //! messages, room list), given a [`SessionCtx`] of what sessions use and nothing else.
 //!
-//! Both listeners share one accept loop that enforces `max_conn_num` (seed 003 `MaxConnNum`) before
+//! Both listeners share one accept loop that enforces `max_conn_num` (leaf's `MaxConnNum`) before
 //! `accept`: a listener accepts only while the gateway has room, so a full gateway leaves new
 //! connections in the kernel backlog instead of accepting and dropping them (at most one
 //! accepted connection per listener can wait for room when two listeners race for the last
@@ -13,6 +13,8 @@ pub(crate) mod driver;
 mod login;
 mod room_routes;
 pub mod tcp;
+#[cfg(test)]
+mod tests;
 pub mod ws;
 
 use std::future::Future;

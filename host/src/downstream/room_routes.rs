@@ -191,7 +191,7 @@ impl Session {
         }
     }
 
-    /// The room list (seed 000's "room list" route): body optional `{"prefix": ".."}`.
+    /// The room list (connectsrv's "room list" route): body optional `{"prefix": ".."}`.
     pub(super) fn room_list(&self, seq: u32, body: &[u8]) {
         #[derive(Deserialize, Default)]
         #[serde(default)]

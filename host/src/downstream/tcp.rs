@@ -1,4 +1,4 @@
-//! Length-prefixed TCP clients (leaf's `LenMsgLen`, `LittleEndian`, `MaxMsgLen`; seed 003).
+//! Length-prefixed TCP clients (leaf's `LenMsgLen`, `LittleEndian`, `MaxMsgLen`).
 //!
 //! Each frame is a 2- or 4-byte length (big-endian unless `little_endian`) followed by a
 //! binary client packet (see [`crate::protocol::client`]). A frame longer than

@@ -1,11 +1,11 @@
 //! WebSocket clients (RFC 6455) over hyper's HTTP/1.1 upgrade, plus `GET /ping` on the same
-//! port (seed 000 step 6.1).
+//! port (connectsrv).
 //!
 //! Any path accepts the upgrade (`/ws` by convention). Binary frames carry binary packets,
 //! text frames JSON packets or go-push messages; the gateway answers in the form the client
 //! last used. A `token` query parameter (`/ws?token=...`) logs the session in at once, for
 //! clients that cannot send a login packet first (go-push's).
-//! The HTTP request must arrive within `handshake_ms` (seed 003 `HTTPTimeout`).
+//! The HTTP request must arrive within `handshake_ms` (leaf's `HTTPTimeout`).
 //!
 //! Buffers are sized for many idle connections: a 1 KiB read buffer (`READ_BUFFER` of the
 //! transport module) and an out buffer that holds only what is queued, written once it reaches

@@ -8,7 +8,7 @@
 //!
 //! Gateway -> backend: [`BackendFrame::Hello`] (first frame on every connection),
 //! [`BackendFrame::Forward`] (a client message), [`BackendFrame::Relayed`] (a message another
-//! backend relayed to this dest, seed 000 step 7.1.1.2).
+//! backend relayed to this dest, connectsrv).
 //! Backend -> gateway: [`BackendFrame::Reply`], [`BackendFrame::PushUser`],
 //! [`BackendFrame::Kick`], [`BackendFrame::Relay`], and the room frames
 //! [`BackendFrame::JoinRoom`], [`BackendFrame::LeaveRoom`], [`BackendFrame::PushRoom`],

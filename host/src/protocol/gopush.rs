@@ -1,4 +1,4 @@
-//! go-push's JSON messages on WebSocket text frames (seed 002), so go-push clients work
+//! go-push's JSON messages on WebSocket text frames, so go-push clients work
 //! unchanged.
 //!
 //! Client -> gateway: `{"type": "PING"}`, `{"type": "JOIN", "data": {"room": "r"}}`,

@@ -1,4 +1,4 @@
-//! Fan-out workers (seed 002, go-push's buckets and job queues).
+//! Fan-out workers (go-push's buckets and job queues).
 //!
 //! Sessions are spread over `B` buckets by session id (`id % B`); each bucket holds the room
 //! members of its sessions and has one worker task draining a bounded job queue. A broadcast

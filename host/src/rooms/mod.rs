@@ -1,4 +1,4 @@
-//! Rooms: named groups of sessions that one message reaches at once (seed 002, go-push).
+//! Rooms: named groups of sessions that one message reaches at once (go-push).
 //!
 //! Membership is host state, kept here, so swapping the rooms script never loses it; the
 //! script only decides (see [`crate::script::Rooms`]). A session may be in several rooms (up

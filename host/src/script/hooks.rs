@@ -129,7 +129,7 @@ impl Auth {
         call_live!(self.script, wasmgate_gateway_auth.call_authenticate(session, token))
     }
 
-    /// Tells the script a logged-in `session` ended (seed 004's "account lost"); `reason` is
+    /// Tells the script a logged-in `session` ended (go-xserver's "account lost"); `reason` is
     /// the close reason's name. Errors: [`ScriptError`] (logged by the caller, nothing else).
     pub async fn account_lost(&self, session: &Session, reason: &str) -> Result<(), ScriptError> {
         call_live!(self.script, wasmgate_gateway_auth.call_account_lost(session, reason))

@@ -1,4 +1,4 @@
-//! The `cluster` interface scripts import (seed 004's `INode` API): discovery from the node
+//! The `cluster` interface scripts import (go-xserver's `INode` API): discovery from the node
 //! table, and sends to a node's backend of a dest. Host calls never wait: a send is queued on
 //! this node's pool of the dest (`try_send`) or on the cross-node bus, or refused at once with
 //! `unavailable` — so a script's call needs no timeout of its own beyond the epoch deadline.

@@ -18,7 +18,7 @@ const SHARDS: usize = 64;
 type SessionShard = RwLock<HashMap<u64, SessionHandle>>;
 type UserShard = RwLock<HashMap<Arc<str>, Vec<SessionHandle>>>;
 
-/// Session registry (seed 000: "session manager").
+/// Session registry (connectsrv: "session manager").
 pub struct Registry {
     sessions: Box<[SessionShard]>,
     users: Box<[UserShard]>,

@@ -1,4 +1,4 @@
-//! Upstream queue pools (seed 000: `QueuePoolTable`): per dest id of `dest_map.json`,
+//! Upstream queue pools (connectsrv: `QueuePoolTable`): per dest id of `dest_map.json`,
 //! `poolNums` TCP connections speaking backend protocol v1.
 //!
 //! - A session's messages take one connection of a pool (picked by a hash of the session id),

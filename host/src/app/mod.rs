@@ -214,7 +214,7 @@ impl RunningGateway {
         let node = NodeIdentity { id: config.node.id, name: config.node.name.clone() };
         let shutdown = CancellationToken::new();
         let rooms = Arc::new(Rooms::new(&config.rooms, registry.clone(), &metrics, &tasks, shutdown.clone()));
-        let remote = cluster.as_ref().and_then(|c| c.relay.clone()).map(|r| Arc::new(r) as Arc<dyn Remote>);
+        let remote = cluster.as_ref().and_then(|c| c.bus.clone()).map(|r| Arc::new(r) as Arc<dyn Remote>);
         let delivery = Arc::new(Delivery::new(registry.clone(), rooms.clone(), remote));
         let upstreams = Upstreams::new(
             registry.clone(),
@@ -295,7 +295,7 @@ impl RunningGateway {
         services.connect(ClusterAccess {
             node_id: core.config.node.id,
             nodes: core.cluster.as_ref().map(|c| c.nodes.clone()),
-            relay: core.relay().cloned(),
+            bus: core.bus().cloned(),
             upstreams: core.upstreams.clone(),
         });
         if let Some(centre) = centre_maps {

@@ -103,7 +103,7 @@ enum Op {
 
 /// The sending side of the bus, cheap to clone. Every method queues and returns at once.
 #[derive(Clone)]
-pub struct Relay {
+pub struct Bus {
     tx: mpsc::Sender<Op>,
     node_id: u32,
     /// This process's incarnation (written into user locations).
@@ -114,7 +114,7 @@ pub struct Relay {
     nodes: Arc<NodeTable>,
 }
 
-impl Relay {
+impl Bus {
     /// This node's id.
     pub fn node_id(&self) -> u32 {
         self.node_id
@@ -246,17 +246,17 @@ fn location(node: u32, session: u64, incarnation: u64) -> String {
 }
 
 /// The bus as [`crate::delivery`] sends through it.
-impl Remote for Relay {
+impl Remote for Bus {
     fn node_id(&self) -> u32 {
         self.node_id
     }
 
     fn to_node(&self, node: u32, frame: BackendFrame) {
-        Relay::to_node(self, node, frame);
+        Bus::to_node(self, node, frame);
     }
 
     fn to_all(&self, frame: BackendFrame) {
-        Relay::to_all(self, frame);
+        Bus::to_all(self, frame);
     }
 
     fn to_user(&self, user: &str, frame: BackendFrame) {
@@ -264,13 +264,13 @@ impl Remote for Relay {
     }
 
     fn to_dest(&self, dest: u32, key: u64, frame: BackendFrame) -> Option<u32> {
-        Relay::to_dest(self, dest, key, frame)
+        Bus::to_dest(self, dest, key, frame)
     }
 }
 
 /// The relay and the writer task that drains it (spawn the future).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn relay(
+pub(super) fn bus(
     conn: ConnectionManager,
     keys: Keys,
     (node_id, incarnation, fencing): (u32, u64, FencingToken),
@@ -279,17 +279,17 @@ pub(super) fn relay(
     metrics: Metrics,
     nodes: Arc<NodeTable>,
     stop: CancellationToken,
-) -> (Relay, impl std::future::Future<Output = ()>) {
+) -> (Bus, impl std::future::Future<Output = ()>) {
     let (tx, rx) = mpsc::channel(queue_len.max(1));
-    let relay = Relay { tx, node_id, incarnation, fencing, metrics: metrics.clone(), nodes };
-    (relay.clone(), writer(conn, keys, rx, relay, location_ttl, stop))
+    let bus = Bus { tx, node_id, incarnation, fencing, metrics: metrics.clone(), nodes };
+    (bus.clone(), writer(conn, keys, rx, bus, location_ttl, stop))
 }
 
 async fn writer(
     mut conn: ConnectionManager,
     keys: Keys,
     mut rx: mpsc::Receiver<Op>,
-    relay: Relay,
+    bus: Bus,
     location_ttl: Duration,
     stop: CancellationToken,
 ) {
@@ -322,26 +322,26 @@ async fn writer(
                         .arg(1)
                         .arg(keys.user(&user))
                         .arg(keys.channel_prefix())
-                        .arg(relay.node_id)
+                        .arg(bus.node_id)
                         .arg(payload.as_ref())
                         .ignore();
                     published += 1;
                 }
                 Op::SetLocation { user, session, if_free } => {
-                    let value = location(relay.node_id, session, relay.incarnation);
+                    let value = location(bus.node_id, session, bus.incarnation);
                     pipe.cmd("EVAL")
                         .arg(SET_LOCATION)
                         .arg(2)
                         .arg(keys.user(&user))
-                        .arg(&*relay.fencing.node_key)
-                        .arg(&*relay.fencing.token)
+                        .arg(&*bus.fencing.node_key)
+                        .arg(&*bus.fencing.token)
                         .arg(value)
                         .arg(ttl_ms)
                         .arg(if if_free { "nx" } else { "any" })
                         .ignore();
                 }
                 Op::DelLocation { user, session } => {
-                    let value = location(relay.node_id, session, relay.incarnation);
+                    let value = location(bus.node_id, session, bus.incarnation);
                     pipe.cmd("EVAL")
                         .arg(super::node_id::RELEASE)
                         .arg(1)
@@ -352,9 +352,9 @@ async fn writer(
             }
         }
         match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => relay.count("published", published),
+            Ok(()) => bus.count("published", published),
             Err(e) => {
-                relay.count("failed", published);
+                bus.count("failed", published);
                 tracing::warn!("Redis bus write failed, {published} messages lost: {e}");
             }
         }

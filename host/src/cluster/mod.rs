@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::bus::Relay;
+pub use self::bus::Bus;
 pub use self::discovery::{NodeInfo, NodeTable, Pick};
 pub use self::location::{Claim, Location, Policy};
 pub use self::node_id::Fence;
@@ -56,7 +56,7 @@ pub struct Cluster {
     /// The node id claim's fence; `None` without Redis (the configured id is simply used).
     pub fence: Option<Arc<Fence>>,
     /// The cross-node bus; `None` without Redis.
-    pub relay: Option<Relay>,
+    pub bus: Option<Bus>,
     /// Nodes registered in etcd (empty without etcd).
     pub nodes: Arc<NodeTable>,
     redis: Option<RedisPart>,
@@ -138,7 +138,7 @@ impl Cluster {
         let ttl = Duration::from_secs(settings.ttl_s);
         let mut node_id = config.node.id;
         let incarnation = new_incarnation();
-        let mut relay = None;
+        let mut bus = None;
         let mut fence = None;
         let nodes = Arc::<NodeTable>::default();
         let redis = match &settings.redis_url {
@@ -160,7 +160,7 @@ impl Cluster {
                     node_key: node_id::key(&settings.prefix, node_id).into(),
                     token: token.as_str().into(),
                 };
-                let (sender, writer) = bus::relay(
+                let (sender, writer) = bus::bus(
                     conn.clone(),
                     keys,
                     (node_id, incarnation, fencing.clone()),
@@ -171,7 +171,7 @@ impl Cluster {
                     stop.clone(),
                 );
                 tasks.spawn(writer);
-                relay = Some(sender);
+                bus = Some(sender);
                 Some(RedisPart { client, conn, token, fencing })
             }
             None => None,
@@ -189,7 +189,7 @@ impl Cluster {
             node_id,
             incarnation,
             fence,
-            relay,
+            bus,
             nodes,
             redis,
             etcd,

@@ -143,8 +143,8 @@ async fn serve(
     ctx.registry.remove(&handle);
     let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
     if let Some(user) = handle.user_id() {
-        if let Some(relay) = ctx.relay() {
-            relay.closed(user.clone(), handle.id());
+        if let Some(bus) = ctx.bus() {
+            bus.closed(user.clone(), handle.id());
         }
         if let Some(user_centre) = &ctx.user_centre {
             user_centre.logout(user, handle.id(), handle.peer());

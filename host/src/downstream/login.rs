@@ -106,23 +106,23 @@ impl Session {
     /// when the login is refused (nothing was bound or recorded).
     async fn admit(&self, user: &Arc<str>, policy: DuplicateLogin) -> bool {
         let (ctx, handle) = (&self.ctx, &self.handle);
-        let relay = ctx.relay();
+        let bus = ctx.bus();
         match policy {
             DuplicateLogin::Allow => {
                 handle.set_user(user.clone());
                 ctx.registry.bind_user(handle, user);
-                if let Some(relay) = relay {
-                    relay.logged_in(user.clone(), handle.id());
+                if let Some(bus) = bus {
+                    bus.logged_in(user.clone(), handle.id());
                 }
             }
             DuplicateLogin::KickOlder => {
-                let cluster = ctx.cluster.as_deref().filter(|_| relay.is_some());
+                let cluster = ctx.cluster.as_deref().filter(|_| bus.is_some());
                 let _serial = serialise(cluster, user).await;
                 handle.set_user(user.clone());
                 for older in ctx.registry.bind_user_replacing(handle, user) {
                     older.close(CloseReason::Replaced, REPLACED);
                 }
-                let Some((cluster, relay)) = cluster.zip(relay) else { return true };
+                let Some((cluster, bus)) = cluster.zip(bus) else { return true };
                 match cluster.claim_location(user, handle.id(), Policy::Replace, &ctx.registry).await {
                     Ok(Claim::Taken { previous: Some(old) }) if old.node != cluster.node_id => {
                         ctx.delivery.kick(old.session, CloseReason::Replaced, REPLACED, Scope::Cluster);
@@ -139,12 +139,12 @@ impl Session {
                     Err(e) => {
                         tracing::warn!(user = &**user, "duplicate login check went local only: {e:#}");
                         handle.set_duplicate_rule(DuplicateRule::KickOlder);
-                        relay.logged_in_unchecked(user.clone(), handle.id());
+                        bus.logged_in_unchecked(user.clone(), handle.id());
                     }
                 }
             }
             DuplicateLogin::RefuseNew => {
-                let cluster = ctx.cluster.as_deref().filter(|_| relay.is_some());
+                let cluster = ctx.cluster.as_deref().filter(|_| bus.is_some());
                 let _serial = serialise(cluster, user).await;
                 let mut claimed = false;
                 if let Some(cluster) = cluster {
@@ -157,15 +157,15 @@ impl Session {
                     }
                 }
                 if !ctx.registry.bind_user_if_alone(handle, user) {
-                    if let (true, Some(relay)) = (claimed, relay) {
-                        relay.closed(user.clone(), handle.id());
+                    if let (true, Some(bus)) = (claimed, bus) {
+                        bus.closed(user.clone(), handle.id());
                     }
                     return false;
                 }
                 handle.set_user(user.clone());
-                if let (false, Some(relay)) = (claimed, relay) {
+                if let (false, Some(bus)) = (claimed, bus) {
                     handle.set_duplicate_rule(DuplicateRule::RefuseNew);
-                    relay.logged_in_unchecked(user.clone(), handle.id());
+                    bus.logged_in_unchecked(user.clone(), handle.id());
                 }
             }
         }

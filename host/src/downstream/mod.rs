@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{Cluster, Relay};
+use crate::cluster::{Bus, Cluster};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -61,8 +61,8 @@ pub struct SessionCtx {
 
 impl SessionCtx {
     /// The cross-node bus (user locations), when the gateway runs in a cluster with Redis.
-    pub(crate) fn relay(&self) -> Option<&Relay> {
-        self.cluster.as_ref().and_then(|c| c.relay.as_ref())
+    pub(crate) fn bus(&self) -> Option<&Bus> {
+        self.cluster.as_ref().and_then(|c| c.bus.as_ref())
     }
 }
 

@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::bindings::auth::wasmgate::gateway::cluster::{NodeInfo, Pick, SendError};
-use crate::cluster::Relay;
+use crate::cluster::Bus;
 use crate::cluster::discovery::{self, NodeTable};
 use crate::protocol::backend::BackendFrame;
 use crate::upstream::Upstreams;
@@ -33,7 +33,7 @@ pub struct ClusterAccess {
     /// Discovery's table; `None` standalone.
     pub nodes: Option<Arc<NodeTable>>,
     /// The cross-node bus; `None` without Redis.
-    pub relay: Option<Relay>,
+    pub bus: Option<Bus>,
     pub upstreams: Upstreams,
 }
 
@@ -96,8 +96,8 @@ impl ClusterAccess {
         if !info.dests.contains(&dest) {
             return Err(SendError::NoSuchDest);
         }
-        let relay = self.relay.as_ref().ok_or(SendError::NoSuchNode)?;
-        match relay.to_node_dest(node, dest, frame) {
+        let bus = self.bus.as_ref().ok_or(SendError::NoSuchNode)?;
+        match bus.to_node_dest(node, dest, frame) {
             true => Ok(()),
             false => Err(SendError::Unavailable("the cluster bus queue is full".into())),
         }

@@ -1,4 +1,6 @@
-//! Sessions: one per client connection, whatever its transport.
+//! Sessions: one per client connection, whatever its transport. What a session is and
+//! what reaches it live here; its life (the read and write loops, login, room routes) is in
+//! [`crate::downstream`].
 //!
 //! - [`id`]: session ids (node id + time + sequence).
 //! - [`handle`]: the shareable handle with the bounded outbound queue.

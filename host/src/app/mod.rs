@@ -42,7 +42,7 @@ use crate::user_centre::UserCentre;
 
 /// A running gateway. Dropping it does not stop it: call [`RunningGateway::shutdown`].
 pub struct RunningGateway {
-    core: Arc<SessionCtx>,
+    ctx: Arc<SessionCtx>,
     control: Arc<Control>,
     ws_addr: Option<SocketAddr>,
     tcp_addr: Option<SocketAddr>,
@@ -236,7 +236,7 @@ impl RunningGateway {
             applied_files,
             shutdown.clone(),
         ));
-        let core = Arc::new(SessionCtx {
+        let ctx = Arc::new(SessionCtx {
             ids: SessionIdGen::new(config.node.id),
             conn_limit: Arc::new(Semaphore::new(config.limits.max_conn_num)),
             config: config.clone(),
@@ -251,59 +251,54 @@ impl RunningGateway {
             shutdown,
             tasks,
         });
-        core.upstreams.apply(&dest_map);
+        ctx.upstreams.apply(&dest_map);
 
         let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let (ws_addr, tcp_addr, admin_addr) = (addr(&ws), addr(&tcp), addr(&admin_listener));
         if let Some(listener) = ws {
-            let accept = downstream::accept_loop(core.clone(), listener, "websocket", downstream::ws::serve);
-            core.tasks.spawn(accept);
+            let accept = downstream::accept_loop(ctx.clone(), listener, "websocket", downstream::ws::serve);
+            ctx.tasks.spawn(accept);
         }
         if let Some(listener) = tcp {
-            let accept = downstream::accept_loop(core.clone(), listener, "tcp", downstream::tcp::serve);
-            core.tasks.spawn(accept);
+            let accept = downstream::accept_loop(ctx.clone(), listener, "tcp", downstream::tcp::serve);
+            ctx.tasks.spawn(accept);
         }
         if let Some(listener) = admin_listener {
             let admin = Arc::new(AdminCtx {
                 config,
-                metrics: core.metrics.clone(),
-                registry: core.registry.clone(),
-                rooms: core.rooms.clone(),
-                delivery: core.delivery.clone(),
-                cluster: core.cluster.clone(),
-                upstreams: core.upstreams.clone(),
+                metrics: ctx.metrics.clone(),
+                registry: ctx.registry.clone(),
+                rooms: ctx.rooms.clone(),
+                delivery: ctx.delivery.clone(),
+                cluster: ctx.cluster.clone(),
+                upstreams: ctx.upstreams.clone(),
                 control: control.clone(),
-                shutdown: core.shutdown.clone(),
+                shutdown: ctx.shutdown.clone(),
             });
-            core.tasks.spawn(admin::serve(admin, listener));
+            ctx.tasks.spawn(admin::serve(admin, listener));
         }
-        if let Some(cluster) = &core.cluster {
+        if let Some(cluster) = &ctx.cluster {
             let advertised = Advertised {
-                name: core.config.node.name.clone(),
+                name: ctx.config.node.name.clone(),
                 ws_addr: ws_addr.map(|a| a.to_string()),
                 tcp_addr: tcp_addr.map(|a| a.to_string()),
                 admin_addr: admin_addr.map(|a| a.to_string()),
             };
-            let upstreams = core.upstreams.clone();
-            cluster.start(
-                core.registry.clone(),
-                core.delivery.clone(),
-                move || upstreams.dests(),
-                advertised,
-            );
+            let upstreams = ctx.upstreams.clone();
+            cluster.start(ctx.registry.clone(), ctx.delivery.clone(), move || upstreams.dests(), advertised);
         }
         services.connect(ClusterAccess {
-            node_id: core.config.node.id,
-            nodes: core.cluster.as_ref().map(|c| c.nodes.clone()),
-            bus: core.bus().cloned(),
-            upstreams: core.upstreams.clone(),
+            node_id: ctx.config.node.id,
+            nodes: ctx.cluster.as_ref().map(|c| c.nodes.clone()),
+            bus: ctx.bus().cloned(),
+            upstreams: ctx.upstreams.clone(),
         });
         if let Some(centre) = centre_maps {
-            core.tasks.spawn(centre.watch(control.clone()));
+            ctx.tasks.spawn(centre.watch(control.clone()));
         }
         let watcher = watch::MapWatcher::start(control.clone())?;
-        tracing::info!(node = core.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");
-        Ok(Self { core, control, ws_addr, tcp_addr, admin_addr, _watcher: watcher })
+        tracing::info!(node = ctx.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");
+        Ok(Self { ctx, control, ws_addr, tcp_addr, admin_addr, _watcher: watcher })
     }
 
     /// Bound WebSocket address (with the real port when configured with port 0).
@@ -323,27 +318,27 @@ impl RunningGateway {
 
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.core.metrics
+        &self.ctx.metrics
     }
 
     /// Number of open sessions.
     pub fn sessions(&self) -> usize {
-        self.core.registry.len()
+        self.ctx.registry.len()
     }
 
     /// The node id in use (claimed in Redis in a cluster, else `node.id`).
     pub fn node_id(&self) -> u32 {
-        self.core.config.node.id
+        self.ctx.config.node.id
     }
 
     /// The discovery table (empty unless `cluster.etcd_endpoints` is set).
     pub fn nodes(&self) -> Vec<crate::cluster::NodeInfo> {
-        self.core.cluster.as_ref().map(|c| c.nodes.all()).unwrap_or_default()
+        self.ctx.cluster.as_ref().map(|c| c.nodes.all()).unwrap_or_default()
     }
 
     /// Connected pool connections of `dest`.
     pub fn upstream_connections_up(&self, dest: u32) -> usize {
-        self.core.upstreams.connections_up(dest)
+        self.ctx.upstreams.connections_up(dest)
     }
 
     /// Applies a re-read configuration (SIGHUP): the map files and the scripts directory's
@@ -353,7 +348,7 @@ impl RunningGateway {
     /// `["limits", "listen"]` ([`Config::changed_sections`]).
     pub async fn reload(&self, config: &Config) -> Vec<&'static str> {
         watch::reload_files(&self.control).await;
-        let changed = self.core.config.changed_sections(config);
+        let changed = self.ctx.config.changed_sections(config);
         if !changed.is_empty() {
             tracing::warn!(sections = ?changed, "config sections changed; they apply at the next start");
         }
@@ -365,7 +360,7 @@ impl RunningGateway {
     /// Then call [`RunningGateway::restart_fenced`] and start a new gateway, which claims a
     /// fresh id.
     pub async fn fenced(&self) {
-        match &self.core.cluster {
+        match &self.ctx.cluster {
             Some(cluster) => cluster.fenced().await,
             None => std::future::pending().await,
         }
@@ -374,7 +369,7 @@ impl RunningGateway {
     /// After [`RunningGateway::fenced`]: closes every session with 1012 `node_restarting` (an
     /// error frame first), then shuts down as [`RunningGateway::shutdown`] does.
     pub async fn restart_fenced(self, grace: Duration) {
-        for session in self.core.registry.all() {
+        for session in self.ctx.registry.all() {
             session.close(CloseReason::NodeRestarting, "the node lost its cluster id; reconnect");
         }
         self.shutdown(grace).await
@@ -387,39 +382,39 @@ impl RunningGateway {
     /// `wasmgate stopped` with the packets received from and sent to clients and the frames
     /// written to backends.
     pub async fn shutdown(self, grace: Duration) {
-        let core = self.core;
-        core.shutdown.cancel();
-        core.tasks.close();
+        let ctx = self.ctx;
+        ctx.shutdown.cancel();
+        ctx.tasks.close();
         // Sessions see the token and close themselves; pools drain after them.
         let sessions_gone = async {
-            while !core.registry.is_empty() {
+            while !ctx.registry.is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
         let _ = tokio::time::timeout(grace / 2, sessions_gone).await;
-        if let Some(cluster) = &core.cluster {
+        if let Some(cluster) = &ctx.cluster {
             // After the sessions: their location deletes are flushed with the rest.
             cluster.leave(Duration::from_secs(2)).await;
         }
-        if let Some(user_centre) = &core.user_centre {
+        if let Some(user_centre) = &ctx.user_centre {
             user_centre.finish(Duration::from_secs(2)).await;
         }
-        core.upstreams.shutdown();
-        if tokio::time::timeout(grace / 2, core.tasks.wait()).await.is_err() {
-            for session in core.registry.all() {
+        ctx.upstreams.shutdown();
+        if tokio::time::timeout(grace / 2, ctx.tasks.wait()).await.is_err() {
+            for session in ctx.registry.all() {
                 session.abort(CloseReason::GoingAway, "shutdown deadline");
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), core.tasks.wait()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), ctx.tasks.wait()).await;
             tracing::warn!("shutdown grace elapsed; remaining tasks aborted");
         }
-        let sent = |transport| Metrics::transport_counter(&core.metrics.messages_out, transport).get();
-        let in_ = |transport| Metrics::transport_counter(&core.metrics.messages_in, transport).get();
+        let sent = |transport| Metrics::transport_counter(&ctx.metrics.messages_out, transport).get();
+        let in_ = |transport| Metrics::transport_counter(&ctx.metrics.messages_in, transport).get();
         // The totals let an operator (and the drain test) compare with what clients and
         // backends received.
         tracing::info!(
             packets_received = in_("websocket") + in_("tcp"),
             packets_sent = sent("websocket") + sent("tcp"),
-            upstream_frames_sent = core.upstreams.frames_sent(),
+            upstream_frames_sent = ctx.upstreams.frames_sent(),
             "wasmgate stopped"
         );
     }

@@ -109,7 +109,6 @@ fn parse_form(ctx: &AdminCtx, body: &[u8]) -> Result<Push, String> {
     Ok(push)
 }
 
-/// Handles `POST /push/<target>`.
 /// The other nodes' half of a push to `user`, `delivered` to sessions here already: the
 /// user's location in Redis names the node of their latest session; the push goes there over
 /// the bus unless that is this node or the location names an earlier incarnation of a node
@@ -149,6 +148,7 @@ async fn push_user_remote(
     })
 }
 
+/// Handles `POST /push/<target>`.
 pub(super) async fn handle(ctx: &AdminCtx, target: &str, form: bool, body: &[u8]) -> HttpResponse {
     let push = match if form { parse_form(ctx, body) } else { parse_json(ctx, body) } {
         Ok(push) => push,

@@ -115,43 +115,6 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// This node's id.
-    pub fn node_id(&self) -> u32 {
-        self.node_id
-    }
-
-    /// Sends `frame` to node `node` (a push to one of its sessions, a kick).
-    pub fn to_node(&self, node: u32, frame: BackendFrame) {
-        if let Some(payload) = self.envelope(frame) {
-            self.enqueue(Op::Publish { node: Some(node), payload });
-        }
-    }
-
-    /// Sends `frame` to every other node (room broadcasts, push to all).
-    pub fn to_all(&self, frame: BackendFrame) {
-        if let Some(payload) = self.envelope(frame) {
-            self.enqueue(Op::Publish { node: None, payload });
-        }
-    }
-
-    /// Sends `frame` (a `PushUser`) to the node holding `user`'s latest session, if that is
-    /// another node.
-    pub fn push_user(&self, user: &str, frame: BackendFrame) {
-        if let Some(payload) = self.envelope(frame) {
-            self.enqueue(Op::PushUser { user: user.to_string(), payload });
-        }
-    }
-
-    /// Sends `frame` (a `Relayed`) to the pool of `dest` on another node that has one, picked
-    /// among them by `key % n` (so one session's relays keep to one node, in order). Returns
-    /// the node, or `None` when no node in discovery lists `dest`.
-    pub fn to_dest(&self, dest: u32, key: u64, frame: BackendFrame) -> Option<u32> {
-        let nodes = self.nodes.with_dest(dest, self.node_id);
-        let node = nodes.get((key % nodes.len().max(1) as u64) as usize)?.id;
-        self.to_node_dest(node, dest, frame);
-        Some(node)
-    }
-
     /// Sends `frame` (a `Relayed`) to the pool of `dest` on node `node`. Returns whether it
     /// was queued (`false`: the queue is full, counted as dropped).
     pub fn to_node_dest(&self, node: u32, dest: u32, frame: BackendFrame) -> bool {
@@ -252,23 +215,36 @@ impl Remote for Bus {
     }
 
     fn to_node(&self, node: u32, frame: BackendFrame) {
-        Bus::to_node(self, node, frame);
+        if let Some(payload) = self.envelope(frame) {
+            self.enqueue(Op::Publish { node: Some(node), payload });
+        }
     }
 
     fn to_all(&self, frame: BackendFrame) {
-        Bus::to_all(self, frame);
+        if let Some(payload) = self.envelope(frame) {
+            self.enqueue(Op::Publish { node: None, payload });
+        }
     }
 
+    /// The node is read from the user's location inside Redis (one script), so the lookup
+    /// costs the caller no round trip.
     fn to_user(&self, user: &str, frame: BackendFrame) {
-        self.push_user(user, frame);
+        if let Some(payload) = self.envelope(frame) {
+            self.enqueue(Op::PushUser { user: user.to_string(), payload });
+        }
     }
 
+    /// Among the nodes listing `dest`, picked by `key % n`: one session's relays keep to one
+    /// node, in order.
     fn to_dest(&self, dest: u32, key: u64, frame: BackendFrame) -> Option<u32> {
-        Bus::to_dest(self, dest, key, frame)
+        let nodes = self.nodes.with_dest(dest, self.node_id);
+        let node = nodes.get((key % nodes.len().max(1) as u64) as usize)?.id;
+        self.to_node_dest(node, dest, frame);
+        Some(node)
     }
 }
 
-/// The relay and the writer task that drains it (spawn the future).
+/// The bus and the writer task that drains it (spawn the future).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn bus(
     conn: ConnectionManager,
@@ -365,14 +341,13 @@ async fn writer(
 pub(super) struct Locations {
     pub conn: ConnectionManager,
     pub keys: Keys,
-    pub node_id: u32,
-    pub incarnation: u64,
     pub registry: Arc<Registry>,
     /// Where a reconciliation's kick of the other session goes (here or its node).
     pub delivery: Arc<Delivery>,
     pub fencing: FencingToken,
-    /// Whether a session a location names still exists (its node and incarnation live).
-    pub live: Box<dyn Fn(super::Location) -> bool + Send + Sync>,
+    /// This process (node id, incarnation) and whether a session a location names still
+    /// exists.
+    pub liveness: super::Liveness,
     pub ttl: Duration,
 }
 
@@ -439,7 +414,7 @@ impl Locations {
                 .arg(self.keys.user(user))
                 .arg(&*self.fencing.node_key)
                 .arg(&*self.fencing.token)
-                .arg(location(self.node_id, session.id(), self.incarnation))
+                .arg(location(self.liveness.node_id, session.id(), self.liveness.incarnation))
                 .arg(ttl_ms);
         }
         let kept: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
@@ -466,7 +441,7 @@ impl Locations {
         other: super::Location,
     ) -> redis::RedisResult<()> {
         let rule = session.duplicate_rule();
-        let live = (self.live)(other);
+        let live = self.liveness.session_live(other, &self.registry);
         let ours_wins = match rule {
             _ if !live => true,
             DuplicateRule::Allow => return Ok(()), // the location names the latest login
@@ -481,7 +456,7 @@ impl Locations {
             session.close(why, text);
             return Ok(());
         }
-        let ours = location(self.node_id, session.id(), self.incarnation);
+        let ours = location(self.liveness.node_id, session.id(), self.liveness.incarnation);
         let taken: i64 = redis::cmd("EVAL")
             .arg(TAKE_OVER)
             .arg(2)

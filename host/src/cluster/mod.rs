@@ -59,6 +59,8 @@ pub struct Cluster {
     pub bus: Option<Bus>,
     /// Nodes registered in etcd (empty without etcd).
     pub nodes: Arc<NodeTable>,
+    /// Whether a user location names a live session (this process, the node table).
+    liveness: Liveness,
     redis: Option<RedisPart>,
     etcd: Option<etcd_client::Client>,
     config: crate::config::ClusterConfig,
@@ -78,9 +80,9 @@ const LOGIN_LOCKS: usize = 256;
 /// Judges whether a user location names a session that still exists: the one rule the login
 /// claim and the location refresh share.
 #[derive(Clone)]
-struct Liveness {
-    node_id: u32,
-    incarnation: u64,
+pub(super) struct Liveness {
+    pub(super) node_id: u32,
+    pub(super) incarnation: u64,
     /// The node table; `None` without etcd (other nodes cannot be judged).
     nodes: Option<Arc<NodeTable>>,
 }
@@ -89,7 +91,7 @@ impl Liveness {
     /// Whether node `node` in `incarnation` (0: any) is live as far as this node can tell:
     /// this process (an earlier incarnation of this id is not), or in discovery with etcd;
     /// `None` for another node without etcd (no way to know).
-    fn node_live(&self, node: u32, incarnation: u64) -> Option<bool> {
+    pub(super) fn node_live(&self, node: u32, incarnation: u64) -> Option<bool> {
         if node == self.node_id {
             return Some(incarnation == 0 || incarnation == self.incarnation);
         }
@@ -98,7 +100,7 @@ impl Liveness {
 
     /// Whether `location` names a session of this process (this node id, this incarnation or
     /// an unknown one).
-    fn is_ours(&self, location: Location) -> bool {
+    pub(super) fn is_ours(&self, location: Location) -> bool {
         location.node == self.node_id
             && (location.incarnation == 0 || location.incarnation == self.incarnation)
     }
@@ -106,7 +108,7 @@ impl Liveness {
     /// Whether the session `location` names still holds its user's place: on this process, a
     /// session in `registry` that is not closing; elsewhere, its node live in that
     /// incarnation (assumed live when that cannot be known, without etcd).
-    fn session_live(&self, location: Location, registry: &Registry) -> bool {
+    pub(super) fn session_live(&self, location: Location, registry: &Registry) -> bool {
         if self.is_ours(location) {
             registry.get(location.session).is_some_and(|s| s.close_reason().is_none())
         } else {
@@ -185,12 +187,14 @@ impl Cluster {
                     .with_context(|| format!("connecting to etcd at {endpoints:?}"))?,
             ),
         };
+        let liveness = Liveness { node_id, incarnation, nodes: etcd.as_ref().map(|_| nodes.clone()) };
         Ok(Some(Self {
             node_id,
             incarnation,
             fence,
             bus,
             nodes,
+            liveness,
             redis,
             etcd,
             config: settings.clone(),
@@ -226,19 +230,13 @@ impl Cluster {
                 on_reconnect.clone(),
                 self.stop.clone(),
             ));
-            let live = {
-                let (liveness, registry) = (self.liveness(), registry.clone());
-                move |l: Location| liveness.session_live(l, &registry)
-            };
             let locations = bus::Locations {
                 conn: redis.conn.clone(),
                 keys: keys.clone(),
-                node_id: self.node_id,
-                incarnation: self.incarnation,
                 registry: registry.clone(),
                 delivery: delivery.clone(),
                 fencing: redis.fencing.clone(),
-                live: Box::new(live),
+                liveness: self.liveness.clone(),
                 ttl: Duration::from_secs(self.config.location_ttl_s),
             };
             self.tasks.spawn(locations.run(on_reconnect, self.stop.clone()));
@@ -314,8 +312,7 @@ impl Cluster {
         let key = bus::Keys { prefix: self.config.prefix.clone() }.user(user);
         let ours = Location { node: self.node_id, session, incarnation: self.incarnation };
         let ttl_ms = self.config.location_ttl_s * 1000;
-        let liveness = self.liveness();
-        let live = |l: Location| liveness.session_live(l, registry);
+        let live = |l: Location| self.liveness.session_live(l, registry);
         let mut conn = redis.conn.clone();
         let claim = location::claim(&mut conn, (&key, &redis.fencing), ours, ttl_ms, policy, live);
         tokio::time::timeout(location::CLAIM_TIMEOUT, claim)
@@ -342,20 +339,12 @@ impl Cluster {
     /// Whether node `node` in `incarnation` (0: any) is live as far as this node can tell
     /// ([`Liveness::node_live`]).
     pub fn node_live(&self, node: u32, incarnation: u64) -> Option<bool> {
-        self.liveness().node_live(node, incarnation)
+        self.liveness.node_live(node, incarnation)
     }
 
     /// Whether `location` names a session of this process ([`Liveness::is_ours`]).
     pub fn is_ours(&self, location: Location) -> bool {
-        self.liveness().is_ours(location)
-    }
-
-    fn liveness(&self) -> Liveness {
-        Liveness {
-            node_id: self.node_id,
-            incarnation: self.incarnation,
-            nodes: self.etcd.as_ref().map(|_| self.nodes.clone()),
-        }
+        self.liveness.is_ours(location)
     }
 
     /// Whether this node may act under its id: not fenced (always true without Redis).

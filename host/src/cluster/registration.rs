@@ -48,23 +48,21 @@ async fn register(
     value: &str,
     lease: i64,
 ) -> Result<Registered, etcd_client::Error> {
-    let put = || TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
-    let ours = Txn::new()
-        .when([Compare::lease(key, CompareOp::Equal, lease)])
-        .and_then([put()])
-        .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
-    let response = client.txn(ours).await?;
+    // Put if `compare` holds; else read the key to see who holds it.
+    let put_if = |compare: Compare| {
+        Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))])
+    };
+    let response = client.txn(put_if(Compare::lease(key, CompareOp::Equal, lease))).await?;
     if response.succeeded() {
         return Ok(Registered::Ours);
     }
     if let Some(holder) = held_by(response.op_responses()) {
         return Ok(Registered::Taken(holder));
     }
-    let absent = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([put()])
-        .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
-    let response = client.txn(absent).await?;
+    let response = client.txn(put_if(Compare::create_revision(key, CompareOp::Equal, 0))).await?;
     if response.succeeded() {
         return Ok(Registered::Ours);
     }

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 /// A free loopback TCP port (bound, then released).
+/// The `[rate_limits]` section of benchmark gateways: every abuse limit off, since every
+/// benchmark client comes from loopback and sends as fast as it can (docs/security.md).
+pub const NO_RATE_LIMITS: &str = "[rate_limits]\nconn_per_ip = 0\nconnect_per_ip_per_s = 0\n\
+    login_per_ip_per_min = 0\nlogin_per_user_per_min = 0\nmsg_per_s = 0\nbytes_per_s = 0\n";
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

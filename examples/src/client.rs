@@ -8,9 +8,11 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use wasmgate::config::TcpFramingConfig;
 use wasmgate::protocol::client::{self, Packet};
@@ -36,9 +38,15 @@ impl Received {
     }
 }
 
+/// A byte stream a client runs over: a plain TCP stream, or a TLS stream over one.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
+type Io = Box<dyn ByteStream>;
+
 enum Transport {
-    Ws { ws: Box<WebSocketStream<MaybeTlsStream<TcpStream>>>, text: bool },
-    Tcp { framed: Framed<TcpStream, LengthDelimitedCodec> },
+    Ws { ws: Box<WebSocketStream<Io>>, text: bool },
+    Tcp { framed: Framed<Io, LengthDelimitedCodec> },
 }
 
 /// A connected client.
@@ -60,16 +68,32 @@ struct JsonIn {
 impl Client {
     /// Connects over WebSocket to `url` (`ws://host:port/ws`); `text` selects JSON text frames.
     pub async fn ws(url: &str, text: bool) -> anyhow::Result<Self> {
+        let request = url.into_client_request().with_context(|| format!("bad URL {url}"))?;
+        let authority = request.uri().authority().context("the URL names no host")?.to_string();
+        let stream =
+            TcpStream::connect(&authority).await.with_context(|| format!("connecting to {authority}"))?;
+        Self::ws_over(stream, url, text).await
+    }
+
+    /// Opens a WebSocket to `url` over an established `stream` (e.g. TLS for `wss://`).
+    pub async fn ws_over(stream: impl ByteStream + 'static, url: &str, text: bool) -> anyhow::Result<Self> {
+        let io: Io = Box::new(stream);
         let (ws, _) =
-            tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
+            tokio_tungstenite::client_async(url, io).await.with_context(|| format!("upgrading to {url}"))?;
         Ok(Self { transport: Transport::Ws { ws: Box::new(ws), text }, next_seq: 1 })
     }
 
     /// Connects over TCP with the gateway's length-prefix framing.
     pub async fn tcp(addr: SocketAddr, framing: &TcpFramingConfig) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        Ok(Self::tcp_over(stream, framing))
+    }
+
+    /// A TCP-framed client over an established `stream` (e.g. TLS).
+    pub fn tcp_over(stream: impl ByteStream + 'static, framing: &TcpFramingConfig) -> Self {
+        let io: Io = Box::new(stream);
         let codec = wasmgate::downstream::tcp::codec(framing, 16 << 20);
-        Ok(Self { transport: Transport::Tcp { framed: Framed::new(stream, codec) }, next_seq: 1 })
+        Self { transport: Transport::Tcp { framed: Framed::new(io, codec) }, next_seq: 1 }
     }
 
     /// Sends a packet with the next sequence number; returns that number.

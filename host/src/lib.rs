@@ -42,6 +42,7 @@ pub mod rooms;
 pub mod script;
 pub mod session;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod user_centre;
 

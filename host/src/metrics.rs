@@ -135,7 +135,27 @@ pub struct Metrics {
     pub cluster_messages: Family<OutcomeLabel, Counter>,
     pub cluster_nodes: Gauge,
     pub user_centre_notices: Family<OutcomeLabel, Counter>,
+    pub limited: Family<LimitLabel, Counter>,
+    pub tls_handshakes: Family<OutcomeLabel, Counter>,
+    pub tls_reloads: Family<OutcomeLabel, Counter>,
 }
+
+/// Which abuse limit refused something (docs/security.md).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
+/// The `limit` label values of `wasmgate_limited_total`.
+pub const LIMITS: [&str; 7] = [
+    "conn_per_ip",
+    "connect_rate",
+    "login_per_ip",
+    "login_per_user",
+    "messages",
+    "bytes",
+    "admin_connections",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -183,6 +203,9 @@ impl Metrics {
             cluster_messages: Family::default(),
             cluster_nodes: Gauge::default(),
             user_centre_notices: Family::default(),
+            limited: Family::default(),
+            tls_handshakes: Family::default(),
+            tls_reloads: Family::default(),
         };
         register(
             &mut r,
@@ -382,6 +405,27 @@ impl Metrics {
             "Login/logout notices to the user centre: ok, failed (retries spent), dropped (queue full)",
             m.user_centre_notices.clone(),
         );
+        register(
+            &mut r,
+            &mut families,
+            "limited",
+            "Connections, logins and messages refused by an abuse limit, by limit (docs/security.md)",
+            m.limited.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "tls_handshakes",
+            "TLS handshakes on the client and admin listeners: ok, failed (bad or no client hello, timeout)",
+            m.tls_handshakes.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "tls_reloads",
+            "Certificate reloads: ok, failed (the previous certificate stays in use)",
+            m.tls_reloads.clone(),
+        );
         let m = Self { registry: Arc::new(r), families: Arc::new(families), ..m };
         m.precreate();
         m
@@ -392,6 +436,13 @@ impl Metrics {
     /// close-reason series are created where those are known (pool start, script load,
     /// gateway start).
     fn precreate(&self) {
+        for limit in LIMITS {
+            let _ = self.limited.get_or_create(&LimitLabel { limit });
+        }
+        for outcome in ["ok", "failed"] {
+            let _ = self.tls_handshakes.get_or_create(&OutcomeLabel { outcome });
+            let _ = self.tls_reloads.get_or_create(&OutcomeLabel { outcome });
+        }
         for transport in TRANSPORTS {
             for family in [&self.connections_total, &self.messages_in, &self.messages_out] {
                 let _ = family.get_or_create(&TransportLabel { transport });
@@ -399,7 +450,10 @@ impl Metrics {
             let _ = self.connections.get_or_create(&TransportLabel { transport });
         }
         let reasons: [(&Family<ReasonLabel, Counter>, &[&'static str]); 4] = [
-            (&self.logins, &["ok", "rejected", "duplicate", "duplicate_refused", "script_error"]),
+            (
+                &self.logins,
+                &["ok", "rejected", "duplicate", "duplicate_refused", "script_error", "rate_limited"],
+            ),
             (&self.map_reloads, &["ok", "invalid"]),
             (&self.script_deploys, &["ok", "unchanged", "rejected"]),
             (
@@ -460,6 +514,11 @@ impl Metrics {
     /// Counts an error frame with `code` sent to a client.
     pub fn client_error(&self, code: crate::session::ErrorCode) {
         self.client_errors.get_or_create(&ErrorLabel { code: code.name(), blame: code.blame().name() }).inc();
+    }
+
+    /// Counts one refusal by the abuse limit `limit` (one of [`LIMITS`]).
+    pub fn limited(&self, limit: &'static str) {
+        self.limited.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// The counter of one transport, cached by callers on the hot path.

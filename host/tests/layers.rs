@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["rooms"],
     &["user_centre", "telemetry"],
     &["otlp_metrics"],
+    &["tls"],
     &["metrics", "config_overrides"],
     &["config", "maps"],
     &["session"],

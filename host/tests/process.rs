@@ -225,7 +225,9 @@ async fn traffic(mut client: Client) -> Seen {
 async fn sigterm_drains_then_exits_within_the_bound() {
     let (backend, forwarded) = counting_backend().await;
     let at = setup(backend, "");
-    let mut gateway = Gateway::start(&at.config, at.ws, &["--shutdown-grace-s", "4"], &[]).await;
+    // Clients send as fast as replies come: no message rate limit.
+    let args = ["--shutdown-grace-s", "4", "--set", "rate_limits.msg_per_s=0"];
+    let mut gateway = Gateway::start(&at.config, at.ws, &args, &[]).await;
     let mut running = Vec::new();
     for i in 0..8 {
         running.push(tokio::spawn(traffic(gateway.client(&format!("drain{i}")).await)));
@@ -638,7 +640,14 @@ async fn profiling_endpoints() {
     use pprof::protos::Message as _;
     let (backend, _) = counting_backend().await;
     let Setup { dir, config, ws, admin } = setup(backend, "");
-    let sets = ["--set", "admin.token=\"secret-token\"", "--set", "admin.profiling=true"];
+    let sets = [
+        "--set",
+        "admin.token=\"secret-token\"",
+        "--set",
+        "admin.profiling=true",
+        "--set",
+        "rate_limits.msg_per_s=0",
+    ];
     let gateway = Gateway::start(&config, ws, &sets, &[]).await;
     let mut client = gateway.client("profiled").await;
     let (flowing, is_flowing) = tokio::sync::oneshot::channel();
@@ -829,4 +838,61 @@ async fn a_stalled_gateway_that_lost_its_node_id_rejoins_under_a_new_one() {
     let ids = claimed(&gateway);
     assert_eq!(ids.len(), 2, "claimed twice: {ids:?}");
     assert_ne!(ids[1], id, "rejoined under a fresh id");
+}
+
+/// Safe defaults (docs/security.md): a listener bound off loopback with the development JWT
+/// secret (or the example admin token) refuses to start and names the key; on loopback the
+/// same config starts, with a warning naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_listener_with_a_known_secret_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = wasmgate_examples::bench::free_port().expect("a free port");
+    let refused = |sets: Vec<String>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmgate"));
+        command.current_dir(dir.path()).arg("--log-format").arg("json");
+        for set in &sets {
+            command.args(["--set", set]);
+        }
+        let mut child = command.arg("run").stderr(Stdio::piped()).spawn().expect("running wasmgate");
+        let deadline = Instant::now() + PROMPT;
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the gateway started with a known secret on a public listener");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("its output");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let public = format!("listen.tcp=\"0.0.0.0:{port}\"");
+    let (code, said) = refused(vec![
+        public.clone(),
+        "listen.admin=\"127.0.0.1:0\"".into(),
+        "listen.ws=\"127.0.0.1:0\"".into(),
+    ]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("scripts.auth.config.secret") && said.contains("listen.tcp"), "{said}");
+    let (code, said) = refused(vec![
+        public,
+        "listen.admin=\"127.0.0.1:0\"".into(),
+        "listen.ws=\"127.0.0.1:0\"".into(),
+        "scripts.auth.config.secret=\"our-own-secret\"".into(),
+        "admin.token=\"change-me-admin-token\"".into(),
+    ]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("admin.token"), "{said}");
+
+    // On loopback: starts, and warns.
+    let (ws, admin) = (free_addr(), free_addr());
+    let config = dir.path().join("loopback.toml");
+    std::fs::write(&config, format!("[listen]\nws = \"{ws}\"\ntcp = \"127.0.0.1:0\"\nadmin = \"{admin}\"\n"))
+        .expect("config");
+    let mut gateway = Gateway::start(&config, ws, &[], &[]).await;
+    let warned = gateway
+        .wait_logged("holds a publicly known example value: accepted on loopback only (docs/security.md)")
+        .await;
+    assert_eq!(warned["key"], "scripts.auth.config.secret");
+    gateway.signal("TERM");
+    assert_eq!(gateway.exited(Duration::from_secs(10)).await.0, Some(0));
 }

@@ -1,6 +1,7 @@
 //! Hot deploy: scripts swapped under load through the admin API, rollback, refused candidates.
 
 use std::time::Duration;
+use wasmgate::config::RateLimitsConfig;
 
 use serde_json::{Value, json};
 use wasmgate_tests::{
@@ -14,6 +15,8 @@ const TAGGED: u32 = 905;
 async fn tagged_gateway() -> Harness {
     Harness::start_with(|c| {
         with_admin_token(c);
+        // A load test: the abuse limits (docs/security.md) are tested on their own.
+        c.rate_limits = RateLimitsConfig::off();
         c.scripts.router.path = Some(HOSTILE_ROUTER.into());
         c.scripts.router.config = toml::toml! { tag = "v0" };
     })

@@ -2,6 +2,7 @@
 //! brought in / replaced / retired live; a stateful one keeps its state across swaps.
 
 use std::path::Path;
+use wasmgate::config::RateLimitsConfig;
 
 use serde_json::json;
 use wasmgate_tests::{
@@ -162,6 +163,8 @@ async fn stateful_handler_swaps_under_load_count_every_message_exactly_once() {
     let dir = scripts.path().to_path_buf();
     let h = Harness::start_with(move |c| {
         with_admin_token(c);
+        // A load test: the abuse limits (docs/security.md) are tested on their own.
+        c.rate_limits = RateLimitsConfig::off();
         c.scripts.dir = Some(dir);
         c.maps.message_map = Some(message_map);
     })

@@ -14,5 +14,6 @@ mod reload;
 mod rooms;
 mod routing;
 mod sandbox;
+mod security;
 mod service;
 mod user_centre;

@@ -2,6 +2,7 @@
 //! stalled member under the slow-consumer policy.
 
 use std::time::Duration;
+use wasmgate::config::RateLimitsConfig;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -114,7 +115,8 @@ async fn a_thousand_members_receive_every_message_in_order_per_sender() {
     const MEMBERS: usize = 1000;
     const SENDERS: usize = 3;
     const PER_SENDER: usize = 20;
-    let h = Harness::start().await;
+    // A thousand connections from one address: the abuse limits are tested on their own.
+    let h = Harness::start_with(|c| c.rate_limits = RateLimitsConfig::off()).await;
     // Half WebSocket, half TCP, joined in concurrent batches.
     let mut members = Vec::with_capacity(MEMBERS);
     for batch in 0..MEMBERS / 100 {
@@ -183,7 +185,12 @@ async fn stalled_member(h: &Harness, room: &str) -> Framed<tokio::net::TcpStream
 #[tokio::test]
 async fn a_stalled_member_is_disconnected_and_does_not_delay_the_others() {
     const MESSAGES: usize = 300;
-    let h = Harness::start_with(|c| c.limits.pending_write_num = 16).await;
+    let h = Harness::start_with(|c| {
+        c.limits.pending_write_num = 16;
+        // A load test: the abuse limits (docs/security.md) are tested on their own.
+        c.rate_limits = RateLimitsConfig::off();
+    })
+    .await;
     let _stalled = stalled_member(&h, "arena").await;
     let mut sender = h.logged_in_ws("sender").await;
     assert_eq!(ask(&mut sender, JOIN, "arena").await.1["status"], "joined");

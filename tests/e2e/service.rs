@@ -1,6 +1,7 @@
 //! The HTTP side (`/ping`, `/metrics`, `/healthz`), limits and graceful shutdown.
 
 use std::time::Duration;
+use wasmgate::config::RateLimitsConfig;
 
 use wasmgate_tests::{Harness, PROMPT, expect_error_then_close, http_get, metric, metric_sum, wait_until};
 
@@ -103,6 +104,8 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let h = Harness::start_with(|c| {
         c.limits.pending_write_num = 4;
         c.timeouts.write_ms = 500;
+        // A load test: the abuse limits (docs/security.md) are tested on their own.
+        c.rate_limits = RateLimitsConfig::off();
     })
     .await;
     let mut stalled = h.logged_in_ws("stalled").await;

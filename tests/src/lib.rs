@@ -2,6 +2,7 @@
 //! real clients, and map files in a temporary directory.
 
 pub mod servers;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

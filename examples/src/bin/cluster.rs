@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
+use wasmgate_examples::bench::{GatewayProcess, NO_RATE_LIMITS, free_port, percentile_ms};
 use wasmgate_examples::client::{Client, mint_token};
 
 const SECRET: &str = "cluster-bench-secret";
@@ -75,7 +75,7 @@ tcp = "127.0.0.1:{tcp}"
 admin = "127.0.0.1:{admin}"
 [admin]
 token = "{TOKEN}"
-[timeouts]
+{NO_RATE_LIMITS}[timeouts]
 heartbeat_ms = 600000
 [scripts.auth]
 config = {{ secret = "{SECRET}", duplicate_login = "{policy}" }}

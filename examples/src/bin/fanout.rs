@@ -22,7 +22,9 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use wasmgate::config::TcpFramingConfig;
-use wasmgate_examples::bench::{GatewayProcess, cpu_seconds, free_port, percentile_ms, rss_kib, unix_ns};
+use wasmgate_examples::bench::{
+    GatewayProcess, NO_RATE_LIMITS, cpu_seconds, free_port, percentile_ms, rss_kib, unix_ns,
+};
 use wasmgate_examples::client::{Client, mint_token};
 
 const SECRET: &str = "fanout-bench-secret";
@@ -72,7 +74,7 @@ tcp = "127.0.0.1:{tcp}"
 [limits]
 max_conn_num = {conns}
 pending_write_num = {queue}
-[timeouts]
+{NO_RATE_LIMITS}[timeouts]
 login_ms = 60000
 heartbeat_ms = 600000
 [rooms]

@@ -13,17 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminCtx};
+mod listeners;
+pub use listeners::Addrs;
+use listeners::Bound;
+
+use crate::admin::AdminCtx;
 use crate::cluster::{Advertised, Cluster};
 use crate::config::{Config, ScriptConfig};
 use crate::control::{Control, config_centre, message_routes, watch};
 use crate::delivery::{Delivery, Remote};
-use crate::downstream::{self, SessionCtx};
+use crate::downstream::SessionCtx;
+use crate::downstream::abuse::PeerLimits;
 use crate::embedded;
 use crate::maps::{self, DestMap, MessageMap};
 use crate::metrics::Metrics;
@@ -37,6 +41,7 @@ use crate::script::{
     Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptName, ScriptSource, Scripts,
 };
 use crate::session::{CloseReason, Registry, SessionIdGen};
+use crate::tls::Certificates;
 use crate::upstream::{NodeIdentity, Upstreams};
 use crate::user_centre::UserCentre;
 
@@ -44,9 +49,9 @@ use crate::user_centre::UserCentre;
 pub struct RunningGateway {
     ctx: Arc<SessionCtx>,
     control: Arc<Control>,
-    ws_addr: Option<SocketAddr>,
-    tcp_addr: Option<SocketAddr>,
-    admin_addr: Option<SocketAddr>,
+    addrs: Addrs,
+    /// The TLS listeners' certificate, reloaded by [`RunningGateway::reload`].
+    certificates: Option<Arc<Certificates>>,
     _watcher: Option<watch::MapWatcher>,
 }
 
@@ -105,26 +110,6 @@ fn initial_maps(
     Ok(maps)
 }
 
-/// Binds `addr` (none: no listener), with `SO_REUSEPORT` when `reuse_port`.
-async fn bind(addr: Option<SocketAddr>, what: &str, reuse_port: bool) -> anyhow::Result<Option<TcpListener>> {
-    let Some(addr) = addr else { return Ok(None) };
-    let listener = if reuse_port {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        };
-        socket.and_then(|s| {
-            s.set_reuseaddr(true)?;
-            s.set_reuseport(true)?;
-            s.bind(addr)?;
-            s.listen(1024)
-        })
-    } else {
-        TcpListener::bind(addr).await
-    };
-    Ok(Some(listener.with_context(|| format!("binding the {what} listener on {addr}"))?))
-}
-
 impl RunningGateway {
     /// Starts a gateway. Returns once every listener is bound and serving.
     ///
@@ -132,6 +117,12 @@ impl RunningGateway {
     /// invalid map file, or a listener address that cannot be bound.
     pub async fn start(mut config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        for key in config.known_secrets() {
+            tracing::warn!(
+                key,
+                "holds a publicly known example value: accepted on loopback only (docs/security.md)"
+            );
+        }
         let metrics = Metrics::new();
         for reason in CloseReason::ALL {
             let _ = metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() });
@@ -194,13 +185,11 @@ impl RunningGateway {
             config.node.id = cluster.node_id;
         }
         let bound = async {
-            let ws = bind(config.listen.ws, "WebSocket", config.listen.reuse_port).await?;
-            let tcp = bind(config.listen.tcp, "TCP", config.listen.reuse_port).await?;
-            let admin = bind(config.listen.admin, "admin", false).await?;
-            anyhow::Ok((ws, tcp, admin))
+            let certificates = Certificates::load(&config.tls, &metrics)?;
+            anyhow::Ok((Bound::bind(&config).await?, certificates))
         };
-        let (ws, tcp, admin_listener) = match bound.await {
-            Ok(listeners) => listeners,
+        let (bound, certificates) = match bound.await {
+            Ok(bound) => bound,
             Err(e) => {
                 if let Some(cluster) = &cluster {
                     cluster.leave(Duration::from_secs(2)).await;
@@ -239,6 +228,7 @@ impl RunningGateway {
         let ctx = Arc::new(SessionCtx {
             ids: SessionIdGen::new(config.node.id),
             conn_limit: Arc::new(Semaphore::new(config.limits.max_conn_num)),
+            peers: PeerLimits::new(&config.rate_limits, &metrics),
             config: config.clone(),
             registry,
             metrics,
@@ -253,36 +243,26 @@ impl RunningGateway {
         });
         ctx.upstreams.apply(&dest_map);
 
-        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-        let (ws_addr, tcp_addr, admin_addr) = (addr(&ws), addr(&tcp), addr(&admin_listener));
-        if let Some(listener) = ws {
-            let accept = downstream::accept_loop(ctx.clone(), listener, "websocket", downstream::ws::serve);
-            ctx.tasks.spawn(accept);
-        }
-        if let Some(listener) = tcp {
-            let accept = downstream::accept_loop(ctx.clone(), listener, "tcp", downstream::tcp::serve);
-            ctx.tasks.spawn(accept);
-        }
-        if let Some(listener) = admin_listener {
-            let admin = Arc::new(AdminCtx {
-                config,
-                metrics: ctx.metrics.clone(),
-                registry: ctx.registry.clone(),
-                rooms: ctx.rooms.clone(),
-                delivery: ctx.delivery.clone(),
-                cluster: ctx.cluster.clone(),
-                upstreams: ctx.upstreams.clone(),
-                control: control.clone(),
-                shutdown: ctx.shutdown.clone(),
-            });
-            ctx.tasks.spawn(admin::serve(admin, listener));
-        }
+        let addrs = bound.addrs();
+        let admin = Arc::new(AdminCtx {
+            config,
+            metrics: ctx.metrics.clone(),
+            registry: ctx.registry.clone(),
+            rooms: ctx.rooms.clone(),
+            delivery: ctx.delivery.clone(),
+            cluster: ctx.cluster.clone(),
+            upstreams: ctx.upstreams.clone(),
+            control: control.clone(),
+            shutdown: ctx.shutdown.clone(),
+        });
+        bound.serve(&ctx, admin, certificates.as_ref());
+        ctx.tasks.spawn(ctx.peers.clone().sweep(ctx.shutdown.clone()));
         if let Some(cluster) = &ctx.cluster {
             let advertised = Advertised {
                 name: ctx.config.node.name.clone(),
-                ws_addr: ws_addr.map(|a| a.to_string()),
-                tcp_addr: tcp_addr.map(|a| a.to_string()),
-                admin_addr: admin_addr.map(|a| a.to_string()),
+                ws_addr: addrs.ws.map(|a| a.to_string()),
+                tcp_addr: addrs.tcp.map(|a| a.to_string()),
+                admin_addr: addrs.admin.map(|a| a.to_string()),
             };
             let upstreams = ctx.upstreams.clone();
             cluster.start(ctx.registry.clone(), ctx.delivery.clone(), move || upstreams.dests(), advertised);
@@ -297,23 +277,36 @@ impl RunningGateway {
             ctx.tasks.spawn(centre.watch(control.clone()));
         }
         let watcher = watch::MapWatcher::start(control.clone())?;
-        tracing::info!(node = ctx.config.node.id, ?ws_addr, ?tcp_addr, ?admin_addr, "wasmgate serving");
-        Ok(Self { ctx, control, ws_addr, tcp_addr, admin_addr, _watcher: watcher })
+        tracing::info!(
+            node = ctx.config.node.id,
+            ws = ?addrs.ws,
+            wss = ?addrs.wss,
+            tcp = ?addrs.tcp,
+            tcp_tls = ?addrs.tcp_tls,
+            admin = ?addrs.admin,
+            "wasmgate serving"
+        );
+        Ok(Self { ctx, control, addrs, certificates, _watcher: watcher })
     }
 
     /// Bound WebSocket address (with the real port when configured with port 0).
     pub fn ws_addr(&self) -> Option<SocketAddr> {
-        self.ws_addr
+        self.addrs.ws
     }
 
     /// Bound TCP address.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp_addr
+        self.addrs.tcp
     }
 
     /// Bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
+        self.addrs.admin
+    }
+
+    /// Every bound listener address.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
     }
 
     /// The gateway's metrics.
@@ -341,13 +334,17 @@ impl RunningGateway {
         self.ctx.upstreams.connections_up(dest)
     }
 
-    /// Applies a re-read configuration (SIGHUP): the map files and the scripts directory's
-    /// manifest are read again and applied live, as when they change on disk (even with
+    /// Applies a re-read configuration (SIGHUP): the map files, the scripts directory's
+    /// manifest and the TLS certificate files are read again and applied live, as when they change on disk (even with
     /// `maps.no_watch`). Other settings apply at the next start: returns the sections of
     /// `config` that differ from the running ones (also logged as a warning), e.g.
     /// `["limits", "listen"]` ([`Config::changed_sections`]).
     pub async fn reload(&self, config: &Config) -> Vec<&'static str> {
         watch::reload_files(&self.control).await;
+        if let Some(certificates) = &self.certificates {
+            // A failure is logged and counted; the certificate in use stays.
+            let _ = certificates.reload();
+        }
         let changed = self.ctx.config.changed_sections(config);
         if !changed.is_empty() {
             tracing::warn!(sections = ?changed, "config sections changed; they apply at the next start");

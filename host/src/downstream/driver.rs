@@ -21,9 +21,10 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument as _;
 
 use super::SessionCtx;
+use super::abuse::{SessionLimits, Verdict};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::protocol::backend::BackendFrame;
-use crate::protocol::client::Packet;
+use crate::protocol::client::{HEADER_LEN, Packet};
 use crate::script::bindings::{self, Decision, HandlerError, Outcome, Reply, RouteError};
 use crate::session::{CloseReason, ErrorCode, Outbound, SessionHandle, TransportKind};
 
@@ -172,6 +173,8 @@ pub(super) struct Session {
     last_seen: Instant,
     pub(super) login_deadline: Option<Instant>,
     messages_in: prometheus_client::metrics::counter::Counter,
+    /// `[rate_limits]`' message and byte buckets; `None` when both are off.
+    limits: Option<Box<SessionLimits>>,
 }
 
 impl Session {
@@ -189,7 +192,8 @@ impl Session {
         };
         let login_deadline = Some(now + Duration::from_millis(ctx.config.timeouts.login_ms));
         let messages_in = Metrics::transport_counter(&ctx.metrics.messages_in, handle.transport().name());
-        Self { ctx, handle, info, last_seen: now, login_deadline, messages_in }
+        let limits = ctx.peers.session_limits();
+        Self { ctx, handle, info, last_seen: now, login_deadline, messages_in, limits }
     }
 
     /// Answers packet `seq` with an error frame `code` (counted by code and blame).
@@ -257,6 +261,9 @@ impl Session {
                     Inbound::Packet(packet) => {
                         self.last_seen = Instant::now();
                         self.messages_in.inc();
+                        if !self.within_limits(packet.seq, packet.body.len() + HEADER_LEN) {
+                            continue;
+                        }
                         // Boxed: the message path's futures (script calls, upstream sends)
                         // are several KiB; inline, every idle session would hold that space.
                         let span = tracing::debug_span!(
@@ -270,6 +277,9 @@ impl Session {
                     Inbound::GoPush(request) => {
                         self.last_seen = Instant::now();
                         self.messages_in.inc();
+                        if !self.within_limits(0, 0) {
+                            continue;
+                        }
                         Box::pin(self.on_gopush(request)).await;
                     }
                     Inbound::Closed => {
@@ -281,6 +291,25 @@ impl Session {
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    /// Takes a packet of `size` bytes from the session's rate limits: `false` when they
+    /// refuse it (answered `rate_limited`, or the session is closed with 4007).
+    fn within_limits(&self, seq: u32, size: usize) -> bool {
+        let Some(limits) = &self.limits else { return true };
+        match limits.check(size) {
+            Verdict::Pass => true,
+            Verdict::Refuse(limit) => {
+                self.ctx.metrics.limited(limit);
+                self.reject(seq, ErrorCode::RateLimited, "too many messages: slow down");
+                false
+            }
+            Verdict::Close(limit) => {
+                self.ctx.metrics.limited(limit);
+                self.handle.close(CloseReason::RateLimited, "kept sending over the rate limit");
+                false
             }
         }
     }

@@ -30,6 +30,16 @@ use crate::script::bindings::{DuplicateLogin, Rejection};
 use crate::session::{CloseReason, DuplicateRule, ErrorCode};
 
 impl Session {
+    /// Refuses a login by an abuse limit: a login packet is answered `rate_limited` and the
+    /// session may try again later; a URL token's session, which has no other way to log in,
+    /// is closed with 4007.
+    fn refuse_login(&self, answer: bool, seq: u32, message: &str) {
+        match answer {
+            true => self.reject(seq, ErrorCode::RateLimited, message),
+            false => self.reject_and_close(CloseReason::RateLimited, seq, ErrorCode::RateLimited, message),
+        }
+    }
+
     /// Logs the session in with `token` (the login packet's, or the WebSocket URL's); `seq`
     /// is the login packet's (0 for the URL). `answer`: send the login reply (not for URL
     /// tokens: their clients, go-push's among them, expect nothing; a refusal still closes the
@@ -51,9 +61,17 @@ impl Session {
             self.reject(seq, ErrorCode::AlreadyLoggedIn, "this session is logged in");
             return;
         }
+        if !self.ctx.peers.login_from(self.handle.peer().ip()) {
+            count("rate_limited");
+            return self.refuse_login(answer, seq, "too many login attempts from this address");
+        }
         match self.ctx.scripts.auth.authenticate(&self.info, token).await {
             Ok(Ok(identity)) => {
                 let user: Arc<str> = identity.user_id.as_str().into();
+                if !self.ctx.peers.login_of(&user) {
+                    count("rate_limited");
+                    return self.refuse_login(answer, seq, "too many logins of this user");
+                }
                 if !self.admit(&user, identity.on_duplicate).await {
                     count("duplicate_refused");
                     return self.reject_and_close(

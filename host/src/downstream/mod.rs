@@ -7,8 +7,12 @@
 //! `accept`: a listener accepts only while the gateway has room, so a full gateway leaves new
 //! connections in the kernel backlog instead of accepting and dropping them (at most one
 //! accepted connection per listener can wait for room when two listeners race for the last
-//! place). Each accepted socket is handed to its own task at once.
+//! place). Then the abuse limits per source IP (connections open, new connections per second;
+//! [`abuse`]) admit the socket or close it at once — after a `429` response (WebSocket) or a
+//! `rate_limited` error frame (TCP) on plain listeners, with nothing on TLS ones. Each admitted
+//! socket is handed to its own task at once.
 
+pub(crate) mod abuse;
 pub(crate) mod driver;
 mod login;
 mod room_routes;
@@ -22,11 +26,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::abuse::{IpSlot, PeerLimits};
 use crate::cluster::{Bus, Cluster};
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -55,6 +61,8 @@ pub struct SessionCtx {
     pub upstreams: Upstreams,
     /// `limits.max_conn_num` places.
     pub conn_limit: Arc<Semaphore>,
+    /// `[rate_limits]` per source IP, per user and per session.
+    pub(crate) peers: Arc<PeerLimits>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -78,14 +86,24 @@ pub(crate) const WRITE_BUFFER: usize = 8 * 1024;
 /// session (docs/benchmarks.md, idle sessions).
 pub(crate) const READ_BUFFER: usize = 1024;
 
-/// Accepts until shutdown, spawning `handle(ctx, stream, peer, permit)` per connection.
+/// An admitted connection's places: one of `max_conn_num`, one of its IP's `conn_per_ip`.
+/// Dropped when the connection ends.
+pub(crate) struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _peer: Option<IpSlot>,
+}
+
+/// Accepts until shutdown, spawning `handle(ctx, stream, peer, admission)` per admitted
+/// connection; `refused` is written (best effort, without waiting) to one an abuse limit
+/// refuses before it is closed.
 pub(crate) async fn accept_loop<F, Fut>(
     ctx: Arc<SessionCtx>,
     listener: TcpListener,
     kind: &'static str,
+    refused: Bytes,
     handle: F,
 ) where
-    F: Fn(Arc<SessionCtx>, TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    F: Fn(Arc<SessionCtx>, TcpStream, SocketAddr, Admission) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let shutdown = ctx.shutdown.clone();
@@ -112,6 +130,14 @@ pub(crate) async fn accept_loop<F, Fut>(
             drop(stream); // the node lost its id: no session may be minted under it
             continue;
         }
+        let peer_slot = match ctx.peers.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                tracing::debug!(listener = kind, %peer, limit, "connection refused by an abuse limit");
+                let _ = stream.try_write(&refused);
+                continue;
+            }
+        };
         // Another listener may have taken the room meanwhile: then this one connection waits
         // (at most one per listener) until a session ends.
         let permit = tokio::select! {
@@ -122,7 +148,8 @@ pub(crate) async fn accept_loop<F, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
-        ctx.tasks.spawn(handle(ctx.clone(), stream, peer, permit));
+        let admission = Admission { _permit: permit, _peer: peer_slot };
+        ctx.tasks.spawn(handle(ctx.clone(), stream, peer, admission));
     }
     tracing::debug!(listener = kind, "listener stopped");
 }

@@ -7,19 +7,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::codec::{
+    Encoder as _, FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError,
+};
 
-use super::SessionCtx;
 use super::driver::{self, Inbound, PacketReader, PacketWriter};
+use super::{Admission, SessionCtx};
 use crate::config::TcpFramingConfig;
 use crate::protocol::client::{self, HEADER_LEN};
-use crate::session::{CloseReason, TransportKind};
+use crate::session::{CloseReason, ErrorCode, TransportKind};
 
 use super::{READ_BUFFER, WRITE_BUFFER};
 
@@ -33,18 +33,46 @@ pub fn codec(framing: &TcpFramingConfig, max_frame: usize) -> LengthDelimitedCod
     builder.new_codec()
 }
 
-/// Serves one accepted TCP client until it closes.
-pub(crate) async fn serve(
-    ctx: Arc<SessionCtx>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+/// The frame a plain TCP listener writes to a connection an abuse limit refused at accept:
+/// an error frame `rate_limited` in the configured framing.
+pub(crate) fn refused(ctx: &SessionCtx) -> Bytes {
+    let mut packet = BytesMut::new();
+    let body =
+        crate::session::error_body(ErrorCode::RateLimited.name(), "too many connections from this address");
+    client::encode_binary(ctx.config.routes.error, 0, &body, &mut packet);
+    let mut frame = BytesMut::new();
+    match codec(&ctx.config.tcp, usize::MAX).encode(packet.freeze(), &mut frame) {
+        Ok(()) => frame.freeze(),
+        Err(_) => Bytes::new(),
+    }
+}
+
+/// Serves one accepted plain TCP client until it closes (its halves split without a lock).
+pub(crate) async fn serve(ctx: Arc<SessionCtx>, stream: TcpStream, peer: SocketAddr, admission: Admission) {
+    let (read, write) = stream.into_split();
+    run(ctx, read, write, peer).await;
+    drop(admission);
+}
+
+/// Serves one TLS client (after its handshake) until it closes.
+pub(crate) async fn serve_tls<S>(ctx: Arc<SessionCtx>, stream: S, peer: SocketAddr, admission: Admission)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    run(ctx, read, write, peer).await;
+    drop(admission);
+}
+
+async fn run<R, W>(ctx: Arc<SessionCtx>, read: R, write: W, peer: SocketAddr)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let framing = &ctx.config.tcp;
     let max_in = ctx.config.limits.max_msg_len + HEADER_LEN;
     // Outbound packets may be larger than what clients may send; bound them by the prefix.
     let max_out = if framing.len_msg_len == 2 { u16::MAX as usize } else { u32::MAX as usize };
-    let (read, write) = stream.into_split();
     // Buffers sized for idle sessions (tokio-util's default is 8 KiB each): the write buffer
     // starts empty and grows with what is queued, flushed at the same boundary as before.
     let reader = TcpReader { framed: FramedRead::with_capacity(read, codec(framing, max_in), READ_BUFFER) };
@@ -52,14 +80,13 @@ pub(crate) async fn serve(
     framed.set_backpressure_boundary(WRITE_BUFFER);
     let writer = TcpWriter { framed };
     driver::run(ctx.clone(), TransportKind::Tcp, peer, None, reader, writer).await;
-    drop(permit);
 }
 
-struct TcpReader {
-    framed: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+struct TcpReader<R> {
+    framed: FramedRead<R, LengthDelimitedCodec>,
 }
 
-impl PacketReader for TcpReader {
+impl<R: AsyncRead + Unpin + Send> PacketReader for TcpReader<R> {
     async fn next(&mut self) -> Inbound {
         match self.framed.next().await {
             None => Inbound::Closed,
@@ -78,11 +105,11 @@ impl PacketReader for TcpReader {
     }
 }
 
-struct TcpWriter {
-    framed: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+struct TcpWriter<W> {
+    framed: FramedWrite<W, LengthDelimitedCodec>,
 }
 
-impl PacketWriter for TcpWriter {
+impl<W: AsyncWrite + Unpin + Send + 'static> PacketWriter for TcpWriter<W> {
     async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
         let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
         client::encode_binary(msg_id, seq, body, &mut buf);

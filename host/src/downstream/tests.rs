@@ -99,6 +99,7 @@ async fn context() -> Arc<SessionCtx> {
     Arc::new(SessionCtx {
         ids: SessionIdGen::new(1),
         conn_limit: Arc::new(Semaphore::new(config.limits.max_conn_num)),
+        peers: super::abuse::PeerLimits::new(&config.rate_limits, &metrics),
         config,
         registry,
         metrics,

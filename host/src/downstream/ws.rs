@@ -26,16 +26,15 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::SessionCtx;
 use super::driver::{self, Inbound, PacketReader, PacketWriter};
+use super::{Admission, SessionCtx};
 use crate::protocol::client::{self, HEADER_LEN, SharedPacket};
 use crate::protocol::gopush;
 use crate::session::{CloseReason, TransportKind};
@@ -44,15 +43,18 @@ use super::{READ_BUFFER, WRITE_BUFFER};
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
-/// Serves one accepted TCP connection: HTTP until it upgrades, then a WebSocket session.
-pub(crate) async fn serve(
-    ctx: Arc<SessionCtx>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
-    // The permit follows the connection into the WebSocket session after the upgrade.
-    let permit = Arc::new(Mutex::new(Some(permit)));
+/// What a plain WebSocket listener writes to a connection an abuse limit refused at accept.
+pub(crate) const REFUSED: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\nconnection: close\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n";
+
+/// Serves one accepted connection (plain TCP, or TLS after its handshake): HTTP until it
+/// upgrades, then a WebSocket session.
+pub(crate) async fn serve<S>(ctx: Arc<SessionCtx>, stream: S, peer: SocketAddr, admission: Admission)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The admission follows the connection into the WebSocket session after the upgrade.
+    let permit = Arc::new(Mutex::new(Some(admission)));
     let handshake = Duration::from_millis(ctx.config.timeouts.handshake_ms);
     let core_shutdown = ctx.shutdown.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -92,7 +94,7 @@ fn handle(
     ctx: Arc<SessionCtx>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
-    permit: &Mutex<Option<OwnedSemaphorePermit>>,
+    permit: &Mutex<Option<Admission>>,
 ) -> Response<Full<Bytes>> {
     let upgrade =
         header_has(&req, header::CONNECTION, "upgrade") && header_has(&req, header::UPGRADE, "websocket");
@@ -113,12 +115,22 @@ fn handle(
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
-    let Some(permit) = permit.lock().take() else {
-        return text(StatusCode::BAD_REQUEST, "connection already upgraded\n");
-    };
+    let origins = &ctx.config.security.allowed_origins;
+    if let Some(origin) = req.headers().get(header::ORIGIN)
+        && !origins.is_empty()
+        && !origins.iter().any(|allowed| allowed.as_bytes() == origin.as_bytes())
+    {
+        return text(StatusCode::FORBIDDEN, "this Origin may not open a WebSocket here\n");
+    }
     let token = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
     });
+    if token.is_some() && !ctx.config.security.token_in_query {
+        return text(StatusCode::BAD_REQUEST, "`?token=` is turned off here: send a login packet\n");
+    }
+    let Some(permit) = permit.lock().take() else {
+        return text(StatusCode::BAD_REQUEST, "connection already upgraded\n");
+    };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max = ctx.config.limits.max_msg_len + HEADER_LEN;

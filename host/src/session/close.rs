@@ -38,11 +38,14 @@ pub enum CloseReason {
     SlowConsumer,
     /// A transport error (reset, protocol violation found by the WebSocket layer).
     TransportError,
+    /// The client kept sending at over twice `rate_limits.msg_per_s` (or `bytes_per_s`) for
+    /// longer than a burst.
+    RateLimited,
 }
 
 impl CloseReason {
     /// Every close reason (their metric series are created at start).
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Normal,
         Self::GoingAway,
         Self::NodeRestarting,
@@ -57,6 +60,7 @@ impl CloseReason {
         Self::Replaced,
         Self::SlowConsumer,
         Self::TransportError,
+        Self::RateLimited,
     ];
 
     /// WebSocket close code.
@@ -75,6 +79,7 @@ impl CloseReason {
             Self::Kicked => 4004,
             Self::SlowConsumer => 4005,
             Self::Replaced => 4006,
+            Self::RateLimited => 4007,
         }
     }
 
@@ -96,6 +101,7 @@ impl CloseReason {
             Self::Replaced => "replaced",
             Self::SlowConsumer => "slow_consumer",
             Self::TransportError => "transport_error",
+            Self::RateLimited => "rate_limited",
         }
     }
 

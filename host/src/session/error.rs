@@ -67,11 +67,14 @@ pub enum ErrorCode {
     AuthUnavailable,
     /// The user has a live session and the policy is `refuse-new`.
     DuplicateLogin,
+    /// An abuse limit (messages or bytes per session, logins per IP or per user) refused
+    /// the request; sending it again after a pause can succeed.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code (their metric series are created at start).
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::NotLoggedIn,
         Self::AlreadyLoggedIn,
         Self::BadRequest,
@@ -89,6 +92,7 @@ impl ErrorCode {
         Self::Expired,
         Self::AuthUnavailable,
         Self::DuplicateLogin,
+        Self::RateLimited,
     ];
 
     /// The `code` of the error frame (docs/protocol.md).
@@ -111,6 +115,7 @@ impl ErrorCode {
             Self::Expired => "expired",
             Self::AuthUnavailable => "auth_unavailable",
             Self::DuplicateLogin => "duplicate_login",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -130,7 +135,8 @@ impl ErrorCode {
             | Self::TooManyRooms
             | Self::InvalidToken
             | Self::Expired
-            | Self::DuplicateLogin => Blame::Client,
+            | Self::DuplicateLogin
+            | Self::RateLimited => Blame::Client,
         }
     }
 
@@ -148,6 +154,7 @@ impl ErrorCode {
                 | Self::AuthUnavailable
                 | Self::RoomFull
                 | Self::DuplicateLogin
+                | Self::RateLimited
         )
     }
 }

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use wasmgate_examples::bench::NO_RATE_LIMITS;
 
 mod conn;
 mod fanout;
@@ -348,8 +349,8 @@ async fn fanout_all(
 /// The gateway config of every scenario: WebSocket listener `ws` and TCP listener `tcp` (0:
 /// the kernel's choice, for scenarios that do not use it; both shared: `reuse_port`), admin
 /// port `admin`, room for
-/// `per_process` sessions (plus 1,000), `limits` (lines of `[limits]`, may be empty), long
-/// timeouts, the auth script's secret.
+/// `per_process` sessions (plus 1,000), `limits` (lines of `[limits]`, may be empty), no abuse
+/// limits (every client comes from loopback), long timeouts, the auth script's secret.
 fn gateway_config(ws: u16, tcp: u16, admin: u16, per_process: usize, limits: &str) -> String {
     format!(
         r#"
@@ -360,7 +361,7 @@ admin = "127.0.0.1:{admin}"
 reuse_port = true
 [limits]
 max_conn_num = {per_process}
-{limits}[timeouts]
+{limits}{NO_RATE_LIMITS}[timeouts]
 heartbeat_ms = 3600000
 login_ms = 600000
 [scripts.auth]

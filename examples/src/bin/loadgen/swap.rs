@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wasmgate_examples::backend::{self, BackendOptions};
-use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
+use wasmgate_examples::bench::{GatewayProcess, NO_RATE_LIMITS, free_port, percentile_ms};
 use wasmgate_examples::client::{Client, mint_token};
 
 use super::SECRET;
@@ -86,7 +86,7 @@ admin = "127.0.0.1:{admin}"
 dest_map = "{dest}"
 message_map = "{message}"
 no_watch = true
-[timeouts]
+{NO_RATE_LIMITS}[timeouts]
 heartbeat_ms = 600000
 [admin]
 token = "{TOKEN}"

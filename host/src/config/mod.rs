@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod security;
+pub use security::{AdminConfig, AdminToken, RateLimitsConfig, Scope, SecurityConfig, TlsConfig};
+
 /// Errors from loading or validating a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +41,9 @@ pub struct Config {
     pub scripts: ScriptsConfig,
     pub rooms: RoomsConfig,
     pub admin: AdminConfig,
+    pub tls: TlsConfig,
+    pub rate_limits: RateLimitsConfig,
+    pub security: SecurityConfig,
     pub cluster: ClusterConfig,
     pub user_centre: UserCentreConfig,
     pub config_centre: ConfigCentreConfig,
@@ -88,6 +94,9 @@ impl Config {
             ("scripts", self.scripts != other.scripts),
             ("rooms", self.rooms != other.rooms),
             ("admin", self.admin != other.admin),
+            ("tls", self.tls != other.tls),
+            ("rate_limits", self.rate_limits != other.rate_limits),
+            ("security", self.security != other.security),
             ("cluster", self.cluster != other.cluster),
             ("user_centre", self.user_centre != other.user_centre),
             ("config_centre", self.config_centre != other.config_centre),
@@ -208,8 +217,14 @@ pub struct ListenConfig {
     pub ws: Option<SocketAddr>,
     /// Length-prefixed TCP listener. Seed 003: `TCPAddr`.
     pub tcp: Option<SocketAddr>,
+    /// WebSocket over TLS (`wss://`; `[tls]`'s certificate, ALPN `http/1.1`).
+    pub wss: Option<SocketAddr>,
+    /// Length-prefixed TCP over TLS (`[tls]`'s certificate).
+    pub tcp_tls: Option<SocketAddr>,
     /// Admin HTTP listener (`/metrics`, `/healthz`).
     pub admin: Option<SocketAddr>,
+    /// The admin listener speaks HTTPS (`[tls]`'s certificate) instead of plain HTTP.
+    pub admin_tls: bool,
     /// Bind the WebSocket and TCP listeners with `SO_REUSEPORT`, so several gateway
     /// processes can share them (the kernel spreads new connections; each process is capped
     /// by its open-file limit). The admin listener stays exclusive.
@@ -222,6 +237,9 @@ impl Default for ListenConfig {
             ws: Some(SocketAddr::from(([127, 0, 0, 1], 7100))),
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7101))),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 7102))),
+            wss: None,
+            tcp_tls: None,
+            admin_tls: false,
             reuse_port: false,
         }
     }
@@ -372,27 +390,6 @@ impl Default for RoomsConfig {
             list_limit: 1000,
             gopush_anonymous: false,
         }
-    }
-}
-
-/// The admin port's API (docs/api.md).
-#[derive(Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Bearer token of the push and query API (`Authorization: Bearer <token>`). `None`
-    /// disables that API (`/metrics` and `/healthz` stay open).
-    pub token: Option<String>,
-    /// Serve the profiling endpoints (`/debug/pprof/profile`, `/debug/pprof/flamegraph`,
-    /// `/debug/heap`; docs/api.md), behind the token. Off by default.
-    pub profiling: bool,
-}
-
-impl fmt::Debug for AdminConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminConfig")
-            .field("token", &self.token.as_ref().map(|_| "***"))
-            .field("profiling", &self.profiling)
-            .finish()
     }
 }
 
@@ -608,6 +605,8 @@ impl Config {
         fix(&mut self.scripts.rooms.path);
         fix(&mut self.scripts.cache_dir);
         fix(&mut self.scripts.dir);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
     }
 
     /// Checks ranges and consistency. Called by [`Config::load`] and by the gateway before it
@@ -679,9 +678,6 @@ impl Config {
         if self.rooms.max_name_len > u8::MAX as usize {
             return Err(invalid("rooms.max_name_len", "must be <= 255"));
         }
-        if self.admin.token.as_deref().is_some_and(|t| t.len() < 8) {
-            return Err(invalid("admin.token", "must be at least 8 characters"));
-        }
         let prefix_ok =
             |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
         if !prefix_ok(&self.cluster.prefix) {
@@ -692,10 +688,11 @@ impl Config {
         {
             return Err(invalid("user_centre.url", format!("{e:#}")));
         }
-        if self.listen.ws.is_none() && self.listen.tcp.is_none() {
-            return Err(invalid("listen", "needs at least one of `ws` and `tcp`"));
+        let listen = &self.listen;
+        if [listen.ws, listen.wss, listen.tcp, listen.tcp_tls].iter().all(Option::is_none) {
+            return Err(invalid("listen", "needs at least one of `ws`, `wss`, `tcp` and `tcp_tls`"));
         }
-        Ok(())
+        self.validate_security()
     }
 }
 

@@ -1,0 +1,152 @@
+//! TLS on the client and admin listeners (rustls with the `ring` provider; docs/security.md).
+//!
+//! One [`Certificates`] holds the certificate chain and key of `[tls]` and serves it to every
+//! TLS listener through rustls' certificate resolver, so a reload (SIGHUP, or the files
+//! changing on disk) takes effect at the next handshake without touching open sessions. A
+//! reload that fails (unreadable file, no certificate, a key that does not match the
+//! certificate) keeps the certificate in use and says why.
+//!
+//! TLS 1.2 and 1.3, rustls' default cipher suites; no client certificates. The WebSocket and
+//! admin listeners offer ALPN `http/1.1`; the TCP listener none.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::TlsConfig;
+use crate::metrics::{Metrics, OutcomeLabel};
+
+/// ALPN protocol of the HTTP listeners (WebSocket upgrade, admin API).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The certificate the TLS listeners present, replaceable at run time.
+pub struct Certificates {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    provider: Arc<CryptoProvider>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates").field("cert", &self.cert).field("key", &self.key).finish()
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl Certificates {
+    /// Loads `[tls]`'s certificate chain and key. Errors name the file and what is wrong with
+    /// it; `None` when `[tls]` names no files.
+    pub fn load(config: &TlsConfig, metrics: &Metrics) -> anyhow::Result<Option<Arc<Self>>> {
+        let (Some(cert), Some(key)) = (&config.cert, &config.key) else {
+            return Ok(None);
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let current = read_certified_key(cert, key, &provider)?;
+        Ok(Some(Arc::new(Self {
+            cert: cert.clone(),
+            key: key.clone(),
+            current: ArcSwap::from_pointee(current),
+            provider,
+            metrics: metrics.clone(),
+        })))
+    }
+
+    /// Reads the files again and, if they hold a valid certificate and matching key, serves
+    /// them from the next handshake on; otherwise keeps the certificate in use. Counted in
+    /// `wasmgate_tls_reloads_total{outcome}` and logged either way.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let result = read_certified_key(&self.cert, &self.key, &self.provider);
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.metrics.tls_reloads.get_or_create(&OutcomeLabel { outcome }).inc();
+        match result {
+            Ok(certified) => {
+                self.current.store(Arc::new(certified));
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("TLS certificate not reloaded, the previous one stays in use: {e:#}");
+                Err(e)
+            }
+        }
+    }
+
+    /// The certificate and key files (watched for changes).
+    pub fn files(&self) -> [&Path; 2] {
+        [&self.cert, &self.key]
+    }
+
+    /// A listener's TLS settings: this certificate, TLS 1.2 and 1.3, the given ALPN protocols.
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+fn read_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading the certificate chain {}", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", cert.display());
+    let private = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key {}", key.display()))?;
+    CertifiedKey::from_der(chain, private, provider)
+        .with_context(|| format!("{} and {} do not make a usable certificate", cert.display(), key.display()))
+}
+
+/// A listener's TLS handshake, bounded in time.
+#[derive(Clone)]
+pub struct Acceptor {
+    acceptor: tokio_rustls::TlsAcceptor,
+    metrics: Metrics,
+}
+
+impl Acceptor {
+    pub fn new(certificates: &Arc<Certificates>, alpn: &[&[u8]]) -> Self {
+        let acceptor = tokio_rustls::TlsAcceptor::from(certificates.server_config(alpn));
+        Self { acceptor, metrics: certificates.metrics.clone() }
+    }
+
+    /// Runs the server side of the handshake on `stream`; `None` (counted as failed, logged at
+    /// debug) when the peer is not a TLS client, the handshake fails or it takes longer than
+    /// `limit`.
+    pub async fn accept(&self, stream: TcpStream, limit: Duration) -> Option<TlsStream<TcpStream>> {
+        let result = tokio::time::timeout(limit, self.acceptor.accept(stream)).await;
+        let outcome = if matches!(result, Ok(Ok(_))) { "ok" } else { "failed" };
+        self.metrics.tls_handshakes.get_or_create(&OutcomeLabel { outcome }).inc();
+        match result {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not completed in time");
+                None
+            }
+        }
+    }
+}

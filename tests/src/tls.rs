@@ -1,0 +1,73 @@
+//! Test certificates (rcgen) and TLS clients (rustls) for the TLS listeners, and sockets bound
+//! to a chosen loopback source address (127.0.0.2, ...) for the per-IP limits.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A certificate authority made for one test.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self { cert: cert.der().clone(), issuer: Issuer::new(params, key) }
+    }
+
+    /// Writes a server certificate for `localhost` and `127.0.0.1`, signed by this CA, to
+    /// `cert` and its key to `key` (PEM), each by rename; the key first, so a watcher never
+    /// sees a new certificate with the old key.
+    pub fn issue(&self, cert: &Path, key: &Path) {
+        let params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+        let pair = KeyPair::generate().expect("server key");
+        let signed = params.signed_by(&pair, &self.issuer).expect("server certificate");
+        crate::write_atomic(key.to_path_buf(), &pair.serialize_pem());
+        crate::write_atomic(cert.to_path_buf(), &signed.pem());
+    }
+
+    /// A TLS client trusting only this CA, offering `alpn`.
+    pub fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone()).expect("CA into the root store");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// A TLS connection to `addr` (server name `localhost`) trusting only this CA.
+    pub async fn connect(&self, addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
+        let stream = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").expect("a DNS name");
+        self.connector(alpn).connect(name, stream).await
+    }
+}
+
+/// A TCP connection to `addr` from the loopback source address `from` (e.g. 127.0.0.2).
+pub async fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match from {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sd_notify::NotifyState;
 use wasmgate::control::config_centre;
+use wasmgate::http_client::Endpoint;
 use wasmgate::telemetry::{self, Telemetry};
 use wasmgate::{Config, RunningGateway, config_overrides};
 
@@ -107,7 +108,13 @@ async fn admin_call(
 ) -> anyhow::Result<()> {
     let addr = args.admin.or(config.listen.admin).context("no admin address: give --admin")?;
     let token = args.token.or_else(|| config.admin.token.clone());
-    let (status, text) = wasmgate::http_client::request(addr, token.as_deref(), method, path, body).await?;
+    // An HTTPS admin listener is trusted by its certificate, read from the same config.
+    let tls = match (config.listen.admin_tls, &config.tls.cert) {
+        (true, Some(cert)) => Some(wasmgate::tls::pinned_connector(cert)?),
+        _ => None,
+    };
+    let to = Endpoint { tls: tls.as_ref().map(|c| (c.inner(), c.server_name())), ..Endpoint::plain(addr) };
+    let (status, text) = wasmgate::http_client::request(&to, token.as_deref(), method, path, body).await?;
     println!("{text}");
     anyhow::ensure!((200..300).contains(&status), "the gateway answered {status}");
     Ok(())

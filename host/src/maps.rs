@@ -30,6 +30,21 @@ pub struct DestEntry {
     /// Service name, for logs.
     #[serde(default)]
     pub srv_name: String,
+    /// TLS to the service; absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<DestTls>,
+}
+
+/// TLS to one upstream service (`"tls": {"ca": "/etc/wasmgate/backend-ca.pem", "serverName":
+/// "chat.internal"}` in a `dest_map.json` entry; `"tls": {}` uses the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestTls {
+    /// PEM file of the CA(s) to trust (absolute, or relative to the working directory);
+    /// absent: the system's trusted roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// The name the service's certificate must carry; absent: the host of `srvAddr`.
+    pub server_name: Option<String>,
 }
 
 /// dest id -> upstream service.

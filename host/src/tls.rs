@@ -150,3 +150,143 @@ impl Acceptor {
         }
     }
 }
+
+/// Client TLS settings for the gateway's own connections (backends, the user centre, the
+/// admin CLI): TLS 1.2/1.3, trusting the PEM certificates in `ca`, or the system's roots when
+/// `None`. Errors: `ca` unreadable or holding no certificate, no system roots.
+pub fn client_config(ca: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading the CA file {}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            anyhow::ensure!(added > 0, "{} holds no usable PEM certificate", path.display());
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            anyhow::ensure!(added > 0, "no trusted roots found on this system: name a CA file");
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A TLS connector with a fixed server name (checked against the server's certificate).
+#[derive(Clone)]
+pub struct Connector {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Connector {
+    /// Trusting `ca` (or the system's roots), expecting a certificate for `server_name` (a DNS
+    /// name or an IP address). Errors: see [`client_config`]; an invalid server name.
+    pub fn new(ca: Option<&Path>, server_name: &str) -> anyhow::Result<Self> {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .with_context(|| format!("`{server_name}` is not a DNS name or IP address"))?;
+        let connector = tokio_rustls::TlsConnector::from(client_config(ca)?);
+        Ok(Self { connector, name })
+    }
+
+    /// The client side of the handshake over `stream`.
+    pub async fn connect(
+        &self,
+        stream: TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.connector.connect(self.name.clone(), stream).await
+    }
+
+    /// The underlying connector (for HTTP clients that name the server per request).
+    pub fn inner(&self) -> &tokio_rustls::TlsConnector {
+        &self.connector
+    }
+
+    /// The server name checked.
+    pub fn server_name(&self) -> &rustls::pki_types::ServerName<'static> {
+        &self.name
+    }
+}
+
+/// A client that accepts exactly the leaf certificate of the PEM chain in `cert_file` (the
+/// gateway's own `[tls] cert`), whatever name it carries: how the admin CLI reaches an HTTPS
+/// admin listener on the same host. Errors: the file unreadable or holding no certificate.
+pub fn pinned_connector(cert_file: &Path) -> anyhow::Result<Connector> {
+    let leaf = CertificateDer::pem_file_iter(cert_file)
+        .with_context(|| format!("reading {}", cert_file.display()))?
+        .next()
+        .with_context(|| format!("{} holds no PEM certificate", cert_file.display()))?
+        .with_context(|| format!("reading {}", cert_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pinned { leaf, provider: provider.clone() });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("wasmgate-admin").expect("a valid DNS name");
+    Ok(Connector { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), name })
+}
+
+/// Accepts one certificate (byte for byte), with signatures checked as usual.
+#[derive(Debug)]
+struct Pinned {
+    leaf: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match end_entity.as_ref() == self.leaf.as_ref() {
+            true => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            false => Err(rustls::Error::General("not the certificate of [tls] cert".into())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

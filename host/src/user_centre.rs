@@ -10,7 +10,8 @@
 //! order (a user's logout never overtakes its login). A notice answered with a non-2xx status,
 //! or not answered within `timeout_ms`, is retried `retries` times with back-off (100 ms
 //! doubling to 5 s), then given up and logged. Counted in
-//! `wasmgate_user_centre_notices_total{outcome="ok"|"failed"|"dropped"}`.
+//! `wasmgate_user_centre_notices_total{outcome="ok"|"failed"|"dropped"}`. An `https://` URL is
+//! reached over TLS, checked against `user_centre.ca` (or the system's roots).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::UserCentreConfig;
-use crate::http_client::HttpTarget;
+use anyhow::Context as _;
+
+use crate::http_client::{Endpoint, HttpTarget};
 use crate::metrics::{Metrics, OutcomeLabel};
+use crate::tls;
 
 /// One notice, as POSTed.
 #[derive(Debug, Serialize)]
@@ -50,10 +54,14 @@ impl UserCentre {
     pub fn start(config: &UserCentreConfig, node_id: u32, metrics: &Metrics) -> anyhow::Result<Option<Self>> {
         let Some(url) = &config.url else { return Ok(None) };
         let target = HttpTarget::parse(url)?;
+        let tls = match target.tls {
+            true => Some(tls::Connector::new(config.ca.as_deref(), &target.host).context("user_centre")?),
+            false => None,
+        };
         let (tx, rx) = mpsc::channel(config.queue_len.max(1));
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
         let settings = (Duration::from_millis(config.timeout_ms), config.retries);
-        tasks.spawn(send_loop(target, rx, settings, metrics.clone(), stop.clone()));
+        tasks.spawn(send_loop((target, tls), rx, settings, metrics.clone(), stop.clone()));
         Ok(Some(Self { tx, node_id, metrics: metrics.clone(), stop, tasks }))
     }
 
@@ -97,7 +105,7 @@ fn count(metrics: &Metrics, outcome: &'static str) {
 }
 
 async fn send_loop(
-    target: HttpTarget,
+    (target, tls): (HttpTarget, Option<tls::Connector>),
     mut rx: mpsc::Receiver<Notice>,
     (timeout, retries): (Duration, u32),
     metrics: Metrics,
@@ -118,17 +126,13 @@ async fn send_loop(
         loop {
             let sent = tokio::time::timeout(timeout, async {
                 let addr = target.resolve().await?;
-                let host = format!("{}:{}", target.host, target.port);
-                crate::http_client::send(
+                let to = Endpoint {
                     addr,
-                    &host,
-                    "POST",
-                    &target.path,
-                    "application/json",
-                    None,
-                    body.clone(),
-                )
-                .await
+                    host: format!("{}:{}", target.host, target.port),
+                    tls: tls.as_ref().map(|c| (c.inner(), c.server_name())),
+                };
+                crate::http_client::send(&to, "POST", &target.path, "application/json", None, body.clone())
+                    .await
             })
             .await;
             let error = match sent {
@@ -170,7 +174,9 @@ mod tests {
             ("users.lan", 8080, "/notify?src=gw")
         );
         assert_eq!(HttpTarget::parse("http://users.lan").unwrap().port, 80);
-        assert!(HttpTarget::parse("https://users.lan/").unwrap_err().to_string().contains("http://"));
+        let secure = HttpTarget::parse("https://users.lan/").unwrap();
+        assert!(secure.tls && secure.port == 443, "{secure:?}");
+        assert!(HttpTarget::parse("ftp://users.lan/").unwrap_err().to_string().contains("https://"));
         assert!(HttpTarget::parse("not a url").is_err());
     }
 }

@@ -896,3 +896,40 @@ async fn a_public_listener_with_a_known_secret_refuses_to_start() {
     gateway.signal("TERM");
     assert_eq!(gateway.exited(Duration::from_secs(10)).await.0, Some(0));
 }
+
+/// With `listen.admin_tls`, the admin commands of the CLI reach the HTTPS admin listener,
+/// trusting the certificate the config names (`[tls] cert`) and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_reach_an_https_admin_listener() {
+    let (backend, _) = counting_backend().await;
+    let ca = wasmgate_tests::tls::TestCa::new("admin CA");
+    let probe = tempfile::tempdir().expect("temp dir");
+    ca.issue(&probe.path().join("cert.pem"), &probe.path().join("key.pem"));
+    let extra = "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[admin]\ntoken = \"cli-admin-token\"";
+    let at = setup(backend, extra);
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(probe.path().join(file), at.dir.path().join(file)).expect("copy");
+    }
+    let mut gateway = Gateway::start(&at.config, at.ws, &["--set", "listen.admin_tls=true"], &[]).await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .arg("--config")
+            .arg(&at.config)
+            .args(args)
+            .output()
+            .expect("the CLI");
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), said)
+    };
+    let (code, said) = cli(&["--set", "listen.admin_tls=true", "scripts"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("router"), "{said}");
+    // Another certificate in the config than the one served: refused.
+    ca.issue(&probe.path().join("other.pem"), &probe.path().join("other-key.pem"));
+    let other = format!("tls.cert=\"{}\"", probe.path().join("other.pem").display());
+    let (code, said) = cli(&["--set", "listen.admin_tls=true", "--set", &other, "scripts"]);
+    assert_eq!(code, Some(1), "{said}");
+    gateway.signal("TERM");
+    assert_eq!(gateway.exited(Duration::from_secs(10)).await.0, Some(0));
+}

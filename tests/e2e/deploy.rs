@@ -168,9 +168,15 @@ async fn refused_candidates_leave_the_live_version_running() {
     let (status, _) = h.deploy("nope", &hostile, None).await;
     assert_eq!(status, 404);
     let addr = h.gateway.admin_addr().expect("admin");
-    let (status, _) = wasmgate::http_client::request(addr, None, "POST", "/scripts/router", hostile.clone())
-        .await
-        .expect("post");
+    let (status, _) = wasmgate::http_client::request(
+        &wasmgate::http_client::Endpoint::plain(addr),
+        None,
+        "POST",
+        "/scripts/router",
+        hostile.clone(),
+    )
+    .await
+    .expect("post");
     assert_eq!(status, 401, "deploys need the token");
 }
 

@@ -16,4 +16,5 @@ mod routing;
 mod sandbox;
 mod security;
 mod service;
+mod tls;
 mod user_centre;

@@ -1,103 +1,23 @@
-//! docs/security.md end to end: TLS listeners with certificate rotation, the abuse limits
-//! tripped by real clients from another source address (127.0.0.2) while a client from
-//! 127.0.0.1 keeps being served, the admin listener's connection caps and token scopes, and
-//! the WebSocket `Origin` and `?token=` switches.
+//! docs/security.md end to end: the abuse limits tripped by real clients from another source
+//! address (127.0.0.2) while a client from 127.0.0.1 keeps being served, the admin listener's
+//! connection caps and token scopes, the WebSocket `Origin` and `?token=` switches. TLS is in
+//! `tls.rs`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wasmgate::config::{AdminToken, RateLimitsConfig, Scope};
-use wasmgate_tests::tls::{TestCa, connect_from};
+use wasmgate_tests::tls::connect_from;
 use wasmgate_tests::{
-    ADMIN_TOKEN, Client, Harness, PROMPT, Received, error_of, expect_closed, http, metric, token, wait_until,
+    ADMIN_TOKEN, Client, Harness, PROMPT, Received, echoes, error_of, expect_closed, http, token, wait_until,
     with_admin_token,
 };
 
 /// The heartbeat route (`routes.heartbeat`).
 const HEARTBEAT: u32 = 2;
 const OTHER_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
-
-/// Sends message 100 (routed to the echo backend) and expects its echo.
-async fn echoes(client: &mut Client, body: &str) {
-    let seq = client.send(100, body.as_bytes()).await.expect("send");
-    let (reply, _) = client.recv_reply(100, seq, PROMPT).await.expect("the echo");
-    assert_eq!(reply.body, body.as_bytes());
-}
-
-fn gateway_metric(h: &Harness, name_and_labels: &str) -> f64 {
-    metric(&h.gateway.metrics().render(), name_and_labels)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wss_tls_tcp_and_https_admin_serve_and_a_new_certificate_keeps_sessions() {
-    let certs = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let first_ca = TestCa::new("first CA");
-    first_ca.issue(&cert, &key);
-    let (cert_path, key_path) = (cert.clone(), key.clone());
-    let h = Harness::start_with(move |c| {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        c.listen.wss = Some(any);
-        c.listen.tcp_tls = Some(any);
-        c.tls.cert = Some(cert_path);
-        c.tls.key = Some(key_path);
-        c.listen.admin_tls = true;
-    })
-    .await;
-    let addrs = h.gateway.addrs();
-    let mut https =
-        first_ca.connect(addrs.admin.expect("admin"), &[b"http/1.1"]).await.expect("TLS to admin");
-    https.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut answer = String::new();
-    let _ = https.read_to_string(&mut answer).await;
-    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
-    let (wss, tcp_tls) = (addrs.wss.expect("wss"), addrs.tcp_tls.expect("tcp_tls"));
-
-    let tls = first_ca.connect(wss, &[b"http/1.1"]).await.expect("TLS to the wss listener");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "ALPN http/1.1");
-    let mut over_wss =
-        Client::ws_over(tls, &format!("wss://localhost:{}/ws", wss.port()), false).await.unwrap();
-    over_wss.login(1, &token("wss-user")).await.expect("login over wss");
-    echoes(&mut over_wss, "over wss").await;
-    let tls = first_ca.connect(tcp_tls, &[]).await.expect("TLS to the tcp_tls listener");
-    let mut over_tls_tcp = Client::tcp_over(tls, &h.config.tcp);
-    over_tls_tcp.login(1, &token("tls-tcp-user")).await.expect("login over TLS TCP");
-    echoes(&mut over_tls_tcp, "over TLS TCP").await;
-
-    // A client that trusts another CA, and a plain client on the TLS port, get nowhere.
-    let other_ca = TestCa::new("second CA");
-    assert!(other_ca.connect(wss, &[]).await.is_err(), "a certificate of an untrusted CA was accepted");
-    let mut plain = tokio::net::TcpStream::connect(tcp_tls).await.unwrap();
-    plain.write_all(b"\0\0\0\x0cnot a TLS client hello").await.unwrap();
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(PROMPT, plain.read_to_end(&mut rest)).await.expect("closed");
-    wait_until("failed handshakes are counted", || async {
-        gateway_metric(&h, "wasmgate_tls_handshakes_total{outcome=\"failed\"}") >= 2.0
-    })
-    .await;
-
-    // Rotation: a certificate of the second CA replaces the first at the next handshake; the
-    // sessions opened before keep working.
-    other_ca.issue(&cert, &key);
-    wait_until("the new certificate is served", || async { other_ca.connect(wss, &[]).await.is_ok() }).await;
-    assert!(first_ca.connect(wss, &[]).await.is_err(), "the old certificate is still served");
-    echoes(&mut over_wss, "still over wss").await;
-    echoes(&mut over_tls_tcp, "still over TLS TCP").await;
-
-    // A broken certificate file keeps the one in use (the failed reload is counted).
-    let failed_before = gateway_metric(&h, "wasmgate_tls_reloads_total{outcome=\"failed\"}");
-    wasmgate_tests::write_atomic(cert.clone(), "-----BEGIN CERTIFICATE-----\nnot base64\n");
-    wait_until("the failed reload is counted", || async {
-        gateway_metric(&h, "wasmgate_tls_reloads_total{outcome=\"failed\"}") > failed_before
-    })
-    .await;
-    let tls = other_ca.connect(tcp_tls, &[]).await.expect("the previous certificate is still served");
-    let mut late = Client::tcp_over(tls, &h.config.tcp);
-    late.login(1, &token("late-user")).await.expect("login after a failed reload");
-    echoes(&mut over_wss, "after a failed reload").await;
-}
 
 /// Connections per IP and new connections per IP per second: the third connection from
 /// 127.0.0.2 is refused (TCP: a `rate_limited` error frame; WebSocket: HTTP 429) while
@@ -127,7 +47,7 @@ async fn connections_per_ip_and_connect_rate_refuse_one_address_only() {
     // the close.
     let said = format!("{:#}", upgrade.err().expect("the upgrade is refused"));
     assert!(said.contains("429") || said.to_lowercase().contains("reset"), "{said}");
-    assert_eq!(gateway_metric(&h, "wasmgate_limited_total{limit=\"conn_per_ip\"}"), 2.0);
+    assert_eq!(h.metric("wasmgate_limited_total{limit=\"conn_per_ip\"}"), 2.0);
 
     let mut healthy = h.logged_in_ws("healthy").await;
     echoes(&mut healthy, "from 127.0.0.1").await;
@@ -157,7 +77,7 @@ async fn connections_per_ip_and_connect_rate_refuse_one_address_only() {
     }
     let error = refused.recv_within(PROMPT).await.unwrap().packet().expect("an error frame");
     assert_eq!(error_of(&error.body).0, "rate_limited");
-    assert_eq!(gateway_metric(&h, "wasmgate_limited_total{limit=\"connect_rate\"}"), 1.0);
+    assert_eq!(h.metric("wasmgate_limited_total{limit=\"connect_rate\"}"), 1.0);
     let mut healthy = h.tcp().await;
     healthy.login(1, &token("healthy")).await.expect("127.0.0.1 has its own bucket");
 }
@@ -209,9 +129,9 @@ async fn messages_and_bytes_per_session_are_refused_then_closed() {
     assert_eq!(echoed, sent[..echoed.len()], "the first packets pass");
     assert!((4..=5).contains(&refused.len()), "refused {refused:?}");
     assert_eq!(refused, sent[echoed.len()..echoed.len() + refused.len()], "then refusals, in order");
-    assert!(gateway_metric(&h, "wasmgate_limited_total{limit=\"messages\"}") >= 5.0);
+    assert!(h.metric("wasmgate_limited_total{limit=\"messages\"}") >= 5.0);
     wait_until("the close is counted", || async {
-        gateway_metric(&h, "wasmgate_sessions_closed_total{reason=\"rate_limited\"}") == 1.0
+        h.metric("wasmgate_sessions_closed_total{reason=\"rate_limited\"}") == 1.0
     })
     .await;
     echoes(&mut healthy, "still unaffected").await;
@@ -227,7 +147,7 @@ async fn messages_and_bytes_per_session_are_refused_then_closed() {
         answers.push(packet.msg_id);
     }
     assert_eq!(answers, [100, 100, 4], "the third packet overdraws the byte bucket");
-    assert_eq!(gateway_metric(&h, "wasmgate_limited_total{limit=\"bytes\"}"), 1.0);
+    assert_eq!(h.metric("wasmgate_limited_total{limit=\"bytes\"}"), 1.0);
 }
 
 /// Login attempts per IP, and accepted logins per user, each refused with `rate_limited`
@@ -259,14 +179,14 @@ async fn login_attempts_per_ip_and_logins_per_user_are_limited() {
         }
     }
     assert_eq!(answers, ["invalid_token", "invalid_token", "invalid_token", "rate_limited"]);
-    assert_eq!(gateway_metric(&h, "wasmgate_limited_total{limit=\"login_per_ip\"}"), 1.0);
+    assert_eq!(h.metric("wasmgate_limited_total{limit=\"login_per_ip\"}"), 1.0);
     // 127.0.0.1 logs in; the same user's second login within the minute is refused.
     let _first = h.logged_in_ws("popular").await;
     let mut second = h.ws(false).await;
     let seq = second.send(1, token("popular").as_bytes()).await.unwrap();
     let packet = second.recv_reply(4, seq, PROMPT).await.expect("an error frame").0;
     assert_eq!(error_of(&packet.body).0, "rate_limited");
-    assert_eq!(gateway_metric(&h, "wasmgate_limited_total{limit=\"login_per_user\"}"), 1.0);
+    assert_eq!(h.metric("wasmgate_limited_total{limit=\"login_per_user\"}"), 1.0);
     let _other = h.logged_in_ws("someone-else").await;
 }
 
@@ -293,7 +213,7 @@ async fn half_open_admin_connections_do_not_starve_healthz_or_clients() {
     let mut client = h.logged_in_ws("player").await;
     echoes(&mut client, "served").await;
     assert!(started.elapsed() < PROMPT);
-    assert!(gateway_metric(&h, "wasmgate_limited_total{limit=\"admin_connections\"}") >= 400.0);
+    assert!(h.metric("wasmgate_limited_total{limit=\"admin_connections\"}") >= 400.0);
     // The 16 that got a place are closed once their headers are late.
     let mut closed = 0;
     for stream in half_open.iter_mut() {

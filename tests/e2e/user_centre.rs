@@ -11,7 +11,7 @@ use wasmgate_tests::{Harness, PROMPT, metric};
 
 /// A user centre on a free port: answers 500 to the first `failures` requests, then 200; sends
 /// each request's JSON body (failed ones included) to the returned receiver.
-async fn user_centre(failures: usize) -> (String, mpsc::UnboundedReceiver<(u16, Value)>) {
+pub(crate) async fn user_centre(failures: usize) -> (String, mpsc::UnboundedReceiver<(u16, Value)>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/notify", listener.local_addr().expect("addr"));
     let (tx, rx) = mpsc::unbounded_channel();

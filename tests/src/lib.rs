@@ -165,6 +165,11 @@ impl Harness {
         }
     }
 
+    /// The value of `name{labels}` in the gateway's metrics now, 0 if absent.
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        metric(&self.gateway.metrics().render(), name_and_labels)
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.gateway.ws_addr().expect("ws listener"))
     }
@@ -225,8 +230,9 @@ impl Harness {
             path.extend(form_urlencoded::byte_serialize(config.to_string().as_bytes()));
         }
         let addr = self.admin_addr();
+        let to = wasmgate::http_client::Endpoint::plain(addr);
         let (status, text) =
-            wasmgate::http_client::request(addr, Some(ADMIN_TOKEN), "POST", &path, wasm.to_vec())
+            wasmgate::http_client::request(&to, Some(ADMIN_TOKEN), "POST", &path, wasm.to_vec())
                 .await
                 .expect("deploy request");
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
@@ -274,6 +280,13 @@ pub async fn http(
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, body.to_string())
+}
+
+/// Sends message 100 (routed to the echo backend by [`Harness`]'s maps) and expects its echo.
+pub async fn echoes(client: &mut Client, body: &str) {
+    let seq = client.send(100, body.as_bytes()).await.expect("send");
+    let (reply, _) = client.recv_reply(100, seq, PROMPT).await.expect("the echo");
+    assert_eq!(reply.body, body.as_bytes());
 }
 
 /// Config tweak: enables the admin API with [`ADMIN_TOKEN`].

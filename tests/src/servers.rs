@@ -1,8 +1,7 @@
 //! Real Redis and etcd servers for the cluster tests, started on free loopback ports (Debian
 //! `redis-server` and `etcd-server`; `.ci/run` installs them) and killed on drop.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -33,9 +32,11 @@ async fn wait_ready(what: &str, mut ready: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// A `redis-server` without persistence.
+/// A `redis-server` without persistence, plain or TLS-only.
 pub struct RedisServer {
     pub port: u16,
+    /// The CA file clients trust, for a TLS-only server.
+    ca: Option<PathBuf>,
     child: Child,
 }
 
@@ -48,25 +49,64 @@ impl RedisServer {
         let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]
             .map(String::from);
         let child = spawn("redis-server", &args);
-        let server = Self { port, child };
+        let server = Self { port, ca: None, child };
         wait_ready("redis-server", async || server.ping().await).await;
         server
     }
 
-    /// `redis://127.0.0.1:<port>/0`
+    /// A server that speaks TLS only (`--tls-port`), with the certificate `cert`/`key`;
+    /// clients trust `ca`. Its [`RedisServer::url`] is `rediss://localhost:<port>/0`.
+    pub async fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
+        let port = free_port();
+        let path = |p: &Path| p.display().to_string();
+        let args = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(cert),
+            "--tls-key-file",
+            &path(key),
+            "--tls-ca-cert-file",
+            &path(ca),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from);
+        let child = spawn("redis-server", &args);
+        let server = Self { port, ca: Some(ca.to_path_buf()), child };
+        wait_ready("redis-server (TLS)", async || server.ping().await).await;
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>/0`, or `rediss://localhost:<port>/0` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match self.ca {
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(_) => format!("rediss://localhost:{}/0", self.port),
+        }
+    }
+
+    fn client(&self) -> anyhow::Result<redis::Client> {
+        wasmgate::cluster::redis_client(&self.url(), self.ca.as_deref())
     }
 
     async fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else { return false };
+        let Ok(client) = self.client() else { return false };
         let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
         redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
     }
 
     /// Runs one command, returns its reply.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
-        let client = redis::Client::open(self.url()).expect("redis url");
+        let client = self.client().expect("redis url");
         let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
         cmd.query_async(&mut conn).await.expect("redis command")
     }
@@ -92,10 +132,13 @@ impl Drop for RedisServer {
     }
 }
 
-/// A single-member `etcd` with a temporary data directory.
+/// A single-member `etcd` with a temporary data directory, serving clients over plain HTTP or
+/// TLS.
 pub struct EtcdServer {
     pub port: u16,
     peer_port: u16,
+    /// Certificate, key and the CA clients trust, for a TLS server.
+    tls: Option<[PathBuf; 3]>,
     child: Child,
     data: TempDir,
 }
@@ -103,11 +146,20 @@ pub struct EtcdServer {
 impl EtcdServer {
     pub async fn start() -> Self {
         let data = tempfile::tempdir().expect("etcd data dir");
-        Self::start_with(free_port(), free_port(), data).await
+        Self::start_with(free_port(), free_port(), data, None).await
     }
 
-    async fn start_with(port: u16, peer_port: u16, data: TempDir) -> Self {
-        let client = format!("http://127.0.0.1:{port}");
+    /// A server whose client URL is `https://127.0.0.1:<port>`, with the certificate
+    /// `cert`/`key`; clients trust `ca`.
+    pub async fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
+        let data = tempfile::tempdir().expect("etcd data dir");
+        let tls = [cert, key, ca].map(Path::to_path_buf);
+        Self::start_with(free_port(), free_port(), data, Some(tls)).await
+    }
+
+    async fn start_with(port: u16, peer_port: u16, data: TempDir, tls: Option<[PathBuf; 3]>) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let dir: PathBuf = data.path().join("member");
         let args = [
@@ -131,28 +183,33 @@ impl EtcdServer {
             "100",
         ]
         .map(String::from);
+        let mut args = args.to_vec();
+        if let Some([cert, key, _]) = &tls {
+            args.extend(["--cert-file".into(), cert.display().to_string()]);
+            args.extend(["--key-file".into(), key.display().to_string()]);
+        }
         let child = spawn("etcd", &args);
-        let server = Self { port, peer_port, child, data };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_ready("etcd", async || {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-                && crate::http(addr, "GET", "/health", &[], b"").await.1.contains("true")
+        let server = Self { port, peer_port, tls, child, data };
+        wait_ready("etcd", async || match server.connect().await {
+            Ok(mut client) => client.status().await.is_ok(),
+            Err(_) => false,
         })
         .await;
         server
     }
 
-    /// `http://127.0.0.1:<port>`
+    /// `http://127.0.0.1:<port>`, or `https://` for a TLS server.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server and starts it again on the same ports with an EMPTY data directory:
     /// every registration is gone and nodes must register again.
     pub async fn restart_empty(self) -> Self {
-        let (port, peer_port) = (self.port, self.peer_port);
+        let (port, peer_port, tls) = (self.port, self.peer_port, self.tls.clone());
         drop(self);
-        Self::start_with(port, peer_port, tempfile::tempdir().expect("etcd data dir")).await
+        Self::start_with(port, peer_port, tempfile::tempdir().expect("etcd data dir"), tls).await
     }
 
     /// Puts `value` at `key`.
@@ -182,7 +239,14 @@ impl EtcdServer {
     }
 
     async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None).await.expect("etcd connect")
+        self.connect().await.expect("etcd connect")
+    }
+
+    async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
+        let endpoints = [self.endpoint()];
+        let ca = self.tls.as_ref().map(|[_, _, ca]| ca.as_path());
+        let options = wasmgate::cluster::etcd_options(&endpoints, ca)?;
+        Ok(etcd_client::Client::connect(endpoints, options).await?)
     }
 
     /// The keys under `prefix`.

@@ -15,6 +15,7 @@ use tokio_rustls::client::TlsStream;
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
+    pem: String,
 }
 
 impl TestCa {
@@ -25,7 +26,7 @@ impl TestCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().expect("CA key");
         let cert = params.self_signed(&key).expect("CA certificate");
-        Self { cert: cert.der().clone(), issuer: Issuer::new(params, key) }
+        Self { cert: cert.der().clone(), pem: cert.pem(), issuer: Issuer::new(params, key) }
     }
 
     /// Writes a server certificate for `localhost` and `127.0.0.1`, signed by this CA, to
@@ -70,4 +71,43 @@ pub async fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Tcp
     };
     socket.bind(SocketAddr::new(from, 0))?;
     socket.connect(addr).await
+}
+
+/// A TLS terminator on a free loopback port in front of the plain TCP service at `behind`,
+/// presenting `cert`/`key` (PEM): each connection is decrypted and relayed both ways. Returns
+/// its address; it serves until the test ends.
+pub async fn tls_terminator(cert: &Path, key: &Path, behind: SocketAddr) -> SocketAddr {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).expect("cert file").collect::<Result<_, _>>().expect("PEM chain");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("certificate and key");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let Ok(mut plain) = TcpStream::connect(behind).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+impl TestCa {
+    /// Writes this CA's certificate (PEM) to `path`, for configs that name a CA file.
+    pub fn write_pem(&self, path: &Path) {
+        crate::write_atomic(path.to_path_buf(), &self.pem);
+    }
 }

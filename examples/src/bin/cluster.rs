@@ -87,8 +87,14 @@ redis_url = "redis://127.0.0.1:{redis_port}/0"
 
 async fn push(admin: SocketAddr, n: usize) -> anyhow::Result<()> {
     let body = serde_json::json!({ "user_id": "bench", "data": n.to_string() }).to_string();
-    let (status, text) =
-        wasmgate::http_client::request(admin, Some(TOKEN), "POST", "/push/user", body.into_bytes()).await?;
+    let (status, text) = wasmgate::http_client::request(
+        &wasmgate::http_client::Endpoint::plain(admin),
+        Some(TOKEN),
+        "POST",
+        "/push/user",
+        body.into_bytes(),
+    )
+    .await?;
     anyhow::ensure!(status == 200, "push answered {status}: {text}");
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod location;
 mod node_id;
 mod registration;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,45 @@ use crate::session::Registry;
 
 /// How long joining waits for Redis or etcd before the start fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Redis client for `url` (`cluster.redis_url`): a `rediss://` URL runs TLS (rustls),
+/// trusting the PEM certificates in `ca`, or the system's roots when `None`. Errors: an
+/// invalid URL, an unreadable `ca`.
+pub fn redis_client(url: &str, ca: Option<&Path>) -> anyhow::Result<redis::Client> {
+    let client = match (url.starts_with("rediss://"), ca) {
+        (true, Some(ca)) => {
+            let root_cert =
+                std::fs::read(ca).with_context(|| format!("reading cluster.redis_ca {}", ca.display()))?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
+            )
+        }
+        _ => redis::Client::open(url),
+    };
+    client.context("cluster.redis_url")
+}
+
+/// etcd connection options for `endpoints`: TLS when they are `https://`, trusting the PEM
+/// certificates in `ca`, or the system's roots when `None`; `None` for plain endpoints.
+/// Errors: an unreadable `ca`.
+pub fn etcd_options(
+    endpoints: &[String],
+    ca: Option<&Path>,
+) -> anyhow::Result<Option<etcd_client::ConnectOptions>> {
+    if !endpoints.iter().any(|e| e.starts_with("https://")) {
+        return Ok(None);
+    }
+    let tls = match ca {
+        Some(ca) => {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading cluster.etcd_ca {}", ca.display()))?;
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(pem))
+        }
+        None => etcd_client::TlsOptions::new().with_native_roots(),
+    };
+    Ok(Some(etcd_client::ConnectOptions::new().with_tls(tls)))
+}
 
 struct RedisPart {
     client: redis::Client,
@@ -145,7 +185,7 @@ impl Cluster {
         let nodes = Arc::<NodeTable>::default();
         let redis = match &settings.redis_url {
             Some(url) => {
-                let client = redis::Client::open(url.as_str()).context("cluster.redis_url")?;
+                let client = redis_client(url, settings.redis_ca.as_deref())?;
                 let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, client.get_connection_manager())
                     .await
                     .context("connecting to Redis timed out")?
@@ -181,10 +221,16 @@ impl Cluster {
         let etcd = match settings.etcd_endpoints.as_slice() {
             [] => None,
             endpoints => Some(
-                tokio::time::timeout(CONNECT_TIMEOUT, etcd_client::Client::connect(endpoints, None))
-                    .await
-                    .context("connecting to etcd timed out")?
-                    .with_context(|| format!("connecting to etcd at {endpoints:?}"))?,
+                tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    etcd_client::Client::connect(
+                        endpoints,
+                        etcd_options(endpoints, settings.etcd_ca.as_deref())?,
+                    ),
+                )
+                .await
+                .context("connecting to etcd timed out")?
+                .with_context(|| format!("connecting to etcd at {endpoints:?}"))?,
             ),
         };
         let liveness = Liveness { node_id, incarnation, nodes: etcd.as_ref().map(|_| nodes.clone()) };

@@ -128,8 +128,11 @@ impl Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UserCentreConfig {
-    /// `http://host[:port]/path` receiving the notices.
+    /// `http://host[:port]/path` or `https://...` receiving the notices.
     pub url: Option<String>,
+    /// PEM file of the CA(s) an `https://` user centre's certificate is checked against;
+    /// `None`: the system's trusted roots.
+    pub ca: Option<PathBuf>,
     /// Wait for an answer per attempt, in ms.
     pub timeout_ms: u64,
     /// Retries after a failed attempt (non-2xx, no answer), with back-off 100 ms doubling.
@@ -140,7 +143,7 @@ pub struct UserCentreConfig {
 
 impl Default for UserCentreConfig {
     fn default() -> Self {
-        Self { url: None, timeout_ms: 2_000, retries: 3, queue_len: 10_000 }
+        Self { url: None, ca: None, timeout_ms: 2_000, retries: 3, queue_len: 10_000 }
     }
 }
 
@@ -149,12 +152,19 @@ impl Default for UserCentreConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Redis URL (`redis://127.0.0.1:6379/0`): node id claim (connectsrv), user location
-    /// and the cross-node bus (pushes, room broadcasts). `None`: none of these.
+    /// Redis URL (`redis://127.0.0.1:6379/0`, or `rediss://` for TLS): node id claim
+    /// (connectsrv), user location and the cross-node bus (pushes, room broadcasts). `None`:
+    /// none of these.
     pub redis_url: Option<String>,
-    /// etcd endpoints (`http://127.0.0.1:2379`): registration and discovery (connectsrv,
-    /// go-xserver's node table). Empty: no registration.
+    /// PEM file of the CA(s) a `rediss://` server's certificate is checked against; `None`:
+    /// the system's trusted roots.
+    pub redis_ca: Option<PathBuf>,
+    /// etcd endpoints (`http://127.0.0.1:2379`, or `https://` for TLS): registration and
+    /// discovery (connectsrv, go-xserver's node table). Empty: no registration.
     pub etcd_endpoints: Vec<String>,
+    /// PEM file of the CA(s) `https://` etcd endpoints (the cluster's and the config
+    /// centre's) are checked against; `None`: the system's trusted roots.
+    pub etcd_ca: Option<PathBuf>,
     /// Prefix of every Redis key and channel (`<prefix>:node:<id>`) and of etcd keys
     /// (`/<prefix>/nodes/<node.name>/<id>`).
     pub prefix: String,
@@ -182,7 +192,9 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_ca: None,
             etcd_endpoints: Vec::new(),
+            etcd_ca: None,
             prefix: "wasmgate".into(),
             node_type: "gateway".into(),
             ttl_s: 10,
@@ -607,6 +619,9 @@ impl Config {
         fix(&mut self.scripts.dir);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
+        fix(&mut self.user_centre.ca);
+        fix(&mut self.cluster.redis_ca);
+        fix(&mut self.cluster.etcd_ca);
     }
 
     /// Checks ranges and consistency. Called by [`Config::load`] and by the gateway before it

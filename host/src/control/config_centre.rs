@@ -65,7 +65,8 @@ pub async fn load(path: Option<&Path>, overrides: &toml::Table) -> anyhow::Resul
 
 async fn connect(config: &Config) -> anyhow::Result<etcd_client::Client> {
     let endpoints = config.config_centre_endpoints();
-    tokio::time::timeout(TIMEOUT, etcd_client::Client::connect(endpoints, None))
+    let options = crate::cluster::etcd_options(endpoints, config.cluster.etcd_ca.as_deref())?;
+    tokio::time::timeout(TIMEOUT, etcd_client::Client::connect(endpoints, options))
         .await
         .context("connecting to the config centre (etcd) timed out")?
         .with_context(|| format!("connecting to the config centre at {endpoints:?}"))

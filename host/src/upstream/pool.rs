@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,36 @@ use super::{Shared, UpstreamError, dispatch};
 use crate::maps::DestEntry;
 use crate::metrics::{DestLabel, DestOutcomeLabel};
 use crate::protocol::backend::{BackendCodec, BackendFrame, PROTOCOL_VERSION};
+use crate::tls;
+
+/// How a dest's connections are made: plain TCP, TLS (`"tls"` in its `dest_map.json` entry),
+/// or not at all when its TLS settings are unusable (every attempt fails with the reason).
+enum Transport {
+    Plain,
+    Tls(tls::Connector),
+    Unusable(String),
+}
+
+impl Transport {
+    fn of(dest: u32, entry: &DestEntry) -> Self {
+        let Some(settings) = &entry.tls else { return Self::Plain };
+        let host = entry.srv_addr.rsplit_once(':').map_or("", |(host, _)| host.trim_matches(['[', ']']));
+        let name = settings.server_name.as_deref().unwrap_or(host);
+        match tls::Connector::new(settings.ca.as_deref(), name) {
+            Ok(connector) => Self::Tls(connector),
+            Err(e) => {
+                tracing::error!(dest, "upstream TLS settings unusable, the dest stays down: {e:#}");
+                Self::Unusable(format!("{e:#}"))
+            }
+        }
+    }
+}
+
+/// A connected upstream stream.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
 
 /// How long a draining connection keeps reading replies after its last write.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -76,6 +105,7 @@ impl Pool {
         }
         let _ = shared.metrics.upstream_connections_up.get_or_create(&DestLabel { dest });
         let _ = shared.metrics.upstream_frames_in.get_or_create(&DestLabel { dest });
+        let transport = Arc::new(Transport::of(dest, &entry));
         let conns = (0..entry.pool_nums)
             .map(|index| {
                 let (tx, rx) = mpsc::channel(shared.settings.queue_len);
@@ -84,6 +114,7 @@ impl Pool {
                     dest,
                     index,
                     addr: entry.srv_addr.clone(),
+                    transport: transport.clone(),
                     rx,
                     up: up.clone(),
                     up_count: up_count.clone(),
@@ -197,6 +228,7 @@ struct ConnTask {
     dest: u32,
     index: usize,
     addr: String,
+    transport: Arc<Transport>,
     rx: mpsc::Receiver<BackendFrame>,
     up: Arc<AtomicBool>,
     up_count: Arc<AtomicUsize>,
@@ -222,18 +254,26 @@ impl ConnTask {
         loop {
             let connected = tokio::select! {
                 _ = self.stop.cancelled() => break,
-                r = tokio::time::timeout(connect_timeout, TcpStream::connect(&self.addr)) => r,
+                r = tokio::time::timeout(connect_timeout, self.connect()) => r,
             };
             match connected {
                 Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
                     if failures > 0 {
                         tracing::info!(dest = self.dest, conn = self.index, addr = %self.addr, "upstream connected after {failures} failed attempts");
                     }
                     failures = 0;
                     backoff = initial;
                     self.set_up(true);
-                    let ended = self.serve(stream).await;
+                    let ended = match stream {
+                        Stream::Plain(stream) => {
+                            let (read, write) = stream.into_split();
+                            self.serve(read, write).await
+                        }
+                        Stream::Tls(stream) => {
+                            let (read, write) = tokio::io::split(stream);
+                            self.serve(read, write).await
+                        }
+                    };
                     self.set_up(false);
                     self.fail_queued("connection lost");
                     if matches!(ended, Ended::Stopped) {
@@ -251,6 +291,19 @@ impl ConnTask {
             backoff = (backoff * 2).min(max);
         }
         self.fail_queued("dest removed");
+    }
+
+    /// Connects (and runs the TLS handshake, for a TLS dest).
+    async fn connect(&self) -> std::io::Result<Stream> {
+        if let Transport::Unusable(why) = &*self.transport {
+            return Err(std::io::Error::other(format!("TLS settings unusable: {why}")));
+        }
+        let stream = TcpStream::connect(&self.addr).await?;
+        let _ = stream.set_nodelay(true);
+        match &*self.transport {
+            Transport::Tls(connector) => Ok(Stream::Tls(Box::new(connector.connect(stream).await?))),
+            _ => Ok(Stream::Plain(stream)),
+        }
     }
 
     fn connect_failed(&mut self, failures: &mut u32, why: &str) {
@@ -285,8 +338,11 @@ impl ConnTask {
         }
     }
 
-    async fn serve(&mut self, stream: TcpStream) -> Ended {
-        let (read, write) = stream.into_split();
+    async fn serve<R, W>(&mut self, read: R, write: W) -> Ended
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send,
+    {
         let mut writer = FramedWrite::new(write, BackendCodec::default());
         let hello = BackendFrame::Hello {
             version: PROTOCOL_VERSION,
@@ -339,9 +395,9 @@ impl ConnTask {
 
     /// Writes and flushes `batch`; on failure answers its frames with errors. Returns whether
     /// the write succeeded.
-    async fn write_batch(
+    async fn write_batch<W: AsyncWrite + Unpin>(
         &mut self,
-        writer: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, BackendCodec>,
+        writer: &mut FramedWrite<W, BackendCodec>,
         batch: &mut Vec<BackendFrame>,
     ) -> bool {
         let mut ok = true;
@@ -370,7 +426,11 @@ impl ConnTask {
     }
 }
 
-async fn read_loop(mut reader: FramedRead<OwnedReadHalf, BackendCodec>, dest: u32, shared: Arc<Shared>) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: FramedRead<R, BackendCodec>,
+    dest: u32,
+    shared: Arc<Shared>,
+) {
     let frames_in = shared.metrics.upstream_frames_in.get_or_create(&DestLabel { dest }).clone();
     while let Some(next) = reader.next().await {
         match next {

@@ -40,6 +40,29 @@ pub type PacketStream = Pin<Box<dyn Stream<Item = anyhow::Result<Bytes>> + Send>
 pub enum Conn {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
     Tcp(Framed<TcpStream, LengthDelimitedCodec>),
+    /// WebSocket over TLS (`wss://`; the `tls` scenario), sent to and read only.
+    Wss(Box<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+/// The client's WebSocket settings: a 4 KiB read buffer and no write buffer, so a worker
+/// holding thousands stays small.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
+}
+
+/// The next binary frame of `ws`; `None` once the server closed.
+async fn next_binary<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<anyhow::Result<Bytes>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        return match ws.next().await? {
+            Ok(Message::Binary(frame)) => Some(Ok(frame)),
+            Ok(Message::Close(_)) => None,
+            Ok(_) => continue,
+            Err(e) => Some(Err(e.into())),
+        };
+    }
 }
 
 impl Conn {
@@ -51,8 +74,7 @@ impl Conn {
         Ok(match transport {
             Transport::Ws => {
                 let url = format!("ws://{server}/ws");
-                let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-                let (ws, _) = tokio_tungstenite::client_async_with_config(&url, stream, Some(config))
+                let (ws, _) = tokio_tungstenite::client_async_with_config(&url, stream, Some(ws_config()))
                     .await
                     .with_context(|| format!("WebSocket handshake with {url}"))?;
                 Conn::Ws(Box::new(ws))
@@ -62,6 +84,23 @@ impl Conn {
                 wasmgate::downstream::tcp::codec(&TcpFramingConfig::default(), 1 << 20),
             )),
         })
+    }
+
+    /// `wss://` on a connected `stream` to `server`: the TLS handshake (server name
+    /// `localhost`) with `tls`, then the WebSocket handshake. Errors: either handshake's.
+    pub async fn open_wss(
+        stream: TcpStream,
+        server: SocketAddr,
+        tls: &tokio_rustls::TlsConnector,
+    ) -> anyhow::Result<Self> {
+        stream.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let stream = tls.connect(name, stream).await.context("TLS handshake")?;
+        let url = format!("wss://{server}/ws");
+        let (ws, _) = tokio_tungstenite::client_async_with_config(&url, stream, Some(ws_config()))
+            .await
+            .with_context(|| format!("WebSocket handshake with {url}"))?;
+        Ok(Conn::Wss(Box::new(ws)))
     }
 
     /// Connects to `server` over `transport` from the kernel's choice of address.
@@ -74,6 +113,7 @@ impl Conn {
     pub async fn send(&mut self, packet: Bytes) -> anyhow::Result<()> {
         match self {
             Conn::Ws(ws) => ws.send(Message::Binary(packet)).await?,
+            Conn::Wss(ws) => ws.send(Message::Binary(packet)).await?,
             Conn::Tcp(framed) => framed.send(packet).await?,
         }
         Ok(())
@@ -81,16 +121,10 @@ impl Conn {
 
     /// The next encoded packet; `None` once the server closed.
     pub async fn next_packet(&mut self) -> Option<anyhow::Result<Bytes>> {
-        loop {
-            return match self {
-                Conn::Ws(ws) => match ws.next().await? {
-                    Ok(Message::Binary(frame)) => Some(Ok(frame)),
-                    Ok(Message::Close(_)) => None,
-                    Ok(_) => continue,
-                    Err(e) => Some(Err(e.into())),
-                },
-                Conn::Tcp(framed) => Some(framed.next().await?.map(BytesMut::freeze).map_err(Into::into)),
-            };
+        match self {
+            Conn::Ws(ws) => next_binary(ws).await,
+            Conn::Wss(ws) => next_binary(ws).await,
+            Conn::Tcp(framed) => Some(framed.next().await?.map(BytesMut::freeze).map_err(Into::into)),
         }
     }
 
@@ -109,9 +143,11 @@ impl Conn {
         }
     }
 
-    /// The two halves, for a writer and a reader that run apart.
-    pub fn split(self) -> (PacketSink, PacketStream) {
-        match self {
+    /// The two halves, for a writer and a reader that run apart. Errors: a `wss` session
+    /// (only the `tls` scenario opens them, and it does not split them).
+    pub fn split(self) -> anyhow::Result<(PacketSink, PacketStream)> {
+        Ok(match self {
+            Conn::Wss(_) => bail!("wss sessions are not split"),
             Conn::Ws(ws) => {
                 let (tx, rx) = ws.split();
                 let tx = tx
@@ -132,6 +168,6 @@ impl Conn {
                 let rx = rx.map(|r| r.map(BytesMut::freeze).map_err(anyhow::Error::from));
                 (Box::pin(tx.sink_map_err(anyhow::Error::from)), Box::pin(rx))
             }
-        }
+        })
     }
 }

@@ -8,6 +8,8 @@
 //!   mosquitto topics): `fanout.rs`.
 //! - `login-storm`: logins/s through the auth script over fresh connections: `login_storm.rs`.
 //! - `swap`: relay while the router is redeployed, steady vs swapping: `swap.rs`.
+//! - `tls`: idle memory per `wss` session and new TLS sessions/s, against plain WebSocket and
+//!   nginx terminating TLS in front of Node `ws`: `tls.rs`.
 //!
 //! Build first: `cargo build --release -p wasmgate -p wasmgate-examples`; for `node-ws`, run
 //! `examples/peers/setup.sh` once.
@@ -26,6 +28,7 @@ mod login_storm;
 mod peers;
 mod relay;
 mod swap;
+mod tls;
 
 const SECRET: &str = "loadgen-bench-secret";
 /// Login message id of the default routes.
@@ -152,6 +155,29 @@ enum Scenario {
         #[arg(long)]
         gateway: Option<PathBuf>,
     },
+    /// What TLS costs: idle memory per logged-in session and new sessions/s (full handshakes)
+    /// on plain ws, wasmgate's wss, and nginx terminating TLS in front of Node ws.
+    Tls {
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "wasmgate-ws,wasmgate-wss,nginx-node-wss"
+        )]
+        targets: Vec<tls::TlsTarget>,
+        /// Idle sessions held (from this process: at most ~19k).
+        #[arg(long, default_value_t = 5_000)]
+        sessions: usize,
+        /// Length of the new-sessions phase, seconds.
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Clients connecting at once in that phase.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
     /// (internal) Open sessions from one source address and hold them until stdin closes.
     #[command(hide = true)]
     Worker {
@@ -225,6 +251,14 @@ fn main() -> anyhow::Result<()> {
                 component,
             };
             runtime.block_on(swap::run(swaps, gateway.as_deref()))
+        }
+        Scenario::Tls { targets, sessions, seconds, concurrency, gateway } => {
+            let load = tls::Load {
+                sessions: sessions.max(1),
+                seconds: seconds.max(0.5),
+                concurrency: concurrency.max(1),
+            };
+            runtime.block_on(tls::run(&targets, load, gateway.as_deref()))
         }
         Scenario::Worker { server, transport, source, first, sessions, concurrency } => {
             runtime.block_on(idle::worker(server, transport, source, first, sessions, concurrency))

@@ -132,3 +132,67 @@ pub fn children(pid: u32) -> Vec<u32> {
         .filter_map(|p| p.parse().ok())
         .collect()
 }
+
+/// nginx (2 workers) on `port` proxying WebSockets to Node's `ws` echo server (2 workers),
+/// terminating TLS with `tls` (certificate and key files) when given; config and logs in `dir`.
+pub async fn nginx_node(
+    port: u16,
+    dir: tempfile::TempDir,
+    tls: Option<(&Path, &Path)>,
+) -> anyhow::Result<Servers> {
+    let node_port = wasmgate_examples::bench::free_port()?;
+    let node = node_ws(node_port, 2, "echo").await?;
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(port, node_port, dir.path(), tls))?;
+    let nginx = Command::new("nginx")
+        .args(["-p", &dir.path().display().to_string(), "-c", &conf.display().to_string()])
+        .args(["-g", "daemon off;"])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting nginx (examples/peers/setup.sh installs it)")?;
+    let servers = Servers { children: vec![nginx, node], gateway: None, _dir: dir, port };
+    wait_listening(port, "nginx").await?;
+    Ok(servers)
+}
+
+/// nginx as a WebSocket proxy (RFC 6455 section 4 upgrade passed through), loopback only;
+/// terminating TLS with `tls` (certificate and key files) when given.
+fn nginx_conf(port: u16, upstream: u16, prefix: &Path, tls: Option<(&Path, &Path)>) -> String {
+    let ssl = match tls {
+        Some((cert, key)) => format!(
+            " ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3",
+            cert.display(),
+            key.display()
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream node {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port}{ssl};
+        location / {{
+            proxy_pass http://node;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 3600s;
+            proxy_buffering off;
+            tcp_nodelay on;
+        }}
+    }}
+}}
+"#,
+        prefix = prefix.display()
+    )
+}

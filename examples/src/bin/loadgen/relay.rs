@@ -18,7 +18,7 @@
 //! servers.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use wasmgate::protocol::client::{decode_binary, encode_binary};
 use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
 
 use super::conn::{Conn, PacketSink, PacketStream, Transport};
-use super::peers::{Servers, node_ws, sibling, wait_listening};
+use super::peers::{Servers, nginx_node, sibling, wait_listening};
 
 /// Message id relayed to dest 101 by the default maps.
 const ECHO: u32 = 100;
@@ -111,55 +111,11 @@ async fn start(
             Ok((Servers { children: vec![backend], gateway: Some(gateway), _dir: dir, port }, Some(admin)))
         }
         RelayTarget::NginxNode => {
-            let node_port = free_port()?;
-            let node = node_ws(node_port, 2, "echo").await?;
-            let conf = dir.path().join("nginx.conf");
-            std::fs::write(&conf, nginx_conf(port, node_port, dir.path()))?;
-            let nginx = Command::new("nginx")
-                .args(["-p", &dir.path().display().to_string(), "-c", &conf.display().to_string()])
-                .args(["-g", "daemon off;"])
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("starting nginx (examples/peers/setup.sh installs it)")?;
-            let servers = Servers { children: vec![nginx, node], gateway: None, _dir: dir, port };
-            wait_listening(port, "nginx").await?;
+            let servers = nginx_node(port, dir, None).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok((servers, None))
         }
     }
-}
-
-/// nginx as a WebSocket proxy (RFC 6455 section 4 upgrade passed through), loopback only.
-fn nginx_conf(port: u16, upstream: u16, prefix: &Path) -> String {
-    format!(
-        r#"worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    upstream node {{ server 127.0.0.1:{upstream}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://node;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout 3600s;
-            proxy_buffering off;
-            tcp_nodelay on;
-        }}
-    }}
-}}
-"#,
-        prefix = prefix.display()
-    )
 }
 
 /// A connection's two halves, kept across phases.
@@ -171,7 +127,7 @@ async fn connect(port: u16, transport: Transport, n: usize, login: bool) -> anyh
     if login {
         conn.login(&format!("relay-{n}"), Duration::from_secs(10)).await?;
     }
-    Ok(conn.split())
+    conn.split()
 }
 
 fn packet(seq: u32, stamp: Instant, epoch: Instant) -> Bytes {
@@ -341,7 +297,14 @@ pub async fn run(
 /// `wasmgate_script_call_duration_seconds{script="router"}` over the run).
 async fn print_router_calls(target: RelayTarget, admin: u16) {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
-    let Ok((_, text)) = wasmgate::http_client::request(addr, None, "GET", "/metrics", Vec::new()).await
+    let Ok((_, text)) = wasmgate::http_client::request(
+        &wasmgate::http_client::Endpoint::plain(addr),
+        None,
+        "GET",
+        "/metrics",
+        Vec::new(),
+    )
+    .await
     else {
         return;
     };

@@ -125,9 +125,14 @@ enabled = {pooling}
     while Instant::now() < until {
         let started = Instant::now();
         let router = routers[swaps.len() % routers.len()].clone();
-        let (status, text) =
-            wasmgate::http_client::request(admin_addr, Some(TOKEN), "POST", "/scripts/router", router)
-                .await?;
+        let (status, text) = wasmgate::http_client::request(
+            &wasmgate::http_client::Endpoint::plain(admin_addr),
+            Some(TOKEN),
+            "POST",
+            "/scripts/router",
+            router,
+        )
+        .await?;
         anyhow::ensure!(status == 200, "deploy answered {status}: {text}");
         swaps.push(started.elapsed().as_nanos() as u64);
         tokio::time::sleep(Duration::from_millis(args.every_ms)).await;

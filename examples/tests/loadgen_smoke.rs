@@ -1,8 +1,8 @@
 //! Smoke runs of the load generator (seconds): the `idle` scenario with its worker processes
 //! on two source addresses against wasmgate in-process, over WebSocket and over TCP; `relay`
-//! (WebSocket and TCP clients), `fanout`, `login-storm` and
-//! `swap` against the wasmgate binary. The full benchmark, and the peers, run outside the test
-//! suite (docs/benchmarks.md).
+//! (WebSocket and TCP clients), `fanout`, `login-storm`, `swap` and `tls` (plain and TLS
+//! WebSocket) against the wasmgate binary. The full benchmark, and the peers, run outside the
+//! test suite (docs/benchmarks.md).
 
 use std::process::Command;
 
@@ -111,4 +111,29 @@ fn swap_scenario_loses_nothing_across_redeploys() {
     assert_eq!(result["lost"], 0, "{result}");
     assert!(result["swaps"].as_u64().is_some_and(|n| n >= 2), "{result}");
     assert!(result["swapping"]["round_trips"].as_u64().is_some_and(|n| n > 0), "{result}");
+}
+
+/// Smoke run of `tls` against the wasmgate binary, plain and over TLS: every session opens,
+/// and new TLS sessions keep coming (nginx needs the peers installed: outside the suite).
+#[test]
+fn tls_scenario_opens_sessions_over_ws_and_wss() {
+    gateway_binary_built();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["tls", "--targets", "wasmgate-ws,wasmgate-wss", "--sessions", "50", "--seconds", "0.5"])
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "loadgen failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let runs: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    for (run, target) in runs.iter().zip(["WasmgateWs", "WasmgateWss"]) {
+        assert_eq!(run["target"], target, "{run}");
+        assert_eq!(run["sessions"], 50, "{run}");
+        assert!(run["new_sessions_per_s"].as_f64().is_some_and(|r| r > 0.0), "{run}");
+    }
+    assert!(stdout.contains("tls ratio: wasmgate wss / ws"), "{stdout}");
 }

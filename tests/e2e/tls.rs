@@ -42,7 +42,10 @@ async fn wss_tls_tcp_and_https_admin_serve_and_a_new_certificate_keeps_sessions(
         Client::ws_over(tls, &format!("wss://localhost:{}/ws", wss.port()), false).await.unwrap();
     over_wss.login(1, &token("wss-user")).await.expect("login over wss");
     echoes(&mut over_wss, "over wss").await;
-    let tls = first_ca.connect(tcp_tls, &[]).await.expect("TLS to the tcp_tls listener");
+    // TLS 1.2 as well as 1.3.
+    let tls =
+        first_ca.connect_with(tcp_tls, &[], &[&rustls::version::TLS12]).await.expect("TLS 1.2 to tcp_tls");
+    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
     let mut over_tls_tcp = Client::tcp_over(tls, &h.config.tcp);
     over_tls_tcp.login(1, &token("tls-tcp-user")).await.expect("login over TLS TCP");
     echoes(&mut over_tls_tcp, "over TLS TCP").await;

@@ -41,13 +41,17 @@ impl TestCa {
         crate::write_atomic(cert.to_path_buf(), &signed.pem());
     }
 
-    /// A TLS client trusting only this CA, offering `alpn`.
-    pub fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+    /// A TLS client trusting only this CA, offering `alpn` and the TLS `versions`.
+    pub fn connector(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.clone()).expect("CA into the root store");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -55,11 +59,21 @@ impl TestCa {
         TlsConnector::from(Arc::new(config))
     }
 
-    /// A TLS connection to `addr` (server name `localhost`) trusting only this CA.
+    /// A TLS 1.2 or 1.3 connection to `addr` (server name `localhost`) trusting only this CA.
     pub async fn connect(&self, addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
+        self.connect_with(addr, alpn, rustls::DEFAULT_VERSIONS).await
+    }
+
+    /// The same, offering only the TLS `versions`.
+    pub async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let stream = TcpStream::connect(addr).await?;
         let name = ServerName::try_from("localhost").expect("a DNS name");
-        self.connector(alpn).connect(name, stream).await
+        self.connector(alpn, versions).connect(name, stream).await
     }
 }
 

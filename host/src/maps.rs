@@ -91,21 +91,61 @@ pub enum MapError {
     Invalid { what: &'static str, message: String },
 }
 
-fn parse_keys<V>(what: &'static str, raw: BTreeMap<String, V>) -> Result<BTreeMap<u32, V>, MapError> {
-    raw.into_iter()
-        .map(|(k, v)| {
-            k.trim()
-                .parse::<u32>()
-                .map(|id| (id, v))
-                .map_err(|_| MapError::Invalid { what, message: format!("key `{k}` is not a u32 id") })
-        })
-        .collect()
+/// A JSON object's entries in file order, duplicates kept (a plain map would keep only the
+/// last of two equal keys, silently).
+struct Entries<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = Entries<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The entries keyed by id. Errors: a key that is not a u32 id, or two keys naming one id
+/// (`"101"` twice, or `"101"` and `" 101"`).
+fn parse_keys<V>(what: &'static str, raw: Entries<V>) -> Result<BTreeMap<u32, V>, MapError> {
+    let mut map = BTreeMap::new();
+    for (key, value) in raw.0 {
+        let id = key
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| MapError::Invalid { what, message: format!("key `{key}` is not a u32 id") })?;
+        if map.insert(id, value).is_some() {
+            return Err(MapError::Invalid { what, message: format!("id {id} appears twice") });
+        }
+    }
+    Ok(map)
+}
+
+/// Whether `addr` is `host:port`: a port number, and a DNS name or IPv4 address without `:`,
+/// or an IPv6 address in brackets (`[::1]:7201`).
+fn is_host_port(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else { return false };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && !host.contains([':', '[', ']']),
+    };
+    host_ok && port.parse::<u16>().is_ok()
 }
 
 /// Parses and validates `dest_map.json` text.
 pub fn parse_dest_map(text: &str) -> Result<DestMap, MapError> {
     const WHAT: &str = "dest_map";
-    let raw: BTreeMap<String, DestEntry> =
+    let raw: Entries<DestEntry> =
         serde_json::from_str(text).map_err(|e| MapError::Invalid { what: WHAT, message: e.to_string() })?;
     let map = parse_keys(WHAT, raw)?;
     for (id, entry) in &map {
@@ -113,11 +153,7 @@ pub fn parse_dest_map(text: &str) -> Result<DestMap, MapError> {
             let message = format!("dest {id}: poolNums must be 1..={MAX_POOL_NUMS}");
             return Err(MapError::Invalid { what: WHAT, message });
         }
-        let port_ok = entry
-            .srv_addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
+        if !is_host_port(&entry.srv_addr) {
             let message = format!("dest {id}: srvAddr `{}` is not host:port", entry.srv_addr);
             return Err(MapError::Invalid { what: WHAT, message });
         }
@@ -129,7 +165,7 @@ pub fn parse_dest_map(text: &str) -> Result<DestMap, MapError> {
 /// (string, see [`check_script_name`]).
 pub fn parse_message_map(text: &str) -> Result<MessageMap, MapError> {
     const WHAT: &str = "message_map";
-    let raw: BTreeMap<String, Target> = serde_json::from_str(text).map_err(|e| MapError::Invalid {
+    let raw: Entries<Target> = serde_json::from_str(text).map_err(|e| MapError::Invalid {
         what: WHAT,
         message: format!("{e} (each value is a dest id or a handler script name)"),
     })?;
@@ -228,8 +264,23 @@ mod tests {
         assert!(e.contains("handler script name"), "{e}");
         let e = parse_dest_map(r#"{"1": {"poolNums": 0, "srvAddr": "a:1"}}"#).unwrap_err().to_string();
         assert!(e.contains("poolNums"), "{e}");
-        let e = parse_dest_map(r#"{"1": {"poolNums": 1, "srvAddr": "nohost"}}"#).unwrap_err().to_string();
-        assert!(e.contains("srvAddr"), "{e}");
+        for bad in ["nohost", "::::1:80", "[::1:80", "a:b:80", ":80", "[nothex]:80", "host:99999"] {
+            let text = format!(r#"{{"1": {{"poolNums": 1, "srvAddr": "{bad}"}}}}"#);
+            let e = parse_dest_map(&text).unwrap_err().to_string();
+            assert!(e.contains("srvAddr"), "{bad}: {e}");
+        }
+        for good in ["[::1]:7201", "127.0.0.1:7201", "name.internal:8505"] {
+            let text = format!(r#"{{"1": {{"poolNums": 1, "srvAddr": "{good}"}}}}"#);
+            parse_dest_map(&text).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let e = parse_dest_map(
+            r#"{"1": {"poolNums": 1, "srvAddr": "a:1"}, "1": {"poolNums": 2, "srvAddr": "b:1"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("id 1 appears twice"), "{e}");
+        let e = parse_message_map(r#"{"100": 101, " 100": 102}"#).unwrap_err().to_string();
+        assert!(e.contains("id 100 appears twice"), "{e}");
         let e = parse_dest_map(r#"{"1": {"poolNums": 1, "srvAddr": "a:1", "bogus": 2}}"#)
             .unwrap_err()
             .to_string();

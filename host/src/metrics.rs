@@ -136,8 +136,16 @@ pub struct Metrics {
     pub cluster_nodes: Gauge,
     pub user_centre_notices: Family<OutcomeLabel, Counter>,
     pub limited: Family<LimitLabel, Counter>,
+    pub upstream_bad_frames: Family<DestErrorLabel, Counter>,
     pub tls_handshakes: Family<OutcomeLabel, Counter>,
     pub tls_reloads: Family<OutcomeLabel, Counter>,
+}
+
+/// A dest and what was wrong with a frame from it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestErrorLabel {
+    pub dest: u32,
+    pub error: &'static str,
 }
 
 /// Which abuse limit refused something (docs/security.md).
@@ -204,6 +212,7 @@ impl Metrics {
             cluster_nodes: Gauge::default(),
             user_centre_notices: Family::default(),
             limited: Family::default(),
+            upstream_bad_frames: Family::default(),
             tls_handshakes: Family::default(),
             tls_reloads: Family::default(),
         };
@@ -404,6 +413,13 @@ impl Metrics {
             "user_centre_notices",
             "Login/logout notices to the user centre: ok, failed (retries spent), dropped (queue full)",
             m.user_centre_notices.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "upstream_bad_frames",
+            "Frames from backends skipped as malformed (unknown_kind, truncated, not_utf8, gateway_to_backend_kind) or applied with a fault (kick_reason_not_utf8)",
+            m.upstream_bad_frames.clone(),
         );
         register(
             &mut r,

@@ -49,7 +49,9 @@ impl Telemetry {
     pub fn init(format: LogFormat, config: &TelemetryConfig, export: bool) -> anyhow::Result<Self> {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         // Logs go to stderr (journald keeps it); stdout is for the CLI commands' answers.
-        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        // Colour only on a terminal: escape codes in journald or a log file are noise.
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(terminal);
         let logs = match format {
             LogFormat::Text => logs.boxed(),
             LogFormat::Json => logs.json().boxed(),

@@ -933,3 +933,41 @@ async fn admin_commands_reach_an_https_admin_listener() {
     gateway.signal("TERM");
     assert_eq!(gateway.exited(Duration::from_secs(10)).await.0, Some(0));
 }
+
+/// Text logs to something that is not a terminal carry no ANSI colour codes (journald, files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_off_a_terminal_have_no_colour_codes() {
+    use std::io::BufRead as _;
+    let (backend, _) = counting_backend().await;
+    let at = setup(backend, "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(["--log-format", "text", "--config"])
+        .arg(&at.config)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting wasmgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let done = line.contains("wasmgate serving");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let deadline = Instant::now() + PROMPT;
+    while !lines.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.join().expect("reader");
+    assert!(lines.iter().any(|l| l.contains("wasmgate serving")), "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "colour codes in {lines:?}");
+}

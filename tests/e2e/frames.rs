@@ -2,6 +2,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use wasmgate::config::TcpFramingConfig;
 use wasmgate_examples::client::Client;
 use wasmgate_tests::{Harness, PROMPT, Received, error_of, expect_error_then_close, token};
@@ -18,6 +20,12 @@ async fn malformed_ws_frames_close_with_documented_codes() {
     let mut bad_json = h.ws(true).await;
     bad_json.send_ws_raw(Message::text("{not json")).await.unwrap();
     expect_error_then_close(&mut bad_json, "malformed_json", Some(1007)).await;
+
+    // RFC 6455 section 8.1: a text frame that is not UTF-8 fails the connection with 1007.
+    let mut not_utf8 = h.ws(true).await;
+    let frame = Frame::message(Bytes::from_static(b"{\"id\": 1, \xff}"), OpCode::Data(Data::Text), true);
+    not_utf8.send_ws_raw(Message::Frame(frame)).await.unwrap();
+    expect_error_then_close(&mut not_utf8, "invalid_utf8", Some(1007)).await;
 
     let mut big = h.ws(false).await;
     big.login(1, &token("big")).await.unwrap();
@@ -96,5 +104,26 @@ async fn a_message_many_times_the_read_buffer_arrives_whole() {
         let seq = client.send(100, &body).await.unwrap();
         let (echo, _) = client.recv_reply(100, seq, PROMPT).await.unwrap();
         assert_eq!(echo.body, body);
+    }
+}
+
+/// RFC 6455 section 4.2.1: an upgrade whose `Sec-WebSocket-Key` is not 16 base64-encoded
+/// bytes is refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_with_a_bad_key_is_refused() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let h = Harness::start().await;
+    let ws = h.gateway.ws_addr().unwrap();
+    for (key, status) in [("dGhlIHNhbXBsZSBub25jZQ==", "101"), ("c2hvcnQ=", "400"), ("not base64!", "400")] {
+        let mut stream = tokio::net::TcpStream::connect(ws).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 128];
+        let n = tokio::time::timeout(PROMPT, stream.read(&mut head)).await.unwrap().unwrap();
+        let line = String::from_utf8_lossy(&head[..n]).to_string();
+        assert_eq!(line.split_whitespace().nth(1), Some(status), "key {key}: {line}");
     }
 }

@@ -186,12 +186,7 @@ async fn sessions_on_a_down_pool_connection_use_another_live_one() {
             }
         }
     });
-    let h = Harness::start().await;
-    wasmgate_tests::write_dest_map(&h.dir, &[(101, h.backend.addr), (301, addr)]);
-    wasmgate_tests::write_message_map(&h.dir, &[(100, 101), (300, 301)]);
-    h.wait_upstream(301, 1).await;
-    // Let the second connection's attempts fail (refused) for a while.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let h = with_dest_301(addr).await;
     assert_eq!(h.gateway.upstream_connections_up(301), 1, "one connection up, one down");
     let mut clients = Vec::new();
     for i in 0..8 {
@@ -211,4 +206,77 @@ async fn sessions_on_a_down_pool_connection_use_another_live_one() {
     let (_, metrics) = h.admin_get("/metrics").await;
     let unavailable = "wasmgate_routed_total{dest=\"301\",outcome=\"upstream_unavailable\"}";
     assert_eq!(wasmgate_tests::metric(&metrics, unavailable), 0.0);
+}
+
+/// A backend that sends malformed frames (an unknown kind, a truncated reply, a gateway-only
+/// kind) and a kick whose reason is not UTF-8 keeps its connection: the bad frames are skipped
+/// and counted, the kick is applied, and the reply after them arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_backend_frames_are_skipped_and_a_kick_with_a_bad_reason_applies() {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    use wasmgate::protocol::backend::{BackendCodec, BackendFrame};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (victim_tx, victim_rx) = tokio::sync::oneshot::channel::<u64>();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        drop(listener); // one connection of the pool: the other stays down
+        let (read, mut write) = stream.into_split();
+        let mut frames = tokio_util::codec::FramedRead::new(read, BackendCodec::default());
+        let victim = victim_rx.await.unwrap();
+        while let Some(Ok(frame)) = frames.next().await {
+            let BackendFrame::Forward { session_id, seq, .. } = frame else { continue };
+            let frame = |payload: &[u8]| [&(payload.len() as u32).to_be_bytes()[..], payload].concat();
+            let mut kick = vec![0x12];
+            kick.extend_from_slice(&victim.to_be_bytes());
+            kick.extend_from_slice(b"bad \xff\xfe reason");
+            let mut reply = vec![0x10];
+            reply.extend_from_slice(&session_id.to_be_bytes());
+            reply.extend_from_slice(&300u32.to_be_bytes());
+            reply.extend_from_slice(&seq.to_be_bytes());
+            reply.extend_from_slice(b"after the bad frames");
+            let bytes = [
+                frame(&[0x7f, 1, 2, 3]),                // unknown kind
+                frame(&[0x10, 0, 0, 0]),                // a reply cut short
+                frame(&[0x01, 0, 1, 0, 0, 0, 7, 0, 0]), // a gateway -> backend kind (Hello)
+                frame(&kick),
+                frame(&reply),
+            ]
+            .concat();
+            if write.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let h = with_dest_301(addr).await;
+    let mut victim = h.ws(false).await;
+    let answer = victim.login(1, &wasmgate_tests::token("victim")).await.expect("login");
+    let answer: serde_json::Value = serde_json::from_slice(&answer.body).expect("login answer");
+    let victim_id: u64 = answer["session_id"].as_str().and_then(|s| s.parse().ok()).expect("session id");
+    victim_tx.send(victim_id).unwrap();
+    let mut asker = h.logged_in_ws("asker").await;
+    let seq = asker.send(300, b"anything").await.unwrap();
+    let (reply, _) = asker.recv_reply(300, seq, PROMPT).await.expect("the reply after the bad frames");
+    assert_eq!(&reply.body[..], b"after the bad frames");
+    wasmgate_tests::expect_error_then_close(&mut victim, "kicked", Some(4004)).await;
+    for error in ["unknown_kind", "truncated", "gateway_to_backend_kind", "kick_reason_not_utf8"] {
+        let series = format!("wasmgate_upstream_bad_frames_total{{dest=\"301\",error=\"{error}\"}}");
+        assert_eq!(h.metric(&series), 1.0, "{series}");
+    }
+    assert_eq!(h.gateway.upstream_connections_up(301), 1, "the connection stayed up");
+    let seq = asker.send(300, b"again").await.unwrap();
+    asker.recv_reply(300, seq, PROMPT).await.expect("the same connection answers again");
+}
+
+/// A gateway whose dest 301 (2 pool connections; message 300 routes there) is the one-shot
+/// backend at `addr`: once one connection is up, the other's attempts are left to fail for a
+/// while.
+async fn with_dest_301(addr: std::net::SocketAddr) -> Harness {
+    let h = Harness::start().await;
+    wasmgate_tests::write_dest_map(&h.dir, &[(101, h.backend.addr), (301, addr)]);
+    wasmgate_tests::write_message_map(&h.dir, &[(100, 101), (300, 301)]);
+    h.wait_upstream(301, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    h
 }

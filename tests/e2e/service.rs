@@ -110,22 +110,9 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     .await;
     let mut stalled = h.logged_in_ws("stalled").await;
     let mut bystander = h.logged_in_ws("bystander").await;
-    // Echoes of 60 KB each pile up behind a client that never reads: first in the kernel's
-    // socket buffers, then in the session's 4-packet queue.
-    let body = vec![b'x'; 60_000];
-    let flood = async {
-        for _ in 0..400 {
-            if stalled.send(100, &body).await.is_err() {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(PROMPT, flood).await;
-    wait_until("the stalled client is closed", || async {
-        let (_, metrics) = h.admin_get("/metrics").await;
-        metric(&metrics, "wasmgate_sessions_closed_total{reason=\"slow_consumer\"}") == 1.0
-    })
-    .await;
+    // Echoes pile up behind a client that never reads: first in the kernel's socket buffers,
+    // then in the session's 4-packet queue.
+    flood_until_closed(&h, &mut stalled, 400).await;
     // Nobody else noticed.
     let seq = bystander.send(100, b"fine").await.unwrap();
     let (reply, _) = bystander.recv_reply(100, seq, PROMPT).await.unwrap();
@@ -182,6 +169,42 @@ async fn readyz_names_a_dest_with_no_connection_and_flips_back_when_it_returns()
     let _back = wasmgate_tests::Backend::start(addr).await;
     wait_until("readyz is ready again", || async {
         h.admin("GET", "/readyz", "", false, None).await.0 == 200
+    })
+    .await;
+}
+
+/// `limits.pending_write_bytes` closes a session that does not read once the replies queued
+/// for it pass the bound, long before `pending_write_num` packets (and with `write_ms` far
+/// away); `send_buffer_bytes` keeps the kernel from parking megabytes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_queue_is_bounded_in_bytes() {
+    let h = Harness::start_with(|c| {
+        c.limits.pending_write_num = 256;
+        c.limits.pending_write_bytes = 200_000;
+        c.limits.send_buffer_bytes = 8192;
+        c.timeouts.write_ms = 60_000;
+        c.rate_limits = RateLimitsConfig::off();
+    })
+    .await;
+    let mut stalled = h.logged_in_ws("stalled").await;
+    // 150 echoes: fewer than pending_write_num even if none reached the client.
+    flood_until_closed(&h, &mut stalled, 150).await;
+}
+
+/// Sends `count` echo requests of 60 KB from a client that never reads (stopping when the
+/// gateway stops taking them), then waits until the session is closed as a slow consumer.
+async fn flood_until_closed(h: &Harness, stalled: &mut wasmgate_tests::Client, count: usize) {
+    let body = vec![b'x'; 60_000];
+    let flood = async {
+        for _ in 0..count {
+            if stalled.send(100, &body).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(PROMPT, flood).await;
+    wait_until("the stalled client is closed", || async {
+        h.metric("wasmgate_sessions_closed_total{reason=\"slow_consumer\"}") == 1.0
     })
     .await;
 }

@@ -266,13 +266,26 @@ pub struct LimitsConfig {
     /// Outbound queue length per session, in messages; a full queue triggers the
     /// slow-consumer policy (close with 4005).
     pub pending_write_num: usize,
+    /// Outbound queue size per session, in bytes of packets (header and body); a packet that
+    /// would take the queue past it triggers the slow-consumer policy too. A packet larger than
+    /// this is still queued when the queue is empty.
+    pub pending_write_bytes: usize,
+    /// Kernel send buffer of each client socket, in bytes (`SO_SNDBUF`; Linux doubles it for
+    /// bookkeeping); 0 leaves the kernel's autotuning (up to several MB per stalled client).
+    pub send_buffer_bytes: usize,
     /// Largest client packet body, in bytes; larger frames close the connection (WS 1009).
     pub max_msg_len: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_conn_num: 10_000, pending_write_num: 256, max_msg_len: 64 * 1024 }
+        Self {
+            max_conn_num: 10_000,
+            pending_write_num: 256,
+            pending_write_bytes: 1 << 20,
+            send_buffer_bytes: 64 * 1024,
+            max_msg_len: 64 * 1024,
+        }
     }
 }
 
@@ -652,9 +665,10 @@ impl Config {
                 format!("must be <= {} with a 2-byte length prefix", u16::MAX as usize - 8),
             ));
         }
-        let positive: [(&'static str, u64); 18] = [
+        let positive: [(&'static str, u64); 19] = [
             ("limits.max_conn_num", self.limits.max_conn_num as u64),
             ("limits.pending_write_num", self.limits.pending_write_num as u64),
+            ("limits.pending_write_bytes", self.limits.pending_write_bytes as u64),
             ("limits.max_msg_len", self.limits.max_msg_len as u64),
             ("timeouts.login_ms", self.timeouts.login_ms),
             ("timeouts.heartbeat_ms", self.timeouts.heartbeat_ms),

@@ -89,7 +89,8 @@ fn id_on(node: u32) -> u64 {
 /// A logged-in session of `user` on node `node`, in `registry`.
 fn session(registry: &Registry, node: u32, user: &str) -> (SessionHandle, flume::Receiver<Outbound>) {
     let id = id_on(node);
-    let (handle, rx) = SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, 8);
+    let (handle, rx) =
+        SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, (8, usize::MAX));
     registry.insert(handle.clone());
     registry.bind_user(&handle, &Arc::from(user));
     (handle, rx)

@@ -83,8 +83,8 @@ pub(crate) async fn run(
 ) {
     let config = &ctx.config;
     let id = ctx.ids.next_id();
-    let (handle, rx) =
-        SessionHandle::new(id, transport, peer, config.routes.error, config.limits.pending_write_num);
+    let queue = (config.limits.pending_write_num, config.limits.pending_write_bytes);
+    let (handle, rx) = SessionHandle::new(id, transport, peer, config.routes.error, queue);
     let label = transport.name();
     let metrics = &ctx.metrics;
     Metrics::transport_counter(&metrics.connections_total, label).inc();
@@ -485,12 +485,15 @@ fn unix_ms() -> u64 {
 /// the session's close was reached.
 async fn write_batch(
     writer: &mut impl PacketWriter,
-    rx: &mut flume::Receiver<Outbound>,
+    (rx, handle): (&mut flume::Receiver<Outbound>, &SessionHandle),
     first: Option<Outbound>,
     sent: &prometheus_client::metrics::counter::Counter,
 ) -> std::io::Result<bool> {
     let (mut next, mut count, mut closing) = (first, 0, false);
     loop {
+        if let Some(item) = &next {
+            handle.dequeued(item);
+        }
         match next {
             None | Some(Outbound::Close) => {
                 closing = true;
@@ -521,7 +524,8 @@ async fn write_loop(
         loop {
             let first = rx.recv_async().await.ok();
             // One time limit per batch (its writes and the flush): one timer, not one per packet.
-            let closing = timeout(write_timeout, write_batch(&mut writer, &mut rx, first, &sent)).await??;
+            let batch = write_batch(&mut writer, (&mut rx, &handle), first, &sent);
+            let closing = timeout(write_timeout, batch).await??;
             if closing {
                 return Ok(());
             }

@@ -148,6 +148,10 @@ pub(crate) async fn accept_loop<F, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
+        if ctx.config.limits.send_buffer_bytes > 0 {
+            // Bounds what a stalled client parks in the kernel (autotuning grows it to MBs).
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(ctx.config.limits.send_buffer_bytes);
+        }
         let admission = Admission { _permit: permit, _peer: peer_slot };
         ctx.tasks.spawn(handle(ctx.clone(), stream, peer, admission));
     }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -112,8 +113,14 @@ fn handle(
         response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return response;
     }
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    // RFC 6455 section 4.2.1: the key is 16 bytes, base64-encoded.
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY);
+    let decoded = key.and_then(|k| base64::engine::general_purpose::STANDARD.decode(k.as_bytes()).ok());
+    let Some(key) = key.filter(|_| decoded.is_some_and(|d| d.len() == 16)) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be 16 bytes, base64 (RFC 6455 section 4.2.1)\n",
+        );
     };
     let origins = &ctx.config.security.allowed_origins;
     if let Some(origin) = req.headers().get(header::ORIGIN)
@@ -193,6 +200,7 @@ impl PacketReader for WsReader {
                 Some(Err(WsError::Capacity(e))) => {
                     return Inbound::Failed(CloseReason::MessageTooBig, e.to_string());
                 }
+                Some(Err(WsError::Utf8(e))) => return Inbound::Failed(CloseReason::InvalidUtf8, e),
                 Some(Err(e)) => return Inbound::Failed(CloseReason::TransportError, e.to_string()),
                 Some(Ok(message)) => message,
             };

@@ -56,6 +56,10 @@ pub enum BackendFrame {
     /// Backend -> gateway: deliver a message to the backend of `dest_id` (as `Relayed`);
     /// the pool connection is picked by `session_id` like client traffic.
     Relay { dest_id: u32, session_id: u64, msg_id: u32, seq: u32, body: Bytes },
+    /// Received only, never sent: a frame whose length prefix was sound but whose content is
+    /// not a valid frame (`error`: [`FrameError::label`]). The stream is still in step, so the
+    /// reader goes on with the next frame.
+    Malformed { kind: u8, error: &'static str },
     /// Backend -> gateway: add a session to a room (no rooms script call; host limits apply).
     JoinRoom { session_id: u64, room: String },
     /// Backend -> gateway: remove a session from a room.
@@ -80,6 +84,22 @@ pub enum FrameError {
     NotUtf8,
     #[error("string field of {0} bytes is longer than 65535")]
     StringTooLong(usize),
+    #[error("a malformed frame is never sent")]
+    NotSendable,
+}
+
+impl FrameError {
+    /// A stable name of the error, for metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "io",
+            Self::UnknownKind(_) => "unknown_kind",
+            Self::Truncated { .. } => "truncated",
+            Self::NotUtf8 => "not_utf8",
+            Self::StringTooLong(_) => "string_too_long",
+            Self::NotSendable => "not_sendable",
+        }
+    }
 }
 
 /// tokio-util codec for [`BackendFrame`]s over a byte stream.
@@ -99,8 +119,16 @@ impl Decoder for BackendCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BackendFrame>, FrameError> {
+        // Errors of the length prefix (a frame over MAX_FRAME_LEN) and of the socket end the
+        // stream; a frame whose content is invalid is handed on as `Malformed`.
         match self.framing.decode(src)? {
-            Some(frame) => parse(frame.freeze()).map(Some),
+            Some(frame) => {
+                let kind = frame.first().copied().unwrap_or(0);
+                Ok(Some(
+                    parse(frame.freeze())
+                        .unwrap_or_else(|e| BackendFrame::Malformed { kind, error: e.label() }),
+                ))
+            }
             None => Ok(None),
         }
     }
@@ -171,7 +199,9 @@ fn parse(mut buf: Bytes) -> Result<BackendFrame, FrameError> {
         kind::KICK => {
             need(&buf, 8, k)?;
             let session_id = buf.get_u64();
-            let reason = String::from_utf8(buf.to_vec()).map_err(|_| FrameError::NotUtf8)?;
+            // A reason that is not UTF-8 still kicks: its invalid bytes become U+FFFD.
+            let reason = String::from_utf8(buf.to_vec())
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             BackendFrame::Kick { session_id, reason }
         }
         kind::RELAY => {
@@ -206,6 +236,7 @@ fn parse(mut buf: Bytes) -> Result<BackendFrame, FrameError> {
 
 fn write(frame: &BackendFrame, dst: &mut BytesMut) -> Result<(), FrameError> {
     match frame {
+        BackendFrame::Malformed { .. } => return Err(FrameError::NotSendable),
         BackendFrame::Hello { version, node_id, node_name } => {
             dst.put_u8(kind::HELLO);
             dst.put_u16(*version);
@@ -361,13 +392,43 @@ mod tests {
     }
 
     #[test]
-    fn bad_frames_are_errors_not_panics() {
+    fn bad_frames_decode_as_malformed_and_the_next_frame_follows() {
         let mut codec = BackendCodec::default();
-        for payload in [&[0x7f][..], &[kind::REPLY, 0, 0], &[kind::PUSH_USER, 0, 9, b'a'], &[]] {
+        let cases: [(&[u8], u8, &str); 4] = [
+            (&[0x7f], 0x7f, "unknown_kind"),
+            (&[kind::REPLY, 0, 0], kind::REPLY, "truncated"),
+            (&[kind::PUSH_USER, 0, 2, 0xff, 0xfe], kind::PUSH_USER, "not_utf8"),
+            (&[], 0, "truncated"),
+        ];
+        for (payload, kind, error) in cases {
             let mut buf = BytesMut::new();
             buf.put_u32(payload.len() as u32);
             buf.put_slice(payload);
-            assert!(codec.decode(&mut buf).is_err(), "{payload:?}");
+            codec.encode(BackendFrame::PushAll { msg_id: 1, body: Bytes::new() }, &mut buf).unwrap();
+            assert_eq!(
+                codec.decode(&mut buf).unwrap(),
+                Some(BackendFrame::Malformed { kind, error }),
+                "{payload:?}"
+            );
+            assert_eq!(
+                codec.decode(&mut buf).unwrap(),
+                Some(BackendFrame::PushAll { msg_id: 1, body: Bytes::new() })
+            );
         }
+        let mut buf = BytesMut::new();
+        buf.put_u32(MAX_FRAME_LEN as u32 + 1);
+        assert!(codec.decode(&mut buf).is_err(), "an oversized length is an error");
+        let mut out = BytesMut::new();
+        assert!(codec.encode(BackendFrame::Malformed { kind: 1, error: "x" }, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_kick_reason_that_is_not_utf8_still_kicks() {
+        let mut buf = BytesMut::new();
+        let payload = [&[kind::KICK][..], &7u64.to_be_bytes(), b"bye \xff"].concat();
+        buf.put_u32(payload.len() as u32);
+        buf.put_slice(&payload);
+        let frame = BackendCodec::default().decode(&mut buf).unwrap();
+        assert_eq!(frame, Some(BackendFrame::Kick { session_id: 7, reason: "bye \u{FFFD}".into() }));
     }
 }

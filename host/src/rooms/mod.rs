@@ -313,7 +313,7 @@ mod tests {
     use bytes::Bytes;
 
     fn session(id: u64, queue: usize) -> (SessionHandle, flume::Receiver<crate::session::Outbound>) {
-        SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, queue)
+        SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, (queue, usize::MAX))
     }
 
     fn rooms(max_per_session: usize) -> (Rooms, Arc<Registry>) {

@@ -19,6 +19,8 @@ pub enum CloseReason {
     MalformedFrame,
     /// A text frame was not a JSON packet.
     MalformedJson,
+    /// A text frame (or a close frame's reason) was not UTF-8 (RFC 6455 section 8.1).
+    InvalidUtf8,
     /// A frame exceeded `max_msg_len`.
     MessageTooBig,
     /// The router script decided to close the session.
@@ -45,12 +47,13 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every close reason (their metric series are created at start).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Normal,
         Self::GoingAway,
         Self::NodeRestarting,
         Self::MalformedFrame,
         Self::MalformedJson,
+        Self::InvalidUtf8,
         Self::MessageTooBig,
         Self::ScriptClose,
         Self::LoginTimeout,
@@ -70,7 +73,7 @@ impl CloseReason {
             Self::GoingAway => 1001,
             Self::NodeRestarting => 1012,
             Self::MalformedFrame | Self::TransportError => 1002,
-            Self::MalformedJson => 1007,
+            Self::MalformedJson | Self::InvalidUtf8 => 1007,
             Self::MessageTooBig => 1009,
             Self::ScriptClose => 4000,
             Self::LoginTimeout => 4001,
@@ -92,6 +95,7 @@ impl CloseReason {
             Self::NodeRestarting => "node_restarting",
             Self::MalformedFrame => "malformed_frame",
             Self::MalformedJson => "malformed_json",
+            Self::InvalidUtf8 => "invalid_utf8",
             Self::MessageTooBig => "message_too_big",
             Self::ScriptClose => "script_close",
             Self::LoginTimeout => "login_timeout",

@@ -1,14 +1,15 @@
 //! The shareable handle of a live session: its identity and its bounded outbound queue.
 //!
 //! Slow-consumer policy (docs/protocol.md): a session's outbound queue holds
-//! `pending_write_num` packets. A sender never waits for a client: when the queue is full the
-//! session is closed at once with 4005 `slow_consumer` (counted in
+//! `pending_write_num` packets and `pending_write_bytes` bytes of them. A sender never waits
+//! for a client: when a packet does not fit the session is closed at once with 4005
+//! `slow_consumer` (counted in
 //! `wasmgate_sessions_closed_total{reason="slow_consumer"}`), so one stalled client never
 //! delays a backend connection, a fan-out or another session.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -27,6 +28,17 @@ pub enum Outbound {
     Shared(Arc<SharedPacket>),
     /// Close after everything queued before it (reason in the handle).
     Close,
+}
+
+impl Outbound {
+    /// What the item counts against `pending_write_bytes`: the packet's binary size.
+    pub fn size(&self) -> usize {
+        match self {
+            Self::Packet { body, .. } => body.len() + crate::protocol::client::HEADER_LEN,
+            Self::Shared(packet) => packet.body.len() + crate::protocol::client::HEADER_LEN,
+            Self::Close => 0,
+        }
+    }
 }
 
 /// Transport of a session, as a metrics label and for scripts.
@@ -57,6 +69,9 @@ struct Shared {
     /// [`SessionHandle::duplicate_rule`]).
     duplicate_rule: AtomicU8,
     tx: flume::Sender<Outbound>,
+    /// Bytes of the packets in `tx` (header and body), and the most it may hold.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
     close_reason: OnceLock<(CloseReason, String)>,
     /// How far the close has gone: the reader stops at `CLOSING`, the writer (without
     /// flushing) at `ABORTED`.
@@ -130,13 +145,15 @@ pub fn error_body(code: &str, message: &str) -> Bytes {
 }
 
 impl SessionHandle {
-    /// A handle and the receiving end of its outbound queue (`capacity` packets).
+    /// A handle and the receiving end of its outbound queue (`capacity` packets of at most
+    /// `max_bytes` together). The receiver must report each packet it takes with
+    /// [`Self::dequeued`].
     pub fn new(
         id: u64,
         transport: TransportKind,
         peer: SocketAddr,
         error_msg_id: u32,
-        capacity: usize,
+        (capacity, max_bytes): (usize, usize),
     ) -> (Self, flume::Receiver<Outbound>) {
         // flume allocates as packets wait (tokio's mpsc allocated a 32-slot block per session
         // up front: ~1.3 KiB of each idle session, docs/benchmarks.md#idle-sessions); a queue
@@ -151,6 +168,8 @@ impl SessionHandle {
             admitted: AtomicBool::new(false),
             duplicate_rule: AtomicU8::new(DuplicateRule::Allow as u8),
             tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
             close_reason: OnceLock::new(),
             close: CloseSignal::default(),
             rooms: Mutex::default(),
@@ -209,28 +228,57 @@ impl SessionHandle {
     }
 
     /// Queues a packet. Returns false if the session is closing or was just closed as a slow
-    /// consumer because its queue is full.
+    /// consumer because its queue is full (in packets or in bytes).
     pub fn send(&self, msg_id: u32, seq: u32, body: Bytes) -> bool {
-        match self.0.tx.try_send(Outbound::Packet { msg_id, seq, body }) {
-            Ok(()) => true,
-            Err(flume::TrySendError::Full(_)) => {
-                self.abort(CloseReason::SlowConsumer, "outbound queue full");
-                false
-            }
-            Err(flume::TrySendError::Disconnected(_)) => false,
-        }
+        self.queue_bounded(Outbound::Packet { msg_id, seq, body })
     }
 
     /// Queues a fan-out packet, under the same slow-consumer policy as [`Self::send`].
     pub fn send_shared(&self, packet: Arc<SharedPacket>) -> bool {
-        match self.0.tx.try_send(Outbound::Shared(packet)) {
+        self.queue_bounded(Outbound::Shared(packet))
+    }
+
+    fn queue_bounded(&self, item: Outbound) -> bool {
+        let size = item.size();
+        let before = self.0.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        // An empty queue takes any one packet: a reply larger than the bound still goes out.
+        if before > 0 && before + size > self.0.max_bytes {
+            self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.abort(CloseReason::SlowConsumer, "outbound queue over pending_write_bytes");
+            return false;
+        }
+        match self.0.tx.try_send(item) {
             Ok(()) => true,
-            Err(flume::TrySendError::Full(_)) => {
-                self.abort(CloseReason::SlowConsumer, "outbound queue full");
+            Err(e) => {
+                self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                if let flume::TrySendError::Full(_) = e {
+                    self.abort(CloseReason::SlowConsumer, "outbound queue full");
+                }
                 false
             }
-            Err(flume::TrySendError::Disconnected(_)) => false,
         }
+    }
+
+    /// Queues `item` whatever the bounds say (the close's error frame and marker); false if
+    /// the queue is full or gone.
+    fn queue(&self, item: Outbound) -> bool {
+        let size = item.size();
+        self.0.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        let queued = self.0.tx.try_send(item).is_ok();
+        if !queued {
+            self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        }
+        queued
+    }
+
+    /// The writer took `item` off the queue.
+    pub fn dequeued(&self, item: &Outbound) {
+        self.0.queued_bytes.fetch_sub(item.size(), Ordering::AcqRel);
+    }
+
+    /// Bytes of the packets queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.0.queued_bytes.load(Ordering::Acquire)
     }
 
     /// The session's room memberships (locked briefly by the room table only).
@@ -258,11 +306,11 @@ impl SessionHandle {
         if reason.announce() {
             let error =
                 Outbound::Packet { msg_id: self.0.error_msg_id, seq, body: error_body(code, message) };
-            if self.0.tx.try_send(error).is_err() {
+            if !self.queue(error) {
                 self.0.close.raise(ABORTED);
             }
         }
-        if self.0.tx.try_send(Outbound::Close).is_err() {
+        if !self.queue(Outbound::Close) {
             self.0.close.raise(ABORTED);
         }
         self.0.close.raise(CLOSING);
@@ -303,12 +351,31 @@ mod tests {
 
     /// A handle and its queue's receiver (a dropped receiver makes every close an abort).
     fn handle() -> (SessionHandle, flume::Receiver<Outbound>) {
-        SessionHandle::new(1, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, 4)
+        SessionHandle::new(1, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, (4, usize::MAX))
     }
 
     /// True if `future` resolves within 100 ms.
     async fn resolves(future: impl Future<Output = ()>) -> bool {
         tokio::time::timeout(Duration::from_millis(100), future).await.is_ok()
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let new =
+            |id| SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, (256, 1000));
+        let (h, _rx) = new(1);
+        let body = Bytes::from(vec![0u8; 392]); // 400 bytes with the header
+        assert!(h.send(9, 0, body.clone()) && h.send(9, 0, body.clone()));
+        assert_eq!(h.queued_bytes(), 800);
+        assert!(!h.send(9, 0, body), "a third would make 1200 bytes");
+        let (reason, message) = h.close_reason().expect("closed");
+        assert_eq!(reason, CloseReason::SlowConsumer);
+        assert!(message.contains("pending_write_bytes"), "{message}");
+        // An empty queue takes any one packet; the writer's dequeue gives its bytes back.
+        let (big, rx) = new(2);
+        assert!(big.send(9, 0, Bytes::from(vec![0u8; 5000])), "one large packet into an empty queue");
+        big.dequeued(&rx.try_recv().unwrap());
+        assert_eq!(big.queued_bytes(), 0);
     }
 
     #[tokio::test]

@@ -141,7 +141,7 @@ mod tests {
     use crate::session::TransportKind;
 
     fn handle(id: u64) -> SessionHandle {
-        SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, 4).0
+        SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, (4, usize::MAX)).0
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::Shared;
 use crate::delivery::{FannedOut, Reached, Scope};
-use crate::metrics::TargetLabel;
+use crate::metrics::{DestErrorLabel, TargetLabel};
 use crate::protocol::backend::BackendFrame;
 use crate::rooms::JoinOutcome;
 use crate::session::{CloseReason, ErrorCode};
@@ -44,6 +44,9 @@ pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: Ba
             }
         }
         BackendFrame::Kick { session_id, reason } => {
+            if reason.contains(char::REPLACEMENT_CHARACTER) {
+                bad_frame(shared, from_dest, "kick_reason_not_utf8");
+            }
             if delivery.kick(session_id, CloseReason::Kicked, &reason, Scope::Cluster) == Reached::Nowhere {
                 not_here(shared, from_dest, "kick", session_id);
             }
@@ -92,8 +95,28 @@ pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: Ba
             delivery.to_all(msg_id, body, Scope::Cluster).await;
         }
         BackendFrame::Hello { .. } | BackendFrame::Forward { .. } | BackendFrame::Relayed { .. } => {
-            tracing::warn!(from_dest, "backend sent a gateway-to-backend frame; ignored");
+            bad_frame(shared, from_dest, "gateway_to_backend_kind");
         }
+        BackendFrame::Malformed { kind, error } => {
+            tracing::debug!(from_dest, kind, error, "malformed frame from a backend, skipped");
+            bad_frame(shared, from_dest, error);
+        }
+    }
+}
+
+/// Counts a bad frame from the backend of `dest` in `wasmgate_upstream_bad_frames_total{dest,
+/// error}`; logs a warning at the 1st, 2nd, 4th, 8th... of each kind, so a backend that
+/// sends nothing else cannot flood the log (the count says how many there were).
+fn bad_frame(shared: &Shared, dest: u32, error: &'static str) {
+    let counter = shared.metrics.upstream_bad_frames.get_or_create(&DestErrorLabel { dest, error }).clone();
+    let seen = counter.inc() + 1;
+    if seen.is_power_of_two() {
+        tracing::warn!(
+            dest,
+            error,
+            seen,
+            "bad frames from a backend (skipped; a kick with a bad reason is applied)"
+        );
     }
 }
 

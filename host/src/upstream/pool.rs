@@ -439,7 +439,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 dispatch::from_backend(&shared, dest, frame).await;
             }
             Err(e) => {
-                tracing::warn!(dest, "bad frame from backend, closing connection: {e}");
+                // The length prefix or the socket failed: the stream is out of step.
+                tracing::warn!(dest, "backend connection unreadable, closing it: {e}");
                 return;
             }
         }

@@ -241,6 +241,10 @@ pub struct ListenConfig {
     /// processes can share them (the kernel spreads new connections; each process is capped
     /// by its open-file limit). The admin listener stays exclusive.
     pub reuse_port: bool,
+    /// A path on the WebSocket listeners (e.g. `"/echo"`) whose upgrades echo every text and
+    /// binary message back verbatim instead of starting a session: for conformance suites
+    /// (Autobahn `wstest -m fuzzingclient`) only. Off (`None`) by default; never in production.
+    pub ws_echo_path: Option<String>,
 }
 
 impl Default for ListenConfig {
@@ -253,6 +257,7 @@ impl Default for ListenConfig {
             tcp_tls: None,
             admin_tls: false,
             reuse_port: false,
+            ws_echo_path: None,
         }
     }
 }

@@ -146,8 +146,17 @@ fn handle(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    let echo = ctx.config.listen.ws_echo_path.as_deref().is_some_and(|p| p == req.uri().path());
     ctx.tasks.clone().spawn(async move {
         match on_upgrade.await {
+            Ok(upgraded) if echo => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                    .await;
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => {}
+                    _ = echo_messages(ws) => {}
+                }
+            }
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                     .await;
@@ -177,6 +186,34 @@ fn handle(
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
+}
+
+/// The conformance echo (`listen.ws_echo_path`): every text and binary message back verbatim,
+/// over the same WebSocket layer, buffers and size limits as sessions; errors close with the
+/// codes sessions use (1007 invalid UTF-8, 1009 too big, 1002 protocol errors).
+async fn echo_messages(mut ws: WebSocketStream<Upgraded>) {
+    loop {
+        let reason = match ws.next().await {
+            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return,
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => match ws.send(message).await {
+                Ok(()) => continue,
+                Err(_) => return,
+            },
+            // tungstenite answers pings and close frames itself; flushing sends the answer.
+            Some(Ok(Message::Close(_))) => {
+                let _ = ws.flush().await;
+                return;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(WsError::Utf8(_))) => CloseReason::InvalidUtf8,
+            Some(Err(WsError::Capacity(_))) => CloseReason::MessageTooBig,
+            Some(Err(WsError::Protocol(_))) => CloseReason::TransportError,
+            Some(Err(_)) => return,
+        };
+        let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: reason.name().into() };
+        let _ = ws.send(Message::Close(Some(frame))).await;
+        return;
+    }
 }
 
 /// What the client last sent, and so how the writer encodes: binary packets, JSON packets or

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Autobahn testsuite (`wstest -m fuzzingclient`, cases 1-11) against the gateway's conformance
+# echo endpoint (`listen.ws_echo_path`); fails if any case FAILED. Needs ../shared/tools (the
+# suite's private Python 2.7 build) and a built gateway (WASMGATE_BIN, default the debug build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${WASMGATE_BIN:-target/debug/wasmgate}
+export DIR=${AUTOBAHN_DIR:-$PWD/target/autobahn}
+bash ../shared/tools/setup-autobahn.sh
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+ws=$(free_port); tcp=$(free_port); admin=$(free_port)
+cat >"$DIR/wasmgate.toml" <<TOML
+[listen]
+ws = "127.0.0.1:$ws"
+tcp = "127.0.0.1:$tcp"
+admin = "127.0.0.1:$admin"
+ws_echo_path = "/echo"
+[limits]
+max_msg_len = 16777216
+[rate_limits]
+msg_per_s = 0
+bytes_per_s = 0
+TOML
+"$bin" -c "$DIR/wasmgate.toml" >"$DIR/gateway.log" 2>&1 &
+gateway=$!
+trap 'kill $gateway 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$ws/ping', timeout=1)" 2>/dev/null && break
+    sleep 0.1
+done
+bash ../shared/tools/autobahn-run.sh "ws://127.0.0.1:$ws/echo" wasmgate

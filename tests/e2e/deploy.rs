@@ -444,3 +444,39 @@ async fn unknown_imports_can_be_linked_as_traps() {
     let (error, _) = client.recv_reply(4, seq, PROMPT).await.expect("error frame");
     assert_eq!(error_of(&error.body).0, "unknown_message", "the router still answers");
 }
+
+#[tokio::test]
+async fn the_compile_cache_keeps_only_deployed_and_recent_components() {
+    use sha2::Digest as _;
+    use wasmgate::script::engine::{KEEP_RELEASED, ScriptEngine};
+    let h = tagged_gateway().await;
+    let engine = ScriptEngine::shared().expect("engine");
+    let unique = format!("evict-{}-{}", std::process::id(), wasmgate_examples::bench::unix_ns());
+    let builds: Vec<Vec<u8>> = (0..8).map(|i| hostile_build(&format!("{unique}-{i}"))).collect();
+    let cached = |wasm: &[u8]| engine.is_cached(&sha2::Sha256::digest(wasm).into());
+    let mut client = h.logged_in_ws("alice").await;
+    for (i, wasm) in builds.iter().enumerate() {
+        let (status, answer) = h.deploy("router", wasm, Some(json!({"tag": format!("v{i}")}))).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(tag_of(&mut client).await, "v7");
+    // Live and rollback stay compiled; of the six released, at most the most recent few (other
+    // tests' gateways release components into the same cache), never the oldest two.
+    assert!(cached(&builds[7]) && cached(&builds[6]), "live and rollback versions are cached");
+    assert!(!cached(&builds[0]) && !cached(&builds[1]), "released long ago: evicted");
+    let released = builds[..6].iter().filter(|w| cached(w)).count();
+    assert!(released <= KEEP_RELEASED, "{released} released components still cached");
+
+    // A refused component is never kept.
+    let refused = hostile_build(&format!("{unique}-refused"));
+    let (status, answer) = h.deploy("router", &refused, Some(json!({"fail": true}))).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(!cached(&refused), "a refused component is not cached");
+
+    // The rollback target still rolls back, and the replaced live version stays cached as the
+    // new rollback target.
+    let (status, back) = h.admin("POST", "/scripts/router/rollback", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(tag_of(&mut client).await, "v6");
+    assert!(cached(&builds[7]) && cached(&builds[6]));
+}

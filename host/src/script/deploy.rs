@@ -24,6 +24,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
+use super::engine::Compiled;
 use super::pool::{InitFn, Limits, ScriptPool, Slot, SlotFuture, World};
 use super::state::ScriptMeta;
 use super::{ScriptError, ScriptSource, compile, inspect};
@@ -63,6 +64,8 @@ pub struct Version<W: World> {
     pub deployed_at_ms: u64,
     pub source: ScriptSource,
     pub pool: ScriptPool<W>,
+    /// Its compiled component: held, so it stays in the engine's memory cache.
+    pub compiled: Arc<Compiled>,
 }
 
 /// What `GET /scripts` and `wasmgate scripts` show of a script.
@@ -95,9 +98,10 @@ pub struct Deployed<W: World> {
     limits: Limits,
     metrics: Metrics,
     live: ArcSwap<Version<W>>,
-    /// What a rollback restores: the replaced version's id and source. Its instances are
-    /// freed (once calls still running on them end); a rollback rebuilds them.
-    previous: Mutex<Option<(String, ScriptSource)>>,
+    /// What a rollback restores: the replaced version's id and source, and its compiled
+    /// component (kept compiled). Its instances are freed (once calls still running on them
+    /// end); a rollback rebuilds them.
+    previous: Mutex<Option<Previous>>,
     /// One deploy, rollback or rebuild of this script at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -153,7 +157,7 @@ impl<W: World> Deployed<W> {
             replaced = replaced.id,
             "script deployed"
         );
-        *self.previous.lock() = Some((replaced.id.clone(), replaced.source.clone()));
+        *self.previous.lock() = Some(Previous::of(&replaced));
         Ok(self.info())
     }
 
@@ -168,7 +172,7 @@ impl<W: World> Deployed<W> {
         carry: Option<&Carry<W>>,
     ) -> Result<ScriptInfo, ScriptError> {
         let _busy = self.busy.lock().await;
-        let Some((previous_id, previous)) = self.previous.lock().clone() else {
+        let Some(Previous { id: previous_id, source: previous, .. }) = self.previous.lock().clone() else {
             return Err(ScriptError::NoPrevious { script: self.name.clone() });
         };
         let init = make_init(&previous.config_json);
@@ -182,7 +186,7 @@ impl<W: World> Deployed<W> {
             replaced = replaced.id,
             "script rolled back"
         );
-        *self.previous.lock() = Some((replaced.id.clone(), replaced.source.clone()));
+        *self.previous.lock() = Some(Previous::of(&replaced));
         Ok(self.info())
     }
 
@@ -249,11 +253,25 @@ impl<W: World> Deployed<W> {
             calls: calls + traps + deadlines,
             traps,
             deadlines,
-            previous: self.previous.lock().as_ref().map(|(id, _)| id.clone()),
+            previous: self.previous.lock().as_ref().map(|p| p.id.clone()),
             max_instances,
             instance_memory_bytes,
             unchanged: false,
         }
+    }
+}
+
+/// The version a rollback restores.
+#[derive(Clone)]
+struct Previous {
+    id: String,
+    source: ScriptSource,
+    _compiled: Arc<Compiled>,
+}
+
+impl Previous {
+    fn of<W: World>(version: &Version<W>) -> Self {
+        Self { id: version.id.clone(), source: version.source.clone(), _compiled: version.compiled.clone() }
     }
 }
 
@@ -272,11 +290,12 @@ async fn build<W: World>(
         .map_err(|message| ScriptError::Load { script: name.into(), message })?;
     inspect::check(&declared, W::EXPORT, limits.trap_unknown_imports)
         .map_err(|message| ScriptError::Link { script: name.into(), message })?;
-    let (engine, component, from) = compile(source, &limits).await?;
+    let (engine, compiled, from) = compile(source, &limits).await?;
     metrics.script_compiles.get_or_create(&FromLabel { from: from.name() }).inc();
     let meta = ScriptMeta::new(name, &id, metrics.clone(), limits.services.clone());
-    let pool = ScriptPool::new(engine, meta, &component, limits, init).await?;
-    Ok(Version { id, deployed_at_ms: unix_ms(), source: source.clone(), pool })
+    let pool = ScriptPool::new(engine, meta, &compiled.component, limits, init).await?;
+    compiled.accept();
+    Ok(Version { id, deployed_at_ms: unix_ms(), source: source.clone(), pool, compiled })
 }
 
 #[cfg(test)]

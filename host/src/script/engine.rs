@@ -5,11 +5,18 @@
 //! setting a gateway configures; deadlines and memory caps are per store): every gateway of a
 //! process with the same settings (tests start many) shares the compiled code of identical
 //! components, keyed by the SHA-256 of their bytes.
+//!
+//! The memory cache is bounded by what is deployed: a [`Compiled`] component stays cached while
+//! a live or rollback version holds it, and then among the [`KEEP_RELEASED`] most recently
+//! released ones (so a redeploy of a recent version costs no compile); a component that a
+//! deploy refused is never kept. Each cached component holds its compiled code and a
+//! `memfd:wasm-memory-image` descriptor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -59,7 +66,55 @@ pub struct ScriptEngine {
     pub engine: Engine,
     pub settings: EngineSettings,
     pub linker: Linker<ScriptState>,
-    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    compiled: Arc<Mutex<Cache>>,
+}
+
+/// Components kept compiled after no version holds them any more.
+pub const KEEP_RELEASED: usize = 4;
+
+/// The memory cache: components held by versions (weakly, so dropping the last holder
+/// releases them), and the most recently released accepted ones (oldest first).
+#[derive(Default)]
+struct Cache {
+    held: HashMap<[u8; 32], Weak<Compiled>>,
+    released: VecDeque<([u8; 32], Component)>,
+}
+
+/// A compiled component, shared by every version deployed from identical bytes. Dropping the
+/// last holder takes it out of the memory cache: into the released few if a deploy accepted it
+/// ([`Compiled::accept`]), else gone.
+pub struct Compiled {
+    pub component: Component,
+    hash: [u8; 32],
+    accepted: AtomicBool,
+    cache: Weak<Mutex<Cache>>,
+}
+
+impl Compiled {
+    /// Marks the component as deployed (its pipeline passed): once released it stays cached
+    /// among the [`KEEP_RELEASED`] most recent. A component never accepted is forgotten when
+    /// released.
+    pub fn accept(&self) {
+        self.accepted.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        let Some(cache) = self.cache.upgrade() else { return };
+        let mut cache = cache.lock();
+        // Another holder may have compiled the same bytes again since this one was released.
+        if cache.held.get(&self.hash).is_some_and(|held| held.strong_count() == 0) {
+            cache.held.remove(&self.hash);
+        }
+        if self.accepted.load(Ordering::Relaxed) {
+            cache.released.retain(|(hash, _)| *hash != self.hash);
+            cache.released.push_back((self.hash, self.component.clone()));
+            if cache.released.len() > KEEP_RELEASED {
+                cache.released.pop_front();
+            }
+        }
+    }
 }
 
 /// The engines of this process, one per distinct [`EngineSettings`] (normally one).
@@ -125,7 +180,7 @@ impl ScriptEngine {
                 std::thread::sleep(EPOCH_TICK);
             }
         })?;
-        Ok(Self { engine, settings, linker, compiled: Mutex::default() })
+        Ok(Self { engine, settings, linker, compiled: Arc::default() })
     }
 
     /// Compiles `bytes` (a component) or returns the cached compilation of identical bytes:
@@ -140,10 +195,10 @@ impl ScriptEngine {
         name: &str,
         bytes: &[u8],
         cache_dir: Option<&Path>,
-    ) -> Result<(Component, CompiledFrom), ScriptError> {
+    ) -> Result<(Arc<Compiled>, CompiledFrom), ScriptError> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(c) = self.compiled.lock().get(&hash) {
-            return Ok((c.clone(), CompiledFrom::Memory));
+        if let Some(compiled) = self.cached(hash) {
+            return Ok((compiled, CompiledFrom::Memory));
         }
         let file = cache_dir.map(|dir| dir.join(self.cache_file_name(&hash)));
         if let Some(file) = file.as_deref().filter(|f| f.exists()) {
@@ -158,10 +213,7 @@ impl ScriptEngine {
                 unsafe { Component::deserialize(&self.engine, bytes) }
             });
             match loaded {
-                Ok(component) => {
-                    self.compiled.lock().insert(hash, component.clone());
-                    return Ok((component, CompiledFrom::Disk));
-                }
+                Ok(component) => return Ok((self.hold(hash, component, false), CompiledFrom::Disk)),
                 Err(e) => {
                     tracing::warn!(script = name, file = %file.display(), "unusable cache file, recompiling: {e:#}")
                 }
@@ -174,8 +226,39 @@ impl ScriptEngine {
         {
             tracing::warn!(script = name, file = %file.display(), "cannot write the compile cache: {e:#}");
         }
-        self.compiled.lock().insert(hash, component.clone());
-        Ok((component, CompiledFrom::Compiled))
+        Ok((self.hold(hash, component, false), CompiledFrom::Compiled))
+    }
+
+    /// The cached compilation of the component with SHA-256 `hash`: held by a version, or
+    /// among the recently released (taken back out of them).
+    fn cached(&self, hash: [u8; 32]) -> Option<Arc<Compiled>> {
+        let mut cache = self.compiled.lock();
+        if let Some(held) = cache.held.get(&hash).and_then(Weak::upgrade) {
+            return Some(held);
+        }
+        let at = cache.released.iter().position(|(h, _)| *h == hash)?;
+        let (_, component) = cache.released.remove(at)?;
+        drop(cache);
+        Some(self.hold(hash, component, true))
+    }
+
+    fn hold(&self, hash: [u8; 32], component: Component, accepted: bool) -> Arc<Compiled> {
+        let compiled = Arc::new(Compiled {
+            component,
+            hash,
+            accepted: AtomicBool::new(accepted),
+            cache: Arc::downgrade(&self.compiled),
+        });
+        self.compiled.lock().held.insert(hash, Arc::downgrade(&compiled));
+        compiled
+    }
+
+    /// Whether the component with SHA-256 `hash` is in the memory cache (held by a version or
+    /// recently released).
+    pub fn is_cached(&self, hash: &[u8; 32]) -> bool {
+        let cache = self.compiled.lock();
+        cache.held.get(hash).is_some_and(|held| held.strong_count() > 0)
+            || cache.released.iter().any(|(h, _)| h == hash)
     }
 
     /// `<sha256 of the component>-<engine compatibility hash>.cwasm`.
@@ -230,7 +313,9 @@ impl ScriptEngine {
     /// Forgets the in-memory compile cache (the next compile of each component goes to the
     /// disk cache or the compiler). For tests and memory pressure.
     pub fn clear_memory_cache(&self) {
-        self.compiled.lock().clear();
+        let mut cache = self.compiled.lock();
+        cache.held.clear();
+        cache.released.clear();
     }
 }
 

@@ -103,7 +103,7 @@ pub struct ScriptSource {
 async fn compile(
     source: &ScriptSource,
     limits: &Limits,
-) -> Result<(Arc<ScriptEngine>, Component, engine::CompiledFrom), ScriptError> {
+) -> Result<(Arc<ScriptEngine>, Arc<engine::Compiled>, engine::CompiledFrom), ScriptError> {
     let engine = ScriptEngine::with_settings(limits.engine)?;
     let cache_dir = limits.cache_dir.clone();
     let (e, name, bytes) = (engine.clone(), source.name.clone(), source.bytes.clone());

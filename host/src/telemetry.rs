@@ -14,10 +14,11 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, Registry};
+use tracing_throttle::{Policy, TracingRateLimitLayer};
 
 use crate::config::TelemetryConfig;
 use crate::metrics::Metrics;
@@ -66,7 +67,7 @@ impl Telemetry {
             tracing_opentelemetry::layer().with_tracer(provider.tracer("wasmgate")).with_filter(only_ours)
         });
         Registry::default()
-            .with(logs.with_filter(filter))
+            .with(logs.with_filter(filter.and(throttle()?)))
             .with(spans)
             .try_init()
             .context("installing the log subscriber")?;
@@ -103,6 +104,32 @@ impl Telemetry {
             eprintln!("wasmgate: flushing metrics failed: {e}");
         }
     }
+}
+
+/// Lines of one kind (level, target, message, and fields other than the per-connection ones)
+/// may come [`LOG_BURST`] at once, then [`LOG_PER_S`] a second; the rest are suppressed and
+/// summarised every [`LOG_SUMMARY`] ("N suppressed"), so a flood (a trapping script on every
+/// event, a backend sending junk, a client storm) costs a bounded number of lines.
+pub const LOG_BURST: f64 = 50.0;
+/// See [`LOG_BURST`].
+pub const LOG_PER_S: f64 = 1.0;
+/// See [`LOG_BURST`].
+pub const LOG_SUMMARY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Fields that name one connection, session or peer: lines differing only in them are one kind.
+const PER_CONNECTION_FIELDS: [&str; 8] =
+    ["peer", "user", "session_id", "conn", "addr", "seen", "seq", "room"];
+
+fn throttle() -> anyhow::Result<TracingRateLimitLayer> {
+    let policy = Policy::token_bucket(LOG_BURST, LOG_PER_S).context("log rate limit")?;
+    TracingRateLimitLayer::builder()
+        .with_policy(policy)
+        .with_excluded_fields(PER_CONNECTION_FIELDS.iter().map(|f| f.to_string()).collect())
+        .with_max_signatures(10_000)
+        .with_active_emission(true)
+        .with_summary_interval(LOG_SUMMARY)
+        .build()
+        .context("log rate limit")
 }
 
 /// Whether span export is asked for: by the config, or by the standard variables (unless

@@ -971,3 +971,32 @@ async fn text_logs_off_a_terminal_have_no_colour_codes() {
     assert!(lines.iter().any(|l| l.contains("wasmgate serving")), "{lines:?}");
     assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "colour codes in {lines:?}");
 }
+
+/// A script trapping on every message costs one log line per trap, with no backtrace at `warn`,
+/// and at most a burst of them: repeated lines are rate-limited (docs/operations.md, Logs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_script_does_not_flood_the_log() {
+    let (backend, _) = counting_backend().await;
+    let router = format!("[scripts.router]\npath = \"{}\"", wasmgate_tests::HOSTILE_ROUTER);
+    let at = setup(backend, &router);
+    let args = ["--set", "rate_limits.msg_per_s=0"];
+    let gateway = Gateway::start(&at.config, at.ws, &args, &[]).await;
+    let mut client = gateway.client("trapper").await;
+    for _ in 0..120 {
+        let seq = client.send(900, b"").await.expect("send"); // the hostile router panics
+        let (error, _) = client.recv_reply(4, seq, PROMPT).await.expect("an error frame per trap");
+        assert_eq!(wasmgate_tests::error_of(&error.body).0, "script_error");
+    }
+    let log = gateway.log.lock().clone();
+    let traps: Vec<&str> = log
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .filter(|m| m.starts_with("script call trapped"))
+        .collect();
+    assert!(!traps.is_empty(), "no trap logged");
+    assert!(traps.len() <= 55, "{} trap lines for 120 traps: not rate-limited", traps.len());
+    for line in &traps {
+        assert!(!line.contains('\n') && !line.contains("wasm backtrace"), "one line, no backtrace: {line}");
+        assert!(line.contains("panic") || line.contains("unreachable"), "names the trap: {line}");
+    }
+}

@@ -380,21 +380,49 @@ impl<W: World> ScriptPool<W> {
                 } else {
                     self.outcomes.trap.inc();
                 }
+                // One line at warn (a trapping script on every event must not flood the log),
+                // the wasm backtrace at debug.
+                let summary = trap_summary(&err);
                 tracing::warn!(
                     script = self.name(),
                     version = &*self.meta.version,
                     deadline,
-                    "script call trapped: {err:?}"
+                    "script call trapped: {summary}"
+                );
+                tracing::debug!(
+                    script = self.name(),
+                    version = &*self.meta.version,
+                    "script trap backtrace: {err:?}"
                 );
                 // The instance may be in any state after a trap: replace it.
                 drop(slot);
                 if let Ok(fresh) = self.rebuild().await {
                     self.free.lock().push(fresh);
                 }
-                Err(ScriptError::Trap { script: self.name().into(), deadline, message: format!("{err:#}") })
+                Err(ScriptError::Trap { script: self.name().into(), deadline, message: summary })
             }
         }
     }
+}
+
+/// A trap as one line: the error and its causes, without the wasm backtrace (multi-line), at
+/// most 300 bytes.
+pub(crate) fn trap_summary(err: &wasmtime::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        // wasmtime's backtrace context: "error while executing at wasm backtrace:\n 0: ...".
+        let Some(first) =
+            text.lines().next().filter(|l| !l.trim().is_empty() && !l.contains("wasm backtrace"))
+        else {
+            continue;
+        };
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(first.trim());
+    }
+    super::state::truncate(&line, 300).to_string()
 }
 
 #[cfg(test)]

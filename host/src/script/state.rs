@@ -177,7 +177,7 @@ impl WasiHttpHooks for DenyHttp {
 
 impl types::Host for ScriptState {}
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

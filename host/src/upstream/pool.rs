@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Shared, UpstreamError, dispatch};
 use crate::maps::DestEntry;
 use crate::metrics::{DestLabel, DestOutcomeLabel};
-use crate::protocol::backend::{BackendCodec, BackendFrame, PROTOCOL_VERSION};
+use crate::protocol::backend::{BackendCodec, BackendFrame, FrameError, PROTOCOL_VERSION};
 use crate::tls;
 
 /// How a dest's connections are made: plain TCP, TLS (`"tls"` in its `dest_map.json` entry),
@@ -438,6 +438,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 frames_in.inc();
                 dispatch::from_backend(&shared, dest, frame).await;
             }
+            Err(FrameError::Io(e)) if peer_closed(&e) => {
+                tracing::info!(dest, "backend closed the connection: {e}");
+                return;
+            }
             Err(e) => {
                 // The length prefix or the socket failed: the stream is out of step.
                 tracing::warn!(dest, "backend connection unreadable, closing it: {e}");
@@ -445,4 +449,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     }
+}
+
+/// A backend ending the connection (reset, abort, or EOF inside a frame): its restart, not a
+/// bad frame.
+fn peer_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)
 }

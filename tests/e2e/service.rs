@@ -208,3 +208,43 @@ async fn flood_until_closed(h: &Harness, stalled: &mut wasmgate_tests::Client, c
     })
     .await;
 }
+
+/// A queue overflow closes the session at once, but a client whose socket still takes data is
+/// told why: the `slow_consumer` error frame, then (WebSocket) the 4005 close frame, after the
+/// packets the writer already had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_overflow_still_tells_a_reading_client_why() {
+    let h = Harness::start_with(|c| {
+        c.limits.pending_write_num = 2;
+        c.rate_limits = RateLimitsConfig::off();
+    })
+    .await;
+    for ws in [true, false] {
+        let mut client = if ws { h.logged_in_ws("bursty").await } else { h.tcp().await };
+        if !ws {
+            client.login(1, &wasmgate_tests::token("bursty-tcp")).await.expect("login");
+        }
+        // Each message 101 is answered by a reply and a push: both queued back to back, faster
+        // than a queue of 2 drains.
+        for _ in 0..200 {
+            if client.send(101, b"burst").await.is_err() {
+                break;
+            }
+        }
+        let mut packets = 0;
+        let error = loop {
+            let item = client.recv_within(PROMPT).await.expect("packets, then the notice");
+            let packet = item.packet().expect("an error frame before the close");
+            if packet.msg_id == 4 {
+                break packet;
+            }
+            packets += 1;
+        };
+        assert_eq!(wasmgate_tests::error_of(&error.body).0, "slow_consumer", "after {packets} packets");
+        wasmgate_tests::expect_closed(&mut client, ws.then_some(4005)).await;
+    }
+    wait_until("both closes are counted", || async {
+        h.metric("wasmgate_sessions_closed_total{reason=\"slow_consumer\"}") == 2.0
+    })
+    .await;
+}

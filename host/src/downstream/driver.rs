@@ -513,6 +513,10 @@ async fn write_batch(
     Ok(closing)
 }
 
+/// How long an aborted session's writer may take to send the close notice (error frame and
+/// WebSocket close frame) after what it had already buffered; past it the socket is dropped.
+pub(crate) const ABORT_NOTICE_GRACE: Duration = Duration::from_millis(250);
+
 async fn write_loop(
     mut writer: impl PacketWriter,
     mut rx: flume::Receiver<Outbound>,
@@ -532,24 +536,42 @@ async fn write_loop(
         }
     };
     // An abort (slow consumer, shutdown deadline) stops the writer even inside a blocked
-    // write, so the connection is released at once rather than after `write_ms`.
-    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = tokio::select! {
+    // write, so the queue is dropped at once rather than after `write_ms`.
+    let result: Option<Result<(), Box<dyn std::error::Error + Send + Sync>>> = tokio::select! {
         biased;
-        _ = handle.aborted() => return,
-        result = result => result,
+        _ = handle.aborted() => None,
+        result = result => Some(result),
     };
-    if let Err(e) = result {
-        let reason = if e.is::<tokio::time::error::Elapsed>() {
-            CloseReason::SlowConsumer
-        } else {
-            CloseReason::TransportError
-        };
-        tracing::debug!("write failed: {e}");
-        handle.abort(reason, "write failed");
-        return;
+    match result {
+        Some(Ok(())) => {
+            let (reason, message) = handle.close_reason().unwrap_or((CloseReason::Normal, ""));
+            let _ = timeout(write_timeout, writer.close(reason, message)).await;
+        }
+        Some(Err(e)) if e.is::<tokio::time::error::Elapsed>() => {
+            handle.abort(CloseReason::SlowConsumer, "write timed out");
+            abort_notice(&mut writer, &handle).await;
+        }
+        Some(Err(e)) => {
+            tracing::debug!("write failed: {e}");
+            handle.abort(CloseReason::TransportError, "write failed");
+        }
+        None => abort_notice(&mut writer, &handle).await,
     }
-    let (reason, message) = handle.close_reason().unwrap_or((CloseReason::Normal, ""));
-    let _ = timeout(write_timeout, writer.close(reason, message)).await;
+}
+
+/// Tells an aborted session's client why, if its socket takes it within
+/// [`ABORT_NOTICE_GRACE`]: the error frame, then (WebSocket) the close frame, after whatever
+/// the writer had buffered. Both transports' writers buffer whole frames, so a write cut off by
+/// the abort leaves the stream in step.
+async fn abort_notice(writer: &mut impl PacketWriter, handle: &SessionHandle) {
+    let (reason, message) = handle.close_reason().unwrap_or((CloseReason::GoingAway, ""));
+    let notice = async {
+        if let Some((msg_id, body)) = handle.close_notice() {
+            writer.feed(msg_id, 0, &body).await?;
+        }
+        writer.close(reason, message).await
+    };
+    let _ = timeout(ABORT_NOTICE_GRACE, notice).await;
 }
 
 #[cfg(test)]

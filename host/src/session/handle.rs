@@ -327,6 +327,13 @@ impl SessionHandle {
         self.0.close.raise(ABORTED);
     }
 
+    /// The error frame (message id, body) announcing the close reason, if it is one that is
+    /// announced: what an aborted session's writer sends in place of the dropped queue.
+    pub fn close_notice(&self) -> Option<(u32, Bytes)> {
+        let (reason, message) = self.close_reason()?;
+        reason.announce().then(|| (self.0.error_msg_id, error_body(reason.name(), message)))
+    }
+
     /// Why the session is closing (`None` while it is open).
     pub fn close_reason(&self) -> Option<(CloseReason, &str)> {
         self.0.close_reason.get().map(|(r, m)| (*r, m.as_str()))

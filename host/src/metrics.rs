@@ -155,13 +155,14 @@ pub struct LimitLabel {
 }
 
 /// The `limit` label values of `wasmgate_limited_total`.
-pub const LIMITS: [&str; 7] = [
+pub const LIMITS: [&str; 8] = [
     "conn_per_ip",
     "connect_rate",
     "login_per_ip",
     "login_per_user",
     "messages",
     "bytes",
+    "room_list",
     "admin_connections",
 ];
 

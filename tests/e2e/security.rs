@@ -190,6 +190,36 @@ async fn login_attempts_per_ip_and_logins_per_user_are_limited() {
     let _other = h.logged_in_ws("someone-else").await;
 }
 
+/// Room lists per source IP: a burst of twice the rate, then `rate_limited`; another address
+/// keeps its own bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_lists_are_limited_per_address() {
+    const ROOM_LIST: u32 = 8;
+    let h = Harness::start_with(|c| {
+        c.rate_limits = RateLimitsConfig { room_list_per_ip_per_s: 2, ..RateLimitsConfig::off() };
+    })
+    .await;
+    let mut lister = h.logged_in_ws("lister").await;
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let seq = lister.send(ROOM_LIST, b"").await.unwrap();
+        let packet = lister.recv_within(PROMPT).await.unwrap().packet().expect("an answer");
+        assert_eq!(packet.seq, seq);
+        answers.push(if packet.msg_id == 4 { error_of(&packet.body).0 } else { "list".into() });
+    }
+    // The burst is 4: the first four pass (a token may come back meanwhile on a slow run).
+    assert_eq!(answers[..4], ["list", "list", "list", "list"]);
+    assert!(answers[4..].iter().any(|a| a == "rate_limited"), "{answers:?}");
+    assert!(h.metric("wasmgate_limited_total{limit=\"room_list\"}") >= 1.0);
+    let ws = h.gateway.ws_addr().unwrap();
+    let mut other =
+        Client::ws_over(connect_from(OTHER_IP, ws).await.unwrap(), &h.ws_url(), false).await.unwrap();
+    other.login(1, &token("other")).await.unwrap();
+    let seq = other.send(ROOM_LIST, b"").await.unwrap();
+    let (list, _) = other.recv_reply(ROOM_LIST, seq, PROMPT).await.expect("another address lists");
+    assert!(String::from_utf8_lossy(&list.body).contains("\"rooms\""));
+}
+
 /// 500 half-open admin connections from 127.0.0.2 take at most their per-IP places, are
 /// closed after `request_timeout_ms`, and neither `/healthz` nor game clients from
 /// 127.0.0.1 wait.

@@ -138,6 +138,10 @@ pub struct RateLimitsConfig {
     /// `bytes_burst`, with the same answers as `msg_per_s`.
     pub bytes_per_s: u32,
     pub bytes_burst: u32,
+    /// Room lists (the client route and nothing else: the admin API is trusted) per source IP
+    /// per second, after a burst of twice as many. Excess requests are answered
+    /// `rate_limited`.
+    pub room_list_per_ip_per_s: u32,
 }
 
 impl Default for RateLimitsConfig {
@@ -152,6 +156,7 @@ impl Default for RateLimitsConfig {
             msg_burst: 400,
             bytes_per_s: 1 << 20,
             bytes_burst: 2 << 20,
+            room_list_per_ip_per_s: 10,
         }
     }
 }
@@ -169,6 +174,7 @@ impl RateLimitsConfig {
             msg_burst: 0,
             bytes_per_s: 0,
             bytes_burst: 0,
+            room_list_per_ip_per_s: 0,
         }
     }
 }

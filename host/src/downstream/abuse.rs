@@ -87,6 +87,7 @@ pub(crate) struct PeerLimits {
     connects: Option<DefaultKeyedRateLimiter<IpAddr>>,
     logins_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     logins_per_user: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    room_lists: Option<DefaultKeyedRateLimiter<IpAddr>>,
     session: RateLimitsConfig,
     metrics: Metrics,
 }
@@ -102,6 +103,12 @@ impl PeerLimits {
                 .map(RateLimiter::dashmap),
             logins_per_user: quota(minute, config.login_per_user_per_min, config.login_per_user_per_min)
                 .map(RateLimiter::dashmap),
+            room_lists: quota(
+                Duration::from_secs(1),
+                config.room_list_per_ip_per_s,
+                config.room_list_per_ip_per_s.saturating_mul(2),
+            )
+            .map(RateLimiter::dashmap),
             session: config.clone(),
             metrics: metrics.clone(),
         })
@@ -140,6 +147,15 @@ impl PeerLimits {
     }
 
     /// A new session's buckets; `None` when both session limits are off.
+    /// Whether a room list from `ip` is allowed (`rate_limits.room_list_per_ip_per_s`).
+    pub(crate) fn room_list_from(&self, ip: IpAddr) -> bool {
+        let allowed = self.room_lists.as_ref().is_none_or(|l| l.check_key(&ip).is_ok());
+        if !allowed {
+            self.metrics.limited("room_list");
+        }
+        allowed
+    }
+
     pub(crate) fn session_limits(&self) -> Option<Box<SessionLimits>> {
         let c = &self.session;
         let second = Duration::from_secs(1);
@@ -167,6 +183,10 @@ impl PeerLimits {
                 l.shrink_to_fit();
             }
             if let Some(l) = &self.logins_per_user {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+            if let Some(l) = &self.room_lists {
                 l.retain_recent();
                 l.shrink_to_fit();
             }

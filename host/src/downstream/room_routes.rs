@@ -198,6 +198,10 @@ impl Session {
         struct ListRequest {
             prefix: String,
         }
+        if !self.ctx.peers.room_list_from(self.handle.peer().ip()) {
+            self.reject(seq, ErrorCode::RateLimited, "too many room lists from this address");
+            return;
+        }
         let request: ListRequest = if body.is_empty() {
             ListRequest::default()
         } else {

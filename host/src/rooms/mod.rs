@@ -6,13 +6,14 @@
 //! a no-op; the last member leaving deletes the room; a closing session leaves all its rooms.
 //!
 //! Locks, always taken in this order and never across an `.await`: the session's memberships,
-//! then the room's index shard (64, by name hash), then one fan-out bucket. Broadcasts take an
+//! then the room's index shard (64, by name hash), then the ordered name index (only when a
+//! room is created or deleted) or one fan-out bucket. Broadcasts take an
 //! index shard only to see which buckets hold members, then queue one job per such bucket
 //! ([`fanout`]).
 
 mod fanout;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -77,6 +78,9 @@ pub struct RoomSummary {
 /// The rooms of one gateway node.
 pub struct Rooms {
     index: Box<[IndexShard]>,
+    /// Every room name, ordered: a prefix query with a limit reads `limit` names after one
+    /// O(log n) seek instead of sorting the table.
+    names: Mutex<BTreeSet<Arc<str>>>,
     hasher: RandomState,
     buckets: Box<[Bucket]>,
     max_per_session: usize,
@@ -109,6 +113,7 @@ impl Rooms {
         );
         Self {
             index: (0..INDEX_SHARDS).map(|_| Mutex::default()).collect(),
+            names: Mutex::default(),
             hasher: RandomState::new(),
             buckets,
             max_per_session: config.max_rooms_per_session,
@@ -175,6 +180,7 @@ impl Rooms {
                 let key: Arc<str> = room.into();
                 let entry = RoomEntry { members: 0, cap, per_bucket: vec![0; self.buckets.len()].into() };
                 shard.insert(key.clone(), entry);
+                self.names.lock().insert(key.clone());
                 self.rooms_gauge.inc();
                 key
             }
@@ -243,6 +249,7 @@ impl Rooms {
         let left = entry.members;
         if left == 0 {
             shard.remove(room);
+            self.names.lock().remove(room);
             self.rooms_gauge.dec();
         }
         left
@@ -284,27 +291,33 @@ impl Rooms {
         self.registry.len()
     }
 
-    /// Rooms whose name starts with `prefix`, sorted by name, at most `limit`; and how many
-    /// rooms matched in all.
+    /// Rooms whose name starts with `prefix`, in name order, at most `limit`, with their
+    /// member counts; and how many rooms match, counted up to [`LIST_COUNT_CAP`] (a larger
+    /// number means at least that many). Costs O(log n + limit) plus the count (capped).
     pub fn list(&self, prefix: &str, limit: usize) -> (Vec<RoomSummary>, usize) {
-        let mut rooms: Vec<RoomSummary> = self
-            .index
-            .iter()
-            .flat_map(|shard| {
-                shard
-                    .lock()
-                    .iter()
-                    .filter(|(name, _)| name.starts_with(prefix))
-                    .map(|(name, e)| RoomSummary { room: name.to_string(), members: e.members })
-                    .collect::<Vec<_>>()
+        let (names, total) = {
+            let names = self.names.lock();
+            let matching = || {
+                names
+                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .take_while(|name| name.starts_with(prefix))
+            };
+            let total = if prefix.is_empty() { names.len() } else { matching().take(LIST_COUNT_CAP).count() };
+            (matching().take(limit).cloned().collect::<Vec<_>>(), total)
+        };
+        let rooms = names
+            .into_iter()
+            .filter_map(|name| {
+                let members = self.shard(&name).lock().get(&name)?.members;
+                Some(RoomSummary { room: name.to_string(), members })
             })
             .collect();
-        let total = rooms.len();
-        rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
-        rooms.truncate(limit);
         (rooms, total)
     }
 }
+
+/// Matching rooms counted by [`Rooms::list`] beyond its page, at most.
+pub const LIST_COUNT_CAP: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -373,5 +386,28 @@ mod tests {
         }
         let (list, total) = rooms.list("", 10);
         assert_eq!((list, total), (vec![RoomSummary { room: "r".into(), members: 20 }], 1));
+    }
+
+    #[tokio::test]
+    async fn list_pages_a_prefix_in_name_order_from_the_ordered_index() {
+        let (rooms, _) = rooms(1);
+        let mut sessions = Vec::new();
+        // Names inserted out of order; "lobby-" sorts between "arena-" and "lobbz".
+        for (id, name) in [(1, "lobby-3"), (2, "arena-1"), (3, "lobby-1"), (4, "lobbz"), (5, "lobby-2")] {
+            let (s, rx) = session(id, 8);
+            assert!(matches!(rooms.join(&s, name, None), JoinOutcome::Joined { .. }));
+            sessions.push((s, rx));
+        }
+        let names = |list: Vec<RoomSummary>| list.into_iter().map(|r| r.room).collect::<Vec<_>>();
+        let (page, total) = rooms.list("lobby-", 2);
+        assert_eq!((names(page), total), (vec!["lobby-1".to_string(), "lobby-2".into()], 3));
+        let (page, total) = rooms.list("", 10);
+        assert_eq!(total, 5);
+        assert_eq!(names(page), ["arena-1", "lobby-1", "lobby-2", "lobby-3", "lobbz"]);
+        assert_eq!(rooms.list("zzz", 10), (vec![], 0));
+        // A deleted room leaves the index.
+        assert_eq!(rooms.leave(&sessions[2].0, "lobby-1"), Some(0));
+        let (page, total) = rooms.list("lobby-", 10);
+        assert_eq!((names(page), total), (vec!["lobby-2".to_string(), "lobby-3".into()], 2));
     }
 }

@@ -86,6 +86,7 @@ fn limits_one() -> Limits {
         engine: Default::default(),
         services: Default::default(),
         trap_unknown_imports: false,
+        long_calls: None,
     }
 }
 

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub fanout_undelivered: Counter,
     pub pushes: Family<TargetLabel, Counter>,
     pub script_compiles: Family<FromLabel, Counter>,
+    /// Script calls that ran past their first epoch tick and had to wait for a long-call lane.
+    pub script_lane_waits: Counter,
     pub script_deploys: Family<ReasonLabel, Counter>,
     pub cluster_messages: Family<OutcomeLabel, Counter>,
     pub cluster_nodes: Gauge,
@@ -208,6 +210,7 @@ impl Metrics {
             fanout_undelivered: Counter::default(),
             pushes: Family::default(),
             script_compiles: Family::default(),
+            script_lane_waits: Counter::default(),
             script_deploys: Family::default(),
             cluster_messages: Family::default(),
             cluster_nodes: Gauge::default(),
@@ -386,6 +389,13 @@ impl Metrics {
             "script_compiles",
             "Script components loaded, by where the compiled code came from",
             m.script_compiles.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "script_lane_waits",
+            "Script calls still running after one epoch tick that waited for a long-call lane (scripts.long_calls)",
+            m.script_lane_waits.clone(),
         );
         register(
             &mut r,

@@ -74,3 +74,40 @@ async fn a_script_that_is_not_a_router_is_refused_at_start() {
     let err = wasmgate::RunningGateway::start(config).await.err().expect("must refuse");
     assert!(format!("{err:#}").contains("secret"), "{err:#}");
 }
+
+/// Runaway calls share the long-call lanes (`scripts.long_calls`): four endless loops at once
+/// take turns on one lane (the others wait, counted), each still ends at its deadline, and a
+/// bystander's messages are routed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_calls_take_turns_on_the_long_call_lane() {
+    let h = Harness::start_with(|c| {
+        c.scripts.router.path = Some(HOSTILE_ROUTER.into());
+        c.scripts.deadline_ms = 300;
+        c.scripts.long_calls = 1;
+    })
+    .await;
+    let mut loopers = Vec::new();
+    for i in 0..4 {
+        let mut client = h.logged_in_ws(&format!("looper-{i}")).await;
+        loopers.push(tokio::spawn(async move {
+            let seq = client.send(901, b"").await.unwrap(); // an endless loop
+            let (error, _) = client.recv_reply(4, seq, PROMPT).await.unwrap();
+            error_of(&error.body).0
+        }));
+    }
+    let mut bystander = h.logged_in_ws("bystander").await;
+    for i in 0..5 {
+        let body = format!("meanwhile {i}");
+        let seq = bystander.send(100, body.as_bytes()).await.unwrap();
+        let (reply, _) = bystander.recv_reply(100, seq, PROMPT).await.unwrap();
+        assert_eq!(reply.body, body.as_bytes());
+    }
+    for looper in loopers {
+        assert_eq!(looper.await.unwrap(), "script_error");
+    }
+    assert!(h.metric("wasmgate_script_lane_waits_total") >= 1.0, "the loops waited for the lane");
+    let (_, metrics) = h.admin_get("/metrics").await;
+    let deadlines =
+        metric_sum(&metrics, "wasmgate_script_calls_total", &["script=\"router\"", "outcome=\"deadline\""]);
+    assert_eq!(deadlines, 4.0, "{metrics}");
+}

@@ -149,6 +149,8 @@ impl RunningGateway {
             engine: EngineSettings::of(&config.scripts.pooling),
             services: services.clone(),
             trap_unknown_imports: config.scripts.trap_unknown_imports,
+            long_calls: (config.scripts.long_calls > 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(config.scripts.long_calls))),
         };
         let manifest = match &config.scripts.dir {
             Some(dir) => {

@@ -498,6 +498,12 @@ pub struct ScriptsConfig {
     /// refusing the component. For toolchains that import more than a script uses. Default
     /// false.
     pub trap_unknown_imports: bool,
+    /// Long-call lanes: a script call still running after one epoch tick (1-2 ms) goes on
+    /// only while holding one of these, so at most this many long calls (a runaway script, a
+    /// slow `init`) run at once over the whole gateway and the other worker threads keep
+    /// serving sockets and short calls; the rest wait, their deadline running. 0 = no lanes.
+    /// Default 1 (of the runtime's worker threads, one per core).
+    pub long_calls: usize,
     /// The scripts directory, watched: `manifest.toml` there describes the handler scripts
     /// `message_map.json` may name (docs/scripting.md), and a change to the manifest or a file
     /// it names re-applies it; writing `auth.wasm`, `router.wasm` or `rooms.wasm` there
@@ -556,6 +562,7 @@ impl Default for ScriptsConfig {
             router_fallback_dest: None,
             native_router: false,
             trap_unknown_imports: false,
+            long_calls: 1,
             dir: None,
             pooling: PoolingConfig::default(),
         }

@@ -126,5 +126,6 @@ pub fn offline_limits(config: &crate::config::Config) -> Limits {
         engine: super::engine::EngineSettings::of(&config.scripts.pooling),
         services: Arc::default(),
         trap_unknown_imports: config.scripts.trap_unknown_imports,
+        long_calls: None,
     }
 }

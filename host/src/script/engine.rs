@@ -30,7 +30,7 @@ use super::state::ScriptState;
 
 /// Epoch tick period: a long-running call yields to the async runtime this often, and its
 /// deadline is checked as often.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Wasm stack per call, in bytes; deeper recursion traps.
 const MAX_WASM_STACK: usize = 512 << 10;

@@ -78,6 +78,10 @@ pub struct Limits {
     /// Link imports the host does not know as trapping functions (`scripts.trap_unknown_imports`)
     /// instead of refusing the component.
     pub trap_unknown_imports: bool,
+    /// The long-call lanes (`scripts.long_calls`), shared by the gateway's scripts: a call
+    /// still running after one epoch tick (1-2 ms) continues only holding one, so runaway
+    /// scripts occupy at most that many worker threads at once; `None`: no lanes.
+    pub long_calls: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 struct Outcomes {
@@ -89,6 +93,10 @@ struct Outcomes {
     /// Calls refused at once while instance rebuilds are backing off.
     unavailable: Counter,
 }
+
+/// Epoch ticks before a call's first deadline check: 2, so that a call is found "long" (and
+/// needs a lane) only after running at least one whole tick ([`super::engine::EPOCH_TICK`]).
+const FIRST_TICKS: u64 = 2;
 
 /// First wait after a failed instance build; doubles per consecutive failure.
 const REBUILD_BACKOFF_FIRST: Duration = Duration::from_millis(50);
@@ -233,15 +241,36 @@ impl<W: World> ScriptPool<W> {
         let mut store = Store::new(&self.engine.engine, ScriptState::new(self.meta.clone(), limits));
         store.limiter(|s| &mut s.limits);
         let deadline = self.limits.deadline;
+        let lanes = self.limits.long_calls.clone();
         store.epoch_deadline_callback(move |ctx| {
             if ctx.data().call_started.elapsed() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+                return Ok(UpdateDeadline::Interrupt);
             }
+            let held = ctx.data().lane.clone();
+            let Some(lanes) = lanes.as_ref().filter(|_| held.lock().is_none()) else {
+                return Ok(UpdateDeadline::Yield(1));
+            };
+            // A long call: it goes on once it holds a lane (its deadline keeps running while
+            // it waits, so a queue of runaway calls ends at their deadlines).
+            if let Ok(permit) = lanes.clone().try_acquire_owned() {
+                *held.lock() = Some(permit);
+                return Ok(UpdateDeadline::Yield(1));
+            }
+            ctx.data().meta.metrics.script_lane_waits.inc();
+            let lanes = lanes.clone();
+            // Deadline 0 ticks after the wait: this callback runs again at once, and a call
+            // whose deadline passed while it waited ends there, without running again.
+            Ok(UpdateDeadline::YieldCustom(
+                0,
+                Box::pin(async move {
+                    if let Ok(permit) = lanes.acquire_owned().await {
+                        *held.lock() = Some(permit);
+                    }
+                }),
+            ))
         });
         store.data_mut().call_started = Instant::now();
-        store.set_epoch_deadline(1);
+        store.set_epoch_deadline(FIRST_TICKS);
         let init_error = |message: String| ScriptError::Init { script: self.meta.name.to_string(), message };
         let bindings = W::instantiate(&self.pre, &mut store).await.map_err(|e| {
             let hint = if e.is::<wasmtime::PoolConcurrencyLimitError>() {
@@ -252,7 +281,10 @@ impl<W: World> ScriptPool<W> {
             init_error(format!("{e:#}{hint}"))
         })?;
         match (self.init)(Slot { store, bindings }).await {
-            (slot, Ok(Ok(()))) => Ok(slot),
+            (slot, Ok(Ok(()))) => {
+                slot.store.data().lane.lock().take();
+                Ok(slot)
+            }
             (_, Ok(Err(refusal))) => Err(init_error(refusal)),
             (_, Err(trap)) => Err(init_error(format!("init trapped: {trap:?}"))),
         }
@@ -358,7 +390,7 @@ impl<W: World> ScriptPool<W> {
             None => self.rebuild().await?,
         };
         slot.store.data_mut().call_started = Instant::now();
-        slot.store.set_epoch_deadline(1);
+        slot.store.set_epoch_deadline(FIRST_TICKS);
         let started = slot.store.data().call_started;
         let span = tracing::debug_span!(
             "script.call",
@@ -366,6 +398,7 @@ impl<W: World> ScriptPool<W> {
             wasmgate.script_version = &*self.meta.version,
         );
         let (slot, result) = f(slot).instrument(span).await;
+        slot.store.data().lane.lock().take();
         self.outcomes.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => {

@@ -57,7 +57,10 @@ pub struct ScriptState {
     pub(super) limits: MemoryLimiter,
     /// When the current call started (the epoch callback compares it with the deadline).
     pub(super) call_started: Instant,
-    meta: Arc<ScriptMeta>,
+    /// The long-call lane the current call holds, if it ran past its first epoch tick
+    /// ([`super::pool::Limits::long_calls`]); released when the call ends.
+    pub(super) lane: Arc<parking_lot::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    pub(super) meta: Arc<ScriptMeta>,
 }
 
 impl ScriptState {
@@ -84,6 +87,7 @@ impl ScriptState {
             table: ResourceTable::new(),
             limits,
             call_started: Instant::now(),
+            lane: Arc::default(),
             meta,
         }
     }

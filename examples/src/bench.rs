@@ -12,7 +12,32 @@ use anyhow::{Context as _, bail};
 /// The `[rate_limits]` section of benchmark gateways: every abuse limit off, since every
 /// benchmark client comes from loopback and sends as fast as it can (docs/security.md).
 pub const NO_RATE_LIMITS: &str = "[rate_limits]\nconn_per_ip = 0\nconnect_per_ip_per_s = 0\n\
-    login_per_ip_per_min = 0\nlogin_per_user_per_min = 0\nmsg_per_s = 0\nbytes_per_s = 0\n";
+    login_per_ip_per_min = 0\nlogin_per_user_per_min = 0\nmsg_per_s = 0\nbytes_per_s = 0\n\
+    room_list_per_ip_per_s = 0\n";
+
+/// The start of a gateway config for a benchmark scenario: `dest_map.json` (`dests`) and
+/// `message_map.json` (`messages`) written into `dir` (created), the WebSocket listener on
+/// port `ws`, admin on `admin`, TCP on a free port, the maps unwatched, no rate limits, a
+/// 10-minute heartbeat and the auth script's `secret`. The scenario appends its own tables.
+pub fn bench_config(
+    dir: &Path,
+    (ws, admin): (u16, u16),
+    dests: &serde_json::Value,
+    messages: &str,
+    secret: &str,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let (dest, message) = (dir.join("dest_map.json"), dir.join("message_map.json"));
+    std::fs::write(&dest, dests.to_string())?;
+    std::fs::write(&message, messages)?;
+    Ok(format!(
+        "[listen]\nws = \"127.0.0.1:{ws}\"\ntcp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:{admin}\"\n\
+         [maps]\ndest_map = \"{}\"\nmessage_map = \"{}\"\nno_watch = true\n{NO_RATE_LIMITS}\
+         [timeouts]\nheartbeat_ms = 600000\n[scripts.auth]\nconfig = {{ secret = \"{secret}\" }}\n",
+        dest.display(),
+        message.display(),
+    ))
+}
 
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -23,10 +23,12 @@ use wasmgate_examples::bench::NO_RATE_LIMITS;
 
 mod conn;
 mod fanout;
+mod hostile;
 mod idle;
 mod login_storm;
 mod peers;
 mod relay;
+mod soak;
 mod swap;
 mod tls;
 
@@ -178,6 +180,45 @@ enum Scenario {
         #[arg(long)]
         gateway: Option<PathBuf>,
     },
+    /// Runaway scripts against everyone else: echo round trips with and without sessions
+    /// keeping an endless-looping router call in flight, per `scripts.long_calls` value.
+    Hostile {
+        /// The hostile test router (built by `examples/scripts/build.sh` / the tests:
+        /// target/wasm-guests/wasm32-wasip2/release/wasmgate_test_hostile_router.wasm).
+        #[arg(long)]
+        router: PathBuf,
+        /// Sessions measuring echo round trips.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Sessions each keeping one endless loop in flight.
+        #[arg(long, default_value_t = 8)]
+        loopers: usize,
+        /// Length of each phase, seconds.
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// `scripts.deadline_ms`.
+        #[arg(long, default_value_t = 200)]
+        deadline_ms: u64,
+        /// `scripts.long_calls` values to compare (0 = no lanes).
+        #[arg(long, value_delimiter = ',', default_value = "0,1")]
+        lanes: Vec<usize>,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
+    /// Soak: held sessions through repeated deploys, bursts to stalled clients, backend flaps
+    /// and junk frames; the gateway's RSS, descriptors and threads must come back within 20 %.
+    Soak {
+        /// Length of the run, seconds (cycles of a few seconds each).
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Sessions held connected throughout.
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
     /// (internal) Open sessions from one source address and hold them until stdin closes.
     #[command(hide = true)]
     Worker {
@@ -259,6 +300,14 @@ fn main() -> anyhow::Result<()> {
                 concurrency: concurrency.max(1),
             };
             runtime.block_on(tls::run(&targets, load, gateway.as_deref()))
+        }
+        Scenario::Hostile { router, clients, loopers, seconds, deadline_ms, lanes, gateway } => {
+            let load =
+                hostile::Load { clients: clients.max(1), loopers, seconds: seconds.max(0.5), deadline_ms };
+            runtime.block_on(hostile::run(load, &lanes, &router, gateway.as_deref()))
+        }
+        Scenario::Soak { seconds, sessions, gateway } => {
+            runtime.block_on(soak::run(seconds, sessions, gateway.as_deref()))
         }
         Scenario::Worker { server, transport, source, first, sessions, concurrency } => {
             runtime.block_on(idle::worker(server, transport, source, first, sessions, concurrency))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wasmgate_examples::backend::{self, BackendOptions};
-use wasmgate_examples::bench::{GatewayProcess, NO_RATE_LIMITS, free_port, percentile_ms};
+use wasmgate_examples::bench::{GatewayProcess, bench_config, free_port, percentile_ms};
 use wasmgate_examples::client::{Client, mint_token};
 
 use super::SECRET;
@@ -70,35 +70,13 @@ pub async fn run(args: Swaps, gateway: Option<&Path>) -> anyhow::Result<()> {
 
     let (ws, admin) = (free_port()?, free_port()?);
     let maps = std::env::temp_dir().join(format!("wasmgate-swap-maps-{}", std::process::id()));
-    std::fs::create_dir_all(&maps)?;
-    std::fs::write(
-        maps.join("dest_map.json"),
-        serde_json::json!({"101": {"poolNums": 2, "srvAddr": backend_addr.to_string(), "srvName": "echo"}})
-            .to_string(),
-    )?;
-    std::fs::write(maps.join("message_map.json"), r#"{"100": 101}"#)?;
-    let config = format!(
-        r#"[listen]
-ws = "127.0.0.1:{ws}"
-tcp = "127.0.0.1:0"
-admin = "127.0.0.1:{admin}"
-[maps]
-dest_map = "{dest}"
-message_map = "{message}"
-no_watch = true
-{NO_RATE_LIMITS}[timeouts]
-heartbeat_ms = 600000
-[admin]
-token = "{TOKEN}"
-[scripts.auth]
-config = {{ secret = "{SECRET}" }}
-[scripts.pooling]
-enabled = {pooling}
-"#,
-        pooling = !args.no_pooling,
-        dest = maps.join("dest_map.json").display(),
-        message = maps.join("message_map.json").display(),
-    );
+    let dests =
+        serde_json::json!({"101": {"poolNums": 2, "srvAddr": backend_addr.to_string(), "srvName": "echo"}});
+    let mut config = bench_config(&maps, (ws, admin), &dests, r#"{"100": 101}"#, SECRET)?;
+    config.push_str(&format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n[scripts.pooling]\nenabled = {}\n",
+        !args.no_pooling
+    ));
     let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
     let gateway = GatewayProcess::start(gateway, &config, ws_addr).await?;

@@ -146,7 +146,6 @@ impl PeerLimits {
         allowed
     }
 
-    /// A new session's buckets; `None` when both session limits are off.
     /// Whether a room list from `ip` is allowed (`rate_limits.room_list_per_ip_per_s`).
     pub(crate) fn room_list_from(&self, ip: IpAddr) -> bool {
         let allowed = self.room_lists.as_ref().is_none_or(|l| l.check_key(&ip).is_ok());
@@ -156,6 +155,7 @@ impl PeerLimits {
         allowed
     }
 
+    /// A new session's buckets; `None` when both session limits are off.
     pub(crate) fn session_limits(&self) -> Option<Box<SessionLimits>> {
         let c = &self.session;
         let second = Duration::from_secs(1);

@@ -22,7 +22,7 @@
 //! discovery) and [`upstream`] (queue pools to backends); [`delivery`] (every push, reply,
 //! kick and broadcast, here or over the bus); [`rooms`] and [`session`] (handles, registry,
 //! ids, close reasons, error codes); then [`protocol`] (client and backend wire formats),
-//! [`maps`], [`config`], [`metrics`], [`telemetry`], [`user_centre`], [`http_client`].
+//! [`maps`], [`memory`], [`config`], [`metrics`], [`telemetry`], [`user_centre`], [`http_client`].
 
 pub mod admin;
 mod app;
@@ -35,6 +35,7 @@ pub mod downstream;
 pub mod embedded;
 pub mod http_client;
 pub mod maps;
+pub mod memory;
 pub mod metrics;
 pub mod otlp_metrics;
 pub mod protocol;

@@ -135,6 +135,14 @@ impl From<LogFormat> for telemetry::LogFormat {
     }
 }
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Errors end the process with one line on stderr (`wasmgate: <cause>: <cause>...`) and exit
 /// code 1, never a backtrace (even with `RUST_BACKTRACE` set).
 fn main() -> std::process::ExitCode {
@@ -165,6 +173,7 @@ async fn run_cli() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     match cli.command.take().unwrap_or(Command::Run) {
         Command::Run => {
+            wasmgate::memory::spawn_trimmer();
             // The config first: it may ask for span export.
             let overrides = overrides(&cli.sets)?;
             let config = config_centre::load(cli.config.as_deref(), &overrides).await?;

@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics", "config_overrides"],
     &["config", "maps"],
     &["session"],
-    &["protocol", "http_client", "embedded"],
+    &["protocol", "http_client", "embedded", "memory"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -661,6 +661,11 @@ async fn profiling_endpoints() {
         }
     });
     is_flowing.await.expect("traffic flows");
+    let in_use = |heap: &[u8]| {
+        let heap: serde_json::Value = serde_json::from_slice(heap).expect("JSON");
+        heap["in_use_bytes"].as_u64().unwrap_or(0) + heap["mmap_bytes"].as_u64().unwrap_or(0)
+    };
+    let before = in_use(&get_bytes(admin, "/debug/heap", "secret-token").await.1);
     let (status, body) = get_bytes(admin, "/debug/pprof/profile?seconds=2", "secret-token").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let profile = pprof::protos::Profile::decode(body.as_slice()).expect("a pprof protobuf");
@@ -674,6 +679,10 @@ async fn profiling_endpoints() {
     busy.await.expect("traffic");
     let (status, heap) = get_bytes(admin, "/debug/heap", "secret-token").await;
     assert_eq!(status, 200);
+    // What stays after the profiles: pprof's sample table (~69 MB, allocated by the first
+    // profile and reused), not the symboliser's parse of the binary's debug info.
+    let grown = in_use(&heap).saturating_sub(before);
+    assert!(grown < 90 << 20, "profiles left {} MiB more in use", grown >> 20);
     let heap: serde_json::Value = serde_json::from_slice(&heap).expect("JSON");
     assert!(heap["in_use_bytes"].as_u64().is_some_and(|b| b > 0), "{heap}");
     assert!(heap["rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{heap}");

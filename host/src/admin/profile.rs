@@ -74,6 +74,12 @@ pub(super) async fn cpu(query: Option<&str>, output: Output) -> HttpResponse {
             Output::FlameGraph if report.data.is_empty() => out.extend_from_slice(EMPTY_SVG.as_bytes()),
             Output::FlameGraph => report.flamegraph(&mut out).map_err(|e| e.to_string())?,
         }
+        drop(report);
+        // Symbolising parsed the binary's debug info (~160 MB for a release build with
+        // debuginfo) into the `backtrace` crate's global cache, kept for the next lookup:
+        // a profile is rare, so free it and give the pages back.
+        backtrace::clear_symbol_cache();
+        crate::memory::give_back_memory();
         Ok(out)
     })
     .await;
@@ -85,24 +91,33 @@ pub(super) async fn cpu(query: Option<&str>, output: Output) -> HttpResponse {
     }
 }
 
-/// glibc's allocator statistics (`mallinfo2`, bytes) and the process's resident set.
+/// glibc's allocator statistics (`mallinfo2`, bytes) and the process's resident set; with
+/// another allocator (`--features jemalloc` / `mimalloc`) only its name and the resident set.
 pub(super) fn heap() -> HttpResponse {
-    // SAFETY: mallinfo2 only reads the allocator's counters.
-    let info = unsafe { libc::mallinfo2() };
-    let rss_bytes = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-    });
-    json(
-        StatusCode::OK,
-        serde_json::json!({
-            "allocator": "glibc malloc",
-            "arena_bytes": info.arena,
-            "mmap_bytes": info.hblkhd,
-            "in_use_bytes": info.uordblks,
-            "free_bytes": info.fordblks,
-            "releasable_bytes": info.keepcost,
-            "rss_bytes": rss_bytes.map(|kib| kib * 1024),
-        }),
-    )
+    let rss_bytes = crate::memory::rss_bytes();
+    #[cfg(target_env = "gnu")]
+    if crate::memory::heap_bytes().is_some() {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let info = unsafe { libc::mallinfo2() };
+        return json(
+            StatusCode::OK,
+            serde_json::json!({
+                "allocator": "glibc malloc",
+                "arena_bytes": info.arena,
+                "mmap_bytes": info.hblkhd,
+                "in_use_bytes": info.uordblks,
+                "free_bytes": info.fordblks,
+                "releasable_bytes": info.keepcost,
+                "rss_bytes": rss_bytes,
+            }),
+        );
+    }
+    let allocator = if cfg!(feature = "mimalloc") {
+        "mimalloc"
+    } else if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else {
+        "system"
+    };
+    json(StatusCode::OK, serde_json::json!({ "allocator": allocator, "rss_bytes": rss_bytes }))
 }

@@ -143,9 +143,11 @@ impl ScriptEngine {
         Self::with_settings(EngineSettings::default())
     }
 
-    fn create(settings: EngineSettings) -> wasmtime::Result<Self> {
+    /// The engine configuration for `settings`; `pooled: false` leaves out the pooling
+    /// allocator (for an engine that only compiles, [`Self::compile_apart`]).
+    fn config(settings: EngineSettings, pooled: bool) -> Config {
         let mut config = Config::new();
-        if let Some((instances, memories)) = settings.pooling {
+        if let Some((instances, memories)) = settings.pooling.filter(|_| pooled) {
             let mut pool = PoolingAllocationConfig::new();
             pool.total_component_instances(instances)
                 .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
@@ -163,7 +165,11 @@ impl ScriptEngine {
             .concurrency_support(false)
             .max_wasm_stack(MAX_WASM_STACK)
             .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
-        let engine = Engine::new(&config)?;
+        config
+    }
+
+    fn create(settings: EngineSettings) -> wasmtime::Result<Self> {
+        let engine = Engine::new(&Self::config(settings, true))?;
 
         // Every world imports the same `host` interface (and WASI, denied by the store's
         // context), so one linker serves them all.
@@ -219,14 +225,31 @@ impl ScriptEngine {
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| ScriptError::Load { script: name.into(), message: load_error_message(&e) })?;
+        let component = if bytes.len() >= LARGE_COMPONENT {
+            self.compile_apart(bytes)
+        } else {
+            Component::new(&self.engine, bytes)
+        }
+        .map_err(|e| ScriptError::Load { script: name.into(), message: load_error_message(&e) })?;
         if let Some(file) = &file
             && let Err(e) = write_cache_file(file, &component)
         {
             tracing::warn!(script = name, file = %file.display(), "cannot write the compile cache: {e:#}");
         }
         Ok((self.hold(hash, component, false), CompiledFrom::Compiled))
+    }
+
+    /// Compiles `bytes` on an engine of its own (same settings, no pooling allocator) and loads
+    /// the result into this one. Cranelift keeps its per-thread compile buffers in the engine
+    /// that compiled, sized by the largest function it ever compiled: an interpreter's
+    /// dispatch loop (CPython's, SpiderMonkey's) left ~70 MB there for the life of the
+    /// process; dropped with the compiling engine, they go back to the OS.
+    fn compile_apart(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let artifact = Engine::new(&Self::config(self.settings, false))?.precompile_component(bytes)?;
+        // SAFETY: wasmtime requires a deserialized artifact to come from a trusted
+        // `precompile`/`serialize` of a compatible engine: it was made just above, in memory,
+        // by an engine with the same settings (deserialize checks the compatibility).
+        unsafe { Component::deserialize(&self.engine, &artifact) }
     }
 
     /// The cached compilation of the component with SHA-256 `hash`: held by a version, or
@@ -323,17 +346,6 @@ impl ScriptEngine {
 /// compiled ([`give_back_memory`]): interpreter-based components (Python, JS) are 12-18 MB and
 /// their compile frees hundreds of MB.
 pub const LARGE_COMPONENT: usize = 1 << 20;
-
-/// Returns the allocator's free memory to the OS (glibc `malloc_trim`; a no-op elsewhere).
-/// Takes a few ms with a large heap: call it after rare, large frees, off the async workers.
-pub fn give_back_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory held by the allocator; it has no
-    // preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// A compile error as the deploy's answer gives it, with what to do about the one a toolchain
 /// setting causes: scripts run without the component model's async support (it would slow

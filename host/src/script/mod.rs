@@ -111,7 +111,7 @@ async fn compile(
         let compiled = e.compile(&name, &bytes, cache_dir.as_deref());
         if bytes.len() >= engine::LARGE_COMPONENT {
             // A large compile leaves hundreds of MB of freed heap that glibc would keep.
-            engine::give_back_memory();
+            crate::memory::give_back_memory();
         }
         compiled
     })

@@ -1,0 +1,94 @@
+//! Giving freed memory back to the OS.
+//!
+//! The gateway uses glibc's allocator: against jemalloc and mimalloc it held the least memory
+//! per session and after every probe of `loadgen memory` (docs/benchmarks.md, "Allocators").
+//! glibc keeps freed pages in its arenas (one per thread that allocated) and returns them on
+//! its own only from the top of the main heap, so a burst, a large compile or a profile
+//! leaves RSS far above what is in use. Two remedies: [`give_back_memory`] right after a
+//! known large free, and [`spawn_trimmer`], which trims whenever much of the heap is free.
+//! Both are no-ops with another allocator (`--features jemalloc` / `mimalloc`) or libc.
+
+use std::time::Duration;
+
+/// How often the trimmer looks at the allocator's free bytes.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+/// The trimmer trims when at least this many bytes are free in the arenas...
+pub const TRIM_FREE_BYTES: usize = 16 << 20;
+/// ...and they are at least this fraction of the bytes in use (so a large, busy heap with a
+/// normal amount of slack is left alone: trimming it would be undone by the next burst).
+pub const TRIM_FREE_RATIO: f64 = 0.25;
+
+/// Whether this build's allocator is glibc's (the default build on Linux with glibc).
+const GLIBC: bool = cfg!(all(target_env = "gnu", not(any(feature = "jemalloc", feature = "mimalloc"))));
+
+/// The allocator's counters, bytes: `(in use, free in the arenas)`; `None` when the allocator
+/// is not glibc's.
+pub fn heap_bytes() -> Option<(usize, usize)> {
+    #[cfg(target_env = "gnu")]
+    if GLIBC {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let info = unsafe { libc::mallinfo2() };
+        return Some((info.uordblks, info.fordblks));
+    }
+    None
+}
+
+/// Returns the allocator's free memory to the OS (glibc `malloc_trim`, which walks every
+/// arena; a no-op with other allocators). Takes a few ms with a large heap: call it after
+/// rare, large frees, off the async workers.
+pub fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    if GLIBC {
+        // SAFETY: malloc_trim only releases free memory held by the allocator; it has no
+        // preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+/// The process's resident set, bytes (`/proc/self/statm`); `None` where there is no procfs.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Starts a thread (`wasmgate-trim`) that every [`TRIM_INTERVAL`] trims the heap when its free
+/// bytes are over [`TRIM_FREE_BYTES`] and [`TRIM_FREE_RATIO`] of those in use, and RSS has grown
+/// by [`TRIM_FREE_BYTES`] since the last trim (glibc counts trimmed pages as free still, so
+/// the free bytes alone would trim a settled heap over and over). Each trim is logged at
+/// `debug` with the RSS it gave back and how long it took. Does nothing unless the allocator
+/// is glibc's. For the binary: once per process.
+pub fn spawn_trimmer() {
+    if !GLIBC {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("wasmgate-trim".into()).spawn(|| {
+        let mut rss_at_trim = 0u64;
+        loop {
+            std::thread::sleep(TRIM_INTERVAL);
+            let (Some((in_use, free)), Some(rss)) = (heap_bytes(), rss_bytes()) else { return };
+            let grown = rss >= rss_at_trim + TRIM_FREE_BYTES as u64;
+            if free >= TRIM_FREE_BYTES && free as f64 >= in_use as f64 * TRIM_FREE_RATIO && grown {
+                let started = std::time::Instant::now();
+                give_back_memory();
+                rss_at_trim = rss_bytes().unwrap_or(rss);
+                tracing::debug!(
+                    rss_before = rss,
+                    rss_after = rss_at_trim,
+                    in_use,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "heap trimmed"
+                );
+            } else {
+                rss_at_trim = rss_at_trim.min(rss);
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("could not start the heap trimmer: {e}");
+    }
+}

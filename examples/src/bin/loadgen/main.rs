@@ -10,6 +10,8 @@
 //! - `swap`: relay while the router is redeployed, steady vs swapping: `swap.rs`.
 //! - `tls`: idle memory per `wss` session and new TLS sessions/s, against plain WebSocket and
 //!   nginx terminating TLS in front of Node `ws`: `tls.rs`.
+//! - `hostile`, `soak`, `memory`: latency while scripts loop, resources over a long run of
+//!   abuse, RSS after the probes that inflate a heap: `hostile.rs`, `soak.rs`, `memory.rs`.
 //!
 //! Build first: `cargo build --release -p wasmgate -p wasmgate-examples`; for `node-ws`, run
 //! `examples/peers/setup.sh` once.
@@ -26,6 +28,7 @@ mod fanout;
 mod hostile;
 mod idle;
 mod login_storm;
+mod memory;
 mod peers;
 mod relay;
 mod soak;
@@ -219,6 +222,19 @@ enum Scenario {
         #[arg(long)]
         gateway: Option<PathBuf>,
     },
+    /// Memory return: the gateway's RSS after a burst to stalled and reading clients, a CPU
+    /// profile and (with `--component`) a large compile, each against the start (20 % allowed).
+    Memory {
+        /// Sessions held connected throughout, reading every push.
+        #[arg(long, default_value_t = 1_000)]
+        sessions: usize,
+        /// A large component (e.g. the Python router) for the compile probe; skipped without.
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// The gateway binary (default: `wasmgate` next to this binary).
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
     /// (internal) Open sessions from one source address and hold them until stdin closes.
     #[command(hide = true)]
     Worker {
@@ -308,6 +324,9 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Soak { seconds, sessions, gateway } => {
             runtime.block_on(soak::run(seconds, sessions, gateway.as_deref()))
+        }
+        Scenario::Memory { sessions, component, gateway } => {
+            runtime.block_on(memory::run(sessions, component.as_deref(), gateway.as_deref()))
         }
         Scenario::Worker { server, transport, source, first, sessions, concurrency } => {
             runtime.block_on(idle::worker(server, transport, source, first, sessions, concurrency))

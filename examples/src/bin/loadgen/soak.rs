@@ -46,7 +46,7 @@ fn sample(pid: u32) -> Sample {
 
 /// The default router with a custom section `build-<n>` appended: the same code, another
 /// component (another compile, another cache entry).
-fn router_build(n: u64) -> Vec<u8> {
+pub(super) fn router_build(n: u64) -> Vec<u8> {
     let mut wasm = wasmgate::embedded::DEFAULT_ROUTER.to_vec();
     let payload = format!("soak-cycle-{n}");
     let name = b"build";
@@ -91,18 +91,18 @@ async fn junk_backend(listener: TcpListener, stop: CancellationToken) {
     }
 }
 
-async fn logged_in(ws: SocketAddr, user: &str) -> anyhow::Result<Client> {
+pub(super) async fn logged_in(ws: SocketAddr, user: &str) -> anyhow::Result<Client> {
     let mut client = Client::ws(&format!("ws://{ws}/ws"), false).await?;
     client.login(1, &mint_token(SECRET, user, None, 3600)?).await?;
     Ok(client)
 }
 
-/// 4 clients send 60 KB echoes without reading until the gateway stops taking them (it closes
-/// them as slow consumers), 5 s at most.
-async fn stalled_burst(ws: SocketAddr, cycle: u64) -> anyhow::Result<()> {
+/// `clients` clients send 60 KB echoes without reading until the gateway stops taking them (it
+/// closes them as slow consumers), 5 s at most.
+pub(super) async fn stalled_burst(ws: SocketAddr, cycle: u64, clients: usize) -> anyhow::Result<()> {
     let body = vec![b'x'; 60_000];
     let mut bursts = Vec::new();
-    for i in 0..4 {
+    for i in 0..clients {
         let mut client = logged_in(ws, &format!("stalled-{cycle}-{i}")).await?;
         let body = body.clone();
         bursts.push(tokio::spawn(async move {
@@ -167,7 +167,7 @@ pub async fn run(seconds: f64, sessions: usize, gateway: Option<&Path>) -> anyho
         )
         .await?;
         anyhow::ensure!(status == 200, "deploy answered {status}: {text}");
-        stalled_burst(ws_addr, cycles).await?;
+        stalled_burst(ws_addr, cycles, 4).await?;
         // The backend flaps: its connections reset, the pools reconnect.
         backend_stop.cancel();
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -78,7 +78,7 @@ where
     let reader = TcpReader { framed: FramedRead::with_capacity(read, codec(framing, max_in), READ_BUFFER) };
     let mut framed = FramedWrite::with_capacity(write, codec(framing, max_out), 0);
     framed.set_backpressure_boundary(WRITE_BUFFER);
-    let writer = TcpWriter { framed };
+    let writer = TcpWriter { framed, grown: false };
     driver::run(ctx.clone(), TransportKind::Tcp, peer, None, reader, writer).await;
 }
 
@@ -107,26 +107,62 @@ impl<R: AsyncRead + Unpin + Send> PacketReader for TcpReader<R> {
 
 struct TcpWriter<W> {
     framed: FramedWrite<W, LengthDelimitedCodec>,
+    /// A frame larger than [`WRITE_BUFFER`] went through the buffer since it was last
+    /// replaced: the next flush lets go of the grown allocation.
+    grown: bool,
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> PacketWriter for TcpWriter<W> {
     async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
+        self.grown |= HEADER_LEN + body.len() > WRITE_BUFFER;
         let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
         client::encode_binary(msg_id, seq, body, &mut buf);
         self.framed.feed(buf.freeze()).await
     }
 
     async fn feed_shared(&mut self, packet: &client::SharedPacket) -> std::io::Result<()> {
+        self.grown |= packet.binary().len() > WRITE_BUFFER;
         self.framed.feed(packet.binary().clone()).await
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
+        // The buffer kept the allocation of the largest batch (a 64 KiB push to 1,000 idle
+        // sessions stayed as 64 MB of empty buffers): let it go once written.
+        if std::mem::take(&mut self.grown) {
+            *self.framed.write_buffer_mut() = BytesMut::new();
+        }
+        Ok(())
     }
 
     async fn close(&mut self, _reason: CloseReason, _message: &str) -> std::io::Result<()> {
         // TCP has no close frame: the error frame queued before this told the client why.
         SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
         self.framed.get_mut().shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a large frame is written the writer keeps no large allocation: the next small
+    /// frame is buffered in a small one (an emptied `BytesMut` would take its old allocation
+    /// back on `reserve`).
+    #[tokio::test]
+    async fn a_flushed_writer_lets_go_of_a_large_buffer() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut framed = FramedWrite::with_capacity(ours, codec(&TcpFramingConfig::default(), 1 << 24), 0);
+        framed.set_backpressure_boundary(WRITE_BUFFER);
+        let mut writer = TcpWriter { framed, grown: false };
+        writer.feed(600, 0, &vec![7u8; 64 << 10]).await.expect("feed");
+        writer.flush().await.expect("flush");
+        writer.feed(601, 0, b"small").await.expect("feed");
+        let capacity = writer.framed.write_buffer().capacity();
+        assert!(capacity <= WRITE_BUFFER, "a {capacity}-byte buffer kept for a small frame");
+        writer.flush().await.expect("flush");
+        let mut got = vec![0u8; 2 * (4 + HEADER_LEN) + (64 << 10) + 5];
+        tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut got).await.expect("both frames arrived whole");
+        assert_eq!(&got[got.len() - 5..], b"small");
     }
 }

@@ -228,6 +228,9 @@ enum Scenario {
         /// Sessions held connected throughout, reading every push.
         #[arg(long, default_value_t = 1_000)]
         sessions: usize,
+        /// The held sessions' transport (the burst's stalled clients are WebSocket).
+        #[arg(long, value_enum, default_value = "ws")]
+        transport: conn::Transport,
         /// A large component (e.g. the Python router) for the compile probe; skipped without.
         #[arg(long)]
         component: Option<PathBuf>,
@@ -325,8 +328,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Soak { seconds, sessions, gateway } => {
             runtime.block_on(soak::run(seconds, sessions, gateway.as_deref()))
         }
-        Scenario::Memory { sessions, component, gateway } => {
-            runtime.block_on(memory::run(sessions, component.as_deref(), gateway.as_deref()))
+        Scenario::Memory { sessions, transport, component, gateway } => {
+            runtime.block_on(memory::run(sessions, transport, component.as_deref(), gateway.as_deref()))
         }
         Scenario::Worker { server, transport, source, first, sessions, concurrency } => {
             runtime.block_on(idle::worker(server, transport, source, first, sessions, concurrency))

@@ -1,8 +1,8 @@
 //! Scenario `memory`: does the gateway's RSS come back after the probes that inflate a heap?
 //!
 //! Starts the example backend in this process and the release gateway (`admin.profiling` on),
-//! holds `sessions` logged-in sessions that read everything pushed to them, and takes the
-//! gateway's RSS. Then, each followed by a settle period and another RSS sample:
+//! holds `sessions` logged-in sessions (WebSocket, or TCP with `--transport tcp`) that read
+//! everything pushed to them, and takes the gateway's RSS. Then, each followed by a settle period and another RSS sample:
 //! - `burst`: 16 clients send 60 KB echoes without reading until they are closed as slow
 //!   consumers, while the admin API pushes 20 x 64 KiB to every held session;
 //! - `profile`: a 3 s CPU profile rendered as a flame graph (symbolization of the binary);
@@ -23,10 +23,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wasmgate::config::TcpFramingConfig;
 use wasmgate_examples::backend::{self, BackendOptions};
 use wasmgate_examples::bench::{GatewayProcess, bench_config, free_port, rss_kib};
-use wasmgate_examples::client::Received;
+use wasmgate_examples::client::{Client, Received, mint_token};
 
+use super::conn::Transport;
 use super::soak::{logged_in, router_build, stalled_burst};
 
 const TOKEN: &str = "memory-admin-token";
@@ -49,7 +51,12 @@ async fn sample(pid: u32, api: &wasmgate::http_client::Endpoint<'_>) -> (u64, Op
 
 /// Runs the probes against `sessions` held sessions; `component` is the large component of
 /// the compile probe (skipped without one).
-pub async fn run(sessions: usize, component: Option<&Path>, gateway: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(
+    sessions: usize,
+    transport: Transport,
+    component: Option<&Path>,
+    gateway: Option<&Path>,
+) -> anyhow::Result<()> {
     let large = component.map(std::fs::read).transpose()?;
     let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let stop = CancellationToken::new();
@@ -67,6 +74,8 @@ pub async fn run(sessions: usize, component: Option<&Path>, gateway: Option<&Pat
     config.push_str(&format!(
         "[limits]\npending_write_num = 64\n[admin]\ntoken = \"{TOKEN}\"\nprofiling = true\n"
     ));
+    let tcp_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    config = config.replace("tcp = \"127.0.0.1:0\"", &format!("tcp = \"{tcp_addr}\""));
     let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
     let api = wasmgate::http_client::Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], admin)));
     let gateway = GatewayProcess::start(gateway, &config, ws_addr).await?;
@@ -75,7 +84,15 @@ pub async fn run(sessions: usize, component: Option<&Path>, gateway: Option<&Pat
     let received = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::with_capacity(sessions);
     for n in 0..sessions {
-        let mut client = logged_in(ws_addr, &format!("held-{n}")).await?;
+        let user = format!("held-{n}");
+        let mut client = match transport {
+            Transport::Ws => logged_in(ws_addr, &user).await?,
+            Transport::Tcp => {
+                let mut client = Client::tcp(tcp_addr, &TcpFramingConfig::default()).await?;
+                client.login(1, &mint_token(super::SECRET, &user, None, 3600)?).await?;
+                client
+            }
+        };
         let received = received.clone();
         readers.push(tokio::spawn(async move {
             while let Ok(Received::Packet(packet)) = client.recv().await {
@@ -143,11 +160,12 @@ pub async fn run(sessions: usize, component: Option<&Path>, gateway: Option<&Pat
         })
         .collect();
     println!(
-        "memory, {sessions} held sessions, {delivered}/{expected} pushes delivered | {}",
+        "memory, {sessions} held {transport:?} sessions, {delivered}/{expected} pushes delivered | {}",
         line.join(" | ")
     );
     let json = serde_json::json!({
         "sessions": sessions,
+        "transport": format!("{transport:?}"),
         "pushes_expected": expected,
         "pushes_delivered": delivered,
         "rss_kib": samples.iter().map(|(p, (k, _))| (p.to_string(), serde_json::json!(k))).collect::<serde_json::Map<_, _>>(),

@@ -1,12 +1,13 @@
 //! Giving freed memory back to the OS.
 //!
 //! The gateway uses glibc's allocator: against jemalloc and mimalloc it held the least memory
-//! per session and after every probe of `loadgen memory` (docs/benchmarks.md, "Allocators").
+//! per session and after every probe of `loadgen memory` (docs/benchmarks.md, "Memory return
+//! and allocators").
 //! glibc keeps freed pages in its arenas (one per thread that allocated) and returns them on
 //! its own only from the top of the main heap, so a burst, a large compile or a profile
 //! leaves RSS far above what is in use. Two remedies: [`give_back_memory`] right after a
 //! known large free, and [`spawn_trimmer`], which trims whenever much of the heap is free.
-//! Both are no-ops with another allocator (`--features jemalloc` / `mimalloc`) or libc.
+//! Both are no-ops with another allocator (`--features jemalloc` / `mimalloc`) or another libc.
 
 use std::time::Duration;
 

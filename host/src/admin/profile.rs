@@ -75,8 +75,8 @@ pub(super) async fn cpu(query: Option<&str>, output: Output) -> HttpResponse {
             Output::FlameGraph => report.flamegraph(&mut out).map_err(|e| e.to_string())?,
         }
         drop(report);
-        // Symbolising parsed the binary's debug info (~160 MB for a release build with
-        // debuginfo) into the `backtrace` crate's global cache, kept for the next lookup:
+        // Symbolising parsed the binary's debug info (~160 MB for the release build) into
+        // the `backtrace` crate's global cache, kept for the next lookup:
         // a profile is rare, so free it and give the pages back.
         backtrace::clear_symbol_cache();
         crate::memory::give_back_memory();

@@ -39,6 +39,43 @@ pub fn bench_config(
     ))
 }
 
+/// The common start of a scenario against one echo backend: the example backend in this
+/// process on a free port (dest 101, `message_map` routing message 100 to it) and
+/// [`bench_config`] for it, with the WebSocket and admin listeners on free ports. The scenario
+/// appends its own tables to `config`. Dropping it stops the backend and removes the maps.
+pub struct EchoBench {
+    pub config: String,
+    pub ws: SocketAddr,
+    pub admin: SocketAddr,
+    maps: PathBuf,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl EchoBench {
+    /// `scenario` names the maps directory (`wasmgate-<scenario>-maps-<pid>-<ws port>`);
+    /// `secret` is the auth script's.
+    pub async fn start(scenario: &str, secret: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let backend = listener.local_addr()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::backend::run(listener, crate::backend::BackendOptions::default(), stop.clone()));
+        let (ws, admin) = (free_port()?, free_port()?);
+        let maps = std::env::temp_dir().join(format!("wasmgate-{scenario}-maps-{}-{ws}", std::process::id()));
+        let dests =
+            serde_json::json!({"101": {"poolNums": 2, "srvAddr": backend.to_string(), "srvName": "echo"}});
+        let config = bench_config(&maps, (ws, admin), &dests, r#"{"100": 101}"#, secret)?;
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(Self { config, ws: loopback(ws), admin: loopback(admin), maps, stop })
+    }
+}
+
+impl Drop for EchoBench {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_dir_all(&self.maps);
+    }
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -7,19 +7,16 @@
 //! keep one endless loop each in flight. Run once per `scripts.long_calls` value given
 //! (0 = no lanes); prints the round-trip p50/p99 of both phases for each.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wasmgate_examples::backend::{self, BackendOptions};
-use wasmgate_examples::bench::{GatewayProcess, bench_config, free_port, percentile_ms};
-use wasmgate_examples::client::{Client, mint_token};
+use wasmgate_examples::bench::{EchoBench, GatewayProcess, percentile_ms};
+use wasmgate_examples::client::Client;
 
-use super::SECRET;
+use super::{SECRET, logged_in};
 
 /// The knobs of the scenario (from the command line).
 #[derive(Debug, Clone)]
@@ -28,12 +25,6 @@ pub struct Load {
     pub loopers: usize,
     pub seconds: f64,
     pub deadline_ms: u64,
-}
-
-async fn logged_in(ws: SocketAddr, user: &str) -> anyhow::Result<Client> {
-    let mut client = Client::ws(&format!("ws://{ws}/ws"), false).await?;
-    client.login(1, &mint_token(SECRET, user, None, 3600)?).await?;
-    Ok(client)
 }
 
 /// Round trips of one client: (ns, sent while the loops ran).
@@ -74,21 +65,14 @@ async fn run_one(
     router: &Path,
     gateway: Option<&Path>,
 ) -> anyhow::Result<serde_json::Value> {
-    let backend_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let backend_addr = backend_listener.local_addr()?;
-    let stop_backend = CancellationToken::new();
-    tokio::spawn(backend::run(backend_listener, BackendOptions::default(), stop_backend.clone()));
-    let (ws, admin) = (free_port()?, free_port()?);
-    let maps = std::env::temp_dir().join(format!("wasmgate-hostile-maps-{}-{ws}", std::process::id()));
-    let dests =
-        serde_json::json!({"101": {"poolNums": 2, "srvAddr": backend_addr.to_string(), "srvName": "echo"}});
-    let mut config = bench_config(&maps, (ws, admin), &dests, r#"{"100": 101}"#, SECRET)?;
+    let bench = EchoBench::start("hostile", SECRET).await?;
+    let mut config = bench.config.clone();
     config.push_str(&format!(
         "[scripts]\ndeadline_ms = {}\nlong_calls = {long_calls}\n[scripts.router]\npath = \"{}\"\n",
         load.deadline_ms,
         std::fs::canonicalize(router)?.display(),
     ));
-    let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
+    let ws_addr = bench.ws;
     let process = GatewayProcess::start(gateway, &config, ws_addr).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -130,8 +114,7 @@ async fn run_one(
         busy.len(),
     );
     drop(process);
-    stop_backend.cancel();
-    let _ = std::fs::remove_dir_all(&maps);
+    drop(bench);
     Ok(serde_json::json!({
         "long_calls": long_calls,
         "clients": load.clients,

@@ -39,6 +39,14 @@ const SECRET: &str = "loadgen-bench-secret";
 /// Login message id of the default routes.
 const LOGIN: u32 = 1;
 
+/// A WebSocket session on the gateway at `ws` (path `/ws`), logged in as `user` with a token
+/// signed with [`SECRET`].
+async fn logged_in(ws: SocketAddr, user: &str) -> anyhow::Result<wasmgate_examples::client::Client> {
+    let mut client = wasmgate_examples::client::Client::ws(&format!("ws://{ws}/ws"), false).await?;
+    client.login(LOGIN, &wasmgate_examples::client::mint_token(SECRET, user, None, 3600)?).await?;
+    Ok(client)
+}
+
 #[derive(Parser)]
 struct Args {
     #[command(subcommand)]

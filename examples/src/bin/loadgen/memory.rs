@@ -21,15 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use wasmgate::config::TcpFramingConfig;
-use wasmgate_examples::backend::{self, BackendOptions};
-use wasmgate_examples::bench::{GatewayProcess, bench_config, free_port, rss_kib};
+use wasmgate_examples::bench::{EchoBench, GatewayProcess, free_port, rss_kib};
 use wasmgate_examples::client::{Client, Received, mint_token};
 
 use super::conn::Transport;
-use super::soak::{logged_in, router_build, stalled_burst};
+use super::logged_in;
+use super::soak::{router_build, stalled_burst};
 
 const TOKEN: &str = "memory-admin-token";
 /// Growth over the start allowed after each probe (issue 20).
@@ -58,26 +56,14 @@ pub async fn run(
     gateway: Option<&Path>,
 ) -> anyhow::Result<()> {
     let large = component.map(std::fs::read).transpose()?;
-    let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let stop = CancellationToken::new();
-    tokio::spawn(backend::run(
-        TcpListener::bind(backend_addr).await?,
-        BackendOptions::default(),
-        stop.clone(),
-    ));
-
-    let (ws, admin) = (free_port()?, free_port()?);
-    let maps = std::env::temp_dir().join(format!("wasmgate-memory-maps-{}", std::process::id()));
-    let dests =
-        serde_json::json!({"101": {"poolNums": 2, "srvAddr": backend_addr.to_string(), "srvName": "echo"}});
-    let mut config = bench_config(&maps, (ws, admin), &dests, r#"{"100": 101}"#, super::SECRET)?;
+    let bench = EchoBench::start("memory", super::SECRET).await?;
+    let tcp_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut config = bench.config.replace("tcp = \"127.0.0.1:0\"", &format!("tcp = \"{tcp_addr}\""));
     config.push_str(&format!(
         "[limits]\npending_write_num = 64\n[admin]\ntoken = \"{TOKEN}\"\nprofiling = true\n"
     ));
-    let tcp_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    config = config.replace("tcp = \"127.0.0.1:0\"", &format!("tcp = \"{tcp_addr}\""));
-    let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
-    let api = wasmgate::http_client::Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], admin)));
+    let ws_addr = bench.ws;
+    let api = wasmgate::http_client::Endpoint::plain(bench.admin);
     let gateway = GatewayProcess::start(gateway, &config, ws_addr).await?;
     let pid = gateway.pid();
 
@@ -173,11 +159,10 @@ pub async fn run(
     });
     println!("{json}");
     drop(gateway);
-    stop.cancel();
+    drop(bench);
     for reader in readers {
         reader.abort();
     }
-    let _ = std::fs::remove_dir_all(&maps);
     // The live large component is expected to hold its code: only the other samples count.
     let over: Vec<_> = samples
         .iter()

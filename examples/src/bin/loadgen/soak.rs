@@ -16,15 +16,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::{SECRET, logged_in};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wasmgate_examples::backend::{self, BackendOptions};
 use wasmgate_examples::bench::{GatewayProcess, bench_config, free_port, rss_kib};
-use wasmgate_examples::client::{Client, mint_token};
-
-use super::SECRET;
 
 const TOKEN: &str = "soak-admin-token";
 /// Growth allowed between the first and the last sample.
@@ -89,12 +87,6 @@ async fn junk_backend(listener: TcpListener, stop: CancellationToken) {
             }
         });
     }
-}
-
-pub(super) async fn logged_in(ws: SocketAddr, user: &str) -> anyhow::Result<Client> {
-    let mut client = Client::ws(&format!("ws://{ws}/ws"), false).await?;
-    client.login(1, &mint_token(SECRET, user, None, 3600)?).await?;
-    Ok(client)
 }
 
 /// `clients` clients send 60 KB echoes without reading until the gateway stops taking them (it

@@ -10,19 +10,16 @@
 //! the swapping phase shows whether sessions stall while a large component compiles. Prints
 //! round-trip p50/p99/p99.9/max for both phases, messages lost, and the swap times.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wasmgate_examples::backend::{self, BackendOptions};
-use wasmgate_examples::bench::{GatewayProcess, bench_config, free_port, percentile_ms};
-use wasmgate_examples::client::{Client, mint_token};
+use wasmgate_examples::bench::{EchoBench, GatewayProcess, percentile_ms};
+use wasmgate_examples::client::Client;
 
-use super::SECRET;
+use super::{SECRET, logged_in};
 
 const TOKEN: &str = "swap-bench-admin-token";
 
@@ -63,30 +60,19 @@ async fn client_loop(
 
 /// Runs the scenario; prints a line and the JSON result.
 pub async fn run(args: Swaps, gateway: Option<&Path>) -> anyhow::Result<()> {
-    let backend_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let backend_addr = backend_listener.local_addr()?;
-    let backend_stop = CancellationToken::new();
-    tokio::spawn(backend::run(backend_listener, BackendOptions::default(), backend_stop.clone()));
-
-    let (ws, admin) = (free_port()?, free_port()?);
-    let maps = std::env::temp_dir().join(format!("wasmgate-swap-maps-{}", std::process::id()));
-    let dests =
-        serde_json::json!({"101": {"poolNums": 2, "srvAddr": backend_addr.to_string(), "srvName": "echo"}});
-    let mut config = bench_config(&maps, (ws, admin), &dests, r#"{"100": 101}"#, SECRET)?;
+    let bench = EchoBench::start("swap", SECRET).await?;
+    let mut config = bench.config.clone();
     config.push_str(&format!(
         "[admin]\ntoken = \"{TOKEN}\"\n[scripts.pooling]\nenabled = {}\n",
         !args.no_pooling
     ));
-    let ws_addr = SocketAddr::from(([127, 0, 0, 1], ws));
-    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let (ws_addr, admin_addr) = (bench.ws, bench.admin);
     let gateway = GatewayProcess::start(gateway, &config, ws_addr).await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // queue pool connects
 
     let mut clients = Vec::with_capacity(args.clients);
     for n in 0..args.clients {
-        let mut client = Client::ws(&format!("ws://{ws_addr}/ws"), false).await?;
-        client.login(1, &mint_token(SECRET, &format!("c{n}"), None, 3600)?).await?;
-        clients.push(client);
+        clients.push(logged_in(ws_addr, &format!("c{n}")).await?);
     }
     let (swapping, stop) = (Arc::new(AtomicBool::new(false)), CancellationToken::new());
     let tasks: Vec<_> =
@@ -156,7 +142,6 @@ pub async fn run(args: Swaps, gateway: Option<&Path>) -> anyhow::Result<()> {
     );
     println!("{result}");
     drop(gateway);
-    backend_stop.cancel();
-    let _ = std::fs::remove_dir_all(&maps);
+    drop(bench);
     Ok(())
 }

@@ -20,7 +20,7 @@ pub const TRIM_FREE_BYTES: usize = 16 << 20;
 pub const TRIM_FREE_RATIO: f64 = 0.25;
 
 /// Whether this build's allocator is glibc's (the default build on Linux with glibc).
-const GLIBC: bool = cfg!(all(target_env = "gnu", not(any(feature = "jemalloc", feature = "mimalloc"))));
+pub const GLIBC: bool = cfg!(all(target_env = "gnu", not(any(feature = "jemalloc", feature = "mimalloc"))));
 
 /// The allocator's counters, bytes: `(in use, free in the arenas)`; `None` when the allocator
 /// is not glibc's.

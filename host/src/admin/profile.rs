@@ -96,7 +96,7 @@ pub(super) async fn cpu(query: Option<&str>, output: Output) -> HttpResponse {
 pub(super) fn heap() -> HttpResponse {
     let rss_bytes = crate::memory::rss_bytes();
     #[cfg(target_env = "gnu")]
-    if crate::memory::heap_bytes().is_some() {
+    if crate::memory::GLIBC {
         // SAFETY: mallinfo2 only reads the allocator's counters.
         let info = unsafe { libc::mallinfo2() };
         return json(

@@ -18,6 +18,10 @@ use wasmgate::protocol::backend::{BackendCodec, BackendFrame};
 use wasmgate_examples::client::{Client, Received};
 use wasmgate_tests::{ISSUER, PROMPT, SECRET, token, write_dest_map, write_message_map};
 
+/// How long a gateway may take to start (a debug build compiling its default scripts, beside
+/// other tests' gateways on two cores).
+const STARTUP: Duration = Duration::from_secs(30);
+
 /// A gateway child process; its JSON log lines are collected; killed on drop.
 struct Gateway {
     child: Child,
@@ -69,11 +73,11 @@ impl Gateway {
             }
         });
         let gateway = Self { child, ws, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + STARTUP;
         while tokio::net::TcpStream::connect(ws).await.is_err() {
             assert!(
                 Instant::now() < deadline,
-                "wasmgate did not listen within 30 s: {:?}",
+                "wasmgate did not listen within {STARTUP:?}: {:?}",
                 gateway.log.lock()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -620,10 +624,19 @@ async fn spans_are_exported_over_otlp() {
 
 /// A raw HTTP/1.0 GET with a bearer token: status and body bytes.
 async fn get_bytes(addr: SocketAddr, path: &str, token: &str) -> (u16, Vec<u8>) {
+    http_bytes(addr, "GET", path, token, b"").await
+}
+
+/// A raw HTTP/1.0 request with a bearer token and `body`: status and body bytes.
+async fn http_bytes(addr: SocketAddr, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin connect");
-    let head = format!("GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let length = body.len();
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n"
+    );
     stream.write_all(head.as_bytes()).await.expect("admin write");
+    stream.write_all(body).await.expect("admin write");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("admin read");
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
@@ -697,6 +710,59 @@ async fn profiling_endpoints() {
     let (status, body) = get_bytes(admin, "/debug/pprof/profile?seconds=1", "secret-token").await;
     assert_eq!(status, 403);
     assert!(String::from_utf8_lossy(&body).contains("profiling_disabled"));
+}
+
+/// A WebSocket session that was sent large packets keeps no buffer for them once they are
+/// written: 20 sessions x two 512 KiB pushes (one after the other) leave the heap in use where
+/// it was (tungstenite's writer kept the largest message's capacity per session, ~10 MiB here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_keep_no_write_buffer_after_large_pushes() {
+    use base64::Engine as _;
+    const SESSIONS: usize = 20;
+    const PUSH: usize = 512 * 1024;
+    let (backend, _) = counting_backend().await;
+    let Setup { dir: _dir, config, ws, admin } = setup(backend, "");
+    let sets = ["--set", "admin.token=\"secret-token\"", "--set", "admin.profiling=true"];
+    let gateway =
+        Gateway::start(&config, ws, &[&sets[..], &["--set", "limits.max_msg_len=1048576"]].concat(), &[])
+            .await;
+    let in_use = |heap: &[u8]| {
+        let heap: serde_json::Value = serde_json::from_slice(heap).expect("JSON");
+        heap["in_use_bytes"].as_u64().unwrap_or(0) + heap["mmap_bytes"].as_u64().unwrap_or(0)
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for n in 0..SESSIONS {
+        let mut client = gateway.client(&format!("big-{n}")).await;
+        let received = received.clone();
+        readers.push(tokio::spawn(async move {
+            while let Ok(Received::Packet(packet)) = client.recv().await {
+                if packet.body.len() == PUSH {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let before = in_use(&get_bytes(admin, "/debug/heap", "secret-token").await.1);
+    let data = base64::engine::general_purpose::STANDARD.encode(vec![7u8; PUSH]);
+    let push = serde_json::json!({ "msg_id": 600, "data_b64": data }).to_string();
+    // One push at a time: two queued at once would be over `pending_write_bytes` (1 MiB).
+    for round in 1..=2 {
+        let (status, body) = http_bytes(admin, "POST", "/push/all", "secret-token", push.as_bytes()).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let until = Instant::now() + PROMPT;
+        while received.load(Ordering::Relaxed) < round * SESSIONS as u64 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(received.load(Ordering::Relaxed), round * SESSIONS as u64, "push {round} reached all");
+    }
+    let after = in_use(&get_bytes(admin, "/debug/heap", "secret-token").await.1);
+    let grown = after.saturating_sub(before);
+    assert!(grown < 4 << 20, "{SESSIONS} sessions kept {} KiB more after the pushes", grown >> 10);
+    drop(gateway);
+    for reader in readers {
+        let _ = reader.await;
+    }
 }
 
 /// docs/api.md's CLI example, as written: `wasmgate deploy router FILE --script-config
@@ -970,7 +1036,7 @@ async fn text_logs_off_a_terminal_have_no_colour_codes() {
         }
         seen
     });
-    let deadline = Instant::now() + PROMPT;
+    let deadline = Instant::now() + STARTUP;
     while !lines.is_finished() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -43,6 +43,9 @@ pub(crate) enum Inbound {
 pub(crate) trait PacketReader: Send {
     /// The next packet, or why there is none.
     fn next(&mut self) -> impl Future<Output = Inbound> + Send;
+    /// Gives the reader its session before the first [`Self::next`], for a transport whose
+    /// reading answers the client on its own (WebSocket pongs and close replies).
+    fn attach(&mut self, _session: &SessionHandle) {}
 }
 
 /// Writing half of a client transport.
@@ -59,6 +62,10 @@ pub(crate) trait PacketWriter: Send + 'static {
         &mut self,
         packet: &crate::protocol::client::SharedPacket,
     ) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Buffers transport control bytes ([`Outbound::Control`]) as they are.
+    fn feed_control(&mut self, _frame: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send {
+        async { Ok(()) }
+    }
     /// Writes everything buffered.
     fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Closes the connection, telling the client why if the transport can (WebSocket close
@@ -117,7 +124,7 @@ async fn serve(
     ctx: Arc<SessionCtx>,
     handle: SessionHandle,
     rx: flume::Receiver<Outbound>,
-    reader: impl PacketReader,
+    mut reader: impl PacketReader,
     writer: impl PacketWriter,
     token: Option<String>,
     label: &'static str,
@@ -131,6 +138,7 @@ async fn serve(
     let writer_task = tokio::spawn(write_loop(writer, rx, handle.clone(), write_timeout, out_counter));
 
     let mut session = Session::new(ctx.clone(), handle.clone());
+    reader.attach(&handle);
     if let Some(token) = token {
         Box::pin(session.login(0, &token, false)).await;
     }
@@ -499,10 +507,17 @@ async fn write_batch(
                 closing = true;
                 break;
             }
-            Some(Outbound::Packet { msg_id, seq, body }) => writer.feed(msg_id, seq, &body).await?,
-            Some(Outbound::Shared(packet)) => writer.feed_shared(&packet).await?,
+            Some(Outbound::Packet { msg_id, seq, body }) => {
+                writer.feed(msg_id, seq, &body).await?;
+                count += 1;
+            }
+            Some(Outbound::Shared(packet)) => {
+                writer.feed_shared(&packet).await?;
+                count += 1;
+            }
+            // Not a message: not counted in `messages_out`.
+            Some(Outbound::Control(frame)) => writer.feed_control(&frame).await?,
         }
-        count += 1;
         match rx.try_recv() {
             Ok(item) => next = Some(item),
             Err(_) => break,

@@ -20,6 +20,7 @@ pub mod tcp;
 #[cfg(test)]
 mod tests;
 pub mod ws;
+pub(crate) mod ws_io;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -8,8 +8,8 @@
 //! The HTTP request must arrive within `handshake_ms` (leaf's `HTTPTimeout`).
 //!
 //! Buffers are sized for many idle connections: a 1 KiB read buffer (`READ_BUFFER` of the
-//! transport module) and an out buffer that holds only what is queued, written once it reaches
-//! `WRITE_BUFFER` (tungstenite's defaults, 128 KiB read, cost ~136 KiB per idle connection).
+//! transport module; tungstenite's default of 128 KiB cost ~136 KiB per idle connection) and
+//! a write buffer that exists only while a batch is written ([`ws_io`](super::ws_io)).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,9 +18,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::{FutureExt as _, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -30,15 +29,15 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::driver::{self, Inbound, PacketReader, PacketWriter};
+use super::ws_io::{ControlSink, FrameWriter, OP_BINARY, OP_TEXT, ReadSide};
 use super::{Admission, SessionCtx};
 use crate::protocol::client::{self, HEADER_LEN, SharedPacket};
 use crate::protocol::gopush;
-use crate::session::{CloseReason, TransportKind};
+use crate::session::{CloseReason, SessionHandle, TransportKind};
 
 use super::{READ_BUFFER, WRITE_BUFFER};
 
@@ -141,28 +140,31 @@ fn handle(
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max = ctx.config.limits.max_msg_len + HEADER_LEN;
+    // tungstenite only reads; its own answers (pongs, close replies) are written at once.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let echo = ctx.config.listen.ws_echo_path.as_deref().is_some_and(|p| p == req.uri().path());
     ctx.tasks.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) if echo => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                    .await;
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                let (tx, control) = flume::bounded(ECHO_CONTROL_QUEUE);
+                let read = ReadSide::new(read, ControlSink::Channel(tx));
+                let ws = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => {}
-                    _ = echo_messages(ws) => {}
+                    _ = echo_messages(ws, FrameWriter::new(write, WRITE_BUFFER), control) => {}
                 }
             }
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                    .await;
-                let (sink, stream) = ws.split();
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                let read = ReadSide::new(read, ControlSink::None);
+                let stream = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
                 let mode = Arc::new(AtomicU8::new(MODE_BINARY));
-                let reader = WsReader { stream, mode: mode.clone() };
+                let reader = WsReader { stream: Box::new(stream), mode: mode.clone() };
                 let routes = &ctx.config.routes;
                 let ids = gopush::Ids {
                     heartbeat: routes.heartbeat,
@@ -170,7 +172,7 @@ fn handle(
                     join: routes.join,
                     leave: routes.leave,
                 };
-                let writer = WsWriter { sink, mode, ids };
+                let writer = WsWriter { out: FrameWriter::new(write, WRITE_BUFFER), mode, ids };
                 driver::run(ctx, TransportKind::WebSocket, peer, token, reader, writer).await;
             }
             Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
@@ -188,31 +190,56 @@ fn handle(
     response
 }
 
+/// Answers (pongs, close replies) the conformance echo may have waiting; a client that sends
+/// more pings than this without reading loses the excess pongs (RFC 6455 section 5.5.3 lets a
+/// pong answer only the latest ping).
+const ECHO_CONTROL_QUEUE: usize = 64;
+
+type WsRead = WebSocketStream<ReadSide<Upgraded>>;
+
 /// The conformance echo (`listen.ws_echo_path`): every text and binary message back verbatim,
 /// over the same WebSocket layer, buffers and size limits as sessions; errors close with the
 /// codes sessions use (1007 invalid UTF-8, 1009 too big, 1002 protocol errors).
-async fn echo_messages(mut ws: WebSocketStream<Upgraded>) {
+async fn echo_messages(mut ws: WsRead, mut out: FrameWriter<Upgraded>, control: flume::Receiver<Bytes>) {
     loop {
-        let reason = match ws.next().await {
-            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return,
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => match ws.send(message).await {
-                Ok(()) => continue,
-                Err(_) => return,
-            },
-            // tungstenite answers pings and close frames itself; flushing sends the answer.
-            Some(Ok(Message::Close(_))) => {
-                let _ = ws.flush().await;
+        let next = tokio::select! {
+            biased;
+            Ok(frames) = control.recv_async() => {
+                if out.control(&frames).await.is_err() || out.write_out().await.is_err() || out.closed() {
+                    return;
+                }
+                continue;
+            }
+            next = ws.next() => next,
+        };
+        if let Some(Ok(Message::Close(_))) = next {
+            // One more poll makes tungstenite write its close reply (it echoes the code).
+            let _ = ws.next().now_or_never();
+        }
+        // What tungstenite answered while reading this message (pongs) goes before its echo.
+        while let Ok(frames) = control.try_recv() {
+            if out.control(&frames).await.is_err() {
                 return;
             }
-            Some(Ok(_)) => continue,
-            Some(Err(WsError::Utf8(_))) => CloseReason::InvalidUtf8,
-            Some(Err(WsError::Capacity(_))) => CloseReason::MessageTooBig,
-            Some(Err(WsError::Protocol(_))) => CloseReason::TransportError,
-            Some(Err(_)) => return,
+        }
+        let (echoed, end) = match next {
+            Some(Ok(Message::Text(text))) => {
+                (out.message(OP_TEXT, text.len(), &[text.as_bytes()]).await, None)
+            }
+            Some(Ok(Message::Binary(data))) => (out.message(OP_BINARY, data.len(), &[&data]).await, None),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => (Ok(()), None),
+            Some(Ok(Message::Close(_))) | None => (Ok(()), Some(None)),
+            Some(Err(WsError::Utf8(_))) => (Ok(()), Some(Some(CloseReason::InvalidUtf8))),
+            Some(Err(WsError::Capacity(_))) => (Ok(()), Some(Some(CloseReason::MessageTooBig))),
+            Some(Err(WsError::Protocol(_))) => (Ok(()), Some(Some(CloseReason::TransportError))),
+            Some(Err(_)) => (Ok(()), Some(None)),
         };
-        let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: reason.name().into() };
-        let _ = ws.send(Message::Close(Some(frame))).await;
-        return;
+        if let Some(Some(reason)) = end {
+            out.close(reason.code(), reason.name());
+        }
+        if echoed.is_err() || out.write_out().await.is_err() || out.closed() || end.is_some() {
+            return;
+        }
     }
 }
 
@@ -223,7 +250,9 @@ const MODE_JSON: u8 = 1;
 const MODE_GOPUSH: u8 = 2;
 
 struct WsReader {
-    stream: SplitStream<WebSocketStream<Upgraded>>,
+    /// Boxed: the session's futures hold the reader in several layers (run, serve, the read
+    /// loop), and tungstenite's state inline in each cost ~1.5 KiB per idle session.
+    stream: Box<WsRead>,
     mode: Arc<AtomicU8>,
 }
 
@@ -266,52 +295,57 @@ impl PacketReader for WsReader {
                         Err(e) => Inbound::Failed(CloseReason::MalformedJson, e),
                     },
                 },
-                Message::Close(_) => Inbound::Closed,
+                Message::Close(_) => {
+                    // One more poll makes tungstenite queue its close reply (it echoes the
+                    // client's code) ahead of the session's close.
+                    let _ = self.stream.next().now_or_never();
+                    Inbound::Closed
+                }
                 // Pings are answered by tungstenite; pongs and raw frames carry nothing.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
         }
     }
+
+    fn attach(&mut self, session: &SessionHandle) {
+        self.stream.get_mut().control = ControlSink::Session(session.clone());
+    }
 }
 
 struct WsWriter {
-    sink: SplitSink<WebSocketStream<Upgraded>, Message>,
+    out: FrameWriter<Upgraded>,
     mode: Arc<AtomicU8>,
     ids: gopush::Ids,
 }
 
-fn io_error(e: WsError) -> std::io::Error {
-    match e {
-        WsError::Io(e) => e,
-        other => std::io::Error::other(other),
-    }
-}
-
 impl PacketWriter for WsWriter {
     async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
-        let message = match self.mode.load(Ordering::Relaxed) {
-            MODE_JSON => Message::text(client::encode_json(msg_id, seq, body)),
-            MODE_GOPUSH => Message::text(gopush::encode(&self.ids, msg_id, body)),
+        let text = match self.mode.load(Ordering::Relaxed) {
+            MODE_JSON => client::encode_json(msg_id, seq, body),
+            MODE_GOPUSH => gopush::encode(&self.ids, msg_id, body),
             _ => {
-                let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
-                client::encode_binary(msg_id, seq, body, &mut buf);
-                Message::Binary(buf.freeze())
+                let header = client::binary_header(msg_id, seq);
+                return self.out.message(OP_BINARY, HEADER_LEN + body.len(), &[&header, body]).await;
             }
         };
-        self.sink.feed(message).await.map_err(io_error)
+        self.out.message(OP_TEXT, text.len(), &[text.as_bytes()]).await
     }
 
     async fn feed_shared(&mut self, packet: &SharedPacket) -> std::io::Result<()> {
-        let message = match self.mode.load(Ordering::Relaxed) {
-            MODE_JSON => Message::Text(packet.json().clone()),
-            MODE_GOPUSH => Message::Text(packet.gopush(&self.ids).clone()),
-            _ => Message::Binary(packet.binary().clone()),
+        let (opcode, frame): (_, &[u8]) = match self.mode.load(Ordering::Relaxed) {
+            MODE_JSON => (OP_TEXT, packet.json().as_bytes()),
+            MODE_GOPUSH => (OP_TEXT, packet.gopush(&self.ids).as_bytes()),
+            _ => (OP_BINARY, packet.binary()),
         };
-        self.sink.feed(message).await.map_err(io_error)
+        self.out.message(opcode, frame.len(), &[frame]).await
+    }
+
+    async fn feed_control(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.out.control(frame).await
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        self.sink.flush().await.map_err(io_error)
+        self.out.write_out().await
     }
 
     async fn close(&mut self, reason: CloseReason, message: &str) -> std::io::Result<()> {
@@ -321,17 +355,24 @@ impl PacketWriter for WsWriter {
             text.push_str(": ");
             text.extend(message.chars().take(80));
         }
-        while text.len() > 123 {
-            text.pop();
-        }
-        let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: text.into() };
-        // Send and flush the close frame, then let the connection drop: waiting for the
+        // Write and flush the close frame, then let the connection drop: waiting for the
         // client's close reply (RFC 6455 section 7.1.1 allows the server to close the TCP
         // connection first) would let a client that never reads hold the session. After a
-        // client-initiated close tungstenite has already answered, which errors here.
-        match self.sink.send(Message::Close(Some(frame))).await {
-            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Protocol(_)) => Ok(()),
-            Err(e) => Err(io_error(e)),
-        }
+        // client-initiated close tungstenite's reply went out already, and this adds nothing.
+        self.out.close(reason.code(), &text);
+        self.out.write_out().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each layer of a session's futures holds the reader by value (docs/benchmarks.md, idle
+    /// sessions): it must stay two pointers, whatever tungstenite's state weighs.
+    #[test]
+    fn the_session_reader_is_two_pointers() {
+        assert!(std::mem::size_of::<WsRead>() > 128, "{}", std::mem::size_of::<WsRead>());
+        assert_eq!(std::mem::size_of::<WsReader>(), 16);
     }
 }

@@ -56,11 +56,18 @@ pub fn decode_binary(mut frame: Bytes) -> Result<Packet, DecodeError> {
     Ok(Packet { msg_id, seq, body: frame })
 }
 
+/// The binary packet header: `msg_id` then `seq`, both u32 big-endian.
+pub fn binary_header(msg_id: u32, seq: u32) -> [u8; HEADER_LEN] {
+    let mut header = [0; HEADER_LEN];
+    header[..4].copy_from_slice(&msg_id.to_be_bytes());
+    header[4..].copy_from_slice(&seq.to_be_bytes());
+    header
+}
+
 /// Appends the binary form of a packet to `dst`.
 pub fn encode_binary(msg_id: u32, seq: u32, body: &[u8], dst: &mut BytesMut) {
     dst.reserve(HEADER_LEN + body.len());
-    dst.put_u32(msg_id);
-    dst.put_u32(seq);
+    dst.put_slice(&binary_header(msg_id, seq));
     dst.put_slice(body);
 }
 

@@ -26,6 +26,9 @@ pub enum Outbound {
     Packet { msg_id: u32, seq: u32, body: Bytes },
     /// A fan-out packet, encoded once for all its recipients.
     Shared(Arc<SharedPacket>),
+    /// Transport control bytes written as they are (a WebSocket pong or close reply,
+    /// RFC 6455 section 5.5), in order with the packets around them.
+    Control(Bytes),
     /// Close after everything queued before it (reason in the handle).
     Close,
 }
@@ -36,6 +39,7 @@ impl Outbound {
         match self {
             Self::Packet { body, .. } => body.len() + crate::protocol::client::HEADER_LEN,
             Self::Shared(packet) => packet.body.len() + crate::protocol::client::HEADER_LEN,
+            Self::Control(frame) => frame.len(),
             Self::Close => 0,
         }
     }
@@ -236,6 +240,12 @@ impl SessionHandle {
     /// Queues a fan-out packet, under the same slow-consumer policy as [`Self::send`].
     pub fn send_shared(&self, packet: Arc<SharedPacket>) -> bool {
         self.queue_bounded(Outbound::Shared(packet))
+    }
+
+    /// Queues transport control bytes (a WebSocket pong or close reply), under the same
+    /// slow-consumer policy: a client that sends pings and never reads is closed with 4005.
+    pub fn send_control(&self, frame: Bytes) -> bool {
+        self.queue_bounded(Outbound::Control(frame))
     }
 
     fn queue_bounded(&self, item: Outbound) -> bool {

@@ -1,0 +1,238 @@
+//! The two halves of an upgraded WebSocket connection: tungstenite parses what the client
+//! sends (fragments, control frames, UTF-8, limits); the gateway writes what it sends itself.
+//!
+//! Why not tungstenite on both sides: its out buffer keeps the capacity of the largest
+//! message ever sent for the life of the connection (1,000 sessions that each got one 64 KiB
+//! push kept ~64 MiB, docs/benchmarks.md "Memory return"), and a split stream locks the socket
+//! on every read and write. [`FrameWriter`] holds a buffer only while a batch is being written
+//! and drops it once the socket took it.
+//!
+//! tungstenite still answers pings and close frames on its own (RFC 6455 sections 5.5.1-5.5.3):
+//! what it writes goes through [`ReadSide`] into the writer's queue ([`ControlSink`]), so the
+//! answers reach the client in order with the packets around them.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+
+use crate::session::SessionHandle;
+
+/// RFC 6455 section 5.2 opcodes the gateway sends.
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+
+/// Where tungstenite's own answers (pong and close frames) go.
+pub(crate) enum ControlSink {
+    /// A session's outbound queue, bounded as packets are ([`SessionHandle::send_control`]).
+    Session(SessionHandle),
+    /// A bounded channel (the conformance echo).
+    Channel(flume::Sender<Bytes>),
+    /// Not attached yet: nothing is read before a session attaches, so nothing is answered.
+    None,
+}
+
+/// The reading side as tungstenite sees it: reads come from the socket, writes go to a
+/// [`ControlSink`]. An answer the sink cannot take is dropped: the session is closing then (a
+/// full queue closes it as a slow consumer).
+pub(crate) struct ReadSide<S> {
+    io: ReadHalf<S>,
+    pub(crate) control: ControlSink,
+}
+
+impl<S> ReadSide<S> {
+    pub(crate) fn new(io: ReadHalf<S>, control: ControlSink) -> Self {
+        Self { io, control }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> AsyncRead for ReadSide<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S> AsyncWrite for ReadSide<S> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        // tungstenite writes whole frames from its out buffer, which takes all of them here.
+        let frames = Bytes::copy_from_slice(buf);
+        let _taken = match &self.control {
+            ControlSink::Session(session) => session.send_control(frames),
+            ControlSink::Channel(tx) => tx.try_send(frames).is_ok(),
+            ControlSink::None => false,
+        };
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Server-to-client frames (RFC 6455 section 5.2: unmasked, FIN set, one frame per message),
+/// gathered into a buffer of up to `write_buffer` bytes before a write; [`Self::write_out`]
+/// writes the rest and frees the buffer. A write cut off (timeout, abort) keeps what was not
+/// written, so the next frame still starts on a frame boundary.
+pub(crate) struct FrameWriter<S> {
+    io: WriteHalf<S>,
+    buf: BytesMut,
+    write_buffer: usize,
+    /// A close frame was sent: nothing may follow it (section 5.5.1).
+    closed: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
+    pub(crate) fn new(io: WriteHalf<S>, write_buffer: usize) -> Self {
+        Self { io, buf: BytesMut::new(), write_buffer, closed: false }
+    }
+
+    /// Whether a close frame went out (ours, or tungstenite's reply to the client's).
+    pub(crate) fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Buffers one message of `opcode` whose payload is `parts` concatenated (`len` bytes).
+    pub(crate) async fn message(&mut self, opcode: u8, len: usize, parts: &[&[u8]]) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.buf.reserve(10 + len);
+        put_header(&mut self.buf, opcode, len);
+        for part in parts {
+            self.buf.put_slice(part);
+        }
+        self.write_if_full().await
+    }
+
+    /// Buffers frames tungstenite wrote (pong and close replies) as they are.
+    pub(crate) async fn control(&mut self, frames: &[u8]) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = has_close(frames);
+        self.buf.put_slice(frames);
+        self.write_if_full().await
+    }
+
+    /// Buffers a close frame (section 5.5.1): `code`, then `reason` (at most 123 bytes).
+    pub(crate) fn close(&mut self, code: u16, reason: &str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let reason = &reason.as_bytes()[..end];
+        put_header(&mut self.buf, OP_CLOSE, 2 + reason.len());
+        self.buf.put_u16(code);
+        self.buf.put_slice(reason);
+    }
+
+    async fn write_if_full(&mut self) -> io::Result<()> {
+        if self.buf.len() >= self.write_buffer { self.write_out().await } else { Ok(()) }
+    }
+
+    /// Writes everything buffered and flushes the socket; the buffer is freed once written.
+    pub(crate) async fn write_out(&mut self) -> io::Result<()> {
+        while self.buf.has_remaining() {
+            let n = self.io.write(&self.buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.buf.advance(n);
+        }
+        self.buf = BytesMut::new();
+        self.io.flush().await
+    }
+}
+
+/// Section 5.2: FIN + opcode, then the payload length in 7, 7+16 or 7+64 bits, no mask.
+fn put_header(buf: &mut BytesMut, opcode: u8, len: usize) {
+    buf.put_u8(0x80 | opcode);
+    match len {
+        0..=125 => buf.put_u8(len as u8),
+        126..=0xffff => {
+            buf.put_u8(126);
+            buf.put_u16(len as u16);
+        }
+        _ => {
+            buf.put_u8(127);
+            buf.put_u64(len as u64);
+        }
+    }
+}
+
+/// Whether the unmasked frames in `bytes` include a close frame.
+fn has_close(mut bytes: &[u8]) -> bool {
+    while let [first, second, rest @ ..] = bytes {
+        if first & 0x0f == OP_CLOSE {
+            return true;
+        }
+        let (len, rest) = match second & 0x7f {
+            126 if rest.len() >= 2 => (u16::from_be_bytes([rest[0], rest[1]]) as usize, &rest[2..]),
+            127 if rest.len() >= 8 => {
+                let mut n = [0; 8];
+                n.copy_from_slice(&rest[..8]);
+                (usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX), &rest[8..])
+            }
+            126 | 127 => return false,
+            n => (n as usize, rest),
+        };
+        bytes = rest.get(len..).unwrap_or_default();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(opcode: u8, len: usize) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        put_header(&mut buf, opcode, len);
+        buf.to_vec()
+    }
+
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        assert_eq!(header(OP_BINARY, 125), [0x82, 125]);
+        assert_eq!(header(OP_TEXT, 126), [0x81, 126, 0, 126]);
+        assert_eq!(header(OP_BINARY, 65_535), [0x82, 126, 0xff, 0xff]);
+        assert_eq!(header(OP_BINARY, 65_536), [0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn a_close_is_found_after_other_frames() {
+        let pong = [0x8a, 2, b'h', b'i'];
+        let close = [0x88, 2, 0x03, 0xe8];
+        assert!(!has_close(&pong));
+        assert!(has_close(&[&pong[..], &close[..]].concat()));
+        assert!(has_close(&close));
+        assert!(!has_close(&[0x8a]));
+    }
+
+    #[tokio::test]
+    async fn the_buffer_is_freed_once_written() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (_read, write) = tokio::io::split(server);
+        let mut writer = FrameWriter::new(write, 8 * 1024);
+        let payload = vec![7u8; 64 * 1024];
+        writer.message(OP_BINARY, payload.len(), &[&payload]).await.unwrap();
+        writer.write_out().await.unwrap();
+        assert_eq!(writer.buf.capacity(), 0, "a written batch keeps no buffer");
+        drop(client);
+    }
+}

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 /// How often the trimmer looks at the allocator's free bytes.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
-/// The trimmer trims when at least this many bytes are free in the arenas...
-pub const TRIM_FREE_BYTES: usize = 16 << 20;
+/// The trimmer trims when at least this many bytes are free in the arenas... (16 MiB left
+/// ~10 MiB of a burst's freed memory in a 45 MiB gateway: `loadgen memory`, benchmarks.md)
+pub const TRIM_FREE_BYTES: usize = 8 << 20;
 /// ...and they are at least this fraction of the bytes in use (so a large, busy heap with a
 /// normal amount of slack is left alone: trimming it would be undone by the next burst).
 pub const TRIM_FREE_RATIO: f64 = 0.25;

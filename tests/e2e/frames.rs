@@ -127,3 +127,38 @@ async fn an_upgrade_with_a_bad_key_is_refused() {
         assert_eq!(line.split_whitespace().nth(1), Some(status), "key {key}: {line}");
     }
 }
+
+/// RFC 6455 sections 5.5.2-5.5.3 and 5.5.1 on a session: a ping is answered with a pong carrying
+/// its payload, in order with the packets around it (the pong before the answer to a packet
+/// sent after the ping), and a client's close is answered with a close echoing its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_closes_are_answered_in_order_with_packets() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let h = Harness::start().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(h.ws_url()).await.expect("connect");
+    let mut heartbeat = BytesMut::new();
+    heartbeat.put_u32(h.config.routes.heartbeat);
+    heartbeat.put_u32(5);
+    ws.send(Message::Ping(Bytes::from_static(b"are you there"))).await.unwrap();
+    ws.send(Message::Binary(heartbeat.freeze())).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(PROMPT, ws.next()).await.expect("an answer") {
+            Some(Ok(Message::Pong(payload))) => {
+                seen.push(format!("pong {}", String::from_utf8_lossy(&payload)))
+            }
+            Some(Ok(Message::Binary(packet))) => seen.push(format!("packet seq {:?}", packet.get(4..8))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["pong are you there", "packet seq Some([0, 0, 0, 5])"]);
+
+    let bye = CloseFrame { code: CloseCode::Away, reason: "bye".into() };
+    ws.send(Message::Close(Some(bye))).await.unwrap();
+    match tokio::time::timeout(PROMPT, ws.next()).await.expect("a close reply") {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}

@@ -3,9 +3,8 @@
 //!
 //! Why not tungstenite on both sides: its out buffer keeps the capacity of the largest
 //! message ever sent for the life of the connection (1,000 sessions that each got one 64 KiB
-//! push kept ~64 MiB, docs/benchmarks.md "Memory return"), and a split stream locks the socket
-//! on every read and write. [`FrameWriter`] holds a buffer only while a batch is being written
-//! and drops it once the socket took it.
+//! push kept ~64 MiB, docs/benchmarks.md "Memory return"). [`FrameWriter`] holds a buffer only
+//! while a batch is being written and drops it once the socket took it.
 //!
 //! tungstenite still answers pings and close frames on its own (RFC 6455 sections 5.5.1-5.5.3):
 //! what it writes goes through [`ReadSide`] into the writer's queue ([`ControlSink`]), so the

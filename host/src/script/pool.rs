@@ -247,7 +247,7 @@ impl<W: World> ScriptPool<W> {
                 return Ok(UpdateDeadline::Interrupt);
             }
             let held = ctx.data().lane.clone();
-            let Some(lanes) = lanes.as_ref().filter(|_| held.lock().is_none()) else {
+            let Some(lanes) = lanes.as_ref().filter(|_| !ctx.data().building && held.lock().is_none()) else {
                 return Ok(UpdateDeadline::Yield(1));
             };
             // A long call: it goes on once it holds a lane (its deadline keeps running while
@@ -270,6 +270,7 @@ impl<W: World> ScriptPool<W> {
             ))
         });
         store.data_mut().call_started = Instant::now();
+        store.data_mut().building = true;
         store.set_epoch_deadline(FIRST_TICKS);
         let init_error = |message: String| ScriptError::Init { script: self.meta.name.to_string(), message };
         let bindings = W::instantiate(&self.pre, &mut store).await.map_err(|e| {
@@ -281,8 +282,8 @@ impl<W: World> ScriptPool<W> {
             init_error(format!("{e:#}{hint}"))
         })?;
         match (self.init)(Slot { store, bindings }).await {
-            (slot, Ok(Ok(()))) => {
-                slot.store.data().lane.lock().take();
+            (mut slot, Ok(Ok(()))) => {
+                slot.store.data_mut().building = false;
                 Ok(slot)
             }
             (_, Ok(Err(refusal))) => Err(init_error(refusal)),

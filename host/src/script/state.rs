@@ -60,6 +60,9 @@ pub struct ScriptState {
     /// The long-call lane the current call holds, if it ran past its first epoch tick
     /// ([`super::pool::Limits::long_calls`]); released when the call ends.
     pub(super) lane: Arc<parking_lot::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// Set while the instance is built (instantiation and `init`): a build runs under the
+    /// deadline but needs no lane, so it never queues behind runaway calls.
+    pub(super) building: bool,
     pub(super) meta: Arc<ScriptMeta>,
 }
 
@@ -88,6 +91,7 @@ impl ScriptState {
             limits,
             call_started: Instant::now(),
             lane: Arc::default(),
+            building: false,
             meta,
         }
     }

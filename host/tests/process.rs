@@ -624,19 +624,10 @@ async fn spans_are_exported_over_otlp() {
 
 /// A raw HTTP/1.0 GET with a bearer token: status and body bytes.
 async fn get_bytes(addr: SocketAddr, path: &str, token: &str) -> (u16, Vec<u8>) {
-    http_bytes(addr, "GET", path, token, b"").await
-}
-
-/// A raw HTTP/1.0 request with a bearer token and `body`: status and body bytes.
-async fn http_bytes(addr: SocketAddr, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin connect");
-    let length = body.len();
-    let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n"
-    );
+    let head = format!("GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
     stream.write_all(head.as_bytes()).await.expect("admin write");
-    stream.write_all(body).await.expect("admin write");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("admin read");
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
@@ -745,11 +736,14 @@ async fn websocket_sessions_keep_no_write_buffer_after_large_pushes() {
     }
     let before = in_use(&get_bytes(admin, "/debug/heap", "secret-token").await.1);
     let data = base64::engine::general_purpose::STANDARD.encode(vec![7u8; PUSH]);
-    let push = serde_json::json!({ "msg_id": 600, "data_b64": data }).to_string();
+    let push = serde_json::json!({ "msg_id": 600, "data_b64": data }).to_string().into_bytes();
     // One push at a time: two queued at once would be over `pending_write_bytes` (1 MiB).
     for round in 1..=2 {
-        let (status, body) = http_bytes(admin, "POST", "/push/all", "secret-token", push.as_bytes()).await;
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let api = wasmgate::http_client::Endpoint::plain(admin);
+        let sent =
+            wasmgate::http_client::request(&api, Some("secret-token"), "POST", "/push/all", push.clone());
+        let (status, body) = sent.await.expect("push");
+        assert_eq!(status, 200, "{body}");
         let until = Instant::now() + PROMPT;
         while received.load(Ordering::Relaxed) < round * SESSIONS as u64 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -49,7 +49,7 @@ const LANGUAGES: [&str; 5] = ["rust", "c", "python", "js", "qjs"];
 async fn ask(client: &mut Client, msg_id: u32, body: &str) -> String {
     let seq = client.send(msg_id, body.as_bytes()).await.expect("send");
     let packet = client.recv_within(PROMPT).await.expect("an answer").packet().expect("a packet");
-    assert_eq!(packet.seq, seq);
+    assert_eq!(packet.seq, seq, "{packet:?}");
     if packet.msg_id == 4 {
         return format!("error:{}", error_of(&packet.body).0);
     }
@@ -75,6 +75,9 @@ async fn templates_in_every_language_route_handle_and_carry_state_across_languag
         with_admin_token(c);
         c.scripts.dir = Some(dir);
         c.scripts.deadline_ms = 2_000;
+        // The client sends nothing while a cold Python or StarlingMonkey component compiles
+        // (12 s idle, longer on CI's loaded cores): no heartbeat timeout meanwhile.
+        c.timeouts.heartbeat_ms = 600_000;
     })
     .await;
     let mut client = h.logged_in_ws("polyglot").await;

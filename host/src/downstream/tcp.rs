@@ -146,6 +146,52 @@ impl<W: AsyncWrite + Unpin + Send + 'static> PacketWriter for TcpWriter<W> {
 mod tests {
     use super::*;
 
+    /// After a large frame is read, the read buffer no longer lives in the large frame's
+    /// allocation: tokio-util's codec reserves room for the next length prefix while the frame
+    /// is still held, and `bytes` then moves the rest to a buffer of the starting capacity.
+    /// (docs/benchmarks.md relies on it: a TCP session keeps no read buffer as large as the
+    /// largest message its client sent.)
+    #[tokio::test]
+    async fn a_reader_lets_go_of_a_large_frame_s_buffer() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut reader = TcpReader {
+            framed: FramedRead::with_capacity(
+                ours,
+                codec(&TcpFramingConfig::default(), 1 << 20),
+                READ_BUFFER,
+            ),
+        };
+        let mut frames = BytesMut::new();
+        let mut codec = codec(&TcpFramingConfig::default(), 1 << 20);
+        for (msg_id, body) in [(599, vec![1u8; 700]), (600, vec![7u8; 64 << 10]), (601, b"small".to_vec())] {
+            let mut packet = BytesMut::new();
+            client::encode_binary(msg_id, 1, &body, &mut packet);
+            codec.encode(packet.freeze(), &mut frames).expect("encode");
+        }
+        // The first two frames and the start of the third arrive together.
+        let split = frames.len() - 6;
+        tokio::io::AsyncWriteExt::write_all(&mut theirs, &frames[..split]).await.expect("write");
+        let Inbound::Packet(first) = reader.next().await else { panic!("the first packet") };
+        assert_eq!(first.msg_id, 599);
+        let Inbound::Packet(large) = reader.next().await else { panic!("the large packet") };
+        assert_eq!((large.msg_id, large.body.len()), (600, 64 << 10));
+        let large_bytes = large.body.as_ptr() as usize..large.body.as_ptr() as usize + (65 << 10);
+        drop(large);
+        tokio::io::AsyncWriteExt::write_all(&mut theirs, &frames[split..]).await.expect("write");
+        let Inbound::Packet(small) = reader.next().await else { panic!("the small packet") };
+        assert_eq!((small.msg_id, &small.body[..]), (601, &b"small"[..]));
+        let buffer = reader.framed.read_buffer();
+        assert!(
+            !large_bytes.contains(&(buffer.as_ptr() as usize)),
+            "the read buffer kept the large frame's allocation"
+        );
+        assert!(
+            buffer.capacity() <= READ_BUFFER,
+            "a {}-byte read buffer kept after a small frame",
+            buffer.capacity()
+        );
+    }
+
     /// After a large frame is written the writer keeps no large allocation: the next small
     /// frame is buffered in a small one (an emptied `BytesMut` would take its old allocation
     /// back on `reserve`).

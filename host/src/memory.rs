@@ -5,10 +5,13 @@
 //! and allocators").
 //! glibc keeps freed pages in its arenas (one per thread that allocated) and returns them on
 //! its own only from the top of the main heap, so a burst, a large compile or a profile
-//! leaves RSS far above what is in use. Two remedies: [`give_back_memory`] right after a
-//! known large free, and [`spawn_trimmer`], which trims whenever much of the heap is free.
-//! Both are no-ops with another allocator (`--features jemalloc` / `mimalloc`) or another libc.
+//! leaves RSS far above what is in use. Three remedies: [`give_back_memory`] right after a
+//! known large free on a thread that may pay for it, [`trim_soon`] after one on a thread that
+//! may not, and [`spawn_trimmer`], which trims whenever much of the heap is free. All are
+//! no-ops with another allocator (`--features jemalloc` / `mimalloc`) or another libc.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How often the trimmer looks at the allocator's free bytes.
@@ -58,6 +61,23 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
+/// The trimmer thread, to wake for [`trim_soon`].
+static TRIMMER: OnceLock<std::thread::Thread> = OnceLock::new();
+/// A trim was asked for since the trimmer last looked.
+static TRIM_ASKED: AtomicBool = AtomicBool::new(false);
+
+/// Asks the trimmer (if running) to give free memory back now, whatever share of the heap is
+/// free and whatever RSS did since its last trim: for a known large free on a thread that
+/// should not pay for the trim itself. (A large component leaving the compile cache frees
+/// ~15 MiB of metadata that the trimmer's own rule kept: its reference RSS was taken while the
+/// component was live, so the free never looked like growth.) Returns at once.
+pub fn trim_soon() {
+    TRIM_ASKED.store(true, Ordering::Release);
+    if let Some(trimmer) = TRIMMER.get() {
+        trimmer.unpark();
+    }
+}
+
 /// Starts a thread (`wasmgate-trim`) that every [`TRIM_INTERVAL`] trims the heap when its free
 /// bytes are over [`TRIM_FREE_BYTES`] and [`TRIM_FREE_RATIO`] of those in use, and RSS has grown
 /// by [`TRIM_FREE_BYTES`] since the last trim (glibc counts trimmed pages as free still, so
@@ -69,12 +89,15 @@ pub fn spawn_trimmer() {
         return;
     }
     let spawned = std::thread::Builder::new().name("wasmgate-trim".into()).spawn(|| {
+        let _ = TRIMMER.set(std::thread::current());
         let mut rss_at_trim = 0u64;
         loop {
-            std::thread::sleep(TRIM_INTERVAL);
+            std::thread::park_timeout(TRIM_INTERVAL);
+            let asked = TRIM_ASKED.swap(false, Ordering::AcqRel);
             let (Some((in_use, free)), Some(rss)) = (heap_bytes(), rss_bytes()) else { return };
             let grown = rss >= rss_at_trim + TRIM_FREE_BYTES as u64;
-            if free >= TRIM_FREE_BYTES && free as f64 >= in_use as f64 * TRIM_FREE_RATIO && grown {
+            let slack = free as f64 >= in_use as f64 * TRIM_FREE_RATIO && grown;
+            if free >= TRIM_FREE_BYTES && (asked || slack) {
                 let started = std::time::Instant::now();
                 give_back_memory();
                 rss_at_trim = rss_bytes().unwrap_or(rss);
@@ -83,6 +106,7 @@ pub fn spawn_trimmer() {
                     rss_after = rss_at_trim,
                     in_use,
                     took_us = started.elapsed().as_micros() as u64,
+                    asked,
                     "heap trimmed"
                 );
             } else {

@@ -110,8 +110,18 @@ impl Drop for Compiled {
         if self.accepted.load(Ordering::Relaxed) {
             cache.released.retain(|(hash, _)| *hash != self.hash);
             cache.released.push_back((self.hash, self.component.clone()));
-            if cache.released.len() > KEEP_RELEASED {
-                cache.released.pop_front();
+            if cache.released.len() > KEEP_RELEASED
+                && let Some((_, evicted)) = cache.released.pop_front()
+            {
+                let image = evicted.image_range();
+                let large = image.end as usize - image.start as usize >= LARGE_COMPONENT;
+                // Dropped here if nothing else holds it: a large one's metadata (~15 MiB
+                // for an 18 MB Python component) goes back to the OS now; the trimmer's own
+                // rule would not see it (its reference RSS dates from when it was live).
+                drop(evicted);
+                if large {
+                    crate::memory::trim_soon();
+                }
             }
         }
     }
@@ -344,7 +354,9 @@ impl ScriptEngine {
 
 /// Components at least this large (bytes) give freed memory back to the OS after they are
 /// compiled ([`give_back_memory`]): interpreter-based components (Python, JS) are 12-18 MB and
-/// their compile frees hundreds of MB.
+/// their compile frees hundreds of MB. A compiled image at least this large leaving the
+/// compile cache wakes the trimmer ([`crate::memory::trim_soon`]): its metadata is ~15 MiB
+/// for the Python router template.
 pub const LARGE_COMPONENT: usize = 1 << 20;
 
 /// A compile error as the deploy's answer gives it, with what to do about the one a toolchain

@@ -759,11 +759,11 @@ async fn websocket_sessions_keep_no_write_buffer_after_large_pushes() {
     }
 }
 
-/// A large component pushed out of the compile cache gives its memory back at once, even while
-/// much else is in use: after a profile (whose ~65 MiB sample table stays, keeping the
-/// trimmer's free-to-in-use ratio from trimming), the Python router template is deployed, then
-/// small routers until it leaves the cache; RSS ends within 8 MiB of where it was before the
-/// deploy (it stayed ~15 MiB over: the component's freed metadata, kept by glibc).
+/// A large component pushed out of the compile cache gives its memory back at once: after a
+/// profile (whose ~65 MiB sample table stays, as in `loadgen memory`), the Python router
+/// template is deployed, then small routers until it leaves the cache; RSS ends within 8 MiB
+/// of where it was before the deploy (it stayed ~15 MiB over: the component's freed metadata,
+/// which the trimmer's own rule never saw as growth).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_component_leaving_the_cache_gives_its_memory_back() {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scripts/python/build/router.wasm");

@@ -131,8 +131,10 @@ pub struct Metrics {
     pub fanout_undelivered: Counter,
     pub pushes: Family<TargetLabel, Counter>,
     pub script_compiles: Family<FromLabel, Counter>,
-    /// Script calls that ran past their first epoch tick and had to wait for a long-call lane.
+    /// Long script calls that had to wait for a long-call lane.
     pub script_lane_waits: Counter,
+    /// Script calls judged long (a tick of CPU) that ran on a long-call lane.
+    pub script_long_calls: Counter,
     pub script_deploys: Family<ReasonLabel, Counter>,
     pub cluster_messages: Family<OutcomeLabel, Counter>,
     pub cluster_nodes: Gauge,
@@ -211,6 +213,7 @@ impl Metrics {
             pushes: Family::default(),
             script_compiles: Family::default(),
             script_lane_waits: Counter::default(),
+            script_long_calls: Counter::default(),
             script_deploys: Family::default(),
             cluster_messages: Family::default(),
             cluster_nodes: Gauge::default(),
@@ -394,8 +397,15 @@ impl Metrics {
             &mut r,
             &mut families,
             "script_lane_waits",
-            "Script calls still running after one epoch tick that waited for a long-call lane (scripts.long_calls)",
+            "Long script calls (a tick of CPU after their first 0-1 ms) that waited for a long-call lane (scripts.long_calls)",
             m.script_lane_waits.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "script_long_calls",
+            "Script calls that used a whole epoch tick of CPU and so ran on a long-call lane (scripts.long_calls)",
+            m.script_long_calls.clone(),
         );
         register(
             &mut r,

@@ -111,3 +111,71 @@ async fn runaway_calls_take_turns_on_the_long_call_lane() {
         metric_sum(&metrics, "wasmgate_script_calls_total", &["script=\"router\"", "outcome=\"deadline\""]);
     assert_eq!(deadlines, 4.0, "{metrics}");
 }
+
+/// Whether a call is long (needs a lane) is judged by the CPU it used, not by wall time: calls
+/// of ~0.3 ms of CPU, on worker threads that share one core with busy threads (so that some
+/// are descheduled mid-call for longer than the first deadline check's two ticks), never take a
+/// lane, while a loop still does.
+#[test]
+fn a_descheduled_short_call_takes_no_lane() {
+    // Everything this test starts (runtime workers, busy threads) runs on the first CPU this
+    // thread may use; the affinity is inherited by threads created from here.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed), 0);
+        let cpu = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &allowed)).unwrap();
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one), 0);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(60)
+                {
+                    std::hint::black_box(started.elapsed());
+                }
+            })
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (long_calls, descheduled) = runtime.block_on(async {
+        let h = Harness::start_with(|c| {
+            c.scripts.router.path = Some(HOSTILE_ROUTER.into());
+            c.scripts.deadline_ms = 2_000;
+            c.scripts.long_calls = 1;
+            c.timeouts.heartbeat_ms = 600_000;
+        })
+        .await;
+        let mut client = h.logged_in_ws("short").await;
+        // ~0.2-0.4 ms of CPU per call (~1-2 ns per iteration); a call that sits behind the
+        // busy threads takes several ms of wall time.
+        let mut descheduled = 0;
+        for _ in 0..300 {
+            let started = Instant::now();
+            let seq = client.send(906, b"200000").await.unwrap();
+            let (reply, _) = client.recv_reply(906, seq, PROMPT).await.unwrap();
+            assert_eq!(reply.body.len(), 8);
+            if started.elapsed() > Duration::from_millis(3) {
+                descheduled += 1;
+            }
+        }
+        assert_eq!(h.metric("wasmgate_script_lane_waits_total"), 0.0);
+        let short = h.metric("wasmgate_script_long_calls_total");
+        // A loop is still long.
+        let seq = client.send(906, b"100000000000").await.unwrap();
+        let (error, _) = client.recv_reply(4, seq, PROMPT).await.unwrap();
+        assert_eq!(error_of(&error.body).0, "script_error");
+        assert!(h.metric("wasmgate_script_long_calls_total") > short);
+        (short, descheduled)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.into_iter().for_each(|t| t.join().unwrap());
+    eprintln!("{descheduled} of 300 calls took over 3 ms of wall time");
+    assert!(descheduled > 0, "nothing was descheduled: the test proves nothing");
+    assert_eq!(long_calls, 0.0, "short calls took a lane ({descheduled} were descheduled)");
+}

@@ -79,8 +79,9 @@ pub struct Limits {
     /// instead of refusing the component.
     pub trap_unknown_imports: bool,
     /// The long-call lanes (`scripts.long_calls`), shared by the gateway's scripts: a call
-    /// still running after one epoch tick (1-2 ms) continues only holding one, so runaway
-    /// scripts occupy at most that many worker threads at once; `None`: no lanes.
+    /// that has used a tick of CPU ([`LONG_CALL_CPU`]) after its first 0-1 ms continues only
+    /// holding one, so runaway scripts occupy at most that many worker threads at once;
+    /// `None`: no lanes.
     pub long_calls: Option<Arc<tokio::sync::Semaphore>>,
 }
 
@@ -94,9 +95,24 @@ struct Outcomes {
     unavailable: Counter,
 }
 
-/// Epoch ticks before a call's first deadline check: 2, so that a call is found "long" (and
-/// needs a lane) only after running at least one whole tick ([`super::engine::EPOCH_TICK`]).
-const FIRST_TICKS: u64 = 2;
+/// Epoch ticks before a call's first deadline check (0-1 ms into the call,
+/// [`super::engine::EPOCH_TICK`]). With lanes on, that check only notes the thread's CPU clock.
+const FIRST_TICKS: u64 = 1;
+
+/// CPU time a call must use after its first deadline check to be "long" and need a lane: one
+/// epoch tick, so a runaway is laned 1-2 ms into its call on an idle machine. A short call
+/// descheduled by the OS for several ticks never gets there; a runaway sharing its core with
+/// other threads gets there in a few ticks of wall time.
+const LONG_CALL_CPU: Duration = super::engine::EPOCH_TICK;
+
+/// CPU time used by the calling thread (`CLOCK_THREAD_CPUTIME_ID`); `None` if the clock cannot
+/// be read (calls are then judged by wall time alone).
+fn thread_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid, writable timespec for the duration of the call.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    ok.then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+}
 
 /// First wait after a failed instance build; doubles per consecutive failure.
 const REBUILD_BACKOFF_FIRST: Duration = Duration::from_millis(50);
@@ -242,21 +258,37 @@ impl<W: World> ScriptPool<W> {
         store.limiter(|s| &mut s.limits);
         let deadline = self.limits.deadline;
         let lanes = self.limits.long_calls.clone();
-        store.epoch_deadline_callback(move |ctx| {
-            if ctx.data().call_started.elapsed() >= deadline {
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            if state.call_started.elapsed() >= deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            let held = ctx.data().lane.clone();
-            let Some(lanes) = lanes.as_ref().filter(|_| !ctx.data().building && held.lock().is_none()) else {
+            let held = state.lane.clone();
+            let Some(lanes) = lanes.as_ref().filter(|_| !state.building && held.lock().is_none()) else {
                 return Ok(UpdateDeadline::Yield(1));
             };
+            // Long is judged by CPU, not wall time (a call the OS descheduled is not long):
+            // the first check notes this thread's CPU clock and lets the call go on without
+            // yielding, so on the same thread; a later check finds it long once it has used
+            // `LONG_CALL_CPU` since.
+            if let Some(now) = thread_cpu_time() {
+                match state.cpu_mark {
+                    Some(mark) if now.saturating_sub(mark) >= LONG_CALL_CPU => {}
+                    Some(_) => return Ok(UpdateDeadline::Continue(1)),
+                    None => {
+                        state.cpu_mark = Some(now);
+                        return Ok(UpdateDeadline::Continue(1));
+                    }
+                }
+            }
             // A long call: it goes on once it holds a lane (its deadline keeps running while
             // it waits, so a queue of runaway calls ends at their deadlines).
+            state.meta.metrics.script_long_calls.inc();
             if let Ok(permit) = lanes.clone().try_acquire_owned() {
                 *held.lock() = Some(permit);
                 return Ok(UpdateDeadline::Yield(1));
             }
-            ctx.data().meta.metrics.script_lane_waits.inc();
+            state.meta.metrics.script_lane_waits.inc();
             let lanes = lanes.clone();
             // Deadline 0 ticks after the wait: this callback runs again at once, and a call
             // whose deadline passed while it waited ends there, without running again.
@@ -270,6 +302,7 @@ impl<W: World> ScriptPool<W> {
             ))
         });
         store.data_mut().call_started = Instant::now();
+        store.data_mut().cpu_mark = None;
         store.data_mut().building = true;
         store.set_epoch_deadline(FIRST_TICKS);
         let init_error = |message: String| ScriptError::Init { script: self.meta.name.to_string(), message };
@@ -391,6 +424,7 @@ impl<W: World> ScriptPool<W> {
             None => self.rebuild().await?,
         };
         slot.store.data_mut().call_started = Instant::now();
+        slot.store.data_mut().cpu_mark = None;
         slot.store.set_epoch_deadline(FIRST_TICKS);
         let started = slot.store.data().call_started;
         let span = tracing::debug_span!(

@@ -60,6 +60,9 @@ pub struct ScriptState {
     /// The long-call lane the current call holds, if it ran past its first epoch tick
     /// ([`super::pool::Limits::long_calls`]); released when the call ends.
     pub(super) lane: Arc<parking_lot::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// The thread's CPU clock at the current call's first epoch check, to judge whether it is
+    /// long by the CPU it used since ([`super::pool`]); `None` before that check.
+    pub(super) cpu_mark: Option<std::time::Duration>,
     /// Set while the instance is built (instantiation and `init`): a build runs under the
     /// deadline but needs no lane, so it never queues behind runaway calls.
     pub(super) building: bool,
@@ -91,6 +94,7 @@ impl ScriptState {
             limits,
             call_started: Instant::now(),
             lane: Arc::default(),
+            cpu_mark: None,
             building: false,
             meta,
         }

@@ -7,6 +7,8 @@
 //! - msg id 904: dropped (a legitimate decision, to check it is counted).
 //! - msg id 905: answered directly with `<tag>:<body>`, where `tag` is the config's string
 //!   (`{"tag": "v1"}`), so a test can tell which deployed version answered.
+//! - msg id 906: computes for a while and answers 906: the body is the iteration count
+//!   (decimal; ~1 ns each), to make calls of a chosen CPU length.
 //! - init fails when the config is `{"fail": true}` (a refused deploy candidate), or once the
 //!   clock passes `fail_init_after_ms` (ms since the Unix epoch): instances built after that
 //!   (to replace a trapped one) fail, to exercise the rebuild back-off.
@@ -58,6 +60,14 @@ impl Guest for Hostile {
                 body.push(b':');
                 body.extend_from_slice(&packet.body);
                 Decision::Reply(Reply { msg_id: 905, body })
+            }
+            906 => {
+                let n: u64 = std::str::from_utf8(&packet.body).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let mut x = u64::from(packet.seq);
+                for i in 0..n {
+                    x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+                }
+                Decision::Reply(Reply { msg_id: 906, body: x.to_le_bytes().to_vec() })
             }
             id => Decision::Forward(id / 100 * 100 + 1),
         }

@@ -114,14 +114,15 @@ async fn runaway_calls_take_turns_on_the_long_call_lane() {
 
 /// Whether a call is long (needs a lane) is judged by the CPU it used, not by wall time: calls
 /// of ~0.3 ms of CPU, on worker threads that share one core with busy threads (so that some
-/// are descheduled mid-call for longer than the first deadline check's two ticks), never take a
-/// lane, while a loop still does.
+/// are descheduled mid-call for several ticks), never take a lane, while a loop still does.
 #[test]
 fn a_descheduled_short_call_takes_no_lane() {
     // Everything this test starts (runtime workers, busy threads) runs on the first CPU this
-    // thread may use; the affinity is inherited by threads created from here.
+    // thread may use; the affinity is inherited by threads created from here, and this
+    // thread's is given back at the end.
+    // SAFETY: plain C calls on zeroed `cpu_set_t`s owned here.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe {
-        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
         assert_eq!(libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed), 0);
         let cpu = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &allowed)).unwrap();
         let mut one: libc::cpu_set_t = std::mem::zeroed();
@@ -175,6 +176,9 @@ fn a_descheduled_short_call_takes_no_lane() {
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     busy.into_iter().for_each(|t| t.join().unwrap());
+    drop(runtime);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &allowed) }, 0);
     eprintln!("{descheduled} of 300 calls took over 3 ms of wall time");
     assert!(descheduled > 0, "nothing was descheduled: the test proves nothing");
     assert_eq!(long_calls, 0.0, "short calls took a lane ({descheduled} were descheduled)");

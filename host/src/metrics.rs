@@ -133,7 +133,7 @@ pub struct Metrics {
     pub script_compiles: Family<FromLabel, Counter>,
     /// Long script calls that had to wait for a long-call lane.
     pub script_lane_waits: Counter,
-    /// Script calls judged long (a tick of CPU) that ran on a long-call lane.
+    /// Script calls judged long (a tick of CPU after their first 0-1 ms) that ran on a lane.
     pub script_long_calls: Counter,
     pub script_deploys: Family<ReasonLabel, Counter>,
     pub cluster_messages: Family<OutcomeLabel, Counter>,
@@ -404,7 +404,7 @@ impl Metrics {
             &mut r,
             &mut families,
             "script_long_calls",
-            "Script calls that used a whole epoch tick of CPU and so ran on a long-call lane (scripts.long_calls)",
+            "Script calls judged long (a tick of CPU after their first 0-1 ms) that ran on a long-call lane (scripts.long_calls)",
             m.script_long_calls.clone(),
         );
         register(

@@ -114,6 +114,14 @@ fn thread_cpu_time() -> Option<Duration> {
     ok.then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
+/// Starts a call's clocks (or a build's): its deadline from now, its first epoch check
+/// [`FIRST_TICKS`] ahead, no CPU mark yet.
+fn start_call(store: &mut Store<ScriptState>) {
+    store.data_mut().call_started = Instant::now();
+    store.data_mut().cpu_mark = None;
+    store.set_epoch_deadline(FIRST_TICKS);
+}
+
 /// First wait after a failed instance build; doubles per consecutive failure.
 const REBUILD_BACKOFF_FIRST: Duration = Duration::from_millis(50);
 /// Longest wait between instance build attempts.
@@ -301,10 +309,8 @@ impl<W: World> ScriptPool<W> {
                 }),
             ))
         });
-        store.data_mut().call_started = Instant::now();
-        store.data_mut().cpu_mark = None;
         store.data_mut().building = true;
-        store.set_epoch_deadline(FIRST_TICKS);
+        start_call(&mut store);
         let init_error = |message: String| ScriptError::Init { script: self.meta.name.to_string(), message };
         let bindings = W::instantiate(&self.pre, &mut store).await.map_err(|e| {
             let hint = if e.is::<wasmtime::PoolConcurrencyLimitError>() {
@@ -423,9 +429,7 @@ impl<W: World> ScriptPool<W> {
             Some(slot) => slot,
             None => self.rebuild().await?,
         };
-        slot.store.data_mut().call_started = Instant::now();
-        slot.store.data_mut().cpu_mark = None;
-        slot.store.set_epoch_deadline(FIRST_TICKS);
+        start_call(&mut slot.store);
         let started = slot.store.data().call_started;
         let span = tracing::debug_span!(
             "script.call",

@@ -57,7 +57,7 @@ pub struct ScriptState {
     pub(super) limits: MemoryLimiter,
     /// When the current call started (the epoch callback compares it with the deadline).
     pub(super) call_started: Instant,
-    /// The long-call lane the current call holds, if it ran past its first epoch tick
+    /// The long-call lane the current call holds, if it was judged long
     /// ([`super::pool::Limits::long_calls`]); released when the call ends.
     pub(super) lane: Arc<parking_lot::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     /// The thread's CPU clock at the current call's first epoch check, to judge whether it is

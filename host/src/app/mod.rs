@@ -384,7 +384,11 @@ impl RunningGateway {
         let ctx = self.ctx;
         ctx.shutdown.cancel();
         ctx.tasks.close();
-        // Sessions see the token and close themselves; pools drain after them.
+        // Closed from here rather than each waiting on the token (a waiter per idle session);
+        // a session registered after this sees the token when it starts. Pools drain after.
+        for session in ctx.registry.all() {
+            session.close(CloseReason::GoingAway, "server shutting down");
+        }
         let sessions_gone = async {
             while !ctx.registry.is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -320,7 +320,8 @@ pub struct TimeoutsConfig {
     pub heartbeat_ms: u64,
     /// Time allowed for the WebSocket HTTP upgrade request (leaf's `HTTPTimeout`).
     pub handshake_ms: u64,
-    /// A write to a client that does not complete this long closes it as a slow consumer.
+    /// Output a client's socket has not taken this long after it first pushed back closes the
+    /// session as a slow consumer (4005).
     pub write_ms: u64,
 }
 

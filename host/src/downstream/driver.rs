@@ -1,93 +1,47 @@
 //! The life of one connection, independent of its transport.
 //!
-//! Two tasks per session: the read loop (this task: decode, timers, local routes, scripts,
-//! upstream sends, in order) and the write loop (drains the outbound queue, batching what is
-//! ready into one flush). Phases, after the transport's handshake:
+//! One task per session: it reads and decodes, runs timers, local routes, scripts and
+//! upstream sends in order, and writes the outbound queue as the socket takes it
+//! ([`SessionIo`]). Phases, after the transport's handshake:
 //!
 //! 1. registered in the [`Registry`](crate::session::Registry); login timer armed (`login_ms`);
 //! 2. login route -> auth script -> user bound, login timer disarmed;
 //! 3. each packet resets the heartbeat timer (`heartbeat_ms`); local routes (heartbeat, close)
 //!    are answered here, anything else goes to the router script and then upstream;
-//! 4. any close (client, timer, script, backend kick, slow consumer, shutdown) -> the writer
-//!    flushes what is queued, the client gets the error frame and close code, the session is
+//! 4. any close (client, timer, script, backend kick, slow consumer, shutdown) -> what is
+//!    queued is written, the client gets the error frame and close code, the session is
 //!    unregistered.
 
-use std::future::Future;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tracing::Instrument as _;
 
 use super::SessionCtx;
 use super::abuse::{SessionLimits, Verdict};
+use super::session_io::{Event, Inbound, SessionIo, Transport};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::protocol::backend::BackendFrame;
 use crate::protocol::client::{HEADER_LEN, Packet};
 use crate::script::bindings::{self, Decision, HandlerError, Outcome, Reply, RouteError};
-use crate::session::{CloseReason, ErrorCode, Outbound, SessionHandle, TransportKind};
+use crate::session::{CloseReason, ErrorCode, SessionHandle, TransportKind};
 
-/// What a transport's reader yields.
-pub(crate) enum Inbound {
-    Packet(Packet),
-    /// A go-push JSON message (WebSocket text frames).
-    GoPush(crate::protocol::gopush::Request),
-    /// The client closed the connection.
-    Closed,
-    /// The connection cannot go on (malformed or oversized frame, transport error).
-    Failed(CloseReason, String),
-}
-
-/// Reading half of a client transport.
-pub(crate) trait PacketReader: Send {
-    /// The next packet, or why there is none.
-    fn next(&mut self) -> impl Future<Output = Inbound> + Send;
-    /// Gives the reader its session before the first [`Self::next`], for a transport whose
-    /// reading answers the client on its own (WebSocket pongs and close replies).
-    fn attach(&mut self, _session: &SessionHandle) {}
-}
-
-/// Writing half of a client transport.
-pub(crate) trait PacketWriter: Send + 'static {
-    /// Buffers one packet (may write if buffers are full).
-    fn feed(
-        &mut self,
-        msg_id: u32,
-        seq: u32,
-        body: &[u8],
-    ) -> impl Future<Output = std::io::Result<()>> + Send;
-    /// Buffers one fan-out packet, using its shared encoding.
-    fn feed_shared(
-        &mut self,
-        packet: &crate::protocol::client::SharedPacket,
-    ) -> impl Future<Output = std::io::Result<()>> + Send;
-    /// Buffers transport control bytes ([`Outbound::Control`]) as they are.
-    fn feed_control(&mut self, _frame: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send {
-        async { Ok(()) }
-    }
-    /// Writes everything buffered.
-    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
-    /// Closes the connection, telling the client why if the transport can (WebSocket close
-    /// frame).
-    fn close(
-        &mut self,
-        reason: CloseReason,
-        message: &str,
-    ) -> impl Future<Output = std::io::Result<()>> + Send;
-}
-
-/// Runs a session to its end. `reader`/`writer` are the two halves of an established
-/// transport (WebSocket after the upgrade, TCP after accept); `token`, if any, logs the
+/// A session over an established `connection` (WebSocket after the upgrade, TCP after
+/// accept), registered at once; the future runs it to its end. `token`, if any, logs the
 /// session in before its first packet (WebSocket `?token=`).
-pub(crate) async fn run(
+///
+/// Everything the session keeps is built here and moved into one future: each layer of async
+/// fns would store its arguments again, in every idle session (docs/architecture.md).
+pub(crate) fn run(
     ctx: Arc<SessionCtx>,
     transport: TransportKind,
     peer: std::net::SocketAddr,
     token: Option<String>,
-    reader: impl PacketReader,
-    writer: impl PacketWriter,
-) {
+    connection: impl Transport,
+) -> impl std::future::Future<Output = ()> + Send {
     let config = &ctx.config;
     let id = ctx.ids.next_id();
     let queue = (config.limits.pending_write_num, config.limits.pending_write_bytes);
@@ -99,6 +53,14 @@ pub(crate) async fn run(
         metrics.connections.get_or_create(&crate::metrics::TransportLabel { transport: label }).clone();
     open.inc();
     ctx.registry.insert(handle.clone());
+    // A shutdown closes the sessions it finds in the registry; one registered after that
+    // sees the token here (checked after the insert, so none slips between the two).
+    if ctx.shutdown.is_cancelled() {
+        handle.close(CloseReason::GoingAway, "server shutting down");
+    }
+    let write_timeout = Duration::from_millis(config.timeouts.write_ms);
+    let out_counter = Metrics::transport_counter(&metrics.messages_out, label);
+    let io = SessionIo::new(connection, rx, handle.clone(), out_counter, write_timeout);
     // OpenTelemetry semantic-convention names where they exist (session.id, client.*,
     // network.protocol.name; the login span has enduser.id); exported only when span export
     // is on.
@@ -110,45 +72,28 @@ pub(crate) async fn run(
         network.protocol.name = label,
         wasmgate.close_reason = tracing::field::Empty,
     );
-    async {
-        tracing::debug!("session open");
-        serve(ctx.clone(), handle, rx, reader, writer, token, label, open).await;
-    }
-    .instrument(span)
-    .await;
+    serve(Session::new(ctx, handle), io, token, open).instrument(span)
 }
 
 /// The session after its registration: login, packets, close, and the bookkeeping after it.
-#[allow(clippy::too_many_arguments)]
 async fn serve(
-    ctx: Arc<SessionCtx>,
-    handle: SessionHandle,
-    rx: flume::Receiver<Outbound>,
-    mut reader: impl PacketReader,
-    writer: impl PacketWriter,
+    mut session: Session,
+    mut io: SessionIo<impl Transport>,
     token: Option<String>,
-    label: &'static str,
     open: prometheus_client::metrics::gauge::Gauge,
 ) {
-    let config = &ctx.config;
+    tracing::debug!("session open");
+    let (ctx, handle) = (session.ctx.clone(), session.handle.clone());
     let metrics = &ctx.metrics;
-
-    let write_timeout = Duration::from_millis(config.timeouts.write_ms);
-    let out_counter = Metrics::transport_counter(&metrics.messages_out, label);
-    let writer_task = tokio::spawn(write_loop(writer, rx, handle.clone(), write_timeout, out_counter));
-
-    let mut session = Session::new(ctx.clone(), handle.clone());
-    reader.attach(&handle);
+    io.transport.attach(&handle);
     if let Some(token) = token {
-        Box::pin(session.login(0, &token, false)).await;
+        io.alongside(Box::pin(session.login(0, &token, false))).await;
     }
-    session.read_loop(reader).await;
-    Box::pin(session.leave_rooms_on_close()).await;
+    session.read_loop(&mut io).await;
+    // The rooms are left while the queue up to the close is written.
+    tokio::join!(Box::pin(session.leave_rooms_on_close()), Box::pin(io.finish()));
+    drop(io);
 
-    // The writer ends after the close it was sent; bound the wait in case the client stalls.
-    if timeout(write_timeout + Duration::from_secs(1), writer_task).await.is_err() {
-        handle.abort(CloseReason::SlowConsumer, "close did not complete");
-    }
     ctx.registry.remove(&handle);
     let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
     if let Some(user) = handle.user_id() {
@@ -166,6 +111,16 @@ async fn serve(
     metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
     tracing::Span::current().record("wasmgate.close_reason", reason.name());
     tracing::debug!(reason = reason.name(), "session closed");
+}
+
+/// What an inbound message asks of the read loop.
+enum Step<'a> {
+    /// Nothing more (answered or refused already).
+    Next,
+    /// Handling that awaits (scripts, upstream sends), run while the output keeps moving.
+    Work(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>),
+    /// The session is over.
+    End,
 }
 
 /// How long after its login or heartbeat deadline a session still reads before it is closed:
@@ -220,34 +175,36 @@ impl Session {
         self.last_seen + Duration::from_millis(self.ctx.config.timeouts.heartbeat_ms)
     }
 
-    fn next_deadline(&self) -> Instant {
+    /// The earliest of the login, heartbeat and write deadlines.
+    fn next_deadline(&self, write: Option<Instant>) -> Instant {
         let hb = self.heartbeat_deadline();
-        self.login_deadline.map_or(hb, |login| login.min(hb))
+        let first = self.login_deadline.map_or(hb, |login| login.min(hb));
+        write.map_or(first, |write| write.min(first))
     }
 
-    async fn read_loop(&mut self, mut reader: impl PacketReader) {
-        // The timer is re-armed only when it fires (not on every packet): a packet just moves
+    async fn read_loop(&mut self, io: &mut SessionIo<impl Transport>) {
+        // One timer for the login, heartbeat and write deadlines, re-armed only when it fires
+        // or the socket first pushes back (not on every packet): a packet just moves
         // `last_seen`, and a firing that is early re-arms for the new deadline.
-        let timer = sleep_until(self.next_deadline());
+        let timer = sleep_until(self.next_deadline(None));
         tokio::pin!(timer);
         // Set while a passed deadline waits out its grace.
         let mut grace_ends: Option<Instant> = None;
-        let shutdown = self.ctx.shutdown.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = self.handle.closing() => return,
-                _ = shutdown.cancelled() => {
-                    self.handle.close(CloseReason::GoingAway, "server shutting down");
-                    return;
-                }
                 _ = &mut timer => {
                     let now = Instant::now();
+                    if io.write_deadline.is_some_and(|d| d <= now) {
+                        self.handle.abort(CloseReason::SlowConsumer, "write timed out");
+                        return;
+                    }
                     let login_late = self.login_deadline.is_some_and(|d| d <= now);
                     let silent = self.heartbeat_deadline() <= now;
                     if !login_late && !silent {
                         grace_ends = None;
-                        timer.as_mut().reset(self.next_deadline());
+                        timer.as_mut().reset(self.next_deadline(io.write_deadline));
                         continue;
                     }
                     // A deadline passed. After a stall (the process paused, the host
@@ -255,7 +212,7 @@ impl Session {
                     // client sent meanwhile: give the reader `DEADLINE_GRACE` before judging.
                     let ends = *grace_ends.get_or_insert(now + DEADLINE_GRACE);
                     if now < ends {
-                        timer.as_mut().reset(ends);
+                        timer.as_mut().reset(io.write_deadline.map_or(ends, |d| d.min(ends)));
                         continue;
                     }
                     if login_late {
@@ -265,40 +222,65 @@ impl Session {
                     }
                     return;
                 }
-                inbound = reader.next() => match inbound {
-                    Inbound::Packet(packet) => {
-                        self.last_seen = Instant::now();
-                        self.messages_in.inc();
-                        if !self.within_limits(packet.seq, packet.body.len() + HEADER_LEN) {
-                            continue;
+                event = poll_fn(|cx| io.poll_event(cx, true)) => match event {
+                    Event::Inbound(inbound) => {
+                        match self.on_inbound(inbound) {
+                            Step::Next => {}
+                            Step::Work(work) => io.alongside(work).await,
+                            Step::End => return,
                         }
-                        // Boxed: the message path's futures (script calls, upstream sends)
-                        // are several KiB; inline, every idle session would hold that space.
-                        let span = tracing::debug_span!(
-                            "message",
-                            wasmgate.msg_id = packet.msg_id,
-                            wasmgate.seq = packet.seq,
-                            messaging.message.body.size = packet.body.len(),
-                        );
-                        Box::pin(self.on_packet(packet)).instrument(span).await;
-                    }
-                    Inbound::GoPush(request) => {
-                        self.last_seen = Instant::now();
-                        self.messages_in.inc();
-                        if !self.within_limits(0, 0) {
-                            continue;
+                        // Pushed back while the message was handled: the timer learns it.
+                        if let Some(d) = io.write_deadline.filter(|&d| d < timer.deadline()) {
+                            timer.as_mut().reset(d);
                         }
-                        Box::pin(self.on_gopush(request)).await;
                     }
-                    Inbound::Closed => {
-                        self.handle.close(CloseReason::Normal, "client closed");
-                        return;
+                    Event::WriteBlocked => {
+                        if let Some(d) = io.write_deadline.filter(|&d| d < timer.deadline()) {
+                            timer.as_mut().reset(d);
+                        }
                     }
-                    Inbound::Failed(reason, message) => {
-                        self.handle.close(reason, &message);
-                        return;
-                    }
+                    // The close went out before the read loop saw it: `closing` is next.
+                    Event::CloseWritten => {}
+                    Event::WriteFailed => return,
                 },
+            }
+        }
+    }
+
+    /// What the client sent: the work it needs (boxed, and built here rather than in an
+    /// async fn, so the idle session's future holds neither the message path's state nor its
+    /// arguments), or the end of the session.
+    fn on_inbound(&mut self, inbound: Inbound) -> Step<'_> {
+        match inbound {
+            Inbound::Packet(packet) => {
+                self.last_seen = Instant::now();
+                self.messages_in.inc();
+                if !self.within_limits(packet.seq, packet.body.len() + HEADER_LEN) {
+                    return Step::Next;
+                }
+                let span = tracing::debug_span!(
+                    "message",
+                    wasmgate.msg_id = packet.msg_id,
+                    wasmgate.seq = packet.seq,
+                    messaging.message.body.size = packet.body.len(),
+                );
+                Step::Work(Box::pin(self.on_packet(packet).instrument(span)))
+            }
+            Inbound::GoPush(request) => {
+                self.last_seen = Instant::now();
+                self.messages_in.inc();
+                if !self.within_limits(0, 0) {
+                    return Step::Next;
+                }
+                Step::Work(Box::pin(self.on_gopush(request)))
+            }
+            Inbound::Closed => {
+                self.handle.close(CloseReason::Normal, "client closed");
+                Step::End
+            }
+            Inbound::Failed(reason, message) => {
+                self.handle.close(reason, &message);
+                Step::End
             }
         }
     }
@@ -487,106 +469,6 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Writes `first` and whatever else is queued already, then flushes once. Returns true when
-/// the session's close was reached.
-async fn write_batch(
-    writer: &mut impl PacketWriter,
-    (rx, handle): (&mut flume::Receiver<Outbound>, &SessionHandle),
-    first: Option<Outbound>,
-    sent: &prometheus_client::metrics::counter::Counter,
-) -> std::io::Result<bool> {
-    let (mut next, mut count, mut closing) = (first, 0, false);
-    loop {
-        if let Some(item) = &next {
-            handle.dequeued(item);
-        }
-        match next {
-            None | Some(Outbound::Close) => {
-                closing = true;
-                break;
-            }
-            Some(Outbound::Packet { msg_id, seq, body }) => {
-                writer.feed(msg_id, seq, &body).await?;
-                count += 1;
-            }
-            Some(Outbound::Shared(packet)) => {
-                writer.feed_shared(&packet).await?;
-                count += 1;
-            }
-            // Not a message: not counted in `messages_out`.
-            Some(Outbound::Control(frame)) => writer.feed_control(&frame).await?,
-        }
-        match rx.try_recv() {
-            Ok(item) => next = Some(item),
-            Err(_) => break,
-        }
-    }
-    sent.inc_by(count);
-    writer.flush().await?;
-    Ok(closing)
-}
-
-/// How long an aborted session's writer may take to send the close notice (error frame and
-/// WebSocket close frame) after what it had already buffered; past it the socket is dropped.
-pub(crate) const ABORT_NOTICE_GRACE: Duration = Duration::from_millis(250);
-
-async fn write_loop(
-    mut writer: impl PacketWriter,
-    mut rx: flume::Receiver<Outbound>,
-    handle: SessionHandle,
-    write_timeout: Duration,
-    sent: prometheus_client::metrics::counter::Counter,
-) {
-    let result = async {
-        loop {
-            let first = rx.recv_async().await.ok();
-            // One time limit per batch (its writes and the flush): one timer, not one per packet.
-            let batch = write_batch(&mut writer, (&mut rx, &handle), first, &sent);
-            let closing = timeout(write_timeout, batch).await??;
-            if closing {
-                return Ok(());
-            }
-        }
-    };
-    // An abort (slow consumer, shutdown deadline) stops the writer even inside a blocked
-    // write, so the queue is dropped at once rather than after `write_ms`.
-    let result: Option<Result<(), Box<dyn std::error::Error + Send + Sync>>> = tokio::select! {
-        biased;
-        _ = handle.aborted() => None,
-        result = result => Some(result),
-    };
-    match result {
-        Some(Ok(())) => {
-            let (reason, message) = handle.close_reason().unwrap_or((CloseReason::Normal, ""));
-            let _ = timeout(write_timeout, writer.close(reason, message)).await;
-        }
-        Some(Err(e)) if e.is::<tokio::time::error::Elapsed>() => {
-            handle.abort(CloseReason::SlowConsumer, "write timed out");
-            abort_notice(&mut writer, &handle).await;
-        }
-        Some(Err(e)) => {
-            tracing::debug!("write failed: {e}");
-            handle.abort(CloseReason::TransportError, "write failed");
-        }
-        None => abort_notice(&mut writer, &handle).await,
-    }
-}
-
-/// Tells an aborted session's client why, if its socket takes it within
-/// [`ABORT_NOTICE_GRACE`]: the error frame, then (WebSocket) the close frame, after whatever
-/// the writer had buffered. Both transports' writers buffer whole frames, so a write cut off by
-/// the abort leaves the stream in step.
-async fn abort_notice(writer: &mut impl PacketWriter, handle: &SessionHandle) {
-    let (reason, message) = handle.close_reason().unwrap_or((CloseReason::GoingAway, ""));
-    let notice = async {
-        if let Some((msg_id, body)) = handle.close_notice() {
-            writer.feed(msg_id, 0, &body).await?;
-        }
-        writer.close(reason, message).await
-    };
-    let _ = timeout(ABORT_NOTICE_GRACE, notice).await;
 }
 
 #[cfg(test)]

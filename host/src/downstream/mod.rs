@@ -1,5 +1,6 @@
 //! Downstream: the client listeners — WebSocket ([`ws`]) and length-prefixed TCP ([`tcp`]) —
 //! and the life of each connection (`driver`: timers, local routes, scripts, upstream sends;
+//! `session_io`: the connection read and the outbound queue written by the session's one task;
 //! `login`: the auth script and duplicate-login policies; `room_routes`: join, leave, room
 //! messages, room list), given a [`SessionCtx`] of what sessions use and nothing else.
 //!
@@ -15,7 +16,9 @@
 pub(crate) mod abuse;
 pub(crate) mod driver;
 mod login;
+mod out_buf;
 mod room_routes;
+pub(crate) mod session_io;
 pub mod tcp;
 #[cfg(test)]
 mod tests;

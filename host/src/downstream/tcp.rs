@@ -5,23 +5,25 @@
 //! `max_msg_len + 8` closes the connection after an error frame `message_too_big`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_util::codec::{
-    Encoder as _, FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError,
-};
+use tokio_util::codec::{Encoder as _, FramedRead, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use super::driver::{self, Inbound, PacketReader, PacketWriter};
+use super::driver;
+use super::out_buf::OutBuf;
+use super::session_io::{Inbound, Transport};
 use super::{Admission, SessionCtx};
 use crate::config::TcpFramingConfig;
 use crate::protocol::client::{self, HEADER_LEN};
 use crate::session::{CloseReason, ErrorCode, TransportKind};
 
-use super::{READ_BUFFER, WRITE_BUFFER};
+use super::READ_BUFFER;
 
 /// The length-prefix codec for a framing config; `max_frame` bounds decoded frames.
 pub fn codec(framing: &TcpFramingConfig, max_frame: usize) -> LengthDelimitedCodec {
@@ -47,10 +49,9 @@ pub(crate) fn refused(ctx: &SessionCtx) -> Bytes {
     }
 }
 
-/// Serves one accepted plain TCP client until it closes (its halves split without a lock).
+/// Serves one accepted plain TCP client until it closes.
 pub(crate) async fn serve(ctx: Arc<SessionCtx>, stream: TcpStream, peer: SocketAddr, admission: Admission) {
-    let (read, write) = stream.into_split();
-    run(ctx, read, write, peer).await;
+    run(ctx, stream, peer).await;
     drop(admission);
 }
 
@@ -59,36 +60,40 @@ pub(crate) async fn serve_tls<S>(ctx: Arc<SessionCtx>, stream: S, peer: SocketAd
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (read, write) = tokio::io::split(stream);
-    run(ctx, read, write, peer).await;
+    run(ctx, stream, peer).await;
     drop(admission);
 }
 
-async fn run<R, W>(ctx: Arc<SessionCtx>, read: R, write: W, peer: SocketAddr)
+async fn run<S>(ctx: Arc<SessionCtx>, stream: S, peer: SocketAddr)
 where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let framing = &ctx.config.tcp;
     let max_in = ctx.config.limits.max_msg_len + HEADER_LEN;
     // Outbound packets may be larger than what clients may send; bound them by the prefix.
     let max_out = if framing.len_msg_len == 2 { u16::MAX as usize } else { u32::MAX as usize };
-    // Buffers sized for idle sessions (tokio-util's default is 8 KiB each): the write buffer
-    // starts empty and grows with what is queued, flushed at the same boundary as before.
-    let reader = TcpReader { framed: FramedRead::with_capacity(read, codec(framing, max_in), READ_BUFFER) };
-    let mut framed = FramedWrite::with_capacity(write, codec(framing, max_out), 0);
-    framed.set_backpressure_boundary(WRITE_BUFFER);
-    let writer = TcpWriter { framed, grown: false };
-    driver::run(ctx.clone(), TransportKind::Tcp, peer, None, reader, writer).await;
+    // A 1 KiB read buffer (tokio-util's default is 8 KiB) and a write buffer that exists only
+    // while output waits for the socket: both sized for idle sessions.
+    let transport = TcpTransport {
+        framed: FramedRead::with_capacity(stream, codec(framing, max_in), READ_BUFFER),
+        encoder: codec(framing, max_out),
+        out: OutBuf::default(),
+    };
+    driver::run(ctx.clone(), TransportKind::Tcp, peer, None, transport).await;
 }
 
-struct TcpReader<R> {
-    framed: FramedRead<R, LengthDelimitedCodec>,
+/// A session's TCP (or TLS) connection, both directions: frames are read through tokio-util's
+/// codec, and written to the same stream from [`OutBuf`].
+struct TcpTransport<S> {
+    framed: FramedRead<S, LengthDelimitedCodec>,
+    /// The framing for what is sent (its length bound is the prefix's, not `max_msg_len`).
+    encoder: LengthDelimitedCodec,
+    out: OutBuf,
 }
 
-impl<R: AsyncRead + Unpin + Send> PacketReader for TcpReader<R> {
-    async fn next(&mut self) -> Inbound {
-        match self.framed.next().await {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for TcpTransport<S> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        self.framed.poll_next_unpin(cx).map(|next| match next {
             None => Inbound::Closed,
             Some(Ok(frame)) => match client::decode_binary(frame.freeze()) {
                 Ok(packet) => Inbound::Packet(packet),
@@ -101,50 +106,49 @@ impl<R: AsyncRead + Unpin + Send> PacketReader for TcpReader<R> {
                 tracing::debug!("tcp read failed: {e}");
                 Inbound::Failed(CloseReason::TransportError, e.to_string())
             }
-        }
-    }
-}
-
-struct TcpWriter<W> {
-    framed: FramedWrite<W, LengthDelimitedCodec>,
-    /// A frame larger than [`WRITE_BUFFER`] went through the buffer since it was last
-    /// replaced: the next flush lets go of the grown allocation.
-    grown: bool,
-}
-
-impl<W: AsyncWrite + Unpin + Send + 'static> PacketWriter for TcpWriter<W> {
-    async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
-        self.grown |= HEADER_LEN + body.len() > WRITE_BUFFER;
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + body.len());
-        client::encode_binary(msg_id, seq, body, &mut buf);
-        self.framed.feed(buf.freeze()).await
+        })
     }
 
-    async fn feed_shared(&mut self, packet: &client::SharedPacket) -> std::io::Result<()> {
-        self.grown |= packet.binary().len() > WRITE_BUFFER;
-        self.framed.feed(packet.binary().clone()).await
+    fn put(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
+        let mut packet = BytesMut::with_capacity(HEADER_LEN + body.len());
+        client::encode_binary(msg_id, seq, body, &mut packet);
+        self.encoder.encode(packet.freeze(), self.out.buf_mut())
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
-        // The buffer kept the allocation of the largest batch (a 64 KiB push to 1,000 idle
-        // sessions stayed as 64 MB of empty buffers): let it go once written.
-        if std::mem::take(&mut self.grown) {
-            *self.framed.write_buffer_mut() = BytesMut::new();
-        }
-        Ok(())
+    fn put_shared(&mut self, packet: &client::SharedPacket) -> std::io::Result<()> {
+        self.encoder.encode(packet.binary().clone(), self.out.buf_mut())
     }
 
-    async fn close(&mut self, _reason: CloseReason, _message: &str) -> std::io::Result<()> {
-        // TCP has no close frame: the error frame queued before this told the client why.
-        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
-        self.framed.get_mut().shutdown().await
+    fn put_close(&mut self, _reason: CloseReason, _message: &str) {
+        // TCP has no close frame: the error frame queued before the close told the client why.
+    }
+
+    fn buffered(&self) -> usize {
+        self.out.len()
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.out.poll_write_to(self.framed.get_mut(), cx)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.framed.get_mut()).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
+
     use super::*;
+
+    fn transport(io: tokio::io::DuplexStream) -> TcpTransport<tokio::io::DuplexStream> {
+        TcpTransport {
+            framed: FramedRead::with_capacity(io, codec(&TcpFramingConfig::default(), 1 << 20), READ_BUFFER),
+            encoder: codec(&TcpFramingConfig::default(), 1 << 24),
+            out: OutBuf::default(),
+        }
+    }
 
     /// After a large frame is read, the read buffer no longer lives in the large frame's
     /// allocation: tokio-util's codec reserves room for the next length prefix while the frame
@@ -154,13 +158,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_lets_go_of_a_large_frame_s_buffer() {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let mut reader = TcpReader {
-            framed: FramedRead::with_capacity(
-                ours,
-                codec(&TcpFramingConfig::default(), 1 << 20),
-                READ_BUFFER,
-            ),
-        };
+        let mut reader = transport(ours);
         let mut frames = BytesMut::new();
         let mut codec = codec(&TcpFramingConfig::default(), 1 << 20);
         for (msg_id, body) in [(599, vec![1u8; 700]), (600, vec![7u8; 64 << 10]), (601, b"small".to_vec())] {
@@ -171,14 +169,20 @@ mod tests {
         // The first two frames and the start of the third arrive together.
         let split = frames.len() - 6;
         tokio::io::AsyncWriteExt::write_all(&mut theirs, &frames[..split]).await.expect("write");
-        let Inbound::Packet(first) = reader.next().await else { panic!("the first packet") };
+        let Inbound::Packet(first) = poll_fn(|cx| reader.poll_next(cx)).await else {
+            panic!("the first packet")
+        };
         assert_eq!(first.msg_id, 599);
-        let Inbound::Packet(large) = reader.next().await else { panic!("the large packet") };
+        let Inbound::Packet(large) = poll_fn(|cx| reader.poll_next(cx)).await else {
+            panic!("the large packet")
+        };
         assert_eq!((large.msg_id, large.body.len()), (600, 64 << 10));
         let large_bytes = large.body.as_ptr() as usize..large.body.as_ptr() as usize + (65 << 10);
         drop(large);
         tokio::io::AsyncWriteExt::write_all(&mut theirs, &frames[split..]).await.expect("write");
-        let Inbound::Packet(small) = reader.next().await else { panic!("the small packet") };
+        let Inbound::Packet(small) = poll_fn(|cx| reader.poll_next(cx)).await else {
+            panic!("the small packet")
+        };
         assert_eq!((small.msg_id, &small.body[..]), (601, &b"small"[..]));
         let buffer = reader.framed.read_buffer();
         assert!(
@@ -192,21 +196,19 @@ mod tests {
         );
     }
 
-    /// After a large frame is written the writer keeps no large allocation: the next small
-    /// frame is buffered in a small one (an emptied `BytesMut` would take its old allocation
-    /// back on `reserve`).
+    /// After a large frame is written the transport keeps no large allocation, and what it
+    /// wrote arrives whole and in order.
     #[tokio::test]
-    async fn a_flushed_writer_lets_go_of_a_large_buffer() {
+    async fn a_written_transport_lets_go_of_a_large_buffer() {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let mut framed = FramedWrite::with_capacity(ours, codec(&TcpFramingConfig::default(), 1 << 24), 0);
-        framed.set_backpressure_boundary(WRITE_BUFFER);
-        let mut writer = TcpWriter { framed, grown: false };
-        writer.feed(600, 0, &vec![7u8; 64 << 10]).await.expect("feed");
-        writer.flush().await.expect("flush");
-        writer.feed(601, 0, b"small").await.expect("feed");
-        let capacity = writer.framed.write_buffer().capacity();
-        assert!(capacity <= WRITE_BUFFER, "a {capacity}-byte buffer kept for a small frame");
-        writer.flush().await.expect("flush");
+        let mut writer = transport(ours);
+        writer.put(600, 0, &vec![7u8; 64 << 10]).expect("put");
+        poll_fn(|cx| writer.poll_write_out(cx)).await.expect("written");
+        assert_eq!(writer.buffered(), 0);
+        writer.put(601, 0, b"small").expect("put");
+        let capacity = writer.out.buf_mut().capacity();
+        assert!(capacity <= super::super::WRITE_BUFFER, "a {capacity}-byte buffer kept for a small frame");
+        poll_fn(|cx| writer.poll_write_out(cx)).await.expect("written");
         let mut got = vec![0u8; 2 * (4 + HEADER_LEN) + (64 << 10) + 5];
         tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut got).await.expect("both frames arrived whole");
         assert_eq!(&got[got.len() - 5..], b"small");

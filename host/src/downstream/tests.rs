@@ -2,6 +2,7 @@
 //! transport made of channels: the seam `SessionCtx` gives.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::SessionCtx;
-use super::driver::{self, Inbound, PacketReader, PacketWriter};
+use super::driver;
+use super::session_io::{Inbound, Transport};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -31,33 +33,34 @@ enum Written {
     Close(CloseReason),
 }
 
-struct Reader(mpsc::UnboundedReceiver<Packet>);
-
-impl PacketReader for Reader {
-    async fn next(&mut self) -> Inbound {
-        match self.0.recv().await {
-            Some(packet) => Inbound::Packet(packet),
-            None => Inbound::Closed,
-        }
-    }
+/// A connection made of two channels: packets in, what was written out.
+struct Channels {
+    from_client: mpsc::UnboundedReceiver<Packet>,
+    to_client: mpsc::UnboundedSender<Written>,
 }
 
-struct Writer(mpsc::UnboundedSender<Written>);
-
-impl PacketWriter for Writer {
-    async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
-        let _ = self.0.send(Written::Packet(msg_id, seq, String::from_utf8_lossy(body).into_owned()));
+impl Transport for Channels {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        self.from_client.poll_recv(cx).map(|next| match next {
+            Some(packet) => Inbound::Packet(packet),
+            None => Inbound::Closed,
+        })
+    }
+    fn put(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
+        let _ = self.to_client.send(Written::Packet(msg_id, seq, String::from_utf8_lossy(body).into_owned()));
         Ok(())
     }
-    async fn feed_shared(&mut self, packet: &SharedPacket) -> std::io::Result<()> {
-        self.feed(packet.msg_id, packet.seq, &packet.body).await
+    fn put_shared(&mut self, packet: &SharedPacket) -> std::io::Result<()> {
+        self.put(packet.msg_id, packet.seq, &packet.body)
     }
-    async fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    fn put_close(&mut self, reason: CloseReason, _message: &str) {
+        let _ = self.to_client.send(Written::Close(reason));
     }
-    async fn close(&mut self, reason: CloseReason, _message: &str) -> std::io::Result<()> {
-        let _ = self.0.send(Written::Close(reason));
-        Ok(())
+    fn buffered(&self) -> usize {
+        0
+    }
+    fn poll_write_out(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -145,8 +148,7 @@ async fn a_session_logs_in_routes_gets_classified_errors_and_closes() {
         TransportKind::Tcp,
         peer,
         None,
-        Reader(from_client),
-        Writer(to_client),
+        Channels { from_client, to_client },
     ));
     let error = |written: Written| match written {
         Written::Packet(4, seq, body) => {
@@ -175,4 +177,17 @@ async fn a_session_logs_in_routes_gets_classified_errors_and_closes() {
     assert!(matches!(written(&mut client).await, Written::Close(CloseReason::Normal)));
     tokio::time::timeout(Duration::from_secs(2), session).await.expect("the session ends").unwrap();
     assert!(ctx.registry.is_empty(), "unregistered after the close");
+}
+
+/// What every idle session holds besides its buffers is this future (docs/architecture.md,
+/// "An idle session in memory"): it must not grow back with the message path's state.
+#[tokio::test]
+async fn a_session_s_future_stays_under_a_kib() {
+    let ctx = context().await;
+    let (_to_session, from_client) = mpsc::unbounded_channel();
+    let (to_client, _client) = mpsc::unbounded_channel();
+    let peer = "127.0.0.1:9".parse().unwrap();
+    let session = driver::run(ctx, TransportKind::Tcp, peer, None, Channels { from_client, to_client });
+    let size = std::mem::size_of_val(&session);
+    assert!(size <= 1024, "the session's future is {size} bytes");
 }

@@ -9,12 +9,13 @@
 //!
 //! Buffers are sized for many idle connections: a 1 KiB read buffer (`READ_BUFFER` of the
 //! transport module; tungstenite's default of 128 KiB cost ~136 KiB per idle connection) and
-//! a write buffer that exists only while a batch is written ([`ws_io`](super::ws_io)).
+//! a write buffer that exists only while output waits for the socket
+//! ([`ws_io`](super::ws_io)).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -32,14 +33,15 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::driver::{self, Inbound, PacketReader, PacketWriter};
-use super::ws_io::{ControlSink, FrameWriter, OP_BINARY, OP_TEXT, ReadSide};
+use super::driver;
+use super::session_io::{Inbound, Transport};
+use super::ws_io::{ControlSink, Frames, OP_BINARY, OP_TEXT, ReadSide};
 use super::{Admission, SessionCtx};
 use crate::protocol::client::{self, HEADER_LEN, SharedPacket};
 use crate::protocol::gopush;
 use crate::session::{CloseReason, SessionHandle, TransportKind};
 
-use super::{READ_BUFFER, WRITE_BUFFER};
+use super::READ_BUFFER;
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
@@ -156,15 +158,12 @@ fn handle(
                 let ws = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => {}
-                    _ = echo_messages(ws, FrameWriter::new(write, WRITE_BUFFER), control) => {}
+                    _ = echo_messages(ws, write, control) => {}
                 }
             }
             Ok(upgraded) => {
-                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                let read = ReadSide::new(read, ControlSink::None);
+                let read = ReadSide::new(TokioIo::new(upgraded), ControlSink::None);
                 let stream = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
-                let mode = Arc::new(AtomicU8::new(MODE_BINARY));
-                let reader = WsReader { stream: Box::new(stream), mode: mode.clone() };
                 let routes = &ctx.config.routes;
                 let ids = gopush::Ids {
                     heartbeat: routes.heartbeat,
@@ -172,8 +171,9 @@ fn handle(
                     join: routes.join,
                     leave: routes.leave,
                 };
-                let writer = WsWriter { out: FrameWriter::new(write, WRITE_BUFFER), mode, ids };
-                driver::run(ctx, TransportKind::WebSocket, peer, token, reader, writer).await;
+                let transport =
+                    WsTransport { stream: Box::new(stream), out: Frames::default(), mode: MODE_BINARY, ids };
+                driver::run(ctx, TransportKind::WebSocket, peer, token, transport).await;
             }
             Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
         }
@@ -195,17 +195,26 @@ fn handle(
 /// pong answer only the latest ping).
 const ECHO_CONTROL_QUEUE: usize = 64;
 
-type WsRead = WebSocketStream<ReadSide<Upgraded>>;
+/// A session's WebSocket: tungstenite reads through it; the gateway writes to its `io`.
+type WsStream = WebSocketStream<ReadSide<Upgraded>>;
+/// The conformance echo's: tungstenite reads one half, the echo writes the other.
+type EchoRead = WebSocketStream<ReadSide<tokio::io::ReadHalf<Upgraded>>>;
 
 /// The conformance echo (`listen.ws_echo_path`): every text and binary message back verbatim,
 /// over the same WebSocket layer, buffers and size limits as sessions; errors close with the
 /// codes sessions use (1007 invalid UTF-8, 1009 too big, 1002 protocol errors).
-async fn echo_messages(mut ws: WsRead, mut out: FrameWriter<Upgraded>, control: flume::Receiver<Bytes>) {
+async fn echo_messages(
+    mut ws: EchoRead,
+    mut write: tokio::io::WriteHalf<Upgraded>,
+    control: flume::Receiver<Bytes>,
+) {
+    let mut out = Frames::default();
     loop {
         let next = tokio::select! {
             biased;
             Ok(frames) = control.recv_async() => {
-                if out.control(&frames).await.is_err() || out.write_out().await.is_err() || out.closed() {
+                out.control(&frames);
+                if out.write_to(&mut write).await.is_err() || out.closed() {
                     return;
                 }
                 continue;
@@ -218,149 +227,166 @@ async fn echo_messages(mut ws: WsRead, mut out: FrameWriter<Upgraded>, control: 
         }
         // What tungstenite answered while reading this message (pongs) goes before its echo.
         while let Ok(frames) = control.try_recv() {
-            if out.control(&frames).await.is_err() {
-                return;
-            }
+            out.control(&frames);
         }
-        let (echoed, end) = match next {
+        let end = match next {
             Some(Ok(Message::Text(text))) => {
-                (out.message(OP_TEXT, text.len(), &[text.as_bytes()]).await, None)
+                out.message(OP_TEXT, text.len(), &[text.as_bytes()]);
+                None
             }
-            Some(Ok(Message::Binary(data))) => (out.message(OP_BINARY, data.len(), &[&data]).await, None),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => (Ok(()), None),
-            Some(Ok(Message::Close(_))) | None => (Ok(()), Some(None)),
-            Some(Err(WsError::Utf8(_))) => (Ok(()), Some(Some(CloseReason::InvalidUtf8))),
-            Some(Err(WsError::Capacity(_))) => (Ok(()), Some(Some(CloseReason::MessageTooBig))),
-            Some(Err(WsError::Protocol(_))) => (Ok(()), Some(Some(CloseReason::TransportError))),
-            Some(Err(_)) => (Ok(()), Some(None)),
+            Some(Ok(Message::Binary(data))) => {
+                out.message(OP_BINARY, data.len(), &[&data]);
+                None
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
+            Some(Ok(Message::Close(_))) | None => Some(None),
+            Some(Err(WsError::Utf8(_))) => Some(Some(CloseReason::InvalidUtf8)),
+            Some(Err(WsError::Capacity(_))) => Some(Some(CloseReason::MessageTooBig)),
+            Some(Err(WsError::Protocol(_))) => Some(Some(CloseReason::TransportError)),
+            Some(Err(_)) => Some(None),
         };
         if let Some(Some(reason)) = end {
             out.close(reason.code(), reason.name());
         }
-        if echoed.is_err() || out.write_out().await.is_err() || out.closed() || end.is_some() {
+        if out.write_to(&mut write).await.is_err() || out.closed() || end.is_some() {
             return;
         }
     }
 }
 
-/// What the client last sent, and so how the writer encodes: binary packets, JSON packets or
+/// What the client last sent, and so how packets are encoded: binary packets, JSON packets or
 /// go-push messages.
 const MODE_BINARY: u8 = 0;
 const MODE_JSON: u8 = 1;
 const MODE_GOPUSH: u8 = 2;
 
-struct WsReader {
-    /// Boxed: the session's futures hold the reader in several layers (run, serve, the read
-    /// loop), and tungstenite's state inline in each cost ~1.5 KiB per idle session.
-    stream: Box<WsRead>,
-    mode: Arc<AtomicU8>,
+/// A session's WebSocket connection, both directions.
+struct WsTransport {
+    /// Boxed: tungstenite's state (~300 bytes) stays out of the session's future, which
+    /// exists for every idle session.
+    stream: Box<WsStream>,
+    out: Frames,
+    /// What the client last sent, and so how packets are encoded (`MODE_*`).
+    mode: u8,
+    ids: gopush::Ids,
 }
 
-impl PacketReader for WsReader {
-    async fn next(&mut self) -> Inbound {
+impl WsTransport {
+    /// Decodes one message; `None` for those that carry nothing (pings, answered by
+    /// tungstenite; pongs; raw frames).
+    fn decode(&mut self, message: Message) -> Option<Inbound> {
+        Some(match message {
+            Message::Binary(data) => {
+                self.mode = MODE_BINARY;
+                match client::decode_binary(data) {
+                    Ok(packet) => Inbound::Packet(packet),
+                    Err(e) => Inbound::Failed(CloseReason::MalformedFrame, e.to_string()),
+                }
+            }
+            Message::Text(text) => match client::decode_json(text.as_str()) {
+                Ok(packet) => {
+                    self.mode = MODE_JSON;
+                    Inbound::Packet(packet)
+                }
+                // Not a packet: a go-push message?
+                Err(e) if !text.contains("\"type\"") => {
+                    Inbound::Failed(CloseReason::MalformedJson, e.to_string())
+                }
+                Err(_) => match gopush::decode(text.as_str()) {
+                    Ok(request) => {
+                        self.mode = MODE_GOPUSH;
+                        Inbound::GoPush(request)
+                    }
+                    Err(e) => Inbound::Failed(CloseReason::MalformedJson, e),
+                },
+            },
+            Message::Close(_) => {
+                // One more poll makes tungstenite queue its close reply (it echoes the
+                // client's code) ahead of the session's close.
+                let _ = self.stream.next().now_or_never();
+                Inbound::Closed
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return None,
+        })
+    }
+}
+
+impl Transport for WsTransport {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         loop {
-            let message = match self.stream.next().await {
+            let message = match ready!(self.stream.poll_next_unpin(cx)) {
                 None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                    return Inbound::Closed;
+                    return Poll::Ready(Inbound::Closed);
                 }
                 Some(Err(WsError::Capacity(e))) => {
-                    return Inbound::Failed(CloseReason::MessageTooBig, e.to_string());
+                    return Poll::Ready(Inbound::Failed(CloseReason::MessageTooBig, e.to_string()));
                 }
-                Some(Err(WsError::Utf8(e))) => return Inbound::Failed(CloseReason::InvalidUtf8, e),
-                Some(Err(e)) => return Inbound::Failed(CloseReason::TransportError, e.to_string()),
+                Some(Err(WsError::Utf8(e))) => {
+                    return Poll::Ready(Inbound::Failed(CloseReason::InvalidUtf8, e));
+                }
+                Some(Err(e)) => {
+                    return Poll::Ready(Inbound::Failed(CloseReason::TransportError, e.to_string()));
+                }
                 Some(Ok(message)) => message,
             };
-            return match message {
-                Message::Binary(data) => {
-                    self.mode.store(MODE_BINARY, Ordering::Relaxed);
-                    match client::decode_binary(data) {
-                        Ok(packet) => Inbound::Packet(packet),
-                        Err(e) => Inbound::Failed(CloseReason::MalformedFrame, e.to_string()),
-                    }
-                }
-                Message::Text(text) => match client::decode_json(text.as_str()) {
-                    Ok(packet) => {
-                        self.mode.store(MODE_JSON, Ordering::Relaxed);
-                        Inbound::Packet(packet)
-                    }
-                    // Not a packet: a go-push message?
-                    Err(e) if !text.contains("\"type\"") => {
-                        Inbound::Failed(CloseReason::MalformedJson, e.to_string())
-                    }
-                    Err(_) => match gopush::decode(text.as_str()) {
-                        Ok(request) => {
-                            self.mode.store(MODE_GOPUSH, Ordering::Relaxed);
-                            Inbound::GoPush(request)
-                        }
-                        Err(e) => Inbound::Failed(CloseReason::MalformedJson, e),
-                    },
-                },
-                Message::Close(_) => {
-                    // One more poll makes tungstenite queue its close reply (it echoes the
-                    // client's code) ahead of the session's close.
-                    let _ = self.stream.next().now_or_never();
-                    Inbound::Closed
-                }
-                // Pings are answered by tungstenite; pongs and raw frames carry nothing.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            };
+            if let Some(inbound) = self.decode(message) {
+                return Poll::Ready(inbound);
+            }
         }
     }
 
     fn attach(&mut self, session: &SessionHandle) {
         self.stream.get_mut().control = ControlSink::Session(session.clone());
     }
-}
 
-struct WsWriter {
-    out: FrameWriter<Upgraded>,
-    mode: Arc<AtomicU8>,
-    ids: gopush::Ids,
-}
-
-impl PacketWriter for WsWriter {
-    async fn feed(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
-        let text = match self.mode.load(Ordering::Relaxed) {
+    fn put(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
+        let text = match self.mode {
             MODE_JSON => client::encode_json(msg_id, seq, body),
             MODE_GOPUSH => gopush::encode(&self.ids, msg_id, body),
             _ => {
                 let header = client::binary_header(msg_id, seq);
-                return self.out.message(OP_BINARY, HEADER_LEN + body.len(), &[&header, body]).await;
+                self.out.message(OP_BINARY, HEADER_LEN + body.len(), &[&header, body]);
+                return Ok(());
             }
         };
-        self.out.message(OP_TEXT, text.len(), &[text.as_bytes()]).await
+        self.out.message(OP_TEXT, text.len(), &[text.as_bytes()]);
+        Ok(())
     }
 
-    async fn feed_shared(&mut self, packet: &SharedPacket) -> std::io::Result<()> {
-        let (opcode, frame): (_, &[u8]) = match self.mode.load(Ordering::Relaxed) {
+    fn put_shared(&mut self, packet: &SharedPacket) -> std::io::Result<()> {
+        let (opcode, frame): (_, &[u8]) = match self.mode {
             MODE_JSON => (OP_TEXT, packet.json().as_bytes()),
             MODE_GOPUSH => (OP_TEXT, packet.gopush(&self.ids).as_bytes()),
             _ => (OP_BINARY, packet.binary()),
         };
-        self.out.message(opcode, frame.len(), &[frame]).await
+        self.out.message(opcode, frame.len(), &[frame]);
+        Ok(())
     }
 
-    async fn feed_control(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.out.control(frame).await
+    fn put_control(&mut self, frame: &[u8]) {
+        self.out.control(frame);
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        self.out.write_out().await
-    }
-
-    async fn close(&mut self, reason: CloseReason, message: &str) -> std::io::Result<()> {
+    fn put_close(&mut self, reason: CloseReason, message: &str) {
         // RFC 6455 section 5.5: a control frame payload is at most 125 bytes (2 for the code).
         let mut text = String::from(reason.name());
         if !message.is_empty() {
             text.push_str(": ");
             text.extend(message.chars().take(80));
         }
-        // Write and flush the close frame, then let the connection drop: waiting for the
-        // client's close reply (RFC 6455 section 7.1.1 allows the server to close the TCP
-        // connection first) would let a client that never reads hold the session. After a
+        // The connection drops once the close frame is written: waiting for the client's
+        // close reply (RFC 6455 section 7.1.1 allows the server to close the TCP connection
+        // first) would let a client that never reads hold the session. After a
         // client-initiated close tungstenite's reply went out already, and this adds nothing.
         self.out.close(reason.code(), &text);
-        self.out.write_out().await
+    }
+
+    fn buffered(&self) -> usize {
+        self.out.len()
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.out.poll_write_to(&mut self.stream.get_mut().io, cx)
     }
 }
 
@@ -368,11 +394,11 @@ impl PacketWriter for WsWriter {
 mod tests {
     use super::*;
 
-    /// Each layer of a session's futures holds the reader by value (docs/benchmarks.md, idle
-    /// sessions): it must stay two pointers, whatever tungstenite's state weighs.
+    /// The session's future holds the transport by value (docs/benchmarks.md, idle
+    /// sessions): tungstenite's state stays behind a pointer, whatever it weighs.
     #[test]
-    fn the_session_reader_is_two_pointers() {
-        assert!(std::mem::size_of::<WsRead>() > 128, "{}", std::mem::size_of::<WsRead>());
-        assert_eq!(std::mem::size_of::<WsReader>(), 16);
+    fn the_session_transport_keeps_tungstenite_boxed() {
+        assert!(std::mem::size_of::<WsStream>() > 128, "{}", std::mem::size_of::<WsStream>());
+        assert!(std::mem::size_of::<WsTransport>() <= 80, "{}", std::mem::size_of::<WsTransport>());
     }
 }

@@ -1,22 +1,23 @@
-//! The two halves of an upgraded WebSocket connection: tungstenite parses what the client
-//! sends (fragments, control frames, UTF-8, limits); the gateway writes what it sends itself.
+//! WebSocket framing around tungstenite: tungstenite parses what the client sends (fragments,
+//! control frames, UTF-8, limits); the gateway frames what it sends itself.
 //!
 //! Why not tungstenite on both sides: its out buffer keeps the capacity of the largest
 //! message ever sent for the life of the connection (1,000 sessions that each got one 64 KiB
-//! push kept ~64 MiB, docs/benchmarks.md "Memory return"). [`FrameWriter`] holds a buffer only
-//! while a batch is being written and drops it once the socket took it.
+//! push kept ~64 MiB, docs/benchmarks.md "Memory return"). [`Frames`] holds a buffer only
+//! while output waits for the socket ([`OutBuf`]).
 //!
 //! tungstenite still answers pings and close frames on its own (RFC 6455 sections 5.5.1-5.5.3):
-//! what it writes goes through [`ReadSide`] into the writer's queue ([`ControlSink`]), so the
+//! what it writes goes through [`ReadSide`] into the session's queue ([`ControlSink`]), so the
 //! answers reach the client in order with the packets around them.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::out_buf::OutBuf;
 use crate::session::SessionHandle;
 
 /// RFC 6455 section 5.2 opcodes the gateway sends.
@@ -34,21 +35,22 @@ pub(crate) enum ControlSink {
     None,
 }
 
-/// The reading side as tungstenite sees it: reads come from the socket, writes go to a
+/// The connection as tungstenite sees it: reads come from `io`, writes go to a
 /// [`ControlSink`]. An answer the sink cannot take is dropped: the session is closing then (a
-/// full queue closes it as a slow consumer).
-pub(crate) struct ReadSide<S> {
-    io: ReadHalf<S>,
+/// full queue closes it as a slow consumer). The gateway writes its own frames to `io`
+/// directly ([`Frames::poll_write_to`]); tungstenite never writes to it.
+pub(crate) struct ReadSide<R> {
+    pub(crate) io: R,
     pub(crate) control: ControlSink,
 }
 
-impl<S> ReadSide<S> {
-    pub(crate) fn new(io: ReadHalf<S>, control: ControlSink) -> Self {
+impl<R> ReadSide<R> {
+    pub(crate) fn new(io: R, control: ControlSink) -> Self {
         Self { io, control }
     }
 }
 
-impl<S: AsyncRead + AsyncWrite> AsyncRead for ReadSide<S> {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -58,7 +60,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ReadSide<S> {
     }
 }
 
-impl<S> AsyncWrite for ReadSide<S> {
+impl<R> AsyncWrite for ReadSide<R> {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // tungstenite writes whole frames from its out buffer, which takes all of them here.
         let frames = Bytes::copy_from_slice(buf);
@@ -79,49 +81,46 @@ impl<S> AsyncWrite for ReadSide<S> {
     }
 }
 
-/// Server-to-client frames (RFC 6455 section 5.2: unmasked, FIN set, one frame per message),
-/// gathered into a buffer of up to `write_buffer` bytes before a write; [`Self::write_out`]
-/// writes the rest and frees the buffer. A write cut off (timeout, abort) keeps what was not
-/// written, so the next frame still starts on a frame boundary.
-pub(crate) struct FrameWriter<S> {
-    io: WriteHalf<S>,
-    buf: BytesMut,
-    write_buffer: usize,
-    /// A close frame was sent: nothing may follow it (section 5.5.1).
+/// Server-to-client frames (RFC 6455 section 5.2: unmasked, FIN set, one frame per message)
+/// waiting for the socket. Nothing is buffered after a close frame.
+#[derive(Default)]
+pub(crate) struct Frames {
+    out: OutBuf,
+    /// A close frame was buffered: nothing may follow it (section 5.5.1).
     closed: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
-    pub(crate) fn new(io: WriteHalf<S>, write_buffer: usize) -> Self {
-        Self { io, buf: BytesMut::new(), write_buffer, closed: false }
-    }
-
-    /// Whether a close frame went out (ours, or tungstenite's reply to the client's).
+impl Frames {
+    /// Whether a close frame went in (ours, or tungstenite's reply to the client's).
     pub(crate) fn closed(&self) -> bool {
         self.closed
     }
 
+    /// Bytes buffered and not yet written.
+    pub(crate) fn len(&self) -> usize {
+        self.out.len()
+    }
+
     /// Buffers one message of `opcode` whose payload is `parts` concatenated (`len` bytes).
-    pub(crate) async fn message(&mut self, opcode: u8, len: usize, parts: &[&[u8]]) -> io::Result<()> {
+    pub(crate) fn message(&mut self, opcode: u8, len: usize, parts: &[&[u8]]) {
         if self.closed {
-            return Ok(());
+            return;
         }
-        self.buf.reserve(10 + len);
-        put_header(&mut self.buf, opcode, len);
+        let buf = self.out.buf_mut();
+        buf.reserve(10 + len);
+        put_header(buf, opcode, len);
         for part in parts {
-            self.buf.put_slice(part);
+            buf.put_slice(part);
         }
-        self.write_if_full().await
     }
 
     /// Buffers frames tungstenite wrote (pong and close replies) as they are.
-    pub(crate) async fn control(&mut self, frames: &[u8]) -> io::Result<()> {
+    pub(crate) fn control(&mut self, frames: &[u8]) {
         if self.closed {
-            return Ok(());
+            return;
         }
         self.closed = has_close(frames);
-        self.buf.put_slice(frames);
-        self.write_if_full().await
+        self.out.buf_mut().put_slice(frames);
     }
 
     /// Buffers a close frame (section 5.5.1): `code`, then `reason` (at most 123 bytes).
@@ -135,26 +134,24 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
             end -= 1;
         }
         let reason = &reason.as_bytes()[..end];
-        put_header(&mut self.buf, OP_CLOSE, 2 + reason.len());
-        self.buf.put_u16(code);
-        self.buf.put_slice(reason);
+        let buf = self.out.buf_mut();
+        put_header(buf, OP_CLOSE, 2 + reason.len());
+        buf.put_u16(code);
+        buf.put_slice(reason);
     }
 
-    async fn write_if_full(&mut self) -> io::Result<()> {
-        if self.buf.len() >= self.write_buffer { self.write_out().await } else { Ok(()) }
+    /// Writes what is buffered to `io` ([`OutBuf::poll_write_to`]).
+    pub(crate) fn poll_write_to<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.out.poll_write_to(io, cx)
     }
 
-    /// Writes everything buffered and flushes the socket; the buffer is freed once written.
-    pub(crate) async fn write_out(&mut self) -> io::Result<()> {
-        while self.buf.has_remaining() {
-            let n = self.io.write(&self.buf).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            self.buf.advance(n);
-        }
-        self.buf = BytesMut::new();
-        self.io.flush().await
+    /// Writes what is buffered to `io` and flushes it.
+    pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_write_to(io, cx)).await
     }
 }
 
@@ -221,17 +218,5 @@ mod tests {
         assert!(has_close(&[&pong[..], &close[..]].concat()));
         assert!(has_close(&close));
         assert!(!has_close(&[0x8a]));
-    }
-
-    #[tokio::test]
-    async fn the_buffer_is_freed_once_written() {
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let (_read, write) = tokio::io::split(server);
-        let mut writer = FrameWriter::new(write, 8 * 1024);
-        let payload = vec![7u8; 64 * 1024];
-        writer.message(OP_BINARY, payload.len(), &[&payload]).await.unwrap();
-        writer.write_out().await.unwrap();
-        assert_eq!(writer.buf.capacity(), 0, "a written batch keeps no buffer");
-        drop(client);
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use super::{CloseReason, ErrorCode};
 use crate::protocol::client::SharedPacket;
 
-/// Something for a session's writer.
+/// Something to write to a session's client.
 #[derive(Debug)]
 pub enum Outbound {
     /// A packet to the client.
@@ -77,7 +77,7 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     close_reason: OnceLock<(CloseReason, String)>,
-    /// How far the close has gone: the reader stops at `CLOSING`, the writer (without
+    /// How far the close has gone: reading stops at `CLOSING`, writing (without
     /// flushing) at `ABORTED`.
     close: CloseSignal,
     /// Rooms this session is in (kept by [`crate::rooms::Rooms`]).
@@ -85,7 +85,7 @@ struct Shared {
 }
 
 /// A session's close stages, raised once each and never lowered, with a wake-up for the
-/// reader and the writer waiting on them. Inline in the handle: the two cancellation tokens it
+/// session waiting on them. Inline in the handle: the two cancellation tokens it
 /// replaces cost 256 bytes of tree nodes per session (docs/benchmarks.md#idle-sessions).
 #[derive(Default)]
 struct CloseSignal {
@@ -93,9 +93,9 @@ struct CloseSignal {
     changed: Notify,
 }
 
-/// The session starts closing: the reader stops, the writer flushes what is queued.
+/// The session starts closing: reading stops, what is queued is written.
 const CLOSING: u8 = 1;
-/// The writer stops without flushing (implies `CLOSING`).
+/// Writing stops without flushing (implies `CLOSING`).
 const ABORTED: u8 = 2;
 
 impl CloseSignal {
@@ -281,7 +281,7 @@ impl SessionHandle {
         queued
     }
 
-    /// The writer took `item` off the queue.
+    /// The session took `item` off the queue to write it.
     pub fn dequeued(&self, item: &Outbound) {
         self.0.queued_bytes.fetch_sub(item.size(), Ordering::AcqRel);
     }

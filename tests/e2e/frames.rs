@@ -128,6 +128,22 @@ async fn an_upgrade_with_a_bad_key_is_refused() {
     }
 }
 
+/// RFC 6455 section 5.5.2: a ping with nothing after it is answered at once (the pong must not
+/// wait in the session's write buffer for the next packet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_ping_is_answered_at_once() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let h = Harness::start().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(h.ws_url()).await.expect("connect");
+    ws.send(Message::Ping(Bytes::from_static(b"alone"))).await.unwrap();
+    // Well before the login timer (`login_ms`, 5 s), the next thing that would wake the session.
+    let soon = std::time::Duration::from_secs(2);
+    match tokio::time::timeout(soon, ws.next()).await.expect("a pong before anything else happens") {
+        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"alone"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+}
+
 /// RFC 6455 sections 5.5.2-5.5.3 and 5.5.1 on a session: a ping is answered with a pong carrying
 /// its payload, in order with the packets around it (the pong before the answer to a packet
 /// sent after the ping), and a client's close is answered with a close echoing its code.

@@ -149,43 +149,38 @@ impl<T: Transport> SessionIo<T> {
     }
 
     /// Moves queued packets into the transport's buffer, up to [`WRITE_BUFFER`] bytes or the
-    /// close: false if the queue had none.
+    /// close: false if the queue had nothing (a control frame alone counts: a pong must go out).
     fn take(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut count = 0;
+        let (mut taken, mut count) = (false, 0);
         while self.transport.buffered() < WRITE_BUFFER && !self.closed {
             let Poll::Ready(Some(item)) = self.queue.poll_next_unpin(cx) else { break };
+            taken = true;
             self.handle.dequeued(&item);
             let put = match item {
-                Outbound::Packet { msg_id, seq, body } => {
-                    count += 1;
-                    self.transport.put(msg_id, seq, &body)
-                }
-                Outbound::Shared(packet) => {
-                    count += 1;
-                    self.transport.put_shared(&packet)
-                }
+                Outbound::Packet { msg_id, seq, body } => self.transport.put(msg_id, seq, &body).map(|()| 1),
+                Outbound::Shared(packet) => self.transport.put_shared(&packet).map(|()| 1),
                 // Not a message: not counted in `messages_out`.
                 Outbound::Control(frame) => {
                     self.transport.put_control(&frame);
-                    Ok(())
+                    Ok(0)
                 }
                 Outbound::Close => {
                     self.closed = true;
                     let (reason, message) = self.handle.close_reason().unwrap_or((CloseReason::Normal, ""));
                     self.transport.put_close(reason, message);
-                    Ok(())
+                    Ok(0)
                 }
             };
-            if let Err(e) = put {
+            match put {
+                Ok(n) => count += n,
                 // A packet too long for the transport's framing: the client cannot be told.
-                tracing::warn!("outbound packet dropped: {e}");
-                count -= 1;
+                Err(e) => tracing::warn!("outbound packet dropped: {e}"),
             }
         }
         if count > 0 {
             self.sent.inc_by(count);
         }
-        count > 0 || self.closed
+        taken
     }
 
     /// Runs `work` (a message's handling: scripts, upstream sends) while the output keeps

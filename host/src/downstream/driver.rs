@@ -222,27 +222,25 @@ impl Session {
                     }
                     return;
                 }
-                event = poll_fn(|cx| io.poll_event(cx, true)) => match event {
-                    Event::Inbound(inbound) => {
-                        match self.on_inbound(inbound) {
+                event = poll_fn(|cx| io.poll_event(cx, true)) => {
+                    match event {
+                        Event::Inbound(inbound) => match self.on_inbound(inbound) {
                             Step::Next => {}
                             Step::Work(work) => io.alongside(work).await,
                             Step::End => return,
-                        }
-                        // Pushed back while the message was handled: the timer learns it.
-                        if let Some(d) = io.write_deadline.filter(|&d| d < timer.deadline()) {
-                            timer.as_mut().reset(d);
-                        }
+                        },
+                        // The deadline it set is learnt below.
+                        Event::WriteBlocked => {}
+                        // The close went out before the read loop saw it: `closing` is next.
+                        Event::CloseWritten => {}
+                        Event::WriteFailed => return,
                     }
-                    Event::WriteBlocked => {
-                        if let Some(d) = io.write_deadline.filter(|&d| d < timer.deadline()) {
-                            timer.as_mut().reset(d);
-                        }
+                    // The socket pushed back (here, or while a message was handled): the
+                    // timer learns the write deadline.
+                    if let Some(d) = io.write_deadline.filter(|&d| d < timer.deadline()) {
+                        timer.as_mut().reset(d);
                     }
-                    // The close went out before the read loop saw it: `closing` is next.
-                    Event::CloseWritten => {}
-                    Event::WriteFailed => return,
-                },
+                }
             }
         }
     }

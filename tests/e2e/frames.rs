@@ -31,7 +31,7 @@ async fn malformed_ws_frames_close_with_documented_codes() {
     big.login(1, &token("big")).await.unwrap();
     big.send(100, &vec![7u8; 4096]).await.unwrap();
     match big.recv_within(PROMPT).await.unwrap() {
-        // tungstenite may refuse before the gateway can queue its error frame.
+        // The reader refuses at the frame's header; the error frame may not come first.
         Received::Packet(p) => {
             assert_eq!(error_of(&p.body).0, "message_too_big");
             assert!(matches!(
@@ -177,4 +177,31 @@ async fn pings_and_closes_are_answered_in_order_with_packets() {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
         other => panic!("expected a close frame, got {other:?}"),
     }
+}
+
+/// A client still sending when the gateway closes it gets the close frame and no reset: the
+/// gateway shuts its side down after the close frame and reads on until the client ends its
+/// side (or `CLOSE_LINGER`, 1 s), so the client's later writes do not meet a closed socket
+/// (whose reset would make client libraries drop the connection before reading the close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_at_its_close_reads_the_close_frame() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let h = Harness::start().await;
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.ws_addr().unwrap()).await.unwrap();
+    let request = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 256];
+    let n = tokio::time::timeout(PROMPT, stream.read(&mut head)).await.unwrap().unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head[..n]));
+    // An unmasked frame (RFC 6455 section 5.1): the gateway closes with 1002.
+    stream.write_all(&[0x82, 2, 1, 2]).await.unwrap();
+    for _ in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stream.write_all(b"still sending").await.expect("a write after the close meets no reset");
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(PROMPT, stream.read_to_end(&mut got)).await.unwrap().expect("no reset");
+    let close = got.iter().position(|b| *b == 0x88).expect("a close frame");
+    assert_eq!(got[close + 2..close + 4], 1002u16.to_be_bytes());
 }

@@ -19,11 +19,13 @@ mod login;
 mod out_buf;
 mod room_routes;
 pub(crate) mod session_io;
+mod shared_read;
 pub mod tcp;
 #[cfg(test)]
 mod tests;
 pub mod ws;
 pub(crate) mod ws_io;
+pub mod ws_read;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -82,13 +84,6 @@ impl SessionCtx {
 /// flush writes the rest. With no write buffer every frame costs a syscall, which caps fan-out
 /// (docs/benchmarks.md). The buffer itself grows only with what is queued.
 pub(crate) const WRITE_BUFFER: usize = 8 * 1024;
-
-/// Bytes read from the socket per read, and the read buffer every session keeps, on both
-/// transports. Client messages of games are mostly far below it; a larger frame is still read
-/// whole (the buffer grows to the frame), in more reads. 4 KiB here cost 3 KiB more per idle
-/// WebSocket session, and tokio-util's 8 KiB default read and write buffers 7.7 KiB per TCP
-/// session (docs/benchmarks.md, idle sessions).
-pub(crate) const READ_BUFFER: usize = 1024;
 
 /// An admitted connection's places: one of `max_conn_num`, one of its IP's `conn_per_ip`.
 /// Dropped when the connection ends.

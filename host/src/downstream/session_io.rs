@@ -9,12 +9,13 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::pin;
-use std::task::{Context, Poll};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, timeout};
 
 use super::WRITE_BUFFER;
@@ -56,6 +57,31 @@ pub(crate) trait Transport: Send + Unpin {
     /// Ends the sending direction after the close was written (TCP: FIN, TLS: close_notify).
     fn poll_shutdown(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+    /// After the shutdown: reads and discards what the client still sends, until its end of
+    /// stream ([`poll_discard`]).
+    fn poll_drain(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// How long a closed session's connection is kept after its close was written and its
+/// sending direction shut down, for the client to see the close and end its side
+/// ([`poll_discard`]).
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and discards until the peer's end of stream. Closing a socket whose input was not
+/// all read makes the kernel answer with a reset, and a reset can destroy what was just
+/// written (the error frame, the close frame) before the client reads it: a "lingering close"
+/// (RFC 9112 section 9.6) avoids it.
+pub(crate) fn poll_discard<R: AsyncRead + Unpin>(io: &mut R, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    let mut scratch = [0u8; 1024];
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+        if buf.filled().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
     }
 }
 
@@ -198,8 +224,9 @@ impl<T: Transport> SessionIo<T> {
     }
 
     /// After the session stopped reading: writes what was queued up to its close, and the
-    /// close, within `write_ms` (+1 s); an abort (slow consumer, shutdown deadline) sends only
-    /// the close notice, within [`ABORT_NOTICE_GRACE`].
+    /// close, within `write_ms` (+1 s), then waits up to [`CLOSE_LINGER`] for the client to end
+    /// its side; an abort (slow consumer, shutdown deadline) sends only the close notice,
+    /// within [`ABORT_NOTICE_GRACE`].
     pub(crate) async fn finish(&mut self) {
         let handle = self.handle.clone();
         let limit = self.write_timeout + Duration::from_secs(1);
@@ -221,6 +248,8 @@ impl<T: Transport> SessionIo<T> {
         if !finished {
             handle.abort(CloseReason::SlowConsumer, "close did not complete");
             self.abort_notice().await;
+        } else if self.closed {
+            let _ = timeout(CLOSE_LINGER, poll_fn(|cx| self.transport.poll_drain(cx))).await;
         }
     }
 

@@ -10,20 +10,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_util::codec::{Encoder as _, FramedRead, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::codec::{Encoder as _, LengthDelimitedCodec};
 
 use super::driver;
 use super::out_buf::OutBuf;
-use super::session_io::{Inbound, Transport};
+use super::session_io::{Inbound, Transport, poll_discard};
+use super::shared_read::{Next, Parsed, SharedRead};
 use super::{Admission, SessionCtx};
 use crate::config::TcpFramingConfig;
 use crate::protocol::client::{self, HEADER_LEN};
 use crate::session::{CloseReason, ErrorCode, TransportKind};
-
-use super::READ_BUFFER;
 
 /// The length-prefix codec for a framing config; `max_frame` bounds decoded frames.
 pub fn codec(framing: &TcpFramingConfig, max_frame: usize) -> LengthDelimitedCodec {
@@ -72,20 +70,96 @@ where
     let max_in = ctx.config.limits.max_msg_len + HEADER_LEN;
     // Outbound packets may be larger than what clients may send; bound them by the prefix.
     let max_out = if framing.len_msg_len == 2 { u16::MAX as usize } else { u32::MAX as usize };
-    // A 1 KiB read buffer (tokio-util's default is 8 KiB) and a write buffer that exists only
-    // while output waits for the socket: both sized for idle sessions.
+    // No read buffer of its own while idle, and a write buffer that exists only while output
+    // waits for the socket: both sized for idle sessions.
     let transport = TcpTransport {
-        framed: FramedRead::with_capacity(stream, codec(framing, max_in), READ_BUFFER),
+        io: stream,
+        reader: FrameReader::new(framing, max_in),
         encoder: codec(framing, max_out),
         out: OutBuf::default(),
     };
     driver::run(ctx.clone(), TransportKind::Tcp, peer, None, transport).await;
 }
 
-/// A session's TCP (or TLS) connection, both directions: frames are read through tokio-util's
-/// codec, and written to the same stream from [`OutBuf`].
+/// Reads length-prefixed frames over the worker thread's shared read buffer ([`SharedRead`]):
+/// no buffer of its own while no frame is partly received. (Frames are written through
+/// tokio-util's codec, [`codec`]; its decoder needs a buffer per connection.)
+pub struct FrameReader {
+    read: SharedRead,
+    prefix: Prefix,
+}
+
+impl FrameReader {
+    /// Frames in `framing`, whose packets are at most `max` bytes.
+    pub fn new(framing: &TcpFramingConfig, max: usize) -> Self {
+        Self { read: SharedRead::default(), prefix: Prefix::new(framing, max) }
+    }
+
+    /// The next frame's packet (copied out of the read buffer); `Ok(None)` when the peer ended
+    /// its stream between frames. Errors: a frame longer than `max` (`message_too_big`, from
+    /// its prefix alone), the stream's end inside a frame or a read error (`transport_error`).
+    /// Cancel-safe: bytes read stay here.
+    pub fn poll_frame<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, (CloseReason, String)>> {
+        let prefix = &self.prefix;
+        self.read.poll_next(io, cx, &mut |buf| prefix.parse(buf)).map(|next| match next {
+            Next::Item(frame) => Ok(Some(frame)),
+            Next::Eof { mid_frame: false } => Ok(None),
+            Next::Eof { mid_frame: true } => {
+                Err((CloseReason::TransportError, "connection closed in the middle of a frame".into()))
+            }
+            Next::Invalid(len) => {
+                Err((CloseReason::MessageTooBig, format!("a {len}-byte frame is longer than max_msg_len")))
+            }
+            Next::Io(e) => Err((CloseReason::TransportError, e.to_string())),
+        })
+    }
+}
+
+/// The length prefix as read: `len` bytes (2 or 4, validated by the config), then that many
+/// bytes of packet, at most `max`.
+struct Prefix {
+    len: u8,
+    little_endian: bool,
+    max: u32,
+}
+
+impl Prefix {
+    fn new(framing: &TcpFramingConfig, max: usize) -> Self {
+        let len = if framing.len_msg_len == 2 { 2 } else { 4 };
+        Self { len, little_endian: framing.little_endian, max: u32::try_from(max).unwrap_or(u32::MAX) }
+    }
+
+    /// One frame's packet, copied out; `Err` with the length of a frame over `max`.
+    fn parse(&self, buf: &mut [u8]) -> Result<Parsed<Bytes>, u32> {
+        let n = usize::from(self.len);
+        let Some(head) = buf.get(..n) else { return Ok(Parsed::Needs(n - buf.len())) };
+        let len = match (head, self.little_endian) {
+            ([a, b], false) => u32::from(u16::from_be_bytes([*a, *b])),
+            ([a, b], true) => u32::from(u16::from_le_bytes([*a, *b])),
+            ([a, b, c, d], false) => u32::from_be_bytes([*a, *b, *c, *d]),
+            ([a, b, c, d], true) => u32::from_le_bytes([*a, *b, *c, *d]),
+            _ => unreachable!("the prefix is 2 or 4 bytes"),
+        };
+        if len > self.max {
+            return Err(len);
+        }
+        let end = n + len as usize;
+        if buf.len() < end {
+            return Ok(Parsed::Needs(end - buf.len()));
+        }
+        Ok(Parsed::Frame(end, Some(Bytes::copy_from_slice(&buf[n..end]))))
+    }
+}
+
+/// A session's TCP (or TLS) connection, both directions: frames are read over the worker's
+/// shared buffer ([`SharedRead`]) and written to the same stream from [`OutBuf`].
 struct TcpTransport<S> {
-    framed: FramedRead<S, LengthDelimitedCodec>,
+    io: S,
+    reader: FrameReader,
     /// The framing for what is sent (its length bound is the prefix's, not `max_msg_len`).
     encoder: LengthDelimitedCodec,
     out: OutBuf,
@@ -93,18 +167,15 @@ struct TcpTransport<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for TcpTransport<S> {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
-        self.framed.poll_next_unpin(cx).map(|next| match next {
-            None => Inbound::Closed,
-            Some(Ok(frame)) => match client::decode_binary(frame.freeze()) {
+        self.reader.poll_frame(&mut self.io, cx).map(|next| match next {
+            Ok(Some(frame)) => match client::decode_binary(frame) {
                 Ok(packet) => Inbound::Packet(packet),
                 Err(e) => Inbound::Failed(CloseReason::MalformedFrame, e.to_string()),
             },
-            Some(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
-                Inbound::Failed(CloseReason::MessageTooBig, "frame longer than max_msg_len".into())
-            }
-            Some(Err(e)) => {
-                tracing::debug!("tcp read failed: {e}");
-                Inbound::Failed(CloseReason::TransportError, e.to_string())
+            Ok(None) => Inbound::Closed,
+            Err((reason, message)) => {
+                tracing::debug!("tcp read failed: {message}");
+                Inbound::Failed(reason, message)
             }
         })
     }
@@ -128,11 +199,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for TcpTransport<S> {
     }
 
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.out.poll_write_to(self.framed.get_mut(), cx)
+        self.out.poll_write_to(&mut self.io, cx)
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(self.framed.get_mut()).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        poll_discard(&mut self.io, cx)
     }
 }
 
@@ -144,19 +219,18 @@ mod tests {
 
     fn transport(io: tokio::io::DuplexStream) -> TcpTransport<tokio::io::DuplexStream> {
         TcpTransport {
-            framed: FramedRead::with_capacity(io, codec(&TcpFramingConfig::default(), 1 << 20), READ_BUFFER),
+            io,
+            reader: FrameReader::new(&TcpFramingConfig::default(), 1 << 20),
             encoder: codec(&TcpFramingConfig::default(), 1 << 24),
             out: OutBuf::default(),
         }
     }
 
-    /// After a large frame is read, the read buffer no longer lives in the large frame's
-    /// allocation: tokio-util's codec reserves room for the next length prefix while the frame
-    /// is still held, and `bytes` then moves the rest to a buffer of the starting capacity.
-    /// (docs/benchmarks.md relies on it: a TCP session keeps no read buffer as large as the
-    /// largest message its client sent.)
+    /// Frames that arrive together, split, and large are read whole, and once the last is
+    /// read the transport holds no read buffer (docs/architecture.md, "An idle session in
+    /// memory").
     #[tokio::test]
-    async fn a_reader_lets_go_of_a_large_frame_s_buffer() {
+    async fn a_reader_holds_no_buffer_between_frames() {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let mut reader = transport(ours);
         let mut frames = BytesMut::new();
@@ -177,23 +251,23 @@ mod tests {
             panic!("the large packet")
         };
         assert_eq!((large.msg_id, large.body.len()), (600, 64 << 10));
-        let large_bytes = large.body.as_ptr() as usize..large.body.as_ptr() as usize + (65 << 10);
-        drop(large);
+        assert!(reader.reader.read.holds_memory(), "the third frame's beginning");
         tokio::io::AsyncWriteExt::write_all(&mut theirs, &frames[split..]).await.expect("write");
         let Inbound::Packet(small) = poll_fn(|cx| reader.poll_next(cx)).await else {
             panic!("the small packet")
         };
         assert_eq!((small.msg_id, &small.body[..]), (601, &b"small"[..]));
-        let buffer = reader.framed.read_buffer();
-        assert!(
-            !large_bytes.contains(&(buffer.as_ptr() as usize)),
-            "the read buffer kept the large frame's allocation"
-        );
-        assert!(
-            buffer.capacity() <= READ_BUFFER,
-            "a {}-byte read buffer kept after a small frame",
-            buffer.capacity()
-        );
+        assert!(!reader.reader.read.holds_memory(), "a read buffer kept between frames");
+    }
+
+    /// A frame over the limit is refused at its prefix, before its bytes arrive.
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_at_its_prefix() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 10);
+        let mut reader = transport(ours);
+        tokio::io::AsyncWriteExt::write_all(&mut theirs, &(2u32 << 20).to_be_bytes()).await.expect("write");
+        let next = poll_fn(|cx| reader.poll_next(cx)).await;
+        assert!(matches!(next, Inbound::Failed(CloseReason::MessageTooBig, _)));
     }
 
     /// After a large frame is written the transport keeps no large allocation, and what it

@@ -1,84 +1,45 @@
-//! WebSocket framing around tungstenite: tungstenite parses what the client sends (fragments,
-//! control frames, UTF-8, limits); the gateway frames what it sends itself.
+//! What the gateway writes to a WebSocket client: its own frames, built here (RFC 6455 section
+//! 5.2), and the answers to the client's control frames ([`pong`], [`close_reply`]).
 //!
-//! Why not tungstenite on both sides: its out buffer keeps the capacity of the largest
-//! message ever sent for the life of the connection (1,000 sessions that each got one 64 KiB
-//! push kept ~64 MiB, docs/benchmarks.md "Memory return"). [`Frames`] holds a buffer only
-//! while output waits for the socket ([`OutBuf`]).
-//!
-//! tungstenite still answers pings and close frames on its own (RFC 6455 sections 5.5.1-5.5.3):
-//! what it writes goes through [`ReadSide`] into the session's queue ([`ControlSink`]), so the
-//! answers reach the client in order with the packets around them.
+//! Why not tungstenite's writer: its out buffer keeps the capacity of the largest message
+//! ever sent for the life of the connection (1,000 sessions that each got one 64 KiB push kept
+//! ~64 MiB, docs/benchmarks.md "Memory return"). [`Frames`] holds a buffer only while output
+//! waits for the socket ([`OutBuf`]). Reading is [`ws_read`](super::ws_read)'s.
 
 use std::io;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 use super::out_buf::OutBuf;
-use crate::session::SessionHandle;
 
 /// RFC 6455 section 5.2 opcodes the gateway sends.
 pub(crate) const OP_TEXT: u8 = 0x1;
 pub(crate) const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
+const OP_PONG: u8 = 0xa;
 
-/// Where tungstenite's own answers (pong and close frames) go.
-pub(crate) enum ControlSink {
-    /// A session's outbound queue, bounded as packets are ([`SessionHandle::send_control`]).
-    Session(SessionHandle),
-    /// A bounded channel (the conformance echo).
-    Channel(flume::Sender<Bytes>),
-    /// Not attached yet: nothing is read before a session attaches, so nothing is answered.
-    None,
+/// The pong answering a ping that carried `payload` (section 5.5.2; at most 125 bytes).
+pub(crate) fn pong(payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(2 + payload.len());
+    put_header(&mut buf, OP_PONG, payload.len());
+    buf.put_slice(payload);
+    buf.freeze()
 }
 
-/// The connection as tungstenite sees it: reads come from `io`, writes go to a
-/// [`ControlSink`]. An answer the sink cannot take is dropped: the session is closing then (a
-/// full queue closes it as a slow consumer). The gateway writes its own frames to `io`
-/// directly ([`Frames::poll_write_to`]); tungstenite never writes to it.
-pub(crate) struct ReadSide<R> {
-    pub(crate) io: R,
-    pub(crate) control: ControlSink,
-}
-
-impl<R> ReadSide<R> {
-    pub(crate) fn new(io: R, control: ControlSink) -> Self {
-        Self { io, control }
+/// The close frame answering the client's (section 5.5.1): its status code echoed, or empty
+/// if it had none.
+pub(crate) fn close_reply(code: Option<u16>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(4);
+    match code {
+        Some(code) => {
+            put_header(&mut buf, OP_CLOSE, 2);
+            buf.put_u16(code);
+        }
+        None => put_header(&mut buf, OP_CLOSE, 0),
     }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<R> AsyncWrite for ReadSide<R> {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        // tungstenite writes whole frames from its out buffer, which takes all of them here.
-        let frames = Bytes::copy_from_slice(buf);
-        let _taken = match &self.control {
-            ControlSink::Session(session) => session.send_control(frames),
-            ControlSink::Channel(tx) => tx.try_send(frames).is_ok(),
-            ControlSink::None => false,
-        };
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
+    buf.freeze()
 }
 
 /// Server-to-client frames (RFC 6455 section 5.2: unmasked, FIN set, one frame per message)
@@ -91,11 +52,6 @@ pub(crate) struct Frames {
 }
 
 impl Frames {
-    /// Whether a close frame went in (ours, or tungstenite's reply to the client's).
-    pub(crate) fn closed(&self) -> bool {
-        self.closed
-    }
-
     /// Bytes buffered and not yet written.
     pub(crate) fn len(&self) -> usize {
         self.out.len()
@@ -114,7 +70,7 @@ impl Frames {
         }
     }
 
-    /// Buffers frames tungstenite wrote (pong and close replies) as they are.
+    /// Buffers control frames built whole ([`pong`], [`close_reply`]) as they are.
     pub(crate) fn control(&mut self, frames: &[u8]) {
         if self.closed {
             return;

@@ -64,8 +64,22 @@ impl Backend {
         Self::start_with(addr, BackendOptions::default()).await
     }
 
+    /// Starts a backend on `addr`. Binding an earlier backend's port is retried for up to 2 s:
+    /// once that backend stopped, any short-lived connection on the machine (the test's own
+    /// HTTP requests, the gateway's reconnects) may take the port as its ephemeral source port
+    /// for a moment, and the bind fails with `AddrInUse` until it closes.
     pub async fn start_with(addr: SocketAddr, options: BackendOptions) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("binding the backend");
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("binding the backend on {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().expect("backend address");
         let stop = CancellationToken::new();
         tokio::spawn(backend::run(listener, options, stop.clone()));

@@ -180,14 +180,15 @@ async fn a_session_logs_in_routes_gets_classified_errors_and_closes() {
 }
 
 /// What every idle session holds besides its buffers is this future (docs/architecture.md,
-/// "An idle session in memory"): it must not grow back with the message path's state.
+/// "An idle session in memory"): it must not grow back with the message path's state, nor
+/// hold its arguments twice (720 bytes in a debug build; 976 while `serve` was an async fn).
 #[tokio::test]
-async fn a_session_s_future_stays_under_a_kib() {
+async fn a_session_s_future_stays_under_768_bytes() {
     let ctx = context().await;
     let (_to_session, from_client) = mpsc::unbounded_channel();
     let (to_client, _client) = mpsc::unbounded_channel();
     let peer = "127.0.0.1:9".parse().unwrap();
     let session = driver::run(ctx, TransportKind::Tcp, peer, None, Channels { from_client, to_client });
     let size = std::mem::size_of_val(&session);
-    assert!(size <= 1024, "the session's future is {size} bytes");
+    assert!(size <= 768, "the session's future is {size} bytes");
 }

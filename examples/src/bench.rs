@@ -127,7 +127,8 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     /// Writes `config` (TOML) to a temp dir, starts `binary` (default: `wasmgate` next to the
-    /// running executable) on it, and waits until `ready` accepts connections (30 s at most).
+    /// running executable) on it, and waits until `ready` accepts connections (30 s at most;
+    /// an error at once if the gateway exits first).
     pub async fn start(binary: Option<&Path>, config: &str, ready: SocketAddr) -> anyhow::Result<Self> {
         let binary = match binary {
             Some(path) => path.to_path_buf(),
@@ -152,9 +153,13 @@ impl GatewayProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let gateway = Self { child, dir };
+        let mut gateway = Self { child, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(ready).await.is_err() {
+            // A gateway that could not start (a port taken meanwhile) has said why on stderr.
+            if let Some(status) = gateway.child.try_wait()? {
+                bail!("the gateway exited before listening ({status})");
+            }
             if Instant::now() > deadline {
                 bail!("the gateway did not start listening within 30 s");
             }

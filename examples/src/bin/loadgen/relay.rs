@@ -78,7 +78,7 @@ async fn start(
     match target {
         RelayTarget::Wasmgate | RelayTarget::WasmgateNative | RelayTarget::WasmgateTcp => {
             let backend_port = free_port()?;
-            let backend = Command::new(sibling("echo-backend")?)
+            let mut backend = Command::new(sibling("echo-backend")?)
                 .args(["--listen", &format!("127.0.0.1:{backend_port}")])
                 .env("RUST_LOG", "warn")
                 .spawn()
@@ -102,9 +102,21 @@ async fn start(
                 let path = std::fs::canonicalize(router).with_context(|| format!("{}", router.display()))?;
                 config.push_str(&format!("[scripts.router]\npath = {:?}\n", path.display().to_string()));
             }
-            wait_listening(backend_port, "echo-backend").await?;
             let ready = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            let gateway = GatewayProcess::start(gateway, &config, ready).await?;
+            let started = async {
+                wait_listening(backend_port, "echo-backend").await?;
+                GatewayProcess::start(gateway, &config, ready).await
+            };
+            // A failed start must not leave the backend running: it holds the stdout this
+            // process's caller may be reading to its end.
+            let gateway = match started.await {
+                Ok(gateway) => gateway,
+                Err(e) => {
+                    let _ = backend.kill();
+                    let _ = backend.wait();
+                    return Err(e);
+                }
+            };
             // The pool connects in the background: give it a moment.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let port = if target == RelayTarget::WasmgateTcp { tcp } else { port };

@@ -135,6 +135,9 @@ pub struct Metrics {
     pub script_lane_waits: Counter,
     /// Script calls judged long (a tick of CPU after their first 0-1 ms) that ran on a lane.
     pub script_long_calls: Counter,
+    /// Long script calls that gave their place in their pool back (the pool may build an
+    /// instance beside them while they run or wait for a lane).
+    pub script_long_calls_released: Counter,
     pub script_deploys: Family<ReasonLabel, Counter>,
     pub cluster_messages: Family<OutcomeLabel, Counter>,
     pub cluster_nodes: Gauge,
@@ -214,6 +217,7 @@ impl Metrics {
             script_compiles: Family::default(),
             script_lane_waits: Counter::default(),
             script_long_calls: Counter::default(),
+            script_long_calls_released: Counter::default(),
             script_deploys: Family::default(),
             cluster_messages: Family::default(),
             cluster_nodes: Gauge::default(),
@@ -406,6 +410,13 @@ impl Metrics {
             "script_long_calls",
             "Script calls judged long (a tick of CPU after their first 0-1 ms) that ran on a long-call lane (scripts.long_calls)",
             m.script_long_calls.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "script_long_calls_released",
+            "Long script calls that gave their place in their script's pool back, so that the pool may build an instance for other calls beside them (at most scripts.instances per script at once)",
+            m.script_long_calls_released.clone(),
         );
         register(
             &mut r,

@@ -112,6 +112,50 @@ async fn runaway_calls_take_turns_on_the_long_call_lane() {
     assert_eq!(deadlines, 4.0, "{metrics}");
 }
 
+/// A runaway call gives its place in the script's pool back while it waits for a lane: with as
+/// many endless loops in flight as the router has instances, another session's messages are
+/// still routed at once, on instances built beside the loops (before, they waited for an
+/// instance until a loop ended at its deadline, 3 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_on_every_instance_leave_room_for_short_calls() {
+    const INSTANCES: usize = 4;
+    let h = Harness::start_with(|c| {
+        c.scripts.router.path = Some(HOSTILE_ROUTER.into());
+        c.scripts.deadline_ms = 3_000;
+        c.scripts.long_calls = 1;
+        c.scripts.instances = INSTANCES;
+    })
+    .await;
+    let mut loopers = Vec::new();
+    for i in 0..INSTANCES {
+        let mut client = h.logged_in_ws(&format!("looper-{i}")).await;
+        loopers.push(tokio::spawn(async move {
+            let seq = client.send(901, b"").await.unwrap(); // an endless loop
+            let (error, _) = client.recv_reply(4, seq, PROMPT).await.unwrap();
+            error_of(&error.body).0
+        }));
+    }
+    // Every loop is long (has used its tick of CPU) before the bystander sends.
+    let until = Instant::now() + Duration::from_secs(2);
+    while h.metric("wasmgate_script_long_calls_total") < INSTANCES as f64 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.metric("wasmgate_script_long_calls_total"), INSTANCES as f64, "every loop is long");
+    let mut bystander = h.logged_in_ws("bystander").await;
+    for i in 0..5 {
+        let body = format!("meanwhile {i}");
+        let started = Instant::now();
+        let seq = bystander.send(100, body.as_bytes()).await.unwrap();
+        let (reply, _) = bystander.recv_reply(100, seq, PROMPT).await.unwrap();
+        assert_eq!(reply.body, body.as_bytes());
+        assert!(started.elapsed() < Duration::from_secs(1), "message {i} waited {:?}", started.elapsed());
+    }
+    for looper in loopers {
+        assert_eq!(looper.await.unwrap(), "script_error");
+    }
+    assert_eq!(h.metric("wasmgate_script_long_calls_released_total"), INSTANCES as f64);
+}
+
 /// Whether a call is long (needs a lane) is judged by the CPU it used, not by wall time: calls
 /// of ~0.3 ms of CPU, on worker threads that share one core with busy threads (so that some
 /// are descheduled mid-call for several ticks), never take a lane, while a loop still does.

@@ -480,6 +480,8 @@ pub struct ScriptsConfig {
     /// Most live instances per script, and so most concurrent calls into it; a call waits
     /// (asynchronously) for a free instance beyond that. Instances are built on demand.
     /// Default: 4 per CPU, so a few calls stuck until their deadline do not stall the rest.
+    /// A call that turns long stops counting here (docs/scripting.md, "Sandbox"): at most
+    /// this many such calls more run at once, on instances of their own.
     pub instances: usize,
     /// Directory of precompiled scripts, so a restart does not recompile (files named by the
     /// component's SHA-256 and the engine configuration). `None`: compile at every start. Keep

@@ -16,17 +16,24 @@
 //! fails (its `init` refuses or traps), further builds back off — 50 ms doubling to 5 s — and
 //! calls that find no live instance meanwhile fail at once (`outcome="unavailable"`) instead of
 //! paying for a doomed build each.
+//!
+//! A call that turns long (a runaway, or real work of a few ms and more) gives its place in the
+//! pool back while it runs or waits for a long-call lane ([`Released`]): the calls that come
+//! meanwhile may build instances beside it, so as many runaway calls as a script has instances
+//! do not leave its short calls waiting for their deadline. At most `instances` calls of one
+//! pool are released at once (so at most twice `instances` instances live), and a pool of one
+//! instance (every stateful script: its state is in that instance) never releases.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tracing::Instrument as _;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -136,6 +143,34 @@ struct Rebuilds {
     next_attempt: Option<Instant>,
 }
 
+/// How many of one pool's calls run released from its count ([`Released`]), and how many may.
+#[derive(Default)]
+struct Overflow {
+    released: AtomicUsize,
+    /// The pool's instance count once capped; 0 (a pool of one instance): no call is released.
+    cap: AtomicUsize,
+}
+
+impl Overflow {
+    fn try_release(self: &Arc<Self>) -> Option<Released> {
+        let cap = self.cap.load(Ordering::Acquire);
+        let counted =
+            self.released.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
+        counted.ok().map(|_| Released(self.clone()))
+    }
+}
+
+/// A long call running outside its pool's count: it gave its place (permit) back when it
+/// turned long, so its pool may build an instance for the calls that come meanwhile. Dropped
+/// when the call ends (or its store is dropped midway).
+pub(super) struct Released(Arc<Overflow>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.released.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Live instances of one script component.
 pub struct ScriptPool<W: World> {
     meta: Arc<ScriptMeta>,
@@ -144,7 +179,9 @@ pub struct ScriptPool<W: World> {
     init: InitFn<W>,
     limits: Limits,
     free: Mutex<Vec<Slot<W>>>,
-    permits: Semaphore,
+    /// One permit per place in the pool: a call holds one while it runs (unless released).
+    permits: Arc<Semaphore>,
+    overflow: Arc<Overflow>,
     outcomes: Outcomes,
     rebuilds: Mutex<Rebuilds>,
     /// Set once a newer version holding this one's state is live: calls still waiting here
@@ -219,7 +256,8 @@ impl<W: World> ScriptPool<W> {
             init,
             limits,
             free: Mutex::new(Vec::with_capacity(instances)),
-            permits: Semaphore::new(instances),
+            permits: Arc::new(Semaphore::new(instances)),
+            overflow: Arc::default(),
             outcomes,
             rebuilds: Mutex::default(),
             retired: AtomicBool::new(false),
@@ -232,6 +270,7 @@ impl<W: World> ScriptPool<W> {
             pool.permits.forget_permits(instances - cap);
             pool.limits.instances = cap;
         }
+        pool.overflow.cap.store(if cap >= 2 { cap } else { 0 }, Ordering::Release);
         let label =
             ScriptVersionLabel { script: pool.meta.name.to_string(), version: pool.meta.version.to_string() };
         pool.meta.metrics.script_instance_memory.get_or_create(&label).set(memory as i64);
@@ -266,6 +305,7 @@ impl<W: World> ScriptPool<W> {
         store.limiter(|s| &mut s.limits);
         let deadline = self.limits.deadline;
         let lanes = self.limits.long_calls.clone();
+        let overflow = self.overflow.clone();
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             if state.call_started.elapsed() >= deadline {
@@ -292,6 +332,15 @@ impl<W: World> ScriptPool<W> {
             // A long call: it goes on once it holds a lane (its deadline keeps running while
             // it waits, so a queue of runaway calls ends at their deadlines).
             state.meta.metrics.script_long_calls.inc();
+            // Its place in the pool goes back, so that other calls of the script do not wait
+            // for this one to end (a pool of one instance keeps it: see `Overflow::cap`).
+            if state.place.is_some()
+                && let Some(released) = overflow.try_release()
+            {
+                state.place = None;
+                state.released = Some(released);
+                state.meta.metrics.script_long_calls_released.inc();
+            }
             if let Ok(permit) = lanes.clone().try_acquire_owned() {
                 *held.lock() = Some(permit);
                 return Ok(UpdateDeadline::Yield(1));
@@ -376,12 +425,16 @@ impl<W: World> ScriptPool<W> {
     where
         Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
     {
-        let _permit =
-            self.permits.acquire().await.map_err(|_| ScriptError::Engine("script pool closed".into()))?;
+        let place = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ScriptError::Engine("script pool closed".into()))?;
         if self.retired.load(Ordering::Acquire) {
             return Err(ScriptError::Retired { script: self.name().into() });
         }
-        self.run(f).await
+        self.run(f, Some(place)).await
     }
 
     /// Waits until no call runs, then keeps every instance: calls wait until the hold is
@@ -405,7 +458,7 @@ impl<W: World> ScriptPool<W> {
     where
         Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
     {
-        self.run(f).await
+        self.run(f, None).await
     }
 
     /// Whether a built instance is waiting in the pool (under a hold: none is in use). `false`
@@ -420,7 +473,13 @@ impl<W: World> ScriptPool<W> {
         self.retired.store(true, Ordering::Release);
     }
 
-    async fn run<R, Fut>(&self, f: impl FnOnce(Slot<W>) -> Fut) -> Result<R, ScriptError>
+    /// Runs `f` on a free instance (built if none is), holding `place` (the caller's permit)
+    /// unless the call turns long and gives it back.
+    async fn run<R, Fut>(
+        &self,
+        f: impl FnOnce(Slot<W>) -> Fut,
+        place: Option<OwnedSemaphorePermit>,
+    ) -> Result<R, ScriptError>
     where
         Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
     {
@@ -429,6 +488,7 @@ impl<W: World> ScriptPool<W> {
             Some(slot) => slot,
             None => self.rebuild().await?,
         };
+        slot.store.data_mut().place = place;
         start_call(&mut slot.store);
         let started = slot.store.data().call_started;
         let span = tracing::debug_span!(
@@ -436,13 +496,28 @@ impl<W: World> ScriptPool<W> {
             wasmgate.script = &*self.meta.name,
             wasmgate.script_version = &*self.meta.version,
         );
-        let (slot, result) = f(slot).instrument(span).await;
+        let (mut slot, result) = f(slot).instrument(span).await;
         slot.store.data().lane.lock().take();
+        // Given back after the instance is (place held to the end), or with the call's end
+        // (released): a call waiting for a place then finds the instance free.
+        let _place = slot.store.data_mut().place.take();
+        let released = slot.store.data_mut().released.take();
         self.outcomes.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => {
                 self.outcomes.ok.inc();
-                self.free.lock().push(slot);
+                // A released call's instance is one too many once instances were built beside
+                // it: the pool keeps at most `instances` idle.
+                let mut free = self.free.lock();
+                let keep = released.is_none() || free.len() < self.limits.instances;
+                let extra = if keep {
+                    free.push(slot);
+                    None
+                } else {
+                    Some(slot)
+                };
+                drop(free);
+                drop(extra);
                 Ok(r)
             }
             Err(err) => {
@@ -466,9 +541,12 @@ impl<W: World> ScriptPool<W> {
                     version = &*self.meta.version,
                     "script trap backtrace: {err:?}"
                 );
-                // The instance may be in any state after a trap: replace it.
+                // The instance may be in any state after a trap: replace it (a released call's
+                // is not: others were built beside it, or will be on demand).
                 drop(slot);
-                if let Ok(fresh) = self.rebuild().await {
+                if released.is_none()
+                    && let Ok(fresh) = self.rebuild().await
+                {
                     self.free.lock().push(fresh);
                 }
                 Err(ScriptError::Trap { script: self.name().into(), deadline, message: summary })
@@ -499,7 +577,10 @@ pub(crate) fn trap_summary(err: &wasmtime::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{INSTANCE_MEMORY_BUDGET, instance_cap};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use super::{INSTANCE_MEMORY_BUDGET, Overflow, instance_cap};
 
     #[test]
     fn instance_caps_keep_within_the_memory_budget() {
@@ -507,5 +588,19 @@ mod tests {
         assert_eq!(instance_cap(64, 12 << 20), INSTANCE_MEMORY_BUDGET / (12 << 20));
         assert_eq!(instance_cap(8, INSTANCE_MEMORY_BUDGET * 2), 1, "always at least one");
         assert_eq!(instance_cap(8, 0), 8);
+    }
+
+    #[test]
+    fn at_most_cap_calls_are_released_at_once_and_none_from_a_pool_of_one() {
+        let overflow = Arc::new(Overflow::default());
+        assert!(overflow.try_release().is_none(), "cap 0 (a pool of one instance)");
+        overflow.cap.store(2, Ordering::Release);
+        let (first, second) = (overflow.try_release(), overflow.try_release());
+        assert!(first.is_some() && second.is_some());
+        assert!(overflow.try_release().is_none(), "a third over the cap");
+        drop(first);
+        assert!(overflow.try_release().is_some(), "room again once one ended");
+        drop(second);
+        assert_eq!(overflow.released.load(Ordering::Acquire), 0, "every release counted back");
     }
 }

@@ -63,6 +63,12 @@ pub struct ScriptState {
     /// The thread's CPU clock at the current call's first epoch check, to judge whether it is
     /// long by the CPU it used since ([`super::pool`]); `None` before that check.
     pub(super) cpu_mark: Option<std::time::Duration>,
+    /// The current call's place in its pool (one of [`super::pool::ScriptPool`]'s permits),
+    /// given back early when the call turns long ([`Self::released`]); `None` between calls
+    /// and for calls made under a hold.
+    pub(super) place: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Set while the current call runs outside its pool's count, having given its place back.
+    pub(super) released: Option<super::pool::Released>,
     /// Set while the instance is built (instantiation and `init`): a build runs under the
     /// deadline but needs no lane, so it never queues behind runaway calls.
     pub(super) building: bool,
@@ -95,6 +101,8 @@ impl ScriptState {
             call_started: Instant::now(),
             lane: Arc::default(),
             cpu_mark: None,
+            place: None,
+            released: None,
             building: false,
             meta,
         }

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use super::driver;
 use super::session_io::{CLOSE_LINGER, Inbound, Transport, poll_discard};
 use super::ws_io::{self, Frames, OP_BINARY, OP_TEXT};
-use super::ws_read::{Frame, FrameReader};
+use super::ws_read::{Frame, FrameReader, Text};
 use super::{Admission, SessionCtx};
 use crate::protocol::client::{self, HEADER_LEN, SharedPacket};
 use crate::protocol::gopush;
@@ -187,8 +187,13 @@ async fn echo_messages(mut io: Upgraded, mut reader: FrameReader) {
     let mut out = Frames::default();
     loop {
         let end = match std::future::poll_fn(|cx| reader.poll_frame(&mut io, cx)).await {
-            Ok(Frame::Message { text, data }) => {
-                out.message(if text { OP_TEXT } else { OP_BINARY }, data.len(), &[&data]);
+            Ok(Frame::Text(text)) => {
+                let data = text.into_bytes();
+                out.message(OP_TEXT, data.len(), &[&data]);
+                false
+            }
+            Ok(Frame::Binary(data)) => {
+                out.message(OP_BINARY, data.len(), &[&data]);
                 false
             }
             Ok(Frame::Ping(payload)) => {
@@ -237,19 +242,19 @@ struct WsTransport {
 }
 
 impl WsTransport {
-    /// Decodes one message.
-    fn decode(&mut self, text: bool, data: Bytes) -> Inbound {
-        if !text {
-            self.mode = MODE_BINARY;
-            return match client::decode_binary(data) {
-                Ok(packet) => Inbound::Packet(packet),
-                Err(e) => Inbound::Failed(CloseReason::MalformedFrame, e.to_string()),
-            };
+    /// Decodes one binary message: a packet with the 8-byte header.
+    fn decode_binary(&mut self, data: Bytes) -> Inbound {
+        self.mode = MODE_BINARY;
+        match client::decode_binary(data) {
+            Ok(packet) => Inbound::Packet(packet),
+            Err(e) => Inbound::Failed(CloseReason::MalformedFrame, e.to_string()),
         }
-        // The reader checked the UTF-8.
-        let Ok(text) = std::str::from_utf8(&data) else {
-            return Inbound::Failed(CloseReason::InvalidUtf8, "text is not valid UTF-8".into());
-        };
+    }
+
+    /// Decodes one text message (UTF-8 checked by the reader): a JSON packet or a go-push
+    /// message.
+    fn decode_text(&mut self, text: &Text) -> Inbound {
+        let text = text.as_str();
         match client::decode_json(text) {
             Ok(packet) => {
                 self.mode = MODE_JSON;
@@ -286,7 +291,8 @@ impl Transport for WsTransport {
                 Err((reason, message)) => return Poll::Ready(Inbound::Failed(reason, message)),
             };
             match frame {
-                Frame::Message { text, data } => return Poll::Ready(self.decode(text, data)),
+                Frame::Text(text) => return Poll::Ready(self.decode_text(&text)),
+                Frame::Binary(data) => return Poll::Ready(self.decode_binary(data)),
                 Frame::Ping(payload) => self.answer(ws_io::pong(&payload)),
                 Frame::Close(code) => {
                     // Queued ahead of the session's close, which then adds nothing.

@@ -22,14 +22,41 @@ use crate::session::CloseReason;
 /// (section 5.5.3), and fragments before the last are not returned).
 #[derive(Debug, PartialEq)]
 pub enum Frame {
-    /// A complete text (valid UTF-8) or binary message, fragments joined.
-    Message { text: bool, data: Bytes },
+    /// A complete text message (checked UTF-8), fragments joined.
+    Text(Text),
+    /// A complete binary message, fragments joined.
+    Binary(Bytes),
     /// A ping's payload, to be answered with a pong carrying it (section 5.5.2).
     Ping(Bytes),
     /// A close frame's status code, if it had one (section 5.5.1).
     Close(Option<u16>),
     /// The connection ended without a close frame.
     Eof,
+}
+
+/// A text message's payload, which the reader checked to be UTF-8 (section 5.6), so that its
+/// users need not check it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Text(Bytes);
+
+impl Text {
+    /// Text made of `data`; the caller has checked that it is UTF-8 (only this module builds
+    /// one, after `std::str::from_utf8` or `Partial::check_utf8` accepted every byte).
+    fn checked(data: Bytes) -> Self {
+        debug_assert!(std::str::from_utf8(&data).is_ok());
+        Self(data)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: a `Text` is built only by `checked`, from bytes found to be UTF-8, and its
+        // bytes are never changed afterwards.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// The payload's bytes (the same `Bytes`, not a copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
 }
 
 /// Why reading stopped: the close reason (and so the close code) and a message for the client.
@@ -166,14 +193,24 @@ impl Parser {
                     if text && std::str::from_utf8(payload).is_err() {
                         return Err(invalid_utf8());
                     }
-                    return Ok(Some(Frame::Message { text, data: Bytes::copy_from_slice(payload) }));
+                    let data = Bytes::copy_from_slice(payload);
+                    return Ok(Some(if text {
+                        Frame::Text(Text::checked(data))
+                    } else {
+                        Frame::Binary(data)
+                    }));
                 }
                 Box::new(Partial { text, data: BytesMut::from(payload), valid: 0 })
             }
         };
         partial.check_utf8(last)?;
         if last {
-            return Ok(Some(Frame::Message { text: partial.text, data: partial.data.freeze() }));
+            let data = partial.data.freeze();
+            return Ok(Some(if partial.text {
+                Frame::Text(Text::checked(data))
+            } else {
+                Frame::Binary(data)
+            }));
         }
         self.partial = Some(partial);
         Ok(None)

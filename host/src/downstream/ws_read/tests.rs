@@ -65,7 +65,7 @@ async fn read_all(reader: &mut FrameReader, bytes: Vec<u8>, step: usize) -> Vec<
 }
 
 fn text(s: &str) -> Result<Frame, ReadError> {
-    Ok(Frame::Message { text: true, data: Bytes::copy_from_slice(s.as_bytes()) })
+    Ok(Frame::Text(Text::checked(Bytes::copy_from_slice(s.as_bytes()))))
 }
 
 #[tokio::test]
@@ -82,7 +82,7 @@ async fn frames_are_read_whole_whatever_the_reads_bring() {
             frames,
             [
                 text("Hello"),
-                Ok(Frame::Message { text: false, data: Bytes::from(vec![7; 300]) }),
+                Ok(Frame::Binary(Bytes::from(vec![7; 300]))),
                 Ok(Frame::Ping(Bytes::from_static(b"ping"))),
                 Ok(Frame::Close(Some(1000))),
                 Ok(Frame::Eof),

@@ -533,7 +533,8 @@ pub struct PoolingConfig {
     /// deployed runs next to the live one). Beyond it, building an instance fails: a deploy
     /// is refused (naming the limit), a call that needs a new instance gets `script_error`
     /// and further builds back off. Default 1000
-    /// (3 built-in scripts x `instances` is 24 on this 2-core machine).
+    /// (3 built-in scripts x `instances` is 24 on this 2-core machine; up to twice that while
+    /// long calls run released from their pools: docs/scripting.md, "Sandbox").
     pub max_instances: u32,
     /// Most linear memories alive at once (a component may have several); each reserves
     /// 4 GiB + guard of address space. Default 2 x `max_instances`.

@@ -509,15 +509,12 @@ impl<W: World> ScriptPool<W> {
                 // A released call's instance is one too many once instances were built beside
                 // it: the pool keeps at most `instances` idle.
                 let mut free = self.free.lock();
-                let keep = released.is_none() || free.len() < self.limits.instances;
-                let extra = if keep {
+                if released.is_none() || free.len() < self.limits.instances {
                     free.push(slot);
-                    None
                 } else {
-                    Some(slot)
-                };
-                drop(free);
-                drop(extra);
+                    drop(free);
+                    drop(slot);
+                }
                 Ok(r)
             }
             Err(err) => {

@@ -87,7 +87,7 @@ fn id_on(node: u32) -> u64 {
 }
 
 /// A logged-in session of `user` on node `node`, in `registry`.
-fn session(registry: &Registry, node: u32, user: &str) -> (SessionHandle, flume::Receiver<Outbound>) {
+fn session(registry: &Registry, node: u32, user: &str) -> (SessionHandle, crate::session::OutboundReceiver) {
     let id = id_on(node);
     let (handle, rx) =
         SessionHandle::new(id, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, (8, usize::MAX));
@@ -97,8 +97,8 @@ fn session(registry: &Registry, node: u32, user: &str) -> (SessionHandle, flume:
 }
 
 /// The msg ids of what waits in a session's queue.
-fn queued(rx: &flume::Receiver<Outbound>) -> Vec<u32> {
-    rx.drain()
+fn queued(rx: &crate::session::OutboundReceiver) -> Vec<u32> {
+    std::iter::from_fn(|| rx.try_recv())
         .filter_map(|o| match o {
             Outbound::Packet { msg_id, .. } => Some(msg_id),
             Outbound::Shared(p) => Some(p.msg_id),

@@ -13,7 +13,6 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, timeout};
@@ -21,7 +20,7 @@ use tokio::time::{Instant, timeout};
 use super::WRITE_BUFFER;
 use crate::protocol::client::{Packet, SharedPacket};
 use crate::protocol::gopush;
-use crate::session::{CloseReason, Outbound, SessionHandle};
+use crate::session::{CloseReason, Outbound, OutboundReceiver, SessionHandle};
 
 /// What a transport's reading yields.
 pub(crate) enum Inbound {
@@ -104,7 +103,7 @@ pub(crate) const ABORT_NOTICE_GRACE: Duration = Duration::from_millis(250);
 /// A session's transport and outbound queue, polled together.
 pub(crate) struct SessionIo<T> {
     pub(crate) transport: T,
-    queue: flume::r#async::RecvStream<'static, Outbound>,
+    queue: OutboundReceiver,
     handle: SessionHandle,
     sent: Counter,
     write_timeout: Duration,
@@ -122,14 +121,14 @@ impl<T: Transport> SessionIo<T> {
     /// `write_ms`.
     pub(crate) fn new(
         transport: T,
-        queue: flume::Receiver<Outbound>,
+        queue: OutboundReceiver,
         handle: SessionHandle,
         sent: Counter,
         write_timeout: Duration,
     ) -> Self {
         Self {
             transport,
-            queue: queue.into_stream(),
+            queue,
             handle,
             sent,
             write_timeout,
@@ -179,7 +178,7 @@ impl<T: Transport> SessionIo<T> {
     fn take(&mut self, cx: &mut Context<'_>) -> bool {
         let (mut taken, mut count) = (false, 0);
         while self.transport.buffered() < WRITE_BUFFER && !self.closed {
-            let Poll::Ready(Some(item)) = self.queue.poll_next_unpin(cx) else { break };
+            let Poll::Ready(item) = self.queue.poll_recv(cx) else { break };
             taken = true;
             self.handle.dequeued(&item);
             let put = match item {

@@ -11,11 +11,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::queue::{PushError, Queue};
 use super::{CloseReason, ErrorCode};
 use crate::protocol::client::SharedPacket;
 
@@ -72,8 +74,10 @@ struct Shared {
     /// The duplicate-login rule to reconcile under ([`DuplicateRule`] as u8; see
     /// [`SessionHandle::duplicate_rule`]).
     duplicate_rule: AtomicU8,
-    tx: flume::Sender<Outbound>,
-    /// Bytes of the packets in `tx` (header and body), and the most it may hold.
+    /// The outbound queue, and the most packets it may hold.
+    queue: Queue,
+    capacity: usize,
+    /// Bytes of the packets in `queue` (header and body), and the most it may hold.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     close_reason: OnceLock<(CloseReason, String)>,
@@ -158,11 +162,7 @@ impl SessionHandle {
         peer: SocketAddr,
         error_msg_id: u32,
         (capacity, max_bytes): (usize, usize),
-    ) -> (Self, flume::Receiver<Outbound>) {
-        // flume allocates as packets wait (tokio's mpsc allocated a 32-slot block per session
-        // up front: ~1.3 KiB of each idle session, docs/benchmarks.md#idle-sessions); a queue
-        // that once held a burst keeps that capacity, as the WebSocket write buffer does.
-        let (tx, rx) = flume::bounded(capacity);
+    ) -> (Self, OutboundReceiver) {
         let shared = Shared {
             id,
             transport,
@@ -171,14 +171,16 @@ impl SessionHandle {
             user_id: OnceLock::new(),
             admitted: AtomicBool::new(false),
             duplicate_rule: AtomicU8::new(DuplicateRule::Allow as u8),
-            tx,
+            queue: Queue::default(),
+            capacity,
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_reason: OnceLock::new(),
             close: CloseSignal::default(),
             rooms: Mutex::default(),
         };
-        (Self(Arc::new(shared)), rx)
+        let handle = Self(Arc::new(shared));
+        (handle.clone(), OutboundReceiver(handle))
     }
 
     pub fn id(&self) -> u64 {
@@ -257,11 +259,11 @@ impl SessionHandle {
             self.abort(CloseReason::SlowConsumer, "outbound queue over pending_write_bytes");
             return false;
         }
-        match self.0.tx.try_send(item) {
+        match self.0.queue.push(item, self.0.capacity) {
             Ok(()) => true,
             Err(e) => {
                 self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-                if let flume::TrySendError::Full(_) = e {
+                if e == PushError::Full {
                     self.abort(CloseReason::SlowConsumer, "outbound queue full");
                 }
                 false
@@ -274,7 +276,7 @@ impl SessionHandle {
     fn queue(&self, item: Outbound) -> bool {
         let size = item.size();
         self.0.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        let queued = self.0.tx.try_send(item).is_ok();
+        let queued = self.0.queue.push(item, self.0.capacity).is_ok();
         if !queued {
             self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
         }
@@ -360,6 +362,35 @@ impl SessionHandle {
     }
 }
 
+/// The receiving end of a session's outbound queue, held by the session's task. Dropping it
+/// closes the queue: what waits is dropped, and later sends (and closes) fail, so a close
+/// after the task ended is an abort.
+pub struct OutboundReceiver(SessionHandle);
+
+impl OutboundReceiver {
+    /// The next item, or `Pending` until one is queued. The caller reports it with
+    /// [`SessionHandle::dequeued`].
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        self.0.0.queue.poll_pop(cx)
+    }
+
+    /// The next item, if one waits.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        self.0.0.queue.try_pop()
+    }
+
+    /// Waits for the next item.
+    pub async fn recv(&self) -> Outbound {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        self.0.0.queue.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -367,13 +398,21 @@ mod tests {
     use super::*;
 
     /// A handle and its queue's receiver (a dropped receiver makes every close an abort).
-    fn handle() -> (SessionHandle, flume::Receiver<Outbound>) {
+    fn handle() -> (SessionHandle, OutboundReceiver) {
         SessionHandle::new(1, TransportKind::Tcp, "127.0.0.1:1".parse().unwrap(), 4, (4, usize::MAX))
     }
 
     /// True if `future` resolves within 100 ms.
     async fn resolves(future: impl Future<Output = ()>) -> bool {
         tokio::time::timeout(Duration::from_millis(100), future).await.is_ok()
+    }
+
+    /// An idle session's handle is one allocation of this size, queue included (flume's
+    /// channel beside it took ~350 bytes more: docs/benchmarks.md, "A queue inside the handle").
+    #[test]
+    fn the_handle_with_its_queue_stays_small() {
+        let size = std::mem::size_of::<Shared>();
+        assert!(size <= 288, "the handle's shared state is {size} bytes (280 when written)");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`crate::downstream`].
 //!
 //! - [`id`]: session ids (node id + time + sequence).
-//! - [`handle`]: the shareable handle with the bounded outbound queue.
+//! - [`handle`]: the shareable handle with the bounded outbound queue ([`queue`]).
 //! - [`registry`]: live sessions by id and by user.
 //! - [`close`]: the documented close reasons and codes; `error`: the error frame codes, with
 //!   who is to blame and whether a retry helps.
@@ -12,10 +12,11 @@ mod close;
 mod error;
 mod handle;
 pub mod id;
+mod queue;
 mod registry;
 
 pub use close::CloseReason;
 pub use error::{Blame, ErrorCode};
-pub use handle::{DuplicateRule, Outbound, SessionHandle, TransportKind, error_body};
+pub use handle::{DuplicateRule, Outbound, OutboundReceiver, SessionHandle, TransportKind, error_body};
 pub use id::{MAX_NODE_ID, SessionIdGen, node_of};
 pub use registry::Registry;

@@ -1,0 +1,144 @@
+//! A session's outbound queue: any number of senders (backend replies, room fan-out, pushes,
+//! the session itself), one receiver (the session's task), bounded in packets.
+//!
+//! It lives inside the session handle's allocation: an idle session pays for a lock, an
+//! empty `VecDeque` and a waker slot (64 bytes) and nothing on the heap. The deque's buffer
+//! exists only while packets wait: the receiver lets go of it when it finds the queue empty.
+//! (`flume`'s channel, which this replaced, cost an idle session ~350 bytes: its shared
+//! state, the receiving stream's waker hook and the deque a first packet grew;
+//! docs/benchmarks.md, "A queue inside the handle".)
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use super::Outbound;
+
+/// Why [`Queue::push`] refused an item (the item is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue holds its capacity already.
+    Full,
+    /// The receiver is gone: the session's task ended.
+    Closed,
+}
+
+#[derive(Default)]
+pub(crate) struct Queue {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Outbound>,
+    /// The receiver's task, parked on an empty queue.
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+impl Queue {
+    /// Appends `item` unless the queue holds `capacity` items or is closed; wakes the receiver.
+    pub(crate) fn push(&self, item: Outbound, capacity: usize) -> Result<(), PushError> {
+        let waker = {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Err(PushError::Closed);
+            }
+            if state.items.len() >= capacity {
+                return Err(PushError::Full);
+            }
+            state.items.push_back(item);
+            state.waker.take()
+        };
+        // Woken outside the lock: the receiver's first act is to take it.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// The next item, or `Pending` with the task registered for the next push. An empty queue
+    /// frees its buffer here, so an idle session holds none.
+    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        let mut state = self.state.lock();
+        if let Some(item) = state.items.pop_front() {
+            return Poll::Ready(item);
+        }
+        if state.items.capacity() > 0 {
+            state.items = VecDeque::new();
+        }
+        match &state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The next item, if one waits.
+    pub(crate) fn try_pop(&self) -> Option<Outbound> {
+        self.state.lock().items.pop_front()
+    }
+
+    /// The receiver is gone: what waits is dropped and every later push is refused.
+    pub(crate) fn close(&self) {
+        let items = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            state.waker = None;
+            std::mem::take(&mut state.items)
+        };
+        drop(items);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    struct Counting(AtomicUsize);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn packet(seq: u32) -> Outbound {
+        Outbound::Packet { msg_id: 1, seq, body: Bytes::new() }
+    }
+
+    fn seq(item: &Outbound) -> u32 {
+        match *item {
+            Outbound::Packet { seq, .. } => seq,
+            _ => u32::MAX,
+        }
+    }
+
+    #[test]
+    fn bounded_in_order_woken_and_empty_holds_no_buffer() {
+        let queue = Queue::default();
+        let woken = Arc::new(Counting(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(queue.poll_pop(&mut cx).is_pending());
+        assert_eq!(queue.push(packet(1), 2), Ok(()));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the parked receiver is woken");
+        assert_eq!(queue.push(packet(2), 2), Ok(()));
+        assert_eq!(queue.push(packet(3), 2), Err(PushError::Full));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "woken once until it parks again");
+        assert!(matches!(queue.poll_pop(&mut cx), Poll::Ready(ref item) if seq(item) == 1));
+        assert_eq!(queue.try_pop().as_ref().map(seq), Some(2));
+        assert!(queue.poll_pop(&mut cx).is_pending());
+        assert_eq!(queue.state.lock().items.capacity(), 0, "an empty queue keeps no buffer");
+        queue.close();
+        assert_eq!(queue.push(packet(4), 2), Err(PushError::Closed));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+    }
+}

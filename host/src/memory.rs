@@ -16,24 +16,31 @@ use std::time::Duration;
 
 /// How often the trimmer looks at the allocator's free bytes.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
-/// The trimmer trims when at least this many bytes are free in the arenas... (16 MiB left
-/// ~10 MiB of a burst's freed memory in a 45 MiB gateway: `loadgen memory`, benchmarks.md)
-pub const TRIM_FREE_BYTES: usize = 8 << 20;
-/// ...and they are at least this fraction of the bytes in use (so a large, busy heap with a
-/// normal amount of slack is left alone: trimming it would be undone by the next burst).
+/// The trimmer trims once the resident bytes not in use (RSS less the heap in use) grew by at
+/// least this many bytes over their lowest point since the last trim, and as many bytes are
+/// free in the arenas... (A rule on RSS growth of 8 MiB left a soak cycle's transient memory,
+/// ~8 MiB of a 40 MiB gateway, resident between trims, and missed memory freed after a trim
+/// taken under load: `loadgen soak` ended 20-57 % over its start; docs/benchmarks.md, "Soak")
+pub const TRIM_GROWTH_MIN: u64 = 2 << 20;
+/// ...or by this fraction of RSS, if more (a large gateway's RSS moves by more than a small
+/// one's, and each trim walks every arena).
+pub const TRIM_GROWTH_RATIO: u64 = 16;
+/// ...and the free bytes are at least this fraction of the bytes in use (so a large, busy heap
+/// with a normal amount of slack is left alone: trimming it would be undone by the next burst).
 pub const TRIM_FREE_RATIO: f64 = 0.25;
 
 /// Whether this build's allocator is glibc's (the default build on Linux with glibc).
 pub const GLIBC: bool = cfg!(all(target_env = "gnu", not(any(feature = "jemalloc", feature = "mimalloc"))));
 
-/// The allocator's counters, bytes: `(in use, free in the arenas)`; `None` when the allocator
-/// is not glibc's.
-pub fn heap_bytes() -> Option<(usize, usize)> {
+/// The allocator's counters, bytes: `(in use, free in the arenas)`, where in use counts
+/// chunks in the arenas and those mapped on their own; `None` when the allocator is not
+/// glibc's.
+pub fn heap_bytes() -> Option<(u64, u64)> {
     #[cfg(target_env = "gnu")]
     if GLIBC {
         // SAFETY: mallinfo2 only reads the allocator's counters.
         let info = unsafe { libc::mallinfo2() };
-        return Some((info.uordblks, info.fordblks));
+        return Some(((info.uordblks + info.hblkhd) as u64, info.fordblks as u64));
     }
     None
 }
@@ -61,6 +68,13 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
+/// How far the resident bytes not in use must grow over their lowest point since the last
+/// trim before the trimmer trims, with RSS at `rss` (bytes): [`TRIM_GROWTH_MIN`], or
+/// 1/[`TRIM_GROWTH_RATIO`] of `rss` if more.
+pub fn trim_growth(rss: u64) -> u64 {
+    (rss / TRIM_GROWTH_RATIO).max(TRIM_GROWTH_MIN)
+}
+
 /// The trimmer thread, to wake for [`trim_soon`].
 static TRIMMER: OnceLock<std::thread::Thread> = OnceLock::new();
 /// A trim was asked for since the trimmer last looked.
@@ -78,39 +92,47 @@ pub fn trim_soon() {
     }
 }
 
-/// Starts a thread (`wasmgate-trim`) that every [`TRIM_INTERVAL`] trims the heap when its free
-/// bytes are over [`TRIM_FREE_BYTES`] and [`TRIM_FREE_RATIO`] of those in use, and RSS has grown
-/// by [`TRIM_FREE_BYTES`] since the last trim (glibc counts trimmed pages as free still, so
-/// the free bytes alone would trim a settled heap over and over). Each trim is logged at
-/// `debug` with the RSS it gave back and how long it took. Does nothing unless the allocator
-/// is glibc's. For the binary: once per process.
+/// Starts a thread (`wasmgate-trim`) that every [`TRIM_INTERVAL`] trims the heap when its
+/// resident bytes not in use (RSS less the heap in use) have grown by [`trim_growth`] over
+/// their lowest point since the last trim, at least as many bytes are free in the arenas, and
+/// those are [`TRIM_FREE_RATIO`] of the bytes in use (glibc counts trimmed pages as free still,
+/// so the free bytes alone would trim a settled heap over and over). Measuring what is not in
+/// use, rather than RSS, also catches memory freed after a trim taken under load: RSS stays,
+/// the bytes in use fall. Each trim is logged at `debug` with the RSS it gave back and how
+/// long it took. Does nothing unless the allocator is glibc's. For the binary: once per
+/// process.
 pub fn spawn_trimmer() {
     if !GLIBC {
         return;
     }
     let spawned = std::thread::Builder::new().name("wasmgate-trim".into()).spawn(|| {
         let _ = TRIMMER.set(std::thread::current());
-        let mut rss_at_trim = 0u64;
+        // Resident bytes not in use: their lowest point since the last trim.
+        let mut idle_low = 0u64;
         loop {
             std::thread::park_timeout(TRIM_INTERVAL);
             let asked = TRIM_ASKED.swap(false, Ordering::AcqRel);
             let (Some((in_use, free)), Some(rss)) = (heap_bytes(), rss_bytes()) else { return };
-            let grown = rss >= rss_at_trim + TRIM_FREE_BYTES as u64;
+            let idle = rss.saturating_sub(in_use);
+            let growth = trim_growth(rss);
+            let grown = idle >= idle_low.saturating_add(growth);
             let slack = free as f64 >= in_use as f64 * TRIM_FREE_RATIO && grown;
-            if free >= TRIM_FREE_BYTES && (asked || slack) {
+            if free >= growth && (asked || slack) {
                 let started = std::time::Instant::now();
                 give_back_memory();
-                rss_at_trim = rss_bytes().unwrap_or(rss);
+                let rss_after = rss_bytes().unwrap_or(rss);
+                let in_use_after = heap_bytes().map_or(in_use, |(in_use, _)| in_use);
+                idle_low = rss_after.saturating_sub(in_use_after);
                 tracing::debug!(
                     rss_before = rss,
-                    rss_after = rss_at_trim,
+                    rss_after,
                     in_use,
                     took_us = started.elapsed().as_micros() as u64,
                     asked,
                     "heap trimmed"
                 );
             } else {
-                rss_at_trim = rss_at_trim.min(rss);
+                idle_low = idle_low.min(idle);
             }
         }
     });

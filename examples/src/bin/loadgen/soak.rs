@@ -8,9 +8,10 @@
 //! `seconds` in all: a deploy of a router no earlier cycle deployed (the default router plus a
 //! custom section naming the cycle), a burst of 60 KB echoes from 4 clients that never read
 //! until they are closed as slow consumers, and the backend's restart. After a warm-up cycle
-//! the gateway's RSS, open descriptors and threads are taken; after the last cycle and a
-//! settle period, again. Prints both and exits non-zero when one grew by more than 20 %, or
-//! a held session lost a reply.
+//! and a settle period (two looks of the gateway's heap trimmer) the gateway's RSS, open
+//! descriptors and threads are taken; after the last cycle and the same settle period,
+//! again. Prints both and exits non-zero when one grew by more than 20 %, or a held session
+//! lost a reply.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,6 +28,9 @@ use wasmgate_examples::bench::{GatewayProcess, bench_config, free_port, rss_kib}
 const TOKEN: &str = "soak-admin-token";
 /// Growth allowed between the first and the last sample.
 const TOLERANCE: f64 = 0.20;
+/// The wait before each sample: closed sessions drain, and the gateway's heap trimmer looks
+/// twice (the first look may come while the cycle's sessions are still closing).
+const SETTLE: Duration = Duration::from_secs(2 * wasmgate::memory::TRIM_INTERVAL.as_secs() + 1);
 
 /// What the gateway process holds.
 #[derive(Debug, Clone, Copy)]
@@ -177,11 +181,11 @@ pub async fn run(seconds: f64, sessions: usize, gateway: Option<&Path>) -> anyho
         }
         cycles += 1;
         if first.is_none() {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(SETTLE).await;
             first = Some(sample(pid));
         }
     }
-    tokio::time::sleep(Duration::from_secs(5)).await; // settle: closed sessions drained
+    tokio::time::sleep(SETTLE).await;
     let last = sample(pid);
     let first = first.unwrap_or(last);
     let grew = |a: f64, b: f64| if a > 0.0 { (b - a) / a } else { 0.0 };

@@ -192,3 +192,21 @@ async fn a_session_s_future_stays_under_768_bytes() {
     let size = std::mem::size_of_val(&session);
     assert!(size <= 768, "the session's future is {size} bytes");
 }
+
+/// A TCP session's task is its session future and the connection's admission, nothing more:
+/// the layers around it must not keep their arguments (the context, the stream, the address)
+/// beside it, nor the session's future twice (an `async` block awaiting a captured future):
+/// 920 bytes in a debug build, 1,152 with two async fns around it, 1,800 with an `async`
+/// block (docs/benchmarks.md, "Arguments held once, TCP").
+#[tokio::test]
+async fn a_tcp_session_s_task_stays_under_960_bytes() {
+    let ctx = context().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    let (_client, (stream, peer)) = (client.unwrap(), accepted.unwrap());
+    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+    let task = super::tcp::serve(ctx, stream, peer, super::Admission { _permit: permit, _peer: None });
+    let size = std::mem::size_of_val(&task);
+    assert!(size <= 960, "a TCP session's task is {size} bytes");
+}

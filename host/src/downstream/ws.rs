@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -162,11 +163,14 @@ fn handle(
                     mode: MODE_BINARY,
                     ids,
                 };
-                driver::run(ctx, TransportKind::WebSocket, peer, token, transport).await;
+                // A task of its own, holding the session's future and the admission alone:
+                // this block's state keeps what it captured for as long as it runs (the
+                // upgrade, the context, the token, the address: bytes of every idle session).
+                let session = driver::run(ctx.clone(), TransportKind::WebSocket, peer, token, transport);
+                ctx.tasks.spawn(session.map(move |()| drop(permit)));
             }
             Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
         }
-        drop(permit);
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -74,9 +74,8 @@ struct Shared {
     /// The duplicate-login rule to reconcile under ([`DuplicateRule`] as u8; see
     /// [`SessionHandle::duplicate_rule`]).
     duplicate_rule: AtomicU8,
-    /// The outbound queue, and the most packets it may hold.
+    /// The outbound queue, of at most `pending_write_num` packets.
     queue: Queue,
-    capacity: usize,
     /// Bytes of the packets in `queue` (header and body), and the most it may hold.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
@@ -171,8 +170,7 @@ impl SessionHandle {
             user_id: OnceLock::new(),
             admitted: AtomicBool::new(false),
             duplicate_rule: AtomicU8::new(DuplicateRule::Allow as u8),
-            queue: Queue::default(),
-            capacity,
+            queue: Queue::new(capacity),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_reason: OnceLock::new(),
@@ -259,7 +257,7 @@ impl SessionHandle {
             self.abort(CloseReason::SlowConsumer, "outbound queue over pending_write_bytes");
             return false;
         }
-        match self.0.queue.push(item, self.0.capacity) {
+        match self.0.queue.push(item) {
             Ok(()) => true,
             Err(e) => {
                 self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
@@ -276,7 +274,7 @@ impl SessionHandle {
     fn queue(&self, item: Outbound) -> bool {
         let size = item.size();
         self.0.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        let queued = self.0.queue.push(item, self.0.capacity).is_ok();
+        let queued = self.0.queue.push(item).is_ok();
         if !queued {
             self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
         }

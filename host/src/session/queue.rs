@@ -2,8 +2,9 @@
 //! the session itself), one receiver (the session's task), bounded in packets.
 //!
 //! It lives inside the session handle's allocation: an idle session pays for a lock, an
-//! empty `VecDeque` and a waker slot (64 bytes) and nothing on the heap. The deque's buffer
-//! exists only while packets wait: the receiver lets go of it when it finds the queue empty.
+//! empty `VecDeque`, a waker slot and its capacity (72 bytes) and nothing on the heap. The
+//! deque's buffer exists only while packets wait: the receiver lets go of it when it finds
+//! the queue empty.
 //! (`flume`'s channel, which this replaced, cost an idle session ~350 bytes: its shared
 //! state, the receiving stream's waker hook and the deque a first packet grew;
 //! docs/benchmarks.md, "A queue inside the handle".)
@@ -24,9 +25,10 @@ pub(crate) enum PushError {
     Closed,
 }
 
-#[derive(Default)]
 pub(crate) struct Queue {
     state: Mutex<State>,
+    /// The most items it holds.
+    capacity: usize,
 }
 
 #[derive(Default)]
@@ -38,14 +40,19 @@ struct State {
 }
 
 impl Queue {
-    /// Appends `item` unless the queue holds `capacity` items or is closed; wakes the receiver.
-    pub(crate) fn push(&self, item: Outbound, capacity: usize) -> Result<(), PushError> {
+    /// An empty queue of at most `capacity` items.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { state: Mutex::default(), capacity }
+    }
+
+    /// Appends `item` unless the queue holds its capacity or is closed; wakes the receiver.
+    pub(crate) fn push(&self, item: Outbound) -> Result<(), PushError> {
         let waker = {
             let mut state = self.state.lock();
             if state.closed {
                 return Err(PushError::Closed);
             }
-            if state.items.len() >= capacity {
+            if state.items.len() >= self.capacity {
                 return Err(PushError::Full);
             }
             state.items.push_back(item);
@@ -123,22 +130,22 @@ mod tests {
 
     #[test]
     fn bounded_in_order_woken_and_empty_holds_no_buffer() {
-        let queue = Queue::default();
+        let queue = Queue::new(2);
         let woken = Arc::new(Counting(AtomicUsize::new(0)));
         let waker = Waker::from(woken.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(queue.poll_pop(&mut cx).is_pending());
-        assert_eq!(queue.push(packet(1), 2), Ok(()));
+        assert_eq!(queue.push(packet(1)), Ok(()));
         assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the parked receiver is woken");
-        assert_eq!(queue.push(packet(2), 2), Ok(()));
-        assert_eq!(queue.push(packet(3), 2), Err(PushError::Full));
+        assert_eq!(queue.push(packet(2)), Ok(()));
+        assert_eq!(queue.push(packet(3)), Err(PushError::Full));
         assert_eq!(woken.0.load(Ordering::SeqCst), 1, "woken once until it parks again");
         assert!(matches!(queue.poll_pop(&mut cx), Poll::Ready(ref item) if seq(item) == 1));
         assert_eq!(queue.try_pop().as_ref().map(seq), Some(2));
         assert!(queue.poll_pop(&mut cx).is_pending());
         assert_eq!(queue.state.lock().items.capacity(), 0, "an empty queue keeps no buffer");
         queue.close();
-        assert_eq!(queue.push(packet(4), 2), Err(PushError::Closed));
+        assert_eq!(queue.push(packet(4)), Err(PushError::Closed));
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
     }
 }

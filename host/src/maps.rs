@@ -23,8 +23,21 @@ pub const MAX_POOL_NUMS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestEntry {
-    /// TCP connections in the queue pool.
+    /// TCP connections in the queue pool; given as `poolNums`, or as seed 001's `count` x
+    /// `size` (the parse sets it to their product).
+    #[serde(default)]
     pub pool_nums: usize,
+    /// Seed 001's RPC proxy shape: `count` clients of `size` connections each.
+    #[serde(default)]
+    pub count: Option<usize>,
+    #[serde(default)]
+    pub size: Option<usize>,
+    /// What the service speaks.
+    #[serde(default)]
+    pub protocol: DestProtocol,
+    /// Thrift settings (`protocol: "thrift"` only).
+    #[serde(default)]
+    pub thrift: Option<ThriftSettings>,
     /// `host:port` of the service.
     pub srv_addr: String,
     /// Service name, for logs.
@@ -45,6 +58,61 @@ pub struct DestTls {
     pub ca: Option<std::path::PathBuf>,
     /// The name the service's certificate must carry; absent: the host of `srvAddr`.
     pub server_name: Option<String>,
+}
+
+/// What a dest's service speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum DestProtocol {
+    /// Backend protocol v1 (docs/protocol.md).
+    #[default]
+    #[serde(rename = "wasmgate-v1")]
+    WasmgateV1,
+    /// Seed 001's Thrift RPC: `ProtoRequest`/`ProtoReply` (docs/protocol.md, "Thrift upstreams").
+    #[serde(rename = "thrift")]
+    Thrift,
+}
+
+/// Which id a Thrift `ProtoRequest` carries as `sharding_id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardingId {
+    /// The session id.
+    #[default]
+    Session,
+    /// The user id as a signed 64-bit decimal (the session id when it is not one).
+    User,
+}
+
+/// How a Thrift dest is called (`"thrift": {...}` in a `dest_map.json` entry; every key
+/// optional).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ThriftSettings {
+    /// `"framed"` (default) or `"buffered"`.
+    pub transport: crate::protocol::thrift::Framing,
+    /// `"binary"` (default) or `"compact"`.
+    pub protocol: crate::protocol::thrift::Encoding,
+    /// The service method taking a `ProtoRequest` and returning a `ProtoReply`.
+    pub method: String,
+    /// What `sharding_id` carries.
+    pub sharding_id: ShardingId,
+    /// Milliseconds a call may wait for its reply before the client gets `upstream_timeout`.
+    pub timeout_ms: u64,
+    /// Calls one connection may have waiting for replies; more wait in its queue.
+    pub max_in_flight: usize,
+}
+
+impl Default for ThriftSettings {
+    fn default() -> Self {
+        Self {
+            transport: Default::default(),
+            protocol: Default::default(),
+            method: "call".into(),
+            sharding_id: ShardingId::Session,
+            timeout_ms: 5_000,
+            max_in_flight: 1_024,
+        }
+    }
 }
 
 /// dest id -> upstream service.
@@ -147,15 +215,34 @@ pub fn parse_dest_map(text: &str) -> Result<DestMap, MapError> {
     const WHAT: &str = "dest_map";
     let raw: Entries<DestEntry> =
         serde_json::from_str(text).map_err(|e| MapError::Invalid { what: WHAT, message: e.to_string() })?;
-    let map = parse_keys(WHAT, raw)?;
-    for (id, entry) in &map {
+    let mut map = parse_keys(WHAT, raw)?;
+    for (id, entry) in &mut map {
+        let invalid =
+            |message: String| MapError::Invalid { what: WHAT, message: format!("dest {id}: {message}") };
+        match (entry.pool_nums, entry.count, entry.size) {
+            (0, Some(count), Some(size)) => entry.pool_nums = count.saturating_mul(size),
+            (_, None, None) => {}
+            _ => return Err(invalid("give either poolNums or both count and size".into())),
+        }
         if entry.pool_nums == 0 || entry.pool_nums > MAX_POOL_NUMS {
-            let message = format!("dest {id}: poolNums must be 1..={MAX_POOL_NUMS}");
-            return Err(MapError::Invalid { what: WHAT, message });
+            return Err(invalid(format!("poolNums (or count x size) must be 1..={MAX_POOL_NUMS}")));
+        }
+        match (entry.protocol, &mut entry.thrift) {
+            (DestProtocol::Thrift, thrift @ None) => *thrift = Some(ThriftSettings::default()),
+            (DestProtocol::Thrift, Some(settings)) => {
+                if settings.method.is_empty() || settings.timeout_ms == 0 || settings.max_in_flight == 0 {
+                    return Err(invalid(
+                        "thrift: method must be non-empty, timeoutMs and maxInFlight at least 1".into(),
+                    ));
+                }
+            }
+            (DestProtocol::WasmgateV1, Some(_)) => {
+                return Err(invalid("`thrift` settings need \"protocol\": \"thrift\"".into()));
+            }
+            (DestProtocol::WasmgateV1, None) => {}
         }
         if !is_host_port(&entry.srv_addr) {
-            let message = format!("dest {id}: srvAddr `{}` is not host:port", entry.srv_addr);
-            return Err(MapError::Invalid { what: WHAT, message });
+            return Err(invalid(format!("srvAddr `{}` is not host:port", entry.srv_addr)));
         }
     }
     Ok(map)
@@ -229,7 +316,10 @@ mod tests {
 
     /// The fenced block after `<!-- doc-test: NAME -->` in docs/configuration.md.
     fn doc_example(name: &str) -> &'static str {
-        let doc = include_str!("../../docs/configuration.md");
+        doc_block(include_str!("../../docs/configuration.md"), name)
+    }
+
+    fn doc_block(doc: &'static str, name: &str) -> &'static str {
         let marker = format!("<!-- doc-test: {name} -->");
         let after = &doc[doc.find(&marker).expect("marker") + marker.len()..];
         let body = &after[after.find("```json\n").expect("json block") + "```json\n".len()..];
@@ -244,6 +334,39 @@ mod tests {
         let messages = parse_message_map(doc_example("message_map.json")).unwrap();
         assert_eq!(messages.get(&100), Some(&Target::Dest(101)));
         assert_eq!(messages.get(&110), Some(&Target::Script("inventory".into())));
+    }
+
+    #[test]
+    fn thrift_dests_take_defaults_and_the_seed_s_count_times_size() {
+        let dest = parse_dest_map(doc_example("dest_map.json thrift")).unwrap();
+        let rpc = &dest[&400];
+        assert_eq!((rpc.protocol, rpc.pool_nums), (DestProtocol::Thrift, 8), "count 2 x size 4");
+        let settings = rpc.thrift.as_ref().unwrap();
+        assert_eq!((settings.method.as_str(), settings.timeout_ms), ("call", 3_000));
+        let defaults = dest[&401].thrift.as_ref().unwrap();
+        assert_eq!(*defaults, ThriftSettings { sharding_id: ShardingId::User, ..ThriftSettings::default() });
+        assert_eq!(dest[&401].pool_nums, 4);
+        let migrating = include_str!("../../docs/migrating-from-fkserver.md");
+        let seed_shaped = parse_dest_map(doc_block(migrating, "dest_map.json")).unwrap();
+        assert_eq!((seed_shaped[&400].pool_nums, seed_shaped[&401].protocol), (8, DestProtocol::Thrift));
+        for (bad, says) in [
+            (r#"{"poolNums": 2, "count": 2, "size": 2, "srvAddr": "a:1"}"#, "either poolNums"),
+            (r#"{"count": 2, "srvAddr": "a:1"}"#, "either poolNums"),
+            (r#"{"count": 200, "size": 2, "srvAddr": "a:1"}"#, "1..=256"),
+            (r#"{"poolNums": 1, "srvAddr": "a:1", "thrift": {}}"#, "need \"protocol\""),
+            (
+                r#"{"poolNums": 1, "srvAddr": "a:1", "protocol": "thrift", "thrift": {"timeoutMs": 0}}"#,
+                "timeoutMs",
+            ),
+            (
+                r#"{"poolNums": 1, "srvAddr": "a:1", "protocol": "thrift", "thrift": {"transport": "http"}}"#,
+                "framed",
+            ),
+            (r#"{"poolNums": 1, "srvAddr": "a:1", "protocol": "grpc"}"#, "thrift"),
+        ] {
+            let e = parse_dest_map(&format!(r#"{{"1": {bad}}}"#)).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -16,5 +16,6 @@ mod routing;
 mod sandbox;
 mod security;
 mod service;
+mod thrift;
 mod tls;
 mod user_centre;

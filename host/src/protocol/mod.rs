@@ -4,3 +4,4 @@
 pub mod backend;
 pub mod client;
 pub mod gopush;
+pub mod thrift;

@@ -49,6 +49,10 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// The dest's queue stayed full for `upstream.enqueue_timeout_ms`.
     UpstreamBusy,
+    /// A Thrift dest did not answer the call within its `timeoutMs`.
+    UpstreamTimeout,
+    /// A Thrift dest answered with `result != 0`, or the call raised an exception there.
+    UpstreamError,
     /// The router or a handler script trapped or overran its deadline on this message.
     ScriptError,
     /// Leave or room message for a room the session is not in.
@@ -74,7 +78,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (their metric series are created at start).
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 20] = [
         Self::NotLoggedIn,
         Self::AlreadyLoggedIn,
         Self::BadRequest,
@@ -83,6 +87,8 @@ impl ErrorCode {
         Self::UnknownDest,
         Self::UpstreamUnavailable,
         Self::UpstreamBusy,
+        Self::UpstreamTimeout,
+        Self::UpstreamError,
         Self::ScriptError,
         Self::NotInRoom,
         Self::RoomFull,
@@ -106,6 +112,8 @@ impl ErrorCode {
             Self::UnknownDest => "unknown_dest",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamBusy => "upstream_busy",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamError => "upstream_error",
             Self::ScriptError => "script_error",
             Self::NotInRoom => "not_in_room",
             Self::RoomFull => "room_full",
@@ -123,7 +131,9 @@ impl ErrorCode {
     pub fn blame(self) -> Blame {
         match self {
             Self::ScriptError | Self::RoomsUnavailable | Self::AuthUnavailable => Blame::Script,
-            Self::UpstreamUnavailable | Self::UpstreamBusy => Blame::Upstream,
+            Self::UpstreamUnavailable | Self::UpstreamBusy | Self::UpstreamTimeout | Self::UpstreamError => {
+                Blame::Upstream
+            }
             Self::UnknownDest => Blame::Gateway,
             Self::NotLoggedIn
             | Self::AlreadyLoggedIn
@@ -149,6 +159,7 @@ impl ErrorCode {
             self,
             Self::UpstreamUnavailable
                 | Self::UpstreamBusy
+                | Self::UpstreamTimeout
                 | Self::ScriptError
                 | Self::RoomsUnavailable
                 | Self::AuthUnavailable

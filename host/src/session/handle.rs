@@ -302,6 +302,17 @@ impl SessionHandle {
         self.send(self.0.error_msg_id, seq, error_body(code.name(), message))
     }
 
+    /// Sends an `upstream_error` frame answering packet `seq`, with the backend's `result`
+    /// (a Thrift `ProtoReply.result`) when there is one: `{"code": "upstream_error",
+    /// "message": .., "result": -3}`.
+    pub fn send_upstream_error(&self, seq: u32, message: &str, result: Option<i64>) -> bool {
+        let mut body = serde_json::json!({ "code": ErrorCode::UpstreamError.name(), "message": message });
+        if let Some(result) = result {
+            body["result"] = result.into();
+        }
+        self.send(self.0.error_msg_id, seq, Bytes::from(body.to_string()))
+    }
+
     /// Closes gracefully: what is queued is written first, then (if the reason is announced)
     /// an error frame with `code`/`message` answering packet `seq` (0: none), then the close.
     /// Only the first close counts.

@@ -107,7 +107,7 @@ pub(super) async fn from_backend(shared: &Arc<Shared>, from_dest: u32, frame: Ba
 /// Counts a bad frame from the backend of `dest` in `wasmgate_upstream_bad_frames_total{dest,
 /// error}`; logs a warning at the 1st, 2nd, 4th, 8th... of each kind, so a backend that
 /// sends nothing else cannot flood the log (the count says how many there were).
-fn bad_frame(shared: &Shared, dest: u32, error: &'static str) {
+pub(super) fn bad_frame(shared: &Shared, dest: u32, error: &'static str) {
     let counter = shared.metrics.upstream_bad_frames.get_or_create(&DestErrorLabel { dest, error }).clone();
     let seen = counter.inc() + 1;
     if seen.is_power_of_two() {
@@ -133,7 +133,7 @@ pub(super) fn relay_local(shared: &Shared, dest: u32, key: u64, frame: BackendFr
     }
 }
 
-fn not_here(shared: &Shared, from_dest: u32, what: &str, session_id: u64) {
+pub(super) fn not_here(shared: &Shared, from_dest: u32, what: &str, session_id: u64) {
     shared.metrics.undeliverable.inc();
     tracing::debug!(from_dest, session_id, "{what} for a session not on this node");
 }

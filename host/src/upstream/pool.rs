@@ -2,6 +2,9 @@
 //! connects, writes batches, reads replies on a companion task, and reconnects with
 //! exponential backoff (with jitter) when the backend goes away.
 //!
+//! A dest speaks backend protocol v1 (this file) or Thrift ([`thrift`]); the pool, its
+//! connections' life cycle and the choice of connection are the same for both.
+//!
 //! A session's frames take its own connection (a hash of the session id). While that one is
 //! down they take the next connected one in index order, and stay there (see [`Moved`]), so
 //! a session is served whenever any connection of the pool is up.
@@ -20,10 +23,12 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, UpstreamError, dispatch};
-use crate::maps::DestEntry;
+use crate::maps::{DestEntry, ThriftSettings};
 use crate::metrics::{DestLabel, DestOutcomeLabel};
 use crate::protocol::backend::{BackendCodec, BackendFrame, FrameError, PROTOCOL_VERSION};
 use crate::tls;
+
+mod thrift;
 
 /// How a dest's connections are made: plain TCP, TLS (`"tls"` in its `dest_map.json` entry),
 /// or not at all when its TLS settings are unusable (every attempt fails with the reason).
@@ -106,6 +111,7 @@ impl Pool {
         let _ = shared.metrics.upstream_connections_up.get_or_create(&DestLabel { dest });
         let _ = shared.metrics.upstream_frames_in.get_or_create(&DestLabel { dest });
         let transport = Arc::new(Transport::of(dest, &entry));
+        let thrift = entry.thrift.clone().map(Arc::new);
         let conns = (0..entry.pool_nums)
             .map(|index| {
                 let (tx, rx) = mpsc::channel(shared.settings.queue_len);
@@ -115,6 +121,7 @@ impl Pool {
                     index,
                     addr: entry.srv_addr.clone(),
                     transport: transport.clone(),
+                    thrift: thrift.clone(),
                     rx,
                     up: up.clone(),
                     up_count: up_count.clone(),
@@ -229,6 +236,8 @@ struct ConnTask {
     index: usize,
     addr: String,
     transport: Arc<Transport>,
+    /// `Some` for a Thrift dest.
+    thrift: Option<Arc<ThriftSettings>>,
     rx: mpsc::Receiver<BackendFrame>,
     up: Arc<AtomicBool>,
     up_count: Arc<AtomicUsize>,
@@ -267,11 +276,11 @@ impl ConnTask {
                     let ended = match stream {
                         Stream::Plain(stream) => {
                             let (read, write) = stream.into_split();
-                            self.serve(read, write).await
+                            self.serve_protocol(read, write).await
                         }
                         Stream::Tls(stream) => {
                             let (read, write) = tokio::io::split(stream);
-                            self.serve(read, write).await
+                            self.serve_protocol(read, write).await
                         }
                     };
                     self.set_up(false);
@@ -335,6 +344,17 @@ impl ConnTask {
     fn fail_queued(&mut self, why: &str) {
         while let Ok(frame) = self.rx.try_recv() {
             dispatch::undeliverable(&self.shared, self.dest, frame, why);
+        }
+    }
+
+    async fn serve_protocol<R, W>(&mut self, read: R, write: W) -> Ended
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send,
+    {
+        match self.thrift.clone() {
+            Some(settings) => self.serve_thrift(read, write, settings).await,
+            None => self.serve(read, write).await,
         }
     }
 

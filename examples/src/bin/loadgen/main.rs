@@ -394,6 +394,17 @@ async fn relay_all(
         );
         tcp = serde_json::json!(r);
     }
+    let mut thrift = serde_json::Value::Null;
+    if let (Some(v1), Some(over_thrift)) =
+        (find(relay::RelayTarget::Wasmgate), find(relay::RelayTarget::WasmgateThrift))
+    {
+        let r = over_thrift.saturation.round_trips_per_s / v1.saturation.round_trips_per_s;
+        println!(
+            "relay upstream protocol: Thrift dest / backend protocol v1 dest = {r:.2}x round trips/s at saturation (target >= 0.8x); p99 at half load: Thrift {:.3} ms, v1 {:.3} ms",
+            over_thrift.half.p99_ms, v1.half.p99_ms
+        );
+        thrift = serde_json::json!(r);
+    }
     let runs: Vec<_> = results
         .iter()
         .map(|(t, run)| {
@@ -403,7 +414,7 @@ async fn relay_all(
         .collect();
     println!(
         "{}",
-        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting, "tcp_vs_websocket": tcp })
+        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting, "tcp_vs_websocket": tcp, "thrift_vs_v1": thrift })
     );
     Ok(())
 }

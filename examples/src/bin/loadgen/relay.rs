@@ -7,6 +7,9 @@
 //!   Rust, no script call): the cost of scripting, measured.
 //! - `wasmgate-tcp`: the same as `wasmgate` with the clients on the gateway's length-prefixed
 //!   TCP listener: the cost of WebSocket framing, measured.
+//! - `wasmgate-thrift`: the same as `wasmgate` with dest 101 a Thrift dest (seed 001's
+//!   `ProtoRequest`/`ProtoReply`, framed binary) served by `thrift-echo-backend`, the same echo:
+//!   the cost of Thrift upstreams against backend protocol v1, measured.
 //! - `nginx-node`: nginx as a WebSocket reverse proxy (2 workers) in front of Node's `ws` echo
 //!   server (2 cluster workers): the setup a Node shop would put in wasmgate's place.
 //!
@@ -45,6 +48,8 @@ pub enum RelayTarget {
     WasmgateNative,
     /// wasmgate with the clients over its TCP listener instead of WebSocket.
     WasmgateTcp,
+    /// wasmgate with dest 101 a Thrift dest (`thrift-echo-backend`).
+    WasmgateThrift,
     NginxNode,
 }
 
@@ -76,17 +81,23 @@ async fn start(
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     match target {
-        RelayTarget::Wasmgate | RelayTarget::WasmgateNative | RelayTarget::WasmgateTcp => {
+        RelayTarget::Wasmgate
+        | RelayTarget::WasmgateNative
+        | RelayTarget::WasmgateTcp
+        | RelayTarget::WasmgateThrift => {
             let backend_port = free_port()?;
-            let mut backend = Command::new(sibling("echo-backend")?)
+            let thrift = target == RelayTarget::WasmgateThrift;
+            let program = if thrift { "thrift-echo-backend" } else { "echo-backend" };
+            let mut backend = Command::new(sibling(program)?)
                 .args(["--listen", &format!("127.0.0.1:{backend_port}")])
                 .env("RUST_LOG", "warn")
                 .spawn()
-                .context("starting echo-backend")?;
+                .with_context(|| format!("starting {program}"))?;
             let dest_map = dir.path().join("dest_map.json");
             let message_map = dir.path().join("message_map.json");
+            let protocol = if thrift { r#", "protocol": "thrift""# } else { "" };
             let dests = format!(
-                r#"{{"101": {{"poolNums": 2, "srvAddr": "127.0.0.1:{backend_port}", "srvName": "echo"}}}}"#
+                r#"{{"101": {{"poolNums": 2, "srvAddr": "127.0.0.1:{backend_port}", "srvName": "echo"{protocol}}}}}"#
             );
             std::fs::write(&dest_map, dests)?;
             std::fs::write(&message_map, format!(r#"{{"{ECHO}": 101}}"#))?;
@@ -104,7 +115,7 @@ async fn start(
             }
             let ready = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             let started = async {
-                wait_listening(backend_port, "echo-backend").await?;
+                wait_listening(backend_port, program).await?;
                 GatewayProcess::start(gateway, &config, ready).await
             };
             // A failed start must not leave the backend running: it holds the stdout this

@@ -261,7 +261,7 @@ fn decode_text(text: &str) -> anyhow::Result<Packet> {
         }
         (None, None) => Bytes::new(),
     };
-    Ok(Packet { msg_id: json.id, seq: json.seq, body })
+    Ok(Packet { msg_id: json.id, seq: json.seq, body, es_id: None })
 }
 
 /// Mints an HS256 JWT for `user` that the default auth script accepts when configured with

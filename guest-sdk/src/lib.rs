@@ -117,7 +117,7 @@ pub mod cluster {
 
 /// Host capabilities every script may call.
 pub mod host {
-    pub use crate::auth::wasmgate::gateway::host::{Level, counter_add, log, now_ms};
+    pub use crate::auth::wasmgate::gateway::host::{Level, counter_add, log, now_ms, packet_es_id};
 
     /// Logs `message` at info level in the gateway's log, tagged with the script name.
     pub fn info(message: &str) {

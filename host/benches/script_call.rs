@@ -129,10 +129,10 @@ fn main() {
         let packet = Packet { msg_id: 150, seq: 1, body: vec![7; 64] };
 
         for _ in 0..10_000 {
-            black_box(router.route(&session, &packet).await.unwrap());
+            black_box(router.route(&session, &packet, None).await.unwrap());
         }
         let route = || async {
-            black_box(router.route(black_box(&session), black_box(&packet)).await.unwrap());
+            black_box(router.route(black_box(&session), black_box(&packet), None).await.unwrap());
         };
         summarize("router.route (wasm)", BATCH, time_batches(BATCHES, BATCH, route).await);
         let native_route = || async {
@@ -159,14 +159,14 @@ fn main() {
                 let routes = (100..200).map(|m| MessageRoute { msg_id: m, dest_id: 101 }).collect();
                 let router = Router::load(&source, limits_one(), &metrics, routes).await.unwrap();
                 let call = || async {
-                    black_box(router.route(black_box(&session), black_box(&packet)).await.unwrap());
+                    black_box(router.route(black_box(&session), black_box(&packet), None).await.unwrap());
                 };
                 time_batches(1, 1_000, call).await; // warm-up
                 summarize(&label, batch, time_batches(batches, batch, call).await);
             } else {
                 let handler = Handler::load(true, &source, limits_one(), &metrics).await.unwrap();
                 let call = || async {
-                    black_box(handler.handle(black_box(&session), black_box(&packet)).await.unwrap());
+                    black_box(handler.handle(black_box(&session), black_box(&packet), None).await.unwrap());
                 };
                 time_batches(1, 1_000, call).await; // warm-up
                 summarize(&label, batch, time_batches(batches, batch, call).await);

@@ -65,7 +65,7 @@ async fn malformed_and_oversized_tcp_frames_close_after_an_error_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_byte_little_endian_length_prefix() {
     let h = Harness::start_with(|c| {
-        c.tcp = TcpFramingConfig { len_msg_len: 2, little_endian: true };
+        c.tcp = TcpFramingConfig { len_msg_len: 2, little_endian: true, ..Default::default() };
         c.limits.max_msg_len = 4096;
     })
     .await;
@@ -77,7 +77,7 @@ async fn two_byte_little_endian_length_prefix() {
     // A big-endian client speaks garbage to this gateway and is closed, not served.
     let mut wrong = Client::tcp(
         h.gateway.tcp_addr().unwrap(),
-        &TcpFramingConfig { len_msg_len: 2, little_endian: false },
+        &TcpFramingConfig { len_msg_len: 2, little_endian: false, ..Default::default() },
     )
     .await
     .unwrap();

@@ -185,3 +185,124 @@ async fn a_killed_thrift_backend_answers_its_waiting_calls_and_recovers() {
     let (reply, _) = ws.recv_reply(905, seq, PROMPT).await.expect("served after the restart");
     assert_eq!(&reply.body[..], b"again");
 }
+
+/// A client speaking seed 001's ES header (docs/protocol.md#es-packet-header), big-endian,
+/// written from the documented layout.
+struct EsClient {
+    stream: tokio::net::TcpStream,
+    es_id: u32,
+}
+
+/// One ES packet as received: (pack_type, user_id, token, es_id, session, body).
+type EsPacket = (u16, u64, u32, u32, u64, Vec<u8>);
+
+impl EsClient {
+    async fn connect(addr: SocketAddr, es_id: u32) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Self { stream, es_id }
+    }
+
+    async fn send(&mut self, pack_type: u16, token: u32, body: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
+        let mut packet = Vec::with_capacity(28 + body.len());
+        packet.extend_from_slice(&((28 + body.len()) as u16).to_be_bytes());
+        packet.extend_from_slice(&pack_type.to_be_bytes());
+        packet.extend_from_slice(&0u64.to_be_bytes()); // user_id: the gateway knows it
+        packet.extend_from_slice(&token.to_be_bytes());
+        packet.extend_from_slice(&self.es_id.to_be_bytes());
+        packet.extend_from_slice(&0u64.to_be_bytes()); // session: likewise
+        packet.extend_from_slice(body);
+        self.stream.write_all(&packet).await.expect("write");
+    }
+
+    async fn recv(&mut self) -> EsPacket {
+        use tokio::io::AsyncReadExt as _;
+        let mut header = [0u8; 28];
+        tokio::time::timeout(PROMPT, self.stream.read_exact(&mut header))
+            .await
+            .expect("in time")
+            .expect("header");
+        let u16_at = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
+        let u32_at = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().unwrap());
+        let u64_at = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().unwrap());
+        let mut body = vec![0u8; usize::from(u16_at(0)) - 28];
+        self.stream.read_exact(&mut body).await.expect("body");
+        (u16_at(2), u64_at(4), u32_at(12), u32_at(16), u64_at(20), body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es_header_clients_reach_a_thrift_dest_in_order_and_route_by_es_id() {
+    let framed = ThriftServer::start(None, "framed", "binary").await;
+    let h = Harness::start_with(|c| {
+        c.tcp.header = wasmgate::config::TcpHeader::Es;
+        c.rate_limits.msg_burst = 1_000;
+        let es_dests = toml::Table::from_iter([("7".to_string(), toml::Value::Integer(400))]);
+        c.scripts.router.config.insert("es_dests".into(), toml::Value::Table(es_dests));
+    })
+    .await;
+    let dests = json!({
+        "101": { "poolNums": 2, "srvAddr": h.backend.addr.to_string() },
+        "400": { "poolNums": 2, "srvAddr": framed.addr.to_string(), "protocol": "thrift" },
+    });
+    write_atomic(h.dir.path().join("dest_map.json"), &dests.to_string());
+    h.wait_upstream(400, 2).await;
+    let addr = h.gateway.tcp_addr().expect("tcp listener");
+
+    // ES 7: login, then every message goes to the Thrift dest (es_dests), answered in order
+    // with the gateway's header fields filled in.
+    let mut es7 = EsClient::connect(addr, 7).await;
+    es7.send(1, 1, token("31337").as_bytes()).await;
+    let (pack_type, _, token_back, _, _, body) = es7.recv().await;
+    assert_eq!((pack_type, token_back), (1, 1), "{}", String::from_utf8_lossy(&body));
+    let login: serde_json::Value = serde_json::from_slice(&body).expect("login reply JSON");
+    let session: u64 = login["session_id"].as_str().and_then(|s| s.parse().ok()).expect("session id");
+    let routed_400 = h.metric(r#"wasmgate_routed_total{dest="400",outcome="ok"}"#);
+    for i in 0..500u32 {
+        es7.send(100, 1000 + i, format!("m{i}").as_bytes()).await;
+    }
+    for i in 0..500u32 {
+        let packet = es7.recv().await;
+        assert_eq!(
+            packet,
+            (100, 31337, 1000 + i, 7, session, format!("m{i}").into_bytes()),
+            "in order, header filled in"
+        );
+    }
+    assert_eq!(
+        h.metric(r#"wasmgate_routed_total{dest="400",outcome="ok"}"#) - routed_400,
+        500.0,
+        "routed by ES id"
+    );
+
+    // ES 8 has no es_dests entry: message_map sends 100 to the v1 echo backend (dest 101).
+    let mut es8 = EsClient::connect(addr, 8).await;
+    es8.send(1, 1, token("alice").as_bytes()).await;
+    es8.recv().await;
+    let routed_101 = h.metric(r#"wasmgate_routed_total{dest="101",outcome="ok"}"#);
+    es8.send(100, 5, b"to v1").await;
+    let (pack_type, user_id, token_back, es_id, _, body) = es8.recv().await;
+    assert_eq!(
+        (pack_type, user_id, token_back, es_id, &body[..]),
+        (100, 0, 5, 8, &b"to v1"[..]),
+        "a non-numeric user id is 0"
+    );
+    assert_eq!(h.metric(r#"wasmgate_routed_total{dest="101",outcome="ok"}"#) - routed_101, 1.0);
+
+    // Errors are error packets (message 4) with the token of the packet they answer.
+    es7.send(901, 77, b"").await;
+    let (pack_type, _, token_back, _, _, body) = es7.recv().await;
+    assert_eq!((pack_type, token_back), (4, 77));
+    assert_eq!(error_of(&body).0, "upstream_error");
+    // A pack_len shorter than the header closes the connection.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    es8.stream.write_all(&[0, 5]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PROMPT, es8.stream.read_to_end(&mut rest)).await.expect("closed in time");
+    assert!(rest.len() >= 28 && rest[2..4] == [0, 4], "an error packet before the close: {rest:?}");
+    assert!(
+        String::from_utf8_lossy(&rest[28..]).contains("malformed_frame"),
+        "{}",
+        String::from_utf8_lossy(&rest[28..])
+    );
+}

@@ -294,19 +294,35 @@ impl Default for LimitsConfig {
     }
 }
 
-/// TCP length-prefix framing (leaf's `LenMsgLen` and `LittleEndian`).
+/// TCP length-prefix framing (leaf's `LenMsgLen` and `LittleEndian`), or seed 001's ES packet
+/// header.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpFramingConfig {
-    /// Size of the length prefix in bytes: 2 or 4.
+    /// Size of the length prefix in bytes: 2 or 4 (`standard` header only).
     pub len_msg_len: usize,
-    /// Byte order of the length prefix (the packet header is always big-endian).
+    /// Byte order of the length prefix (`standard`: the packet header is always big-endian),
+    /// or of every field of the ES header (`es`).
     pub little_endian: bool,
+    /// The packet header on the TCP listeners.
+    pub header: TcpHeader,
+}
+
+/// How TCP clients frame their packets (docs/protocol.md).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpHeader {
+    /// A `len_msg_len`-byte length prefix, then `msg_id u32`, `seq u32`, body.
+    #[default]
+    Standard,
+    /// Seed 001's 28-byte `ESPacket`: `pack_len u16, pack_type u16, user_id u64, token u32,
+    /// es_id u32, session u64`, then the body.
+    Es,
 }
 
 impl Default for TcpFramingConfig {
     fn default() -> Self {
-        Self { len_msg_len: 4, little_endian: false }
+        Self { len_msg_len: 4, little_endian: false, header: TcpHeader::Standard }
     }
 }
 
@@ -716,6 +732,12 @@ impl Config {
         if ids.iter().enumerate().any(|(i, (_, a))| ids[i + 1..].iter().any(|(_, b)| a == b)) {
             return Err(invalid("routes", "every built-in route id must differ"));
         }
+        if self.tcp.header == TcpHeader::Es && ids.iter().any(|(_, id)| *id > u32::from(u16::MAX)) {
+            return Err(invalid(
+                "routes",
+                "every built-in route id must be <= 65535 with tcp.header = \"es\"",
+            ));
+        }
         let buckets = self.rooms.buckets;
         if !buckets.is_power_of_two() || buckets > 64 {
             return Err(invalid("rooms.buckets", "must be a power of two from 1 to 64"));
@@ -744,6 +766,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The TOML block after `<!-- doc-test: NAME -->` in `doc`, as a config.
+    fn doc_config(doc: &str, name: &str) -> Config {
+        let marker = format!("<!-- doc-test: {name} -->");
+        let after = &doc[doc.find(&marker).expect("marker") + marker.len()..];
+        let block = &after[after.find("```toml\n").expect("block") + 8..];
+        let config: Config = toml::from_str(&block[..block.find("```").expect("fence")]).expect("parses");
+        config.validate().expect("valid");
+        config
+    }
+
+    #[test]
+    fn the_es_header_and_es_dests_examples_parse_as_documented() {
+        let config = doc_config(include_str!("../../../docs/migrating-from-fkserver.md"), "fkserver config");
+        assert_eq!((config.tcp.header, config.tcp.little_endian), (TcpHeader::Es, false));
+        let es_dests = config.scripts.router.config["es_dests"].as_table().expect("a table");
+        assert_eq!(es_dests["3"].as_integer(), Some(401));
+        let config = doc_config(include_str!("../../../docs/scripting.md"), "router es_dests");
+        let es_dests = config.scripts.router.config["es_dests"].as_table().expect("a table");
+        assert_eq!((es_dests["7"].as_integer(), es_dests["8"].as_integer()), (Some(401), Some(402)));
+    }
 
     #[test]
     fn changed_sections_name_what_differs_except_maps_and_the_node_id() {
@@ -786,6 +829,11 @@ mod tests {
         config.tcp.len_msg_len = 2;
         config.limits.max_msg_len = 70_000;
         assert!(config.validate().unwrap_err().to_string().contains("max_msg_len"));
+        let mut config = Config::default();
+        config.tcp.header = TcpHeader::Es;
+        config.validate().expect("the default routes fit the ES header's u16 type");
+        config.routes.push = 70_000;
+        assert!(config.validate().unwrap_err().to_string().contains("65535"));
     }
 
     #[test]

@@ -376,7 +376,7 @@ impl Session {
         if let Some(handler) = self.ctx.scripts.handlers.for_message(packet.msg_id) {
             // message_map sends this id to a handler script; a failing one answers
             // `script_error` (no fallback dest: the map chose the script over a dest).
-            let decision = match handler.handle(&self.info, &record).await {
+            let decision = match handler.handle(&self.info, &record, packet.es_id).await {
                 Ok(outcome) => decision_of(outcome),
                 Err(e) => {
                     tracing::debug!("handler script failed: {e}");
@@ -386,7 +386,7 @@ impl Session {
             };
             return self.apply_decision(decision, packet).await;
         }
-        let decision = match self.ctx.scripts.router.route(&self.info, &record).await {
+        let decision = match self.ctx.scripts.router.route(&self.info, &record, packet.es_id).await {
             Ok(decision) => decision,
             // Failure policy: the configured fallback dest, else an error reply.
             Err(e) => match self.ctx.config.scripts.router_fallback_dest {

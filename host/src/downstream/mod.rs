@@ -15,6 +15,7 @@
 
 pub(crate) mod abuse;
 pub(crate) mod driver;
+mod es;
 mod login;
 mod out_buf;
 mod room_routes;

@@ -2,7 +2,8 @@
 //!
 //! Each frame is a 2- or 4-byte length (big-endian unless `little_endian`) followed by a
 //! binary client packet (see [`crate::protocol::client`]). A frame longer than
-//! `max_msg_len + 8` closes the connection after an error frame `message_too_big`.
+//! `max_msg_len + 8` closes the connection after an error frame `message_too_big`. With
+//! `tcp.header = "es"` packets carry seed 001's ES header instead ([`super::es`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,16 +12,18 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Encoder as _, LengthDelimitedCodec};
 
 use super::driver;
+use super::es::{self, EsTransport};
 use super::out_buf::OutBuf;
 use super::session_io::{Inbound, Transport, poll_discard};
 use super::shared_read::{Next, Parsed, SharedRead};
 use super::{Admission, SessionCtx};
-use crate::config::TcpFramingConfig;
+use crate::config::{TcpFramingConfig, TcpHeader};
 use crate::protocol::client::{self, HEADER_LEN};
 use crate::session::{CloseReason, ErrorCode, TransportKind};
 
@@ -40,6 +43,9 @@ pub(crate) fn refused(ctx: &SessionCtx) -> Bytes {
     let mut packet = BytesMut::new();
     let body =
         crate::session::error_body(ErrorCode::RateLimited.name(), "too many connections from this address");
+    if ctx.config.tcp.header == TcpHeader::Es {
+        return es::refused(ctx.config.routes.error, &body, ctx.config.tcp.little_endian);
+    }
     client::encode_binary(ctx.config.routes.error, 0, &body, &mut packet);
     let mut frame = BytesMut::new();
     match codec(&ctx.config.tcp, usize::MAX).encode(packet.freeze(), &mut frame) {
@@ -86,6 +92,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let framing = &ctx.config.tcp;
+    if framing.header == TcpHeader::Es {
+        let transport = EsTransport::new(stream, ctx.config.limits.max_msg_len, framing.little_endian);
+        let session = driver::run(ctx, TransportKind::Tcp, peer, None, transport);
+        return Either::Left(session.map(move |()| drop(admission)));
+    }
     let max_in = ctx.config.limits.max_msg_len + HEADER_LEN;
     // Outbound packets may be larger than what clients may send; bound them by the prefix.
     let max_out = if framing.len_msg_len == 2 { u16::MAX as usize } else { u32::MAX as usize };
@@ -99,7 +110,7 @@ where
     };
     // A combinator, not an `async` block: awaiting a captured future moves it into a second
     // slot of the block's state (1,800 bytes against 920 in a debug build).
-    driver::run(ctx, TransportKind::Tcp, peer, None, transport).map(move |()| drop(admission))
+    Either::Right(driver::run(ctx, TransportKind::Tcp, peer, None, transport).map(move |()| drop(admission)))
 }
 
 /// Reads length-prefixed frames over the worker thread's shared read buffer ([`SharedRead`]):

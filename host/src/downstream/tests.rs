@@ -134,7 +134,7 @@ async fn written(rx: &mut mpsc::UnboundedReceiver<Written>) -> Written {
 }
 
 fn packet(msg_id: u32, seq: u32, body: &str) -> Packet {
-    Packet { msg_id, seq, body: Bytes::from(body.to_string()) }
+    Packet { msg_id, seq, body: Bytes::from(body.to_string()), es_id: None }
 }
 
 #[tokio::test]

@@ -34,6 +34,9 @@ pub struct Packet {
     pub msg_id: u32,
     pub seq: u32,
     pub body: Bytes,
+    /// The ES id of a packet that came with seed 001's ES header ([`super::es`]); `None` for
+    /// every other framing.
+    pub es_id: Option<u32>,
 }
 
 /// Why a client frame could not be decoded. The gateway closes the connection (WebSocket
@@ -53,7 +56,7 @@ pub fn decode_binary(mut frame: Bytes) -> Result<Packet, DecodeError> {
     }
     let msg_id = frame.get_u32();
     let seq = frame.get_u32();
-    Ok(Packet { msg_id, seq, body: frame })
+    Ok(Packet { msg_id, seq, body: frame, es_id: None })
 }
 
 /// The binary packet header: `msg_id` then `seq`, both u32 big-endian.
@@ -95,7 +98,7 @@ struct JsonOut<'a> {
 pub fn decode_json(text: &str) -> Result<Packet, DecodeError> {
     let packet: JsonIn<'_> = serde_json::from_str(text).map_err(|e| DecodeError::BadJson(e.to_string()))?;
     let body = data_body(packet.data).map_err(|e| DecodeError::BadJson(e.to_string()))?;
-    Ok(Packet { msg_id: packet.id, seq: packet.seq, body })
+    Ok(Packet { msg_id: packet.id, seq: packet.seq, body, es_id: None })
 }
 
 /// A JSON `data` value as a packet body: a string's contents as UTF-8, any other value as its
@@ -178,7 +181,7 @@ mod tests {
         encode_binary(100, 7, b"hello", &mut buf);
         assert_eq!(&buf[..8], &[0, 0, 0, 100, 0, 0, 0, 7]);
         let p = decode_binary(buf.freeze()).unwrap();
-        assert_eq!(p, Packet { msg_id: 100, seq: 7, body: Bytes::from_static(b"hello") });
+        assert_eq!(p, Packet { msg_id: 100, seq: 7, body: Bytes::from_static(b"hello"), es_id: None });
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub async fn check(
             let map = vec![MessageRoute { msg_id: 100, dest_id: 101 }];
             let router =
                 Router::load(&source, limits, &metrics, map).await.map_err(|e| (report.clone(), e))?;
-            let decision = router.route(&session, &packet).await;
+            let decision = router.route(&session, &packet, None).await;
             decision.map(|d| (router.info(), format!("route(msg 100; message_map 100 -> 101) -> {d:?}")))
         }
         ScriptWorld::Rooms => {
@@ -91,7 +91,7 @@ pub async fn check(
         ScriptWorld::Handler => {
             let handler =
                 Handler::load(false, &source, limits, &metrics).await.map_err(|e| (report.clone(), e))?;
-            let outcome = handler.handle(&session, &packet).await;
+            let outcome = handler.handle(&session, &packet, None).await;
             outcome.map(|o| (handler.info(), format!("handle(msg 100) -> {o:?}")))
         }
     };

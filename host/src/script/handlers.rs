@@ -87,18 +87,25 @@ impl Handler {
 
     /// Handles `packet` on the live version. Errors: [`ScriptError`] (trap, deadline,
     /// unavailable).
-    pub async fn handle(&self, session: &Session, packet: &Packet) -> Result<Outcome, ScriptError> {
+    pub async fn handle(
+        &self,
+        session: &Session,
+        packet: &Packet,
+        es_id: Option<u32>,
+    ) -> Result<Outcome, ScriptError> {
         let mut attempt = 0;
         loop {
             let live = self.script.live();
             let result = live
                 .pool
                 .call(|mut slot| async move {
+                    slot.store.data_mut().packet_es_id = es_id;
                     let r = slot
                         .bindings
                         .wasmgate_gateway_handler()
                         .call_handle(&mut slot.store, session, packet)
                         .await;
+                    slot.store.data_mut().packet_es_id = None;
                     (slot, r)
                 })
                 .await;

@@ -190,9 +190,27 @@ impl Router {
         }
     }
 
-    /// Decides what happens to `packet`.
-    pub async fn route(&self, session: &Session, packet: &Packet) -> Result<Decision, ScriptError> {
-        call_live!(self.script, wasmgate_gateway_router.call_route(session, packet))
+    /// Decides what happens to `packet`, which came with ES id `es_id` (seed 001's ES header;
+    /// `host.packet-es-id` returns it during the call).
+    pub async fn route(
+        &self,
+        session: &Session,
+        packet: &Packet,
+        es_id: Option<u32>,
+    ) -> Result<Decision, ScriptError> {
+        let live = self.script.live();
+        live.pool
+            .call(|mut slot| async move {
+                slot.store.data_mut().packet_es_id = es_id;
+                let r = slot
+                    .bindings
+                    .wasmgate_gateway_router()
+                    .call_route(&mut slot.store, session, packet)
+                    .await;
+                slot.store.data_mut().packet_es_id = None;
+                (slot, r)
+            })
+            .await
     }
 
     /// Deploys a new version live, initialised with the current `message_map`.

@@ -72,6 +72,9 @@ pub struct ScriptState {
     /// Set while the instance is built (instantiation and `init`): a build runs under the
     /// deadline but needs no lane, so it never queues behind runaway calls.
     pub(super) building: bool,
+    /// The ES id of the packet the current `route` or `handle` call is about
+    /// (`host.packet-es-id`); `None` between calls.
+    pub(super) packet_es_id: Option<u32>,
     pub(super) meta: Arc<ScriptMeta>,
 }
 
@@ -104,6 +107,7 @@ impl ScriptState {
             place: None,
             released: None,
             building: false,
+            packet_es_id: None,
             meta,
         }
     }
@@ -223,6 +227,10 @@ impl host::Host for ScriptState {
 
     fn now_ms(&mut self) -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    fn packet_es_id(&mut self) -> Option<u32> {
+        self.packet_es_id
     }
 
     fn counter_add(&mut self, name: String, value: u64) {

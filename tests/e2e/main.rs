@@ -7,6 +7,7 @@ mod deploy;
 mod duplicate;
 mod frames;
 mod handlers;
+mod js_client;
 mod languages;
 mod login;
 mod push;

@@ -20,3 +20,4 @@ mod service;
 mod thrift;
 mod tls;
 mod user_centre;
+mod web;

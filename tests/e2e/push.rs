@@ -105,6 +105,9 @@ async fn the_push_api_is_off_without_a_configured_token() {
     let (status, answer) =
         h.admin("POST", "/push/all", r#"{"data":1}"#, false, Some("anything-at-all")).await;
     assert_eq!((status, answer["error"].as_str()), (403, Some("api_disabled")));
+    // The dashboard is off with the API.
+    let (status, answer) = h.admin("GET", "/ui", "", false, None).await;
+    assert_eq!((status, answer["error"].as_str()), (403, Some("api_disabled")));
 }
 
 #[tokio::test]

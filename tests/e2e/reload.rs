@@ -3,12 +3,15 @@
 use std::time::Duration;
 
 use wasmgate_tests::{
-    Backend, Harness, PROMPT, error_of, metric, wait_until, write_atomic, write_dest_map, write_message_map,
+    ADMIN_TOKEN, Backend, Harness, PROMPT, error_of, metric, wait_until, with_admin_token, write_atomic,
+    write_dest_map, write_message_map,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn map_edits_apply_live_and_invalid_files_keep_the_old_maps() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(with_admin_token).await;
+    let (status, maps) = h.admin("GET", "/maps", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, &maps), (200, &serde_json::json!({ "last_applied": null, "last_error": null })));
     let second = Backend::start("127.0.0.1:0".parse().unwrap()).await;
     let mut c = h.logged_in_ws("live").await;
 
@@ -42,6 +45,14 @@ async fn map_edits_apply_live_and_invalid_files_keep_the_old_maps() {
         metric(&metrics, "wasmgate_map_reloads_total{reason=\"invalid\"}") >= 2.0
     })
     .await;
+    // GET /maps (docs/api.md) names the last refusal and the last applied reload.
+    let (_, maps) = h.admin("GET", "/maps", "", false, Some(ADMIN_TOKEN)).await;
+    let refused = maps["last_error"]["detail"].as_str().unwrap_or_default();
+    assert!(refused.contains("invalid"), "{maps}");
+    assert!(maps["last_error"]["origin"].as_str().is_some_and(|o| o.ends_with(".json")), "{maps}");
+    assert!(maps["last_applied"]["detail"].as_str().is_some_and(|d| d.contains("message ids")), "{maps}");
+    let (status, _) = h.admin("GET", "/maps", "", false, None).await;
+    assert_eq!(status, 401, "behind the token");
     let seq = c.send(200, b"still routed").await.unwrap();
     let (reply, _) = c.recv_reply(200, seq, PROMPT).await.unwrap();
     assert_eq!(&reply.body[..], b"still routed");

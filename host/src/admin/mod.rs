@@ -13,6 +13,7 @@ mod profile;
 mod push;
 mod ready;
 mod scripts;
+mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -193,16 +194,30 @@ async fn respond(ctx: &AdminCtx, req: Request<Incoming>) -> HttpResponse {
             | "/sessions"
             | "/scripts"
             | "/cluster/nodes"
+            | "/maps"
             | "/debug/pprof/profile"
             | "/debug/pprof/flamegraph"
             | "/debug/heap"
-    ) || path.starts_with("/scripts/");
+    ) || path.starts_with("/scripts/")
+        || ui::is_ui(&path);
     if !known {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
             "no such endpoint; see docs/api.md (GET /metrics, /healthz, /readyz, /rooms, /sessions; POST /push/...)",
         );
+    }
+    if ui::is_ui(&path) {
+        // The page holds no data (its API calls carry the token), but it is off with the API.
+        let admin = &ctx.config.admin;
+        if admin.token.is_none() && admin.tokens.is_empty() {
+            let why = "the admin API is off: set `admin.token` (or `admin.tokens`) in the config";
+            return error(StatusCode::FORBIDDEN, "api_disabled", why);
+        }
+        return match req.method() == Method::GET {
+            true => ui::serve(&path),
+            false => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "the dashboard is GET only"),
+        };
     }
     if let Some(scope) = scope_of(&ctx.config, req.method(), &path)
         && let Err(denied) = authorize(ctx, &req, scope)
@@ -323,6 +338,7 @@ async fn api(ctx: &AdminCtx, req: Request<Incoming>, path: &str) -> HttpResponse
             json(StatusCode::OK, serde_json::json!({ "sessions": ctx.registry.len() }))
         }
         (Method::GET, "/scripts") => scripts::list(ctx),
+        (Method::GET, "/maps") => json(StatusCode::OK, serde_json::json!(ctx.control.map_status())),
         (Method::GET, "/cluster/nodes") => {
             let query = req.uri().query().unwrap_or_default().to_string();
             let node_type =

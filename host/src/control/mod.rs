@@ -35,6 +35,26 @@ pub struct Control {
     applied: watch::Applied,
     /// Stops the watchers.
     shutdown: CancellationToken,
+    /// The last map reload that was applied and the last one refused (`GET /maps`).
+    map_status: parking_lot::Mutex<MapStatus>,
+}
+
+/// One map reload as `GET /maps` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MapReload {
+    /// The file path or etcd key it came from.
+    pub origin: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What was applied, or why it was refused.
+    pub detail: String,
+}
+
+/// The last applied and the last refused map reload since start.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MapStatus {
+    pub last_applied: Option<MapReload>,
+    pub last_error: Option<MapReload>,
 }
 
 /// `message_map` as the router's `init` receives it.
@@ -53,7 +73,8 @@ impl Control {
         shutdown: CancellationToken,
     ) -> Self {
         let manifest_applied = parking_lot::Mutex::new(manifest_applied);
-        Self { config, scripts, upstreams, metrics, manifest_applied, applied, shutdown }
+        let map_status = parking_lot::Mutex::default();
+        Self { config, scripts, upstreams, metrics, manifest_applied, applied, shutdown, map_status }
     }
 
     /// Deploys `bytes` live as script `name` (a [`ScriptName`] or a loaded handler script)
@@ -141,16 +162,27 @@ impl Control {
     /// Logs a map reload from `origin` (a path or an etcd key) and counts it in
     /// `wasmgate_map_reloads_total{reason="ok"|"invalid"}`.
     pub fn record(&self, origin: &str, result: Result<String, maps::MapError>) {
-        let reason = match &result {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut status = self.map_status.lock();
+        let reason = match result {
             Ok(summary) => {
                 tracing::info!(origin, "map reloaded: {summary}");
+                status.last_applied = Some(MapReload { origin: origin.into(), at_ms, detail: summary });
                 "ok"
             }
             Err(e) => {
                 tracing::error!(origin, "map reload rejected, keeping the running map: {e}");
+                status.last_error = Some(MapReload { origin: origin.into(), at_ms, detail: e.to_string() });
                 "invalid"
             }
         };
         self.metrics.map_reloads.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The last applied and the last refused map reload since start (`GET /maps`).
+    pub fn map_status(&self) -> MapStatus {
+        self.map_status.lock().clone()
     }
 }

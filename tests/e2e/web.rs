@@ -75,7 +75,7 @@ async fn the_lobby_and_the_dashboard_work_in_chromium() {
         node.wait().await.expect("the browser run ends")
     };
     let status =
-        tokio::time::timeout(Duration::from_secs(180), run).await.expect("the browser run took too long");
+        tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser run took too long");
     assert!(
         status.success() && seen.last().map(String::as_str) == Some("ok"),
         "the browser run failed:\n{}",

@@ -59,6 +59,8 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
 });
 const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+// Generous: the test suite runs this alongside other tests on a loaded machine.
+context.setDefaultTimeout(60_000);
 const lobby = `${files.url}/examples/web-lobby/?gateway=${encodeURIComponent(env("WASMGATE_WS"))}`;
 
 async function logIn(name) {

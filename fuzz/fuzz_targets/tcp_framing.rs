@@ -19,7 +19,7 @@ const MAX_FRAME: usize = 4096;
 fuzz_target!(|data: &[u8]| {
     let mut cx = Context::from_waker(Waker::noop());
     for (len_msg_len, little_endian) in [(2, false), (2, true), (4, false), (4, true)] {
-        let mut reader = tcp::FrameReader::new(&TcpFramingConfig { len_msg_len, little_endian }, MAX_FRAME);
+        let mut reader = tcp::FrameReader::new(&TcpFramingConfig { len_msg_len, little_endian, ..Default::default() }, MAX_FRAME);
         let Some(mut io) = Chunks::split(data) else { return };
         while let Poll::Ready(Ok(Some(frame))) = reader.poll_frame(&mut io, &mut cx) {
             assert!(frame.len() <= MAX_FRAME);

@@ -57,8 +57,64 @@ enum Command {
         /// The script's JSON config; default: keep the running version's.
         #[arg(long)]
         script_config: Option<String>,
+        /// Load it as a shadow candidate beside the live version instead (docs/evidence.md):
+        /// given live events, compared, never applied. `wasmgate promote NAME` makes it live.
+        #[arg(long)]
+        shadow: bool,
+        /// With --shadow: the share of live events the candidate is given, 0 < F <= 1.
+        #[arg(long, requires = "shadow")]
+        fraction: Option<f64>,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Show the shadow of script NAME: counts of same and differing decisions by kind, and the
+    /// latest differing events (docs/evidence.md).
+    Shadow {
+        name: String,
+        /// Stop the shadow (prints its last report).
+        #[arg(long)]
+        stop: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the shadow candidate of script NAME live through the normal deploy.
+    Promote {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Record what the live script NAME receives and answers, with its host calls' results,
+    /// into a file `wasmgate replay` reads (docs/evidence.md).
+    Record {
+        name: String,
+        /// How long to record.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The recording file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Most events kept.
+        #[arg(long)]
+        max_events: Option<u64>,
+        /// Most bytes kept.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Replay a recording offline (no gateway, Redis or etcd) against CANDIDATE and print how
+    /// its answers differ from the recorded ones; exit 1 when any differs.
+    Replay {
+        /// The recording (`wasmgate record --out`).
+        file: PathBuf,
+        /// The candidate component (`.wasm`).
+        candidate: PathBuf,
+        /// JSON config for `init`; default: the recorded version's.
+        #[arg(long)]
+        script_config: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Put back the previous version of script NAME (built-in or handler script).
     Rollback {
@@ -106,6 +162,19 @@ async fn admin_call(
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<()> {
+    println!("{}", admin_request(config, args, method, path, body).await?);
+    Ok(())
+}
+
+/// Sends one admin request; returns the answer's body. Errors: no address, the connection,
+/// a non-2xx answer (its body in the message).
+async fn admin_request(
+    config: &Config,
+    args: AdminArgs,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<String> {
     let addr = args.admin.or(config.listen.admin).context("no admin address: give --admin")?;
     let token = args.token.or_else(|| config.admin.token.clone());
     // An HTTPS admin listener is trusted by its certificate, read from the same config.
@@ -115,9 +184,11 @@ async fn admin_call(
     };
     let to = Endpoint { tls: tls.as_ref().map(|c| (c.inner(), c.server_name())), ..Endpoint::plain(addr) };
     let (status, text) = wasmgate::http_client::request(&to, token.as_deref(), method, path, body).await?;
-    println!("{text}");
-    anyhow::ensure!((200..300).contains(&status), "the gateway answered {status}");
-    Ok(())
+    if !(200..300).contains(&status) {
+        println!("{text}");
+        anyhow::bail!("the gateway answered {status}");
+    }
+    Ok(text)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -197,14 +268,43 @@ async fn admin_command(cli: &Cli, command: Command) -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
-        Command::Deploy { name, file, script_config, admin } => {
+        Command::Deploy { name, file, script_config, shadow, fraction, admin } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let mut path = format!("/scripts/{name}");
+            let mut query = form_urlencoded::Serializer::new(String::new());
             if let Some(json) = script_config {
-                path.push_str("?config=");
-                path.extend(form_urlencoded::byte_serialize(json.as_bytes()));
+                query.append_pair("config", &json);
             }
+            if let Some(fraction) = fraction {
+                query.append_pair("fraction", &fraction.to_string());
+            }
+            let path = format!("/scripts/{name}{}?{}", if shadow { "/shadow" } else { "" }, query.finish());
             admin_call(&load_config(cli)?, admin, "POST", &path, bytes).await
+        }
+        Command::Shadow { name, stop, admin } => {
+            let method = if stop { "DELETE" } else { "GET" };
+            admin_call(&load_config(cli)?, admin, method, &format!("/scripts/{name}/shadow"), vec![]).await
+        }
+        Command::Promote { name, admin } => {
+            admin_call(&load_config(cli)?, admin, "POST", &format!("/scripts/{name}/promote"), vec![]).await
+        }
+        Command::Record { name, seconds, out, max_events, max_bytes, admin } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("seconds", &seconds.to_string());
+            if let Some(n) = max_events {
+                query.append_pair("max_events", &n.to_string());
+            }
+            if let Some(n) = max_bytes {
+                query.append_pair("max_bytes", &n.to_string());
+            }
+            let path = format!("/scripts/{name}/record?{}", query.finish());
+            let file = admin_request(&load_config(cli)?, admin, "POST", &path, vec![]).await?;
+            std::fs::write(&out, &file).with_context(|| format!("writing {}", out.display()))?;
+            let header = file.lines().next().unwrap_or_default();
+            println!("{}: {header}", out.display());
+            Ok(())
+        }
+        Command::Replay { file, candidate, script_config, json } => {
+            replay(cli, &file, &candidate, script_config, json).await
         }
         Command::Rollback { name, admin } => {
             admin_call(&load_config(cli)?, admin, "POST", &format!("/scripts/{name}/rollback"), vec![]).await
@@ -215,6 +315,31 @@ async fn admin_command(cli: &Cli, command: Command) -> anyhow::Result<()> {
         }
         Command::Run => anyhow::bail!("`run` is not an admin command"),
     }
+}
+
+/// `replay`: the summary on stdout; an error (exit 1) when any event differs.
+async fn replay(
+    cli: &Cli,
+    file: &Path,
+    candidate: &Path,
+    config: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if let Some(config) = &config {
+        serde_json::from_str::<serde_json::Value>(config).context("--script-config is not JSON")?;
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let bytes = std::fs::read(candidate).with_context(|| format!("reading {}", candidate.display()))?;
+    let limits = wasmgate::script::check::offline_limits(&load_config(cli)?);
+    let summary = wasmgate::script::evidence::replay::replay(&text, bytes, config, limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&summary)?),
+        false => print!("{summary}"),
+    }
+    anyhow::ensure!(summary.different == 0, "{} of {} events differ", summary.different, summary.events);
+    Ok(())
 }
 
 /// `check-script`: the offline check's report on stdout, the verdict last.

@@ -146,6 +146,24 @@ pub struct Metrics {
     pub upstream_bad_frames: Family<DestErrorLabel, Counter>,
     pub tls_handshakes: Family<OutcomeLabel, Counter>,
     pub tls_reloads: Family<OutcomeLabel, Counter>,
+    pub shadow_events: Family<ShadowLabel, Counter>,
+    pub shadow_differences: Family<ShadowKindLabel, Counter>,
+}
+
+/// A shadowed script and what became of one of its sampled events (docs/evidence.md).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabel {
+    pub script: String,
+    /// `offered`, `dropped` (queue full), `same` or `different`.
+    pub result: &'static str,
+}
+
+/// A shadowed script and a kind of difference (`dest`, `kind`, `content`, `effects`,
+/// `candidate_failed`, `reference_failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowKindLabel {
+    pub script: String,
+    pub kind: &'static str,
 }
 
 /// A dest and what was wrong with a frame from it.
@@ -226,6 +244,8 @@ impl Metrics {
             upstream_bad_frames: Family::default(),
             tls_handshakes: Family::default(),
             tls_reloads: Family::default(),
+            shadow_events: Family::default(),
+            shadow_differences: Family::default(),
         };
         register(
             &mut r,
@@ -473,6 +493,20 @@ impl Metrics {
             "tls_reloads",
             "Certificate reloads: ok, failed (the previous certificate stays in use)",
             m.tls_reloads.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "shadow_events",
+            "Live events of a shadowed script, by what became of them: offered to the candidate, dropped (its queue was full), then compared: same or different",
+            m.shadow_events.clone(),
+        );
+        register(
+            &mut r,
+            &mut families,
+            "shadow_differences",
+            "Shadow comparisons that differed, by kind: dest, kind, content, effects, candidate_failed, reference_failed",
+            m.shadow_differences.clone(),
         );
         let m = Self { registry: Arc::new(r), families: Arc::new(families), ..m };
         m.precreate();

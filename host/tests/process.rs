@@ -1129,3 +1129,51 @@ async fn a_trapping_script_does_not_flood_the_log() {
         assert!(line.contains("panic") || line.contains("unreachable"), "names the trap: {line}");
     }
 }
+
+/// `wasmgate replay` on the recording example of docs/evidence.md: no difference against the
+/// default router (exit 0); a recording whose answer the router would not give is reported
+/// with its kind (exit 1); a file that is not a recording is a one-line error naming the line.
+#[test]
+fn replay_runs_the_documented_recording_and_exits_by_verdict() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/evidence.md")).expect("doc");
+    let example =
+        doc.split("```jsonl\n").nth(1).and_then(|rest| rest.split("```").next()).expect("jsonl example");
+    let dir = tempfile::tempdir().expect("dir");
+    let router = dir.path().join("router.wasm");
+    std::fs::write(&router, wasmgate::embedded::DEFAULT_ROUTER).expect("router");
+    let replay = |name: &str, text: &str, extra: &[&str]| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("recording");
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .arg("replay")
+            .arg(&file)
+            .arg(&router)
+            .args(extra)
+            .output()
+            .expect("wasmgate replay");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, stderr) = replay("same.rec", example, &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("replayed 2 events of `router`") && stdout.contains("same: 2"), "{stdout}");
+
+    let changed =
+        example.replace(r#""answer":{"route":{"Forward":101}}"#, r#""answer":{"route":{"Forward":102}}"#);
+    assert_ne!(changed, example);
+    let (code, stdout, stderr) = replay("changed.rec", &changed, &["--json"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
+    assert_eq!(
+        (&summary["different"], &summary["differences"]["dest"]),
+        (&serde_json::json!(1), &serde_json::json!(1))
+    );
+    assert_eq!(summary["listed"][0]["seq"], 0);
+    assert_eq!(stderr.trim(), "wasmgate: 1 of 2 events differ");
+
+    let broken = format!("{}\n{{\"seq\":\n", example.lines().next().unwrap_or_default());
+    let (code, _, stderr) = replay("broken.rec", &broken, &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.lines().count() == 1 && stderr.contains("line 2"), "{stderr}");
+}

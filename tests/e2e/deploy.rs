@@ -1,7 +1,6 @@
 //! Hot deploy: scripts swapped under load through the admin API, rollback, refused candidates.
 
 use std::time::Duration;
-use wasmgate::config::RateLimitsConfig;
 
 use serde_json::{Value, json};
 use wasmgate_tests::{
@@ -11,16 +10,10 @@ use wasmgate_tests::{
 
 const TAGGED: u32 = 905;
 
-/// A gateway whose router is the hostile test router tagged `v0`.
+/// The hostile test router tagged `v0` (905 answers `v0:<body>`; ids 100-199 go to dest 101,
+/// whose example backend echoes). The abuse limits are off (tested on their own).
 async fn tagged_gateway() -> Harness {
-    Harness::start_with(|c| {
-        with_admin_token(c);
-        // A load test: the abuse limits (docs/security.md) are tested on their own.
-        c.rate_limits = RateLimitsConfig::off();
-        c.scripts.router.path = Some(HOSTILE_ROUTER.into());
-        c.scripts.router.config = toml::toml! { tag = "v0" };
-    })
-    .await
+    wasmgate_tests::tagged_router_gateway().await
 }
 
 /// The hostile router with a custom section `payload` appended: the same code, other bytes

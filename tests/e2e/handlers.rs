@@ -309,3 +309,57 @@ async fn the_manifest_can_describe_a_built_in_script() {
     .await;
     assert_eq!(tag_905(&mut client).await, "m2:x");
 }
+
+/// Evidence for a stateful handler (docs/evidence.md): the shadow candidate starts from a
+/// copy of the live state, so the same code decides the same; a recording carries the live
+/// snapshot, so its replay starts where the live version was.
+#[tokio::test]
+async fn a_stateful_handler_shadow_and_replay_start_from_the_live_state() {
+    let scripts = tempfile::tempdir().expect("scripts dir");
+    let h = gateway_with_counter(&scripts, true).await;
+    let mut client = h.logged_in_ws("alice").await;
+    write_map(&h, &[(COUNT, "counter")]);
+    wait_counter_version(&h, r#"{"tag":"v1"}"#).await;
+    for n in 1..=3 {
+        assert_eq!(count(&mut client).await, format!("v1:{n}"));
+    }
+    let counter = std::fs::read(COUNTER_HANDLER).expect("counter");
+    let (status, started) = h.deploy("counter/shadow", &counter, None).await;
+    assert_eq!(status, 200, "{started}");
+    for n in 4..=6 {
+        assert_eq!(count(&mut client).await, format!("v1:{n}"), "the live state goes on");
+    }
+    wait_until("the shadow compared 3 events", || async {
+        let (_, report) = h.admin("GET", "/scripts/counter/shadow", "", false, Some(ADMIN_TOKEN)).await;
+        report["events"]["compared"] == 3
+    })
+    .await;
+    let (_, report) = h.admin("GET", "/scripts/counter/shadow", "", false, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        (&report["events"]["same"], &report["events"]["different"]),
+        (&json!(3), &json!(0)),
+        "{report}"
+    );
+
+    // A recording starts from the live snapshot (alice at 6).
+    let to = wasmgate::http_client::Endpoint::plain(h.gateway.admin_addr().expect("admin"));
+    let record = tokio::spawn(async move {
+        let path = "/scripts/counter/record?max_events=4&seconds=60";
+        wasmgate::http_client::request(&to, Some(ADMIN_TOKEN), "POST", path, vec![]).await.expect("record")
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for n in 7..=10 {
+        assert_eq!(count(&mut client).await, format!("v1:{n}"));
+    }
+    let (status, text) = record.await.expect("record task");
+    assert_eq!(status, 200, "{text}");
+    let (header, entries) = wasmgate::script::evidence::record::parse(&text).expect("a recording");
+    assert!(header.state.is_some() && entries.len() == 4, "{}", text.lines().next().unwrap_or(""));
+    let limits = wasmgate::script::check::offline_limits(&wasmgate::Config::default());
+    let replay = wasmgate::script::evidence::replay::replay;
+    let same = replay(&text, counter.clone(), None, limits.clone()).await.expect("replay");
+    assert_eq!((same.events, same.different), (4, 0), "{same}");
+    let retagged = replay(&text, counter, Some(r#"{"tag":"v2"}"#.into()), limits).await.expect("replay");
+    assert_eq!(retagged.differences["content"], 4, "{retagged}");
+    assert!(retagged.listed[0]["candidate"].to_string().contains("v2:7"), "{retagged}");
+}

@@ -5,6 +5,7 @@ mod cluster;
 mod config_centre;
 mod deploy;
 mod duplicate;
+mod evidence;
 mod frames;
 mod handlers;
 mod js_client;

@@ -308,6 +308,18 @@ pub fn with_admin_token(config: &mut Config) {
     config.admin.token = Some(ADMIN_TOKEN.into());
 }
 
+/// A gateway with the admin API, no abuse limits (load tests) and the hostile test router
+/// tagged `v0` ([`HOSTILE_ROUTER`]: message 905 answers `v0:<body>`).
+pub async fn tagged_router_gateway() -> Harness {
+    Harness::start_with(|c| {
+        with_admin_token(c);
+        c.rate_limits = wasmgate::config::RateLimitsConfig::off();
+        c.scripts.router.path = Some(HOSTILE_ROUTER.into());
+        c.scripts.router.config = toml::toml! { tag = "v0" };
+    })
+    .await
+}
+
 /// The value of `name{labels}` in Prometheus text (first match), 0 if absent.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()

@@ -9,6 +9,7 @@
 //! any token that API answers 403 `api_disabled`. Every error is JSON
 //! `{"error": "<code>", "reason": "<text>"}`.
 
+mod evidence;
 mod profile;
 mod push;
 mod ready;
@@ -174,7 +175,7 @@ fn scope_of(config: &Config, method: &Method, path: &str) -> Option<Scope> {
         (&Method::GET, "/healthz" | "/readyz") => None,
         (&Method::GET, "/metrics") if config.admin.open_metrics => None,
         (&Method::POST, p) if p.starts_with("/push/") => Some(Scope::Push),
-        (&Method::POST, p) if p.starts_with("/scripts/") => Some(Scope::Deploy),
+        (&Method::POST | &Method::DELETE, p) if p.starts_with("/scripts/") => Some(Scope::Deploy),
         _ => Some(Scope::Read),
     }
 }
@@ -350,10 +351,30 @@ async fn api(ctx: &AdminCtx, req: Request<Incoming>, path: &str) -> HttpResponse
             };
             json(StatusCode::OK, serde_json::json!({ "node_id": ctx.config.node.id, "nodes": nodes }))
         }
+        (Method::GET, _) if path.starts_with("/scripts/") && path.ends_with("/shadow") => {
+            evidence::shadow_report(ctx, &path["/scripts/".len()..path.len() - "/shadow".len()])
+        }
+        (Method::DELETE, _) if path.starts_with("/scripts/") && path.ends_with("/shadow") => {
+            evidence::stop_shadow(ctx, &path["/scripts/".len()..path.len() - "/shadow".len()])
+        }
         (Method::POST, _) if path.starts_with("/scripts/") => {
             let rest = &path["/scripts/".len()..];
             if let Some(name) = rest.strip_suffix("/rollback") {
                 return scripts::rollback(ctx, name).await;
+            }
+            if let Some(name) = rest.strip_suffix("/promote") {
+                return evidence::promote(ctx, name).await;
+            }
+            if let Some(name) = rest.strip_suffix("/record") {
+                return evidence::record(ctx, name, req.uri().query()).await;
+            }
+            if let Some(name) = rest.strip_suffix("/shadow") {
+                let q = req.uri().query().map(str::to_string);
+                let component = match read_body(ctx, req.into_body(), scripts::MAX_COMPONENT).await {
+                    Ok(body) => body,
+                    Err(refused) => return refused,
+                };
+                return evidence::start_shadow(ctx, name, q.as_deref(), component).await;
             }
             let config = req.uri().query().and_then(|q| {
                 form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "config").map(|(_, v)| v.into_owned())
@@ -381,7 +402,9 @@ async fn api(ctx: &AdminCtx, req: Request<Incoming>, path: &str) -> HttpResponse
         (method, _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{method} is not allowed here: pushes and deploys are POST, queries GET"),
+            format!(
+                "{method} is not allowed here: pushes and deploys are POST, queries GET, stopping a shadow DELETE"
+            ),
         ),
     }
 }

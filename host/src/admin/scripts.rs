@@ -18,16 +18,18 @@ pub(super) fn list(ctx: &AdminCtx) -> HttpResponse {
     json(StatusCode::OK, serde_json::json!({ "scripts": ctx.control.scripts.infos() }))
 }
 
-fn refused(e: ScriptError) -> HttpResponse {
+pub(super) fn refused(e: ScriptError) -> HttpResponse {
     match e {
         ScriptError::NoPrevious { .. } => error(StatusCode::CONFLICT, "no_previous", e),
         // Retired between the lookup and the deploy (a message_map reload).
         ScriptError::Unknown { .. } => error(StatusCode::NOT_FOUND, "not_found", e),
+        ScriptError::NoShadow { .. } => error(StatusCode::NOT_FOUND, "no_shadow", e),
+        ScriptError::Recording { .. } => error(StatusCode::CONFLICT, "recording", e),
         e => error(StatusCode::UNPROCESSABLE_ENTITY, "rejected", e),
     }
 }
 
-fn answer(result: Result<ScriptInfo, ScriptError>, started: Instant) -> HttpResponse {
+pub(super) fn answer(result: Result<ScriptInfo, ScriptError>, started: Instant) -> HttpResponse {
     match result {
         Ok(info) => {
             let mut value = serde_json::to_value(info).unwrap_or_default();
@@ -68,11 +70,11 @@ pub(super) async fn rollback(ctx: &AdminCtx, name: &str) -> HttpResponse {
 }
 
 /// A built-in script or a loaded handler script.
-fn known(ctx: &AdminCtx, name: &str) -> bool {
+pub(super) fn known(ctx: &AdminCtx, name: &str) -> bool {
     ctx.control.scripts.has(name)
 }
 
-fn unknown(name: &str) -> HttpResponse {
+pub(super) fn unknown(name: &str) -> HttpResponse {
     error(
         StatusCode::NOT_FOUND,
         "not_found",

@@ -111,6 +111,19 @@ impl Control {
         result
     }
 
+    /// Makes script `name`'s shadow candidate live through the normal deploy (a stateful
+    /// handler carries the live state, as any deploy does), then stops the shadow. Errors:
+    /// [`ScriptError::NoShadow`]; the deploy's (the shadow keeps running).
+    pub async fn promote_script(&self, name: &str) -> Result<ScriptInfo, ScriptError> {
+        let candidate = self.scripts.shadow_source(name)?;
+        let info = self.deploy_script(name, &candidate.bytes, Some(candidate.config_json)).await?;
+        if let Ok(tap) = self.scripts.tap(name) {
+            tap.set_shadow(None);
+        }
+        tracing::info!(script = name, version = info.version, "shadow candidate promoted");
+        Ok(info)
+    }
+
     /// Puts the previous version of script `name` back.
     pub async fn rollback_script(&self, name: &str) -> Result<ScriptInfo, ScriptError> {
         self.scripts.rollback(name).await

@@ -10,6 +10,8 @@ pub mod auth {
         // Exports are called with `call_async` (on a fiber) so WASI's blocking operations and
         // epoch yields work inside the tokio runtime; host imports stay synchronous.
         exports: { default: async },
+        // Recordings and shadow reports serialise every event's inputs and answers.
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
     });
 }
 
@@ -19,6 +21,8 @@ pub mod router {
         world: "router-script",
         path: "../wit",
         exports: { default: async },
+        // Recordings and shadow reports serialise every event's inputs and answers.
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
         with: {
             "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,
@@ -33,6 +37,8 @@ pub mod rooms {
         world: "rooms-script",
         path: "../wit",
         exports: { default: async },
+        // Recordings and shadow reports serialise every event's inputs and answers.
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
         with: {
             "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,
@@ -47,6 +53,8 @@ pub mod handler {
         world: "handler-script",
         path: "../wit",
         exports: { default: async },
+        // Recordings and shadow reports serialise every event's inputs and answers.
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
         with: {
             "wasmgate:gateway/types": super::auth::wasmgate::gateway::types,
             "wasmgate:gateway/host": super::auth::wasmgate::gateway::host,

@@ -131,6 +131,15 @@ impl<W: World> Deployed<W> {
         self.live.load_full()
     }
 
+    /// The sandbox limits its versions run under (a shadow candidate gets the same).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Runs the pipeline on `source`; on success publishes it (carrying state with `carry`)
     /// and keeps the replaced version for [`Self::rollback`]. On error the live version stays.
     ///

@@ -18,6 +18,8 @@ use parking_lot::Mutex;
 use super::bindings::handler::HandlerScript;
 use super::bindings::{Outcome, Packet, Session};
 use super::deploy::{Carry, Deployed, ScriptInfo, version_id};
+use super::evidence::{Answer, Call, Tap, Tape, Target, TargetFuture, wrong_world};
+use super::hooks::call_taped;
 use super::manifest::Manifest;
 use super::pool::{InitFn, Limits, Slot};
 use super::{ScriptError, ScriptSource};
@@ -61,6 +63,7 @@ pub struct Handler {
     /// Version id of the manifest file + config last applied: a reconcile replaces the live
     /// version only when this changes, so a `wasmgate deploy` stays until the file changes.
     applied: Mutex<String>,
+    tap: Tap,
 }
 
 impl Handler {
@@ -78,7 +81,7 @@ impl Handler {
         }
         let script = Deployed::load(source, limits, metrics, handler_init(&source.config_json)).await?;
         let applied = Mutex::new(version_id(&source.bytes, &source.config_json));
-        Ok(Self { stateful, script, applied })
+        Ok(Self { stateful, script, applied, tap: Tap::default() })
     }
 
     fn carry(&self) -> Option<&Carry<HandlerScript>> {
@@ -93,27 +96,75 @@ impl Handler {
         packet: &Packet,
         es_id: Option<u32>,
     ) -> Result<Outcome, ScriptError> {
+        let observers = self.tap.observers();
+        let tape = observers.as_ref().and_then(|o| o.tape());
+        let (result, tape) = self.handle_taped(session, packet, es_id, tape).await;
+        if let Some(o) = observers {
+            let call = || Call::Handle { session: session.clone(), packet: packet.clone(), es_id };
+            o.observe(call, &result, |outcome| Answer::Handle(outcome.clone()), tape);
+        }
+        result
+    }
+
+    async fn handle_taped(
+        &self,
+        session: &Session,
+        packet: &Packet,
+        es_id: Option<u32>,
+        tape: Option<Box<Tape>>,
+    ) -> (Result<Outcome, ScriptError>, Option<Box<Tape>>) {
         let mut attempt = 0;
         loop {
-            let live = self.script.live();
-            let result = live
-                .pool
-                .call(|mut slot| async move {
-                    slot.store.data_mut().packet_es_id = es_id;
-                    let r = slot
-                        .bindings
-                        .wasmgate_gateway_handler()
-                        .call_handle(&mut slot.store, session, packet)
-                        .await;
-                    slot.store.data_mut().packet_es_id = None;
-                    (slot, r)
-                })
-                .await;
+            let result = call_taped!(
+                self.script,
+                tape.clone(),
+                es_id,
+                wasmgate_gateway_handler.call_handle(session, packet)
+            );
             match result {
-                Err(ScriptError::Retired { .. }) if attempt < RETIRED_RETRIES => attempt += 1,
+                (Err(ScriptError::Retired { .. }), _) if attempt < RETIRED_RETRIES => attempt += 1,
                 result => return result,
             }
         }
+    }
+
+    /// Whether it runs as one instance carrying its state across versions.
+    pub fn stateful(&self) -> bool {
+        self.stateful
+    }
+
+    /// What this script's events are shown to (shadow, recording).
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    pub fn limits(&self) -> &Limits {
+        self.script.limits()
+    }
+
+    /// A copy of a stateful script's state: its live instance's `snapshot`, taken between two
+    /// calls (calls wait meanwhile) and left live. Empty when it has no live instance.
+    /// Errors: [`ScriptError::Carry`] when `snapshot` refuses; a trap.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, ScriptError> {
+        let live = self.script.live();
+        let hold = live.pool.hold().await?;
+        if !live.pool.has_instance(&hold) {
+            return Ok(Vec::new());
+        }
+        let refused =
+            |message| ScriptError::Carry { script: live.source.name.clone(), step: "snapshot", message };
+        live.pool.call_held(&hold, CARRY.snapshot).await?.map_err(refused)
+    }
+
+    /// Gives this (candidate) script `state` through its `restore`. Errors: as
+    /// [`Self::snapshot`], with `restore`.
+    pub async fn restore(&self, state: Vec<u8>) -> Result<(), ScriptError> {
+        let live = self.script.live();
+        let refused =
+            |message| ScriptError::Carry { script: live.source.name.clone(), step: "restore", message };
+        let restore = CARRY.restore;
+        let state: Arc<[u8]> = state.into();
+        live.pool.call(move |slot| restore(slot, state)).await?.map_err(refused)
     }
 
     /// Deploys a new version live (stateful: carrying its state). Errors: as
@@ -135,6 +186,16 @@ impl Handler {
     /// The live version's source.
     pub fn source(&self) -> ScriptSource {
         self.script.live().source.clone()
+    }
+}
+
+impl Target for Handler {
+    fn run<'a>(&'a self, call: &'a Call, tape: Box<Tape>) -> TargetFuture<'a> {
+        Box::pin(async move {
+            let Call::Handle { session, packet, es_id } = call else { return (wrong_world(call), None) };
+            let (r, tape) = self.handle_taped(session, packet, *es_id, Some(tape)).await;
+            (Answer::of(&r, |o| Answer::Handle(o.clone())), tape)
+        })
     }
 }
 

@@ -9,12 +9,14 @@
 //! - `set`: [`Scripts`], every script of a gateway by name ([`ScriptName`] for the built-in ones).
 //! - [`manifest`] and [`handlers`]: user-named handler scripts that `message_map.json` sends
 //!   message ids to.
+//! - [`evidence`]: shadow runs of a candidate on live events, recordings and offline replays.
 
 pub mod bindings;
 pub mod check;
 mod cluster_host;
 pub mod deploy;
 pub mod engine;
+pub mod evidence;
 pub mod handlers;
 mod hooks;
 pub mod inspect;
@@ -67,6 +69,10 @@ pub enum ScriptError {
     Carry { script: String, step: &'static str, message: String },
     #[error("script `{script}` is not loaded")]
     Unknown { script: String },
+    #[error("script `{script}` has no shadow candidate")]
+    NoShadow { script: String },
+    #[error("script `{script}` is being recorded already")]
+    Recording { script: String },
 }
 
 /// Implements [`World`] for a generated world binding and its `*Pre`.

@@ -76,6 +76,8 @@ impl ClusterAccess {
         self.table().into_iter().filter(|n| n.node_type == node_type && n.dests.contains(&dest)).collect()
     }
 
+    /// Queues the frame, or with `dry_run` only checks that the node and dest exist (a shadow
+    /// candidate's or a replay's send: nothing is queued).
     pub(super) fn send(
         &self,
         node: u32,
@@ -83,7 +85,11 @@ impl ClusterAccess {
         session: u64,
         msg_id: u32,
         body: Vec<u8>,
+        dry_run: bool,
     ) -> Result<(), SendError> {
+        if dry_run {
+            return self.check_send(node, dest);
+        }
         let frame =
             BackendFrame::Relayed { from_dest: 0, session_id: session, msg_id, seq: 0, body: body.into() };
         if node == self.node_id {
@@ -101,5 +107,20 @@ impl ClusterAccess {
             true => Ok(()),
             false => Err(SendError::Unavailable("the cluster bus queue is full".into())),
         }
+    }
+
+    /// What [`Self::send`] would refuse before queueing: an unknown node or dest.
+    fn check_send(&self, node: u32, dest: u32) -> Result<(), SendError> {
+        if node == self.node_id {
+            return match self.upstreams.has_dest(dest) {
+                true => Ok(()),
+                false => Err(SendError::NoSuchDest),
+            };
+        }
+        let info = self.nodes.as_ref().and_then(|t| t.by_id(node)).ok_or(SendError::NoSuchNode)?;
+        if !info.dests.contains(&dest) {
+            return Err(SendError::NoSuchDest);
+        }
+        self.bus.as_ref().map(|_| ()).ok_or(SendError::NoSuchNode)
     }
 }

@@ -14,6 +14,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use super::bindings::Level;
 use super::bindings::auth::wasmgate::gateway::{host, types};
+use super::evidence::{HostFn, HostResult, Tape, TapeMode};
 use super::services::{ClusterAccess, Services};
 use super::stdio::ScriptOutput;
 use crate::metrics::{Metrics, ScriptCounterLabel};
@@ -75,6 +76,9 @@ pub struct ScriptState {
     /// The ES id of the packet the current `route` or `handle` call is about
     /// (`host.packet-es-id`); `None` between calls.
     pub(super) packet_es_id: Option<u32>,
+    /// Set for the current call when evidence is taken of it (a recording, a shadow
+    /// candidate, a replay): how host calls are performed and noted ([`TapeMode`]).
+    pub(super) tape: Option<Box<Tape>>,
     pub(super) meta: Arc<ScriptMeta>,
 }
 
@@ -108,6 +112,7 @@ impl ScriptState {
             released: None,
             building: false,
             packet_es_id: None,
+            tape: None,
             meta,
         }
     }
@@ -163,6 +168,31 @@ impl ScriptState {
     pub(super) fn access(&self) -> Option<&ClusterAccess> {
         self.meta.services.cluster()
     }
+
+    /// Runs host call `call` as the current tape says: without one, `perform(self, false)`;
+    /// recording, the same, noted; in a shadow candidate, `perform(self, effectful)` (a dry
+    /// run of an effect: checked, not done), noted; replaying, the recorded result, or a dry
+    /// run when the recording has none, noted.
+    pub(super) fn taped(
+        &mut self,
+        call: impl FnOnce() -> HostFn,
+        perform: impl FnOnce(&mut Self, bool) -> HostResult,
+    ) -> HostResult {
+        let Some(mut tape) = self.tape.take() else { return perform(self, false) };
+        let call = call();
+        let result = match tape.mode {
+            TapeMode::Record => perform(self, false),
+            TapeMode::Shadow => perform(self, call.effectful() || matches!(call, HostFn::Log { .. })),
+            TapeMode::Replay => match tape.recorded(&call) {
+                Some(result) => result,
+                None if matches!(call, HostFn::NowMs) => HostResult::Number(tape.fallback_now_ms()),
+                None => perform(self, true),
+            },
+        };
+        let result = tape.note(call, result);
+        self.tape = Some(tape);
+        result
+    }
 }
 
 impl WasiView for ScriptState {
@@ -214,8 +244,54 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 
 impl host::Host for ScriptState {
     fn log(&mut self, level: Level, message: String) {
+        if self.tape.is_some() {
+            let message = truncate(&message, MAX_LOG_BYTES).to_string();
+            let call = || HostFn::Log { level, message: message.clone() };
+            self.taped(call, |me, dry| {
+                if !dry {
+                    me.log_line(level, &message);
+                }
+                HostResult::None
+            });
+            return;
+        }
+        self.log_line(level, &message);
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        let now = || SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        if self.tape.is_none() {
+            return now();
+        }
+        match self.taped(|| HostFn::NowMs, |_, _| HostResult::Number(now())) {
+            HostResult::Number(n) => n,
+            _ => now(),
+        }
+    }
+
+    fn packet_es_id(&mut self) -> Option<u32> {
+        self.packet_es_id
+    }
+
+    fn counter_add(&mut self, name: String, value: u64) {
+        if self.tape.is_some() {
+            let call = || HostFn::CounterAdd { name: name.clone(), value };
+            self.taped(call, |me, dry| {
+                if !dry {
+                    me.count(&name, value);
+                }
+                HostResult::None
+            });
+            return;
+        }
+        self.count(&name, value);
+    }
+}
+
+impl ScriptState {
+    fn log_line(&self, level: Level, message: &str) {
         let script = &*self.meta.name;
-        let message = truncate(&message, MAX_LOG_BYTES);
+        let message = truncate(message, MAX_LOG_BYTES);
         match level {
             Level::Trace => tracing::trace!(script, "{message}"),
             Level::Debug => tracing::debug!(script, "{message}"),
@@ -225,16 +301,8 @@ impl host::Host for ScriptState {
         }
     }
 
-    fn now_ms(&mut self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-    }
-
-    fn packet_es_id(&mut self) -> Option<u32> {
-        self.packet_es_id
-    }
-
-    fn counter_add(&mut self, name: String, value: u64) {
-        let name = truncate(&name, MAX_COUNTER_NAME).to_string();
+    fn count(&self, name: &str, value: u64) {
+        let name = truncate(name, MAX_COUNTER_NAME).to_string();
         {
             let mut names = self.meta.counter_names.lock();
             if !names.contains(&name) {

@@ -189,6 +189,11 @@ impl Upstreams {
         pool.try_send(key, frame).map_err(|(e, _)| Some(e.to_string()))
     }
 
+    /// Whether this node has a queue pool for `dest`.
+    pub fn has_dest(&self, dest: u32) -> bool {
+        self.shared.table.load().contains_key(&dest)
+    }
+
     /// Number of pool connections currently up for `dest` (0 if unknown).
     pub fn connections_up(&self, dest: u32) -> usize {
         self.shared.table.load().get(&dest).map_or(0, |p| p.connections_up())

@@ -405,6 +405,18 @@ async fn relay_all(
         );
         thrift = serde_json::json!(r);
     }
+    let mut shadow = serde_json::Value::Null;
+    if let (Some(plain), Some(shadowed)) =
+        (find(relay::RelayTarget::Wasmgate), find(relay::RelayTarget::WasmgateShadow))
+    {
+        let r = shadowed.saturation.round_trips_per_s / plain.saturation.round_trips_per_s;
+        let p99 = shadowed.half.p99_ms / plain.half.p99_ms;
+        println!(
+            "relay shadow: 100 % router shadow / no shadow = {r:.2}x round trips/s at saturation (target >= 0.85x); p99 at half load {p99:.2}x (target <= 1.2x): shadow {:.3} ms, none {:.3} ms",
+            shadowed.half.p99_ms, plain.half.p99_ms
+        );
+        shadow = serde_json::json!({ "throughput": r, "p99_half": p99 });
+    }
     let runs: Vec<_> = results
         .iter()
         .map(|(t, run)| {
@@ -414,7 +426,7 @@ async fn relay_all(
         .collect();
     println!(
         "{}",
-        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting, "tcp_vs_websocket": tcp, "thrift_vs_v1": thrift })
+        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting, "tcp_vs_websocket": tcp, "thrift_vs_v1": thrift, "shadow_vs_none": shadow })
     );
     Ok(())
 }

@@ -50,6 +50,9 @@ pub enum RelayTarget {
     WasmgateTcp,
     /// wasmgate with dest 101 a Thrift dest (`thrift-echo-backend`).
     WasmgateThrift,
+    /// wasmgate with a shadow of the router (the same component) given 100 % of the events
+    /// (docs/evidence.md).
+    WasmgateShadow,
     NginxNode,
 }
 
@@ -84,7 +87,8 @@ async fn start(
         RelayTarget::Wasmgate
         | RelayTarget::WasmgateNative
         | RelayTarget::WasmgateTcp
-        | RelayTarget::WasmgateThrift => {
+        | RelayTarget::WasmgateThrift
+        | RelayTarget::WasmgateShadow => {
             let backend_port = free_port()?;
             let thrift = target == RelayTarget::WasmgateThrift;
             let program = if thrift { "thrift-echo-backend" } else { "echo-backend" };
@@ -113,6 +117,10 @@ async fn start(
                 let path = std::fs::canonicalize(router).with_context(|| format!("{}", router.display()))?;
                 config.push_str(&format!("[scripts.router]\npath = {:?}\n", path.display().to_string()));
             }
+            let shadow = target == RelayTarget::WasmgateShadow;
+            if shadow {
+                config.push_str(&format!("[admin]\ntoken = {SHADOW_TOKEN:?}\n"));
+            }
             let ready = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             let started = async {
                 wait_listening(backend_port, program).await?;
@@ -128,6 +136,13 @@ async fn start(
                     return Err(e);
                 }
             };
+            if shadow {
+                let component = match router {
+                    Some(router) => std::fs::read(router)?,
+                    None => wasmgate::embedded::DEFAULT_ROUTER.to_vec(),
+                };
+                start_shadow(admin, component).await?;
+            }
             // The pool connects in the background: give it a moment.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let port = if target == RelayTarget::WasmgateTcp { tcp } else { port };
@@ -138,6 +153,33 @@ async fn start(
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok((servers, None))
         }
+    }
+}
+
+/// The admin token of the shadow target's gateway.
+const SHADOW_TOKEN: &str = "loadgen-shadow";
+
+/// Shadows the router with `component` at 100 %.
+async fn start_shadow(admin: u16, component: Vec<u8>) -> anyhow::Result<()> {
+    let to = wasmgate::http_client::Endpoint::plain(std::net::SocketAddr::from(([127, 0, 0, 1], admin)));
+    let path = "/scripts/router/shadow?queue=65536";
+    let (status, text) =
+        wasmgate::http_client::request(&to, Some(SHADOW_TOKEN), "POST", path, component).await?;
+    anyhow::ensure!(status == 200, "starting the shadow: {status} {text}");
+    Ok(())
+}
+
+/// Prints the shadow's counts at the end of a run.
+async fn print_shadow(admin: u16) {
+    let to = wasmgate::http_client::Endpoint::plain(std::net::SocketAddr::from(([127, 0, 0, 1], admin)));
+    if let Ok((_, text)) =
+        wasmgate::http_client::request(&to, Some(SHADOW_TOKEN), "GET", "/scripts/router/shadow", vec![]).await
+        && let Ok(report) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        println!(
+            "relay WasmgateShadow shadow events: {} differences: {}",
+            report["events"], report["differences"]
+        );
     }
 }
 
@@ -311,6 +353,9 @@ pub async fn run(
     }
     if let Some(admin) = admin.filter(|_| target != RelayTarget::WasmgateNative) {
         print_router_calls(target, admin).await;
+    }
+    if let Some(admin) = admin.filter(|_| target == RelayTarget::WasmgateShadow) {
+        print_shadow(admin).await;
     }
     drop(servers);
     Ok(Run { saturation, half, fixed })

@@ -165,3 +165,40 @@ async fn templates_in_every_language_route_handle_and_carry_state_across_languag
     assert!(counter.is_some_and(|c| c["traps"] == 0), "{list}");
     assert_eq!(h.gateway.sessions(), 1, "the session lived through every swap");
 }
+
+/// The recording example of docs/evidence.md plus one message 150 that the Rust template
+/// answered, replayed offline against every language's router template: the forward and the
+/// rejection decide the same everywhere; only the reply's body (`router:<lang>:`) differs, as
+/// `content`, for the other languages.
+#[tokio::test]
+async fn a_recording_replays_against_every_language_router() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/evidence.md"))
+        .expect("docs/evidence.md");
+    let example = doc.split("```jsonl\n").nth(1).and_then(|rest| rest.split("```").next()).expect("example");
+    let mut lines: Vec<String> = example.lines().map(str::to_string).collect();
+    let reply = json!({
+        "seq": 2, "at_ms": 1_795_355_135_700u64,
+        "call": {"route": {"session": {"id": 1, "node_id": 1, "transport": "Tcp", "peer_addr": "127.0.0.1:50001",
+                                        "user_id": "bob"},
+                           "packet": {"msg_id": ROUTER_REPLY, "seq": 3, "body": b"x".to_vec()}, "es_id": null}},
+        "answer": {"route": {"Reply": {"msg_id": ROUTER_REPLY, "body": b"router:rust:x".to_vec()}}},
+        "host": []
+    });
+    lines.push(reply.to_string());
+    let recording = lines.join("\n");
+    let limits = wasmgate::script::check::offline_limits(&wasmgate::Config::default());
+    for lang in LANGUAGES {
+        let bytes = std::fs::read(template(lang, "router")).expect("template");
+        let summary = wasmgate::script::evidence::replay::replay(&recording, bytes, None, limits.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{lang}: {e}"));
+        let expected = if lang == "rust" { 0 } else { 1 };
+        assert_eq!((summary.events, summary.different), (3, expected), "{lang}: {summary}");
+        assert_eq!(summary.differences["content"], expected, "{lang}: {summary}");
+        if lang != "rust" {
+            assert_eq!(summary.listed[0]["seq"], 2);
+            let shown = summary.listed[0]["candidate"].to_string();
+            assert!(shown.contains(&format!("router:{lang}:x")), "{lang}: {shown}");
+        }
+    }
+}

@@ -26,7 +26,30 @@ pub enum Call {
     Handle { session: Session, packet: Packet, es_id: Option<u32> },
 }
 
+/// Bytes an event costs besides its variable parts (a rough fixed size).
+const EVENT_BYTES: usize = 256;
+
 impl Call {
+    /// Roughly the bytes this call holds: its bodies and strings, plus a fixed part.
+    pub fn weight(&self) -> usize {
+        let session = |s: &Session| s.peer_addr.len() + s.user_id.as_ref().map_or(0, String::len);
+        EVENT_BYTES
+            + match self {
+                Self::Authenticate { session: s, token } => session(s) + token.len(),
+                Self::AccountLost { session: s, reason } => session(s) + reason.len(),
+                Self::Route { session: s, packet, .. } | Self::Handle { session: s, packet, .. } => {
+                    session(s) + packet.body.len()
+                }
+                Self::OnJoin { session: s, request } => {
+                    session(s) + request.room.name.len() + request.body.len()
+                }
+                Self::OnLeave { session: s, room, .. } => session(s) + room.name.len(),
+                Self::OnMessage { session: s, room, packet } => {
+                    session(s) + room.name.len() + packet.body.len()
+                }
+            }
+    }
+
     /// The world function's WIT name.
     pub fn function(&self) -> &'static str {
         match self {
@@ -60,7 +83,31 @@ pub enum Answer {
     },
 }
 
+fn effects_weight(effects: &[Effect]) -> usize {
+    effects
+        .iter()
+        .map(|e| match e {
+            Effect::Broadcast(b) => b.room.len() + b.body.len(),
+            Effect::Send(d) => d.body.len(),
+            Effect::Reply(a) => a.body.len(),
+            Effect::Kick(k) => k.reason.len(),
+        })
+        .sum()
+}
+
 impl Answer {
+    /// Roughly the bytes this answer holds besides its fixed part.
+    pub fn weight(&self) -> usize {
+        match self {
+            Self::Route(Decision::Reply(r)) => r.body.len(),
+            Self::Handle(Outcome::Reply(a)) => a.body.len(),
+            Self::OnJoin(Ok(accept)) => effects_weight(&accept.effects),
+            Self::OnLeave(effects) | Self::OnMessage(Ok(effects)) => effects_weight(effects),
+            Self::Failed { message, .. } => message.len(),
+            _ => 0,
+        }
+    }
+
     /// The answer of a call that returned `result`, `ok` wrapping its value.
     pub fn of<T>(result: &Result<T, ScriptError>, ok: impl FnOnce(&T) -> Answer) -> Answer {
         match result {

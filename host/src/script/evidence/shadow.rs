@@ -43,10 +43,16 @@ impl Default for Settings {
 /// Bytes of a body shown in a report.
 const SHOWN_BODY: usize = 64;
 
+/// Most bytes of events (their bodies and strings, roughly) waiting for the candidate; an
+/// event beyond is dropped like one that finds the queue full.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
 struct Event {
     at_ms: u64,
     call: Call,
     live: Answer,
+    /// [`Call::weight`] + [`Answer::weight`], counted in [`Stats::queued_bytes`].
+    weight: usize,
 }
 
 /// Event counts; each also feeds its `wasmgate_shadow_events_total` counter.
@@ -93,6 +99,8 @@ struct Stats {
     settings: Settings,
     instruments: Instruments,
     counts: Counts,
+    /// Bytes of the events queued now (see [`MAX_QUEUED_BYTES`]).
+    queued_bytes: AtomicU64,
     /// Differences by kind, and the latest differing events as reported.
     differences: Mutex<(BTreeMap<Difference, u64>, VecDeque<Value>)>,
 }
@@ -126,11 +134,13 @@ impl Shadow {
             settings,
             instruments: Instruments::new(metrics, &source.name),
             counts: Counts::default(),
+            queued_bytes: AtomicU64::new(0),
             differences: Mutex::default(),
         });
         let (worker_stats, worker_candidate) = (stats.clone(), candidate.clone());
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
+                worker_stats.queued_bytes.fetch_sub(event.weight as u64, Ordering::Relaxed);
                 let tape = Box::new(Tape::new(TapeMode::Shadow));
                 let (answer, tape) = worker_candidate.run(&event.call, tape).await;
                 let calls = tape.map(|t| t.calls).unwrap_or_default();
@@ -158,16 +168,27 @@ impl Shadow {
         ((n + 1.0) * f).floor() > (n * f).floor()
     }
 
-    /// Queues a live event and its live answer for the candidate; a full queue drops it
-    /// (counted).
+    /// Queues a live event and its live answer for the candidate; a full queue (in events or
+    /// in [`MAX_QUEUED_BYTES`]) drops it (counted).
     pub fn offer(&self, at_ms: u64, call: Call, live: Answer) {
         let (counts, instruments) = (&self.stats.counts, &self.stats.instruments);
-        match self.queue.try_send(Event { at_ms, call, live }) {
-            Ok(()) => {
+        let weight = call.weight() + live.weight();
+        let queued = &self.stats.queued_bytes;
+        let fits =
+            queued.fetch_add(weight as u64, Ordering::Relaxed) + weight as u64 <= MAX_QUEUED_BYTES as u64;
+        let sent = match fits {
+            true => self.queue.try_send(Event { at_ms, call, live, weight }).is_ok(),
+            false => false,
+        };
+        if !sent {
+            queued.fetch_sub(weight as u64, Ordering::Relaxed);
+        }
+        match sent {
+            true => {
                 counts.offered.fetch_add(1, Ordering::Relaxed);
                 instruments.offered.inc();
             }
-            Err(_) => {
+            false => {
                 counts.dropped.fetch_add(1, Ordering::Relaxed);
                 instruments.dropped.inc();
             }
@@ -285,6 +306,36 @@ fn body_text(bytes: &[Value], redact: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::bindings::{Decision, Packet, Session, Transport};
+
+    /// A candidate that never answers: everything offered stays queued.
+    struct Stuck;
+
+    impl Target for Stuck {
+        fn run<'a>(&'a self, _call: &'a Call, _tape: Box<Tape>) -> super::super::TargetFuture<'a> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_and_drops_what_does_not_fit() {
+        let source =
+            ScriptSource { name: "router".into(), bytes: Arc::from(Vec::new()), config_json: "{}".into() };
+        let settings = Settings { queue: 1000, ..Settings::default() };
+        let shadow = Shadow::start(source, "v".into(), Arc::new(Stuck), settings, &Metrics::new());
+        let session =
+            Session { id: 1, node_id: 1, transport: Transport::Tcp, peer_addr: String::new(), user_id: None };
+        let body = vec![0u8; 1 << 20];
+        for seq in 0..100 {
+            let packet = Packet { msg_id: 1, seq, body: body.clone() };
+            let call = Call::Route { session: session.clone(), packet, es_id: None };
+            shadow.offer(0, call, Answer::Route(Decision::Drop));
+        }
+        let report = shadow.report("live");
+        let fits = (MAX_QUEUED_BYTES / ((1 << 20) + 256)) as u64;
+        assert_eq!(report["events"]["offered"], fits, "{report}");
+        assert_eq!(report["events"]["dropped"], 100 - fits);
+    }
 
     #[test]
     fn reports_show_bodies_as_text_and_hide_tokens() {

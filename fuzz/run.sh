@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 seconds=${1:-10}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(client_binary client_json gopush tcp_framing ws_frames backend_frames thrift_replies maps manifest config)
+[ ${#targets[@]} -gt 0 ] || targets=(client_binary client_json gopush tcp_framing ws_frames backend_frames thrift_replies maps manifest config recording)
 out=../target/fuzz
 triple=$(rustc -vV | sed -n 's/^host: //p')
 # Coverage instrumentation only where the targets explore (see rustc-wrapper.sh).

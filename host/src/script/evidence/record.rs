@@ -110,22 +110,27 @@ impl Recording {
         !self.full.load(Ordering::Relaxed)
     }
 
-    /// Appends one event, or counts it as dropped once a bound is reached.
+    /// Appends one event, or counts it as dropped once a bound is reached. The event is
+    /// serialised before the lock is taken; only its `seq` is written under it.
     pub fn push(&self, at_ms: u64, call: &Call, answer: &Answer, host: &[HostCall]) {
+        let entry = EntryRef { at_ms, call, answer, host };
+        // `{"at_ms":...}` becomes `{"seq":N,"at_ms":...}` once N is known.
+        let Ok(rest) = serde_json::to_vec(&entry) else { return };
         let mut lines = self.lines.lock();
         if lines.ended_by.is_some() {
             lines.dropped += 1;
             return;
         }
-        let entry = EntryRef { seq: lines.events, at_ms, call, answer, host };
-        let Ok(mut line) = serde_json::to_vec(&entry) else { return };
-        line.push(b'\n');
-        if lines.text.len() + line.len() > self.bounds.max_bytes {
+        let seq = format!("{{\"seq\":{},", lines.events);
+        let size = seq.len() + rest.len() - 1 + 1;
+        if lines.text.len() + size > self.bounds.max_bytes {
             lines.dropped += 1;
             self.end(&mut lines, "bytes");
             return;
         }
-        lines.text.extend_from_slice(&line);
+        lines.text.extend_from_slice(seq.as_bytes());
+        lines.text.extend_from_slice(&rest[1..]);
+        lines.text.push(b'\n');
         lines.events += 1;
         if lines.events >= self.bounds.max_events {
             self.end(&mut lines, "events");
@@ -156,10 +161,9 @@ impl Recording {
     }
 }
 
-/// [`Entry`] by reference, for writing.
+/// [`Entry`] by reference and without its `seq`, for writing.
 #[derive(Serialize)]
 struct EntryRef<'a> {
-    seq: u64,
     at_ms: u64,
     call: &'a Call,
     answer: &'a Answer,

@@ -1177,3 +1177,78 @@ fn replay_runs_the_documented_recording_and_exits_by_verdict() {
     assert_eq!(code, Some(1));
     assert!(stderr.lines().count() == 1 && stderr.contains("line 2"), "{stderr}");
 }
+
+/// Sends unmapped message 777; returns the answer's message id (4: an error frame).
+async fn unmapped(client: &mut Client) -> u32 {
+    client.send(777, b"unmapped").await.expect("send");
+    client.recv_within(PROMPT).await.expect("answer").packet().expect("a packet").msg_id
+}
+
+/// `wasmgate deploy --shadow`, `shadow`, `record`, `replay` and `promote` against a running
+/// gateway: the candidate (the default router with `default_dest`) differs from the live one
+/// on an unmapped message only; the live answers stay until the promote.
+#[tokio::test]
+async fn cli_shadow_record_replay_and_promote() {
+    let (backend, _) = counting_backend().await;
+    let s = setup(backend, "[admin]\ntoken = \"process-admin-token\"");
+    let gateway = Gateway::start(&s.config, s.ws, &[], &[]).await;
+    let router = s.dir.path().join("router.wasm");
+    std::fs::write(&router, wasmgate::embedded::DEFAULT_ROUTER).expect("router file");
+    let router = router.to_str().expect("path").to_string();
+    let config = s.config.clone();
+    let cli = move |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("wasmgate CLI");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let candidate_config = r#"{"default_dest":101}"#;
+    let (code, stdout, stderr) =
+        cli(&["deploy", "--shadow", "router", &router, "--script-config", candidate_config]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let started: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    assert!(started["candidate_version"].is_string(), "{started}");
+
+    let mut client = gateway.client("shadowed").await;
+    assert_eq!(unmapped(&mut client).await, 4, "the live router rejects 777 (an error frame)");
+    let report = loop {
+        let (code, stdout, _) = cli(&["shadow", "router"]);
+        assert_eq!(code, Some(0), "{stdout}");
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+        if report["events"]["compared"] == 1 {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["differences"]["kind"], 1, "reject vs forward: {report}");
+
+    let out = s.dir.path().join("router.rec");
+    let record_args = ["record", "router", "--seconds", "2", "--out", out.to_str().expect("path")];
+    let recorder = {
+        let cli = cli.clone();
+        let args: Vec<String> = record_args.iter().map(|a| a.to_string()).collect();
+        std::thread::spawn(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(unmapped(&mut client).await, 4);
+    let (code, stdout, stderr) = recorder.join().expect("record thread");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("\"events\":1"), "{stdout}");
+    let (code, stdout, _) = cli(&["replay", out.to_str().expect("path"), &router]);
+    assert_eq!(code, Some(0), "the live router replays the same: {stdout}");
+    let (code, stdout, stderr) =
+        cli(&["replay", out.to_str().expect("path"), &router, "--script-config", candidate_config]);
+    assert_eq!((code, stderr.trim()), (Some(1), "wasmgate: 1 of 1 events differ"), "{stdout}");
+
+    let (code, stdout, stderr) = cli(&["promote", "router"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let seq = client.send(777, b"unmapped").await.expect("send");
+    let (echo, _) = client.recv_reply(777, seq, PROMPT).await.expect("forwarded to default_dest");
+    assert_eq!(&echo.body[..], b"unmapped");
+    let (code, _, stderr) = cli(&["shadow", "router"]);
+    assert_eq!(code, Some(1), "no shadow after the promote: {stderr}");
+}

@@ -212,6 +212,21 @@ async fn a_recording_replays_identically_and_counts_a_changed_router_exactly() {
         busy
     };
     assert_eq!((status, busy["error"].as_str()), (409, Some("recording")), "{busy}");
+
+    // A client that goes away ends its recording: the next one is not refused.
+    let to = wasmgate::http_client::Endpoint::plain(h.gateway.admin_addr().expect("admin"));
+    let abandoned = wasmgate::http_client::request(
+        &to,
+        Some(ADMIN_TOKEN),
+        "POST",
+        "/scripts/router/record?seconds=60",
+        vec![],
+    );
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), abandoned).await.is_err());
+    wasmgate_tests::wait_until("the abandoned recording is dropped", || async {
+        h.admin("POST", "/scripts/router/record?seconds=1", "", false, Some(ADMIN_TOKEN)).await.0 == 200
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use hyper::StatusCode;
 
 use super::scripts::{answer, known, refused, unknown};
 use super::{AdminCtx, HttpResponse, error, json, response};
-use crate::script::evidence::record::Bounds;
+use crate::script::evidence::record::{Bounds, Recording};
 use crate::script::evidence::shadow::Settings;
 
 /// Longest recording, in seconds.
@@ -143,10 +143,26 @@ pub(super) async fn record(ctx: &AdminCtx, name: &str, q: Option<&str>) -> HttpR
         Ok(recording) => recording,
         Err(e) => return refused(e),
     };
+    // Unregistered however this ends, a client that goes away included (hyper then drops
+    // this future): a forgotten recording would keep serialising events and refuse the next.
+    let registered = Registered { ctx, name, recording: &recording };
     let ended_by = tokio::select! {
         _ = tokio::time::sleep(Duration::from_secs(seconds)) => "seconds",
         _ = recording.filled.notified() => "bound",
     };
-    let file = scripts.finish_recording(name, &recording, ended_by);
-    response(StatusCode::OK, "application/x-ndjson", file)
+    drop(registered);
+    response(StatusCode::OK, "application/x-ndjson", recording.finish(ended_by))
+}
+
+/// A recording shown the script's events until dropped.
+struct Registered<'a> {
+    ctx: &'a AdminCtx,
+    name: &'a str,
+    recording: &'a Recording,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.ctx.control.scripts.stop_recording(self.name, self.recording);
+    }
 }

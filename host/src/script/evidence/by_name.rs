@@ -156,13 +156,13 @@ impl Scripts {
         Ok(recording)
     }
 
-    /// Ends the recording of script `name` (if it is still `recording`); returns the file.
-    pub fn finish_recording(&self, name: &str, recording: &Recording, ended_by: &str) -> Vec<u8> {
+    /// Stops showing events to `recording` (if it is still script `name`'s recording); its
+    /// file is then [`Recording::finish`]ed by the caller.
+    pub fn stop_recording(&self, name: &str, recording: &Recording) {
         if let Ok(tap) = self.tap(name)
             && tap.recording().is_some_and(|r| std::ptr::eq(&*r, recording))
         {
             tap.set_recording(None);
         }
-        recording.finish(ended_by)
     }
 }

@@ -112,12 +112,16 @@ async fn load(
             Arc::new(Router::load(source, limits, &metrics, map).await?)
         }
         "rooms" => Arc::new(Rooms::load(source, limits, &metrics).await?),
-        _ => {
+        "handler" => {
             let handler = Handler::load(header.state.is_some(), source, limits, &metrics).await?;
             if let Some(state) = &header.state {
                 handler.restore(state.clone()).await?;
             }
             Arc::new(handler)
+        }
+        other => {
+            let message = format!("the recording's world `{other}` is none of auth, router, rooms, handler");
+            return Err(crate::script::ScriptError::Load { script: header.script.clone(), message });
         }
     })
 }

@@ -20,9 +20,14 @@ impl ThriftServer {
     /// Starts it on `addr` (port 0: a free one) and waits until it accepts connections.
     async fn start(addr: Option<SocketAddr>, transport: &str, protocol: &str) -> Self {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/thrift");
-        let setup =
-            Command::new(example.join("setup.sh")).status().expect("running examples/thrift/setup.sh");
-        assert!(setup.success(), "examples/thrift/setup.sh failed (is Debian's thrift-compiler installed?)");
+        // Once per test process: concurrent runs would trip over each other's gen-py.tmp, and
+        // a rerun replaces gen-py under the servers already importing it.
+        static SETUP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let setup = SETUP.get_or_init(|| {
+            let status = Command::new(example.join("setup.sh")).status();
+            status.expect("running examples/thrift/setup.sh").success()
+        });
+        assert!(*setup, "examples/thrift/setup.sh failed (is Debian's thrift-compiler installed?)");
         let addr = addr.unwrap_or_else(|| {
             let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("its address")

@@ -122,7 +122,7 @@ impl Recording {
             return;
         }
         let seq = format!("{{\"seq\":{},", lines.events);
-        let size = seq.len() + rest.len() - 1 + 1;
+        let size = seq.len() + rest.len(); // `rest` less its `{`, plus the newline
         if lines.text.len() + size > self.bounds.max_bytes {
             lines.dropped += 1;
             self.end(&mut lines, "bytes");

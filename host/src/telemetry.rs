@@ -66,11 +66,16 @@ impl Telemetry {
             let only_ours = Targets::new().with_target("wasmgate", LevelFilter::DEBUG);
             tracing_opentelemetry::layer().with_tracer(provider.tracer("wasmgate")).with_filter(only_ours)
         });
-        Registry::default()
-            .with(logs.with_filter(filter.and(throttle()?)))
-            .with(spans)
-            .try_init()
-            .context("installing the log subscriber")?;
+        let subscriber = Registry::default().with(logs.with_filter(filter.and(throttle()?)));
+        // Not `.with(spans)` with `spans` an `Option`: tracing-subscriber's `None` layer
+        // declares interest in every callsite, so every debug span (each session's, each
+        // message's) would be built and kept in the span registry with nothing reading it:
+        // ~120 bytes of every idle session (docs/benchmarks.md, "Spans only when exported").
+        let installed = match spans {
+            Some(spans) => subscriber.with(spans).try_init(),
+            None => subscriber.try_init(),
+        };
+        installed.context("installing the log subscriber")?;
         if provider.is_some() {
             tracing::info!("exporting spans over OTLP/gRPC");
         }

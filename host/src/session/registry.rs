@@ -10,13 +10,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
+use smallvec::SmallVec;
 
 use super::SessionHandle;
 
 const SHARDS: usize = 64;
 
 type SessionShard = RwLock<HashMap<u64, SessionHandle>>;
-type UserShard = RwLock<HashMap<Arc<str>, Vec<SessionHandle>>>;
+/// A user's sessions on this node: almost always one, held inline (a `Vec` would allocate 32
+/// bytes for it, in every logged-in session).
+type UserSessions = SmallVec<[SessionHandle; 1]>;
+type UserShard = RwLock<HashMap<Arc<str>, UserSessions>>;
 
 /// Session registry (connectsrv: "session manager").
 pub struct Registry {
@@ -67,7 +71,7 @@ impl Registry {
         let list = shard.entry(user.clone()).or_default();
         let older = std::mem::take(list);
         list.push(handle.clone());
-        older
+        older.into_vec()
     }
 
     /// Indexes `handle` under `user` only if the user has no session on this node, in one
@@ -105,7 +109,7 @@ impl Registry {
 
     /// Every session of a user on this node.
     pub fn of_user(&self, user: &str) -> Vec<SessionHandle> {
-        self.user_shard(user).read().get(user).cloned().unwrap_or_default()
+        self.user_shard(user).read().get(user).map(|list| list.to_vec()).unwrap_or_default()
     }
 
     /// Every session (for shutdown).

@@ -40,7 +40,7 @@ use crate::script::services::{ClusterAccess, Services};
 use crate::script::{
     Auth, Handlers, Limits, Rooms as RoomsScript, Router, ScriptName, ScriptSource, Scripts,
 };
-use crate::session::{CloseReason, Registry, SessionIdGen};
+use crate::session::{CloseReason, Deadlines, Registry, SessionIdGen};
 use crate::tls::Certificates;
 use crate::upstream::{NodeIdentity, Upstreams};
 use crate::user_centre::UserCentre;
@@ -231,6 +231,10 @@ impl RunningGateway {
             ids: SessionIdGen::new(config.node.id),
             conn_limit: Arc::new(Semaphore::new(config.limits.max_conn_num)),
             peers: PeerLimits::new(&config.rate_limits, &metrics),
+            deadlines: Arc::new(Deadlines::new(
+                Duration::from_millis(config.timeouts.login_ms),
+                Duration::from_millis(config.timeouts.heartbeat_ms),
+            )),
             config: config.clone(),
             registry,
             metrics,
@@ -259,6 +263,7 @@ impl RunningGateway {
         });
         bound.serve(&ctx, admin, certificates.as_ref());
         ctx.tasks.spawn(ctx.peers.clone().sweep(ctx.shutdown.clone()));
+        ctx.tasks.spawn(ctx.deadlines.clone().run(ctx.registry.clone(), ctx.shutdown.clone()));
         if let Some(cluster) = &ctx.cluster {
             let advertised = Advertised {
                 name: ctx.config.node.name.clone(),

@@ -14,6 +14,7 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,6 +54,7 @@ pub(crate) fn run(
         metrics.connections.get_or_create(&crate::metrics::TransportLabel { transport: label }).clone();
     open.inc();
     ctx.registry.insert(handle.clone());
+    ctx.deadlines.arm(&handle);
     // A shutdown closes the sessions it finds in the registry; one registered after that
     // sees the token here (checked after the insert, so none slips between the two).
     if ctx.shutdown.is_cancelled() {
@@ -131,18 +133,11 @@ enum Step<'a> {
     End,
 }
 
-/// How long after its login or heartbeat deadline a session still reads before it is closed:
-/// after a stall the timer and the socket turn ready together, and the client's bytes waiting
-/// in the socket must count. Silent clients are closed this much later.
-const DEADLINE_GRACE: Duration = Duration::from_millis(100);
-
 pub(super) struct Session {
     pub(super) ctx: Arc<SessionCtx>,
     pub(super) handle: SessionHandle,
     /// What scripts are told about this session (kept, not rebuilt per call).
     pub(super) info: bindings::Session,
-    last_seen: Instant,
-    pub(super) login_deadline: Option<Instant>,
     messages_in: prometheus_client::metrics::counter::Counter,
     /// `[rate_limits]`' message and byte buckets; `None` when both are off.
     limits: Option<Box<SessionLimits>>,
@@ -150,7 +145,6 @@ pub(super) struct Session {
 
 impl Session {
     fn new(ctx: Arc<SessionCtx>, handle: SessionHandle) -> Self {
-        let now = Instant::now();
         let info = bindings::Session {
             id: handle.id(),
             node_id: ctx.config.node.id,
@@ -161,10 +155,9 @@ impl Session {
             peer_addr: handle.peer().to_string(),
             user_id: None,
         };
-        let login_deadline = Some(now + Duration::from_millis(ctx.config.timeouts.login_ms));
         let messages_in = Metrics::transport_counter(&ctx.metrics.messages_in, handle.transport().name());
         let limits = ctx.peers.session_limits();
-        Self { ctx, handle, info, last_seen: now, login_deadline, messages_in, limits }
+        Self { ctx, handle, info, messages_in, limits }
     }
 
     /// Answers packet `seq` with an error frame `code` (counted by code and blame).
@@ -179,74 +172,47 @@ impl Session {
         self.handle.close_with_error(reason, seq, code, message);
     }
 
-    fn heartbeat_deadline(&self) -> Instant {
-        self.last_seen + Duration::from_millis(self.ctx.config.timeouts.heartbeat_ms)
-    }
-
-    /// The earliest of the login, heartbeat and write deadlines.
-    fn next_deadline(&self, write: Option<Instant>) -> Instant {
-        let hb = self.heartbeat_deadline();
-        let first = self.login_deadline.map_or(hb, |login| login.min(hb));
-        write.map_or(first, |write| write.min(first))
-    }
-
     async fn read_loop(&mut self, io: &mut SessionIo<impl Transport>) {
-        // One timer for the login, heartbeat and write deadlines, re-armed only when it fires
-        // or the socket first pushes back (not on every packet): a packet just moves
-        // `last_seen`, and a firing that is early re-arms for the new deadline.
-        let timer = sleep_until(self.next_deadline(None));
-        tokio::pin!(timer);
-        // Set while a passed deadline waits out its grace.
-        let mut grace_ends: Option<Instant> = None;
+        // The login and heartbeat deadlines are on the gateway's wheel (session::deadlines),
+        // which closes the session; the write deadline has a timer only while the socket
+        // pushes back.
+        let mut write_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = self.handle.closing() => return,
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if io.write_deadline.is_some_and(|d| d <= now) {
-                        self.handle.abort(CloseReason::SlowConsumer, "write timed out");
-                        return;
-                    }
-                    let login_late = self.login_deadline.is_some_and(|d| d <= now);
-                    let silent = self.heartbeat_deadline() <= now;
-                    if !login_late && !silent {
-                        grace_ends = None;
-                        timer.as_mut().reset(self.next_deadline(io.write_deadline));
-                        continue;
-                    }
-                    // A deadline passed. After a stall (the process paused, the host
-                    // overloaded) the timer can fire before the reader has seen what the
-                    // client sent meanwhile: give the reader `DEADLINE_GRACE` before judging.
-                    let ends = *grace_ends.get_or_insert(now + DEADLINE_GRACE);
-                    if now < ends {
-                        timer.as_mut().reset(io.write_deadline.map_or(ends, |d| d.min(ends)));
-                        continue;
-                    }
-                    if login_late {
-                        self.handle.close(CloseReason::LoginTimeout, "no login in time");
-                    } else {
-                        self.handle.close(CloseReason::HeartbeatTimeout, "no message in time");
-                    }
-                    return;
-                }
-                event = poll_fn(|cx| io.poll_event(cx, true)) => {
+                event = poll_fn(|cx| match io.poll_event(cx, true) {
+                    Poll::Ready(event) => Poll::Ready(Some(event)),
+                    Poll::Pending => match write_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                        Some(Poll::Ready(())) => Poll::Ready(None),
+                        _ => Poll::Pending,
+                    },
+                }) => {
                     match event {
-                        Event::Inbound(inbound) => match self.on_inbound(inbound) {
+                        None if io.write_deadline.is_some_and(|d| d <= Instant::now()) => {
+                            self.handle.abort(CloseReason::SlowConsumer, "write timed out");
+                            return;
+                        }
+                        // The deadline moved: learnt below.
+                        None => {}
+                        Some(Event::Inbound(inbound)) => match self.on_inbound(inbound) {
                             Step::Next => {}
                             Step::Work(work) => io.alongside(work).await,
                             Step::End => return,
                         },
                         // The deadline it set is learnt below.
-                        Event::WriteBlocked => {}
+                        Some(Event::WriteBlocked) => {}
                         // The close went out before the read loop saw it: `closing` is next.
-                        Event::CloseWritten => {}
-                        Event::WriteFailed => return,
+                        Some(Event::CloseWritten) => {}
+                        Some(Event::WriteFailed) => return,
                     }
-                    // The socket pushed back (here, or while a message was handled): the
-                    // timer learns the write deadline.
-                    if let Some(d) = io.write_deadline.filter(|&d| d < timer.deadline()) {
-                        timer.as_mut().reset(d);
+                    // The socket pushed back (here, or while a message was handled), or
+                    // took everything: the write timer follows the write deadline.
+                    match (io.write_deadline, write_timer.as_mut()) {
+                        (None, _) => write_timer = None,
+                        (Some(d), Some(timer)) if timer.deadline() != d => timer.as_mut().reset(d),
+                        (Some(_), Some(_)) => {}
+                        (Some(d), None) => write_timer = Some(Box::pin(sleep_until(d))),
                     }
                 }
             }
@@ -259,7 +225,7 @@ impl Session {
     fn on_inbound(&mut self, inbound: Inbound) -> Step<'_> {
         match inbound {
             Inbound::Packet(packet) => {
-                self.last_seen = Instant::now();
+                self.handle.seen(self.ctx.deadlines.tick_of(Instant::now()));
                 self.messages_in.inc();
                 if !self.within_limits(packet.seq, packet.body.len() + HEADER_LEN) {
                     return Step::Next;
@@ -273,7 +239,7 @@ impl Session {
                 Step::Work(Box::pin(self.on_packet(packet).instrument(span)))
             }
             Inbound::GoPush(request) => {
-                self.last_seen = Instant::now();
+                self.handle.seen(self.ctx.deadlines.tick_of(Instant::now()));
                 self.messages_in.inc();
                 if !self.within_limits(0, 0) {
                     return Step::Next;
@@ -355,7 +321,6 @@ impl Session {
                 return;
             }
             self.handle.admit();
-            self.login_deadline = None;
         }
         match request {
             Request::Join { room } => self.join(0, room, Bytes::new()).await,

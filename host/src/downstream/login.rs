@@ -87,7 +87,6 @@ impl Session {
                     user_centre.login(&user, self.handle.id(), self.handle.peer());
                 }
                 self.info.user_id = Some(identity.user_id);
-                self.login_deadline = None;
                 let body = serde_json::json!({
                     "user_id": &*user,
                     "session_id": self.handle.id().to_string(),

@@ -46,7 +46,7 @@ use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::rooms::Rooms;
 use crate::script::Scripts;
-use crate::session::{Registry, SessionIdGen};
+use crate::session::{Deadlines, Registry, SessionIdGen};
 use crate::upstream::Upstreams;
 use crate::user_centre::UserCentre;
 
@@ -70,6 +70,8 @@ pub struct SessionCtx {
     pub conn_limit: Arc<Semaphore>,
     /// `[rate_limits]` per source IP, per user and per session.
     pub(crate) peers: Arc<PeerLimits>,
+    /// The login and heartbeat deadlines of every session (one timer wheel).
+    pub deadlines: Arc<Deadlines>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -74,6 +74,10 @@ struct Shared {
     /// The duplicate-login rule to reconcile under ([`DuplicateRule`] as u8; see
     /// [`SessionHandle::duplicate_rule`]).
     duplicate_rule: AtomicU8,
+    /// Ticks of the deadline wheel ([`super::deadlines`]): when the session was registered,
+    /// and when its client last sent something.
+    born: AtomicU32,
+    seen: AtomicU32,
     /// The outbound queue, of at most `pending_write_num` packets.
     queue: Queue,
     /// Bytes of the packets in `queue` (header and body), and the most it may hold.
@@ -170,6 +174,8 @@ impl SessionHandle {
             user_id: OnceLock::new(),
             admitted: AtomicBool::new(false),
             duplicate_rule: AtomicU8::new(DuplicateRule::Allow as u8),
+            born: AtomicU32::new(0),
+            seen: AtomicU32::new(0),
             queue: Queue::new(capacity),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
@@ -208,6 +214,22 @@ impl SessionHandle {
     /// Marks the session as one that receives pushes to everyone (done at login).
     pub(crate) fn admit(&self) {
         self.0.admitted.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets both clocks of the deadline wheel to `tick` (at registration).
+    pub(crate) fn start_clock(&self, tick: u32) {
+        self.0.born.store(tick, Ordering::Relaxed);
+        self.0.seen.store(tick, Ordering::Relaxed);
+    }
+
+    /// The client sent something at wheel tick `tick`: the heartbeat deadline moves.
+    pub(crate) fn seen(&self, tick: u32) {
+        self.0.seen.store(tick, Ordering::Relaxed);
+    }
+
+    /// Wheel ticks: (registered, last sent something).
+    pub(crate) fn clock(&self) -> (u32, u32) {
+        (self.0.born.load(Ordering::Relaxed), self.0.seen.load(Ordering::Relaxed))
     }
 
     /// Records the duplicate-login rule of the session's login.
@@ -421,7 +443,7 @@ mod tests {
     #[test]
     fn the_handle_with_its_queue_stays_small() {
         let size = std::mem::size_of::<Shared>();
-        assert!(size <= 288, "the handle's shared state is {size} bytes (280 when written)");
+        assert!(size <= 288, "the handle's shared state is {size} bytes (288 with the wheel's tick counts)");
     }
 
     #[test]

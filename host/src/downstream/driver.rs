@@ -50,9 +50,7 @@ pub(crate) fn run(
     let label = transport.name();
     let metrics = &ctx.metrics;
     Metrics::transport_counter(&metrics.connections_total, label).inc();
-    let open =
-        metrics.connections.get_or_create(&crate::metrics::TransportLabel { transport: label }).clone();
-    open.inc();
+    metrics.connections.get_or_create(&crate::metrics::TransportLabel { transport: label }).inc();
     ctx.registry.insert(handle.clone());
     ctx.deadlines.arm(&handle);
     // A shutdown closes the sessions it finds in the registry; one registered after that
@@ -74,7 +72,7 @@ pub(crate) fn run(
         network.protocol.name = label,
         wasmgate.close_reason = tracing::field::Empty,
     );
-    serve(Session::new(ctx, handle), io, token, open).instrument(span)
+    serve(Session::new(ctx, handle), io, token.map(String::into_boxed_str)).instrument(span)
 }
 
 /// The session after its registration: login, packets, close, and the bookkeeping after it.
@@ -87,14 +85,11 @@ pub(crate) fn run(
 fn serve(
     mut session: Session,
     mut io: SessionIo<impl Transport>,
-    token: Option<String>,
-    open: prometheus_client::metrics::gauge::Gauge,
+    token: Option<Box<str>>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         tracing::debug!("session open");
-        let (ctx, handle) = (session.ctx.clone(), session.handle.clone());
-        let metrics = &ctx.metrics;
-        io.transport.attach(&handle);
+        io.transport.attach(&session.handle);
         if let Some(token) = token {
             io.alongside(Box::pin(session.login(0, &token, false))).await;
         }
@@ -102,8 +97,17 @@ fn serve(
         // The rooms are left while the queue up to the close is written.
         tokio::join!(Box::pin(session.leave_rooms_on_close()), Box::pin(io.finish()));
         drop(io);
+        // Boxed: the idle future keeps nothing for what comes after the close.
+        Box::pin(session.closed()).await;
+    }
+}
 
-        ctx.registry.remove(&handle);
+impl Session {
+    /// The bookkeeping after the close: unregistered, the user's location and the user
+    /// centre told, the auth script's `account-lost`, the gauges and counters.
+    async fn closed(&self) {
+        let (ctx, handle) = (&self.ctx, &self.handle);
+        ctx.registry.remove(handle);
         let reason = handle.close_reason().map_or(CloseReason::Normal, |(r, _)| r);
         if let Some(user) = handle.user_id() {
             if let Some(bus) = ctx.bus() {
@@ -112,15 +116,26 @@ fn serve(
             if let Some(user_centre) = &ctx.user_centre {
                 user_centre.logout(user, handle.id(), handle.peer());
             }
-            if let Err(e) = Box::pin(ctx.scripts.auth.account_lost(&session.info, reason.name())).await {
+            if let Err(e) = ctx.scripts.auth.account_lost(&self.info, reason.name()).await {
                 tracing::warn!("auth script's account-lost failed: {e}");
             }
         }
-        open.dec();
-        metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
+        let transport = crate::metrics::TransportLabel { transport: handle.transport().name() };
+        ctx.metrics.connections.get_or_create(&transport).dec();
+        ctx.metrics.sessions_closed.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
         tracing::Span::current().record("wasmgate.close_reason", reason.name());
         tracing::debug!(reason = reason.name(), "session closed");
     }
+}
+
+/// What woke the read loop.
+enum Wake {
+    /// The session started to close.
+    Closing,
+    /// The connection, or the output moving.
+    Event(Event),
+    /// The write timer (the deadline may have moved since).
+    WriteTimer,
 }
 
 /// What an inbound message asks of the read loop.
@@ -178,43 +193,48 @@ impl Session {
         // pushes back.
         let mut write_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            tokio::select! {
-                biased;
-                _ = self.handle.closing() => return,
-                event = poll_fn(|cx| match io.poll_event(cx, true) {
-                    Poll::Ready(event) => Poll::Ready(Some(event)),
+            // The close, then the connection, then the write timer; one waker for all (the
+            // close signal wakes the task parked on the queue), no future per wait.
+            let handle = &self.handle;
+            let event = poll_fn(|cx| {
+                if handle.poll_closing(cx).is_ready() {
+                    return Poll::Ready(Wake::Closing);
+                }
+                match io.poll_event(cx, true) {
+                    Poll::Ready(event) => Poll::Ready(Wake::Event(event)),
                     Poll::Pending => match write_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                        Some(Poll::Ready(())) => Poll::Ready(None),
+                        Some(Poll::Ready(())) => Poll::Ready(Wake::WriteTimer),
                         _ => Poll::Pending,
                     },
-                }) => {
-                    match event {
-                        None if io.write_deadline.is_some_and(|d| d <= Instant::now()) => {
-                            self.handle.abort(CloseReason::SlowConsumer, "write timed out");
-                            return;
-                        }
-                        // The deadline moved: learnt below.
-                        None => {}
-                        Some(Event::Inbound(inbound)) => match self.on_inbound(inbound) {
-                            Step::Next => {}
-                            Step::Work(work) => io.alongside(work).await,
-                            Step::End => return,
-                        },
-                        // The deadline it set is learnt below.
-                        Some(Event::WriteBlocked) => {}
-                        // The close went out before the read loop saw it: `closing` is next.
-                        Some(Event::CloseWritten) => {}
-                        Some(Event::WriteFailed) => return,
-                    }
-                    // The socket pushed back (here, or while a message was handled), or
-                    // took everything: the write timer follows the write deadline.
-                    match (io.write_deadline, write_timer.as_mut()) {
-                        (None, _) => write_timer = None,
-                        (Some(d), Some(timer)) if timer.deadline() != d => timer.as_mut().reset(d),
-                        (Some(_), Some(_)) => {}
-                        (Some(d), None) => write_timer = Some(Box::pin(sleep_until(d))),
-                    }
                 }
+            })
+            .await;
+            match event {
+                Wake::Closing => return,
+                Wake::WriteTimer if io.write_deadline.is_some_and(|d| d <= Instant::now()) => {
+                    self.handle.abort(CloseReason::SlowConsumer, "write timed out");
+                    return;
+                }
+                // The deadline moved: learnt below.
+                Wake::WriteTimer => {}
+                Wake::Event(Event::Inbound(inbound)) => match self.on_inbound(inbound) {
+                    Step::Next => {}
+                    Step::Work(work) => io.alongside(work).await,
+                    Step::End => return,
+                },
+                // The deadline it set is learnt below.
+                Wake::Event(Event::WriteBlocked) => {}
+                // The close went out before the read loop saw it: the close signal is next.
+                Wake::Event(Event::CloseWritten) => {}
+                Wake::Event(Event::WriteFailed) => return,
+            }
+            // The socket pushed back (here, or while a message was handled), or took
+            // everything: the write timer follows the write deadline.
+            match (io.write_deadline, write_timer.as_mut()) {
+                (None, _) => write_timer = None,
+                (Some(d), Some(timer)) if timer.deadline() != d => timer.as_mut().reset(d),
+                (Some(_), Some(_)) => {}
+                (Some(d), None) => write_timer = Some(Box::pin(sleep_until(d))),
             }
         }
     }

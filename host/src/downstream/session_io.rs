@@ -106,7 +106,8 @@ pub(crate) struct SessionIo<T> {
     queue: OutboundReceiver,
     handle: SessionHandle,
     sent: Counter,
-    write_timeout: Duration,
+    /// `write_ms`, kept in 4 bytes (a `Duration` is 16, in every idle session).
+    write_timeout_ms: u32,
     /// When the socket must have taken what is buffered: `write_ms` after it first pushed
     /// back. Past it the session is a slow consumer.
     pub(crate) write_deadline: Option<Instant>,
@@ -131,11 +132,15 @@ impl<T: Transport> SessionIo<T> {
             queue,
             handle,
             sent,
-            write_timeout,
+            write_timeout_ms: u32::try_from(write_timeout.as_millis()).unwrap_or(u32::MAX),
             write_deadline: None,
             closed: false,
             done: false,
         }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.write_timeout_ms))
     }
 
     /// Moves output along (queue -> buffer -> socket) as far as it can go, then, if `read`,
@@ -152,7 +157,7 @@ impl<T: Transport> SessionIo<T> {
                         return Poll::Ready(Event::WriteFailed);
                     }
                     Poll::Pending if self.write_deadline.is_none() => {
-                        self.write_deadline = Some(Instant::now() + self.write_timeout);
+                        self.write_deadline = Some(Instant::now() + self.write_timeout());
                         return Poll::Ready(Event::WriteBlocked);
                     }
                     Poll::Pending => {}
@@ -228,7 +233,7 @@ impl<T: Transport> SessionIo<T> {
     /// within [`ABORT_NOTICE_GRACE`].
     pub(crate) async fn finish(&mut self) {
         let handle = self.handle.clone();
-        let limit = self.write_timeout + Duration::from_secs(1);
+        let limit = self.write_timeout() + Duration::from_secs(1);
         let graceful = async {
             while !self.done {
                 if let Event::WriteFailed = poll_fn(|cx| self.poll_event(cx, false)).await {

@@ -357,6 +357,7 @@ impl SessionHandle {
             self.0.close.raise(ABORTED);
         }
         self.0.close.raise(CLOSING);
+        self.0.queue.wake();
     }
 
     /// [`Self::close_with_error`] with the reason's own name as the error code.
@@ -368,6 +369,7 @@ impl SessionHandle {
     pub fn abort(&self, reason: CloseReason, message: &str) {
         let _ = self.0.close_reason.set((reason, message.to_string()));
         self.0.close.raise(ABORTED);
+        self.0.queue.wake();
     }
 
     /// The error frame (message id, body) announcing the close reason, if it is one that is
@@ -385,6 +387,18 @@ impl SessionHandle {
     /// Resolves when the session starts closing (or is aborted).
     pub fn closing(&self) -> impl Future<Output = ()> + Send + '_ {
         self.0.close.reached(CLOSING)
+    }
+
+    /// Whether the session is closing (ready when [`Self::closing`] would be), registering
+    /// the task polling its queue to be woken when it starts to: the session's own read loop
+    /// waits on its queue and its close with one waker, not a future per wait.
+    pub(crate) fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the check: a close raised between the two still wakes the task.
+        self.0.queue.register(cx);
+        match self.0.close.stage.load(Ordering::Acquire) >= CLOSING {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
     }
 
     /// Resolves when the writer must stop without flushing.

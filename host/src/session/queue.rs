@@ -82,6 +82,24 @@ impl Queue {
         Poll::Pending
     }
 
+    /// Registers the task to be woken by the next push or [`Self::wake`], whatever the queue
+    /// holds.
+    pub(crate) fn register(&self, cx: &mut Context<'_>) {
+        let mut state = self.state.lock();
+        match &state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+    }
+
+    /// Wakes the registered task, if any (the session's close signal rose).
+    pub(crate) fn wake(&self) {
+        let waker = self.state.lock().waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// The next item, if one waits.
     pub(crate) fn try_pop(&self) -> Option<Outbound> {
         self.state.lock().items.pop_front()

@@ -39,6 +39,16 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Keeps the task's waker (not cloned again when it is the one already kept).
+    fn park(&mut self, cx: &Context<'_>) {
+        match &self.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
+}
+
 impl Queue {
     /// An empty queue of at most `capacity` items.
     pub(crate) fn new(capacity: usize) -> Self {
@@ -75,21 +85,14 @@ impl Queue {
         if state.items.capacity() > 0 {
             state.items = VecDeque::new();
         }
-        match &state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => state.waker = Some(cx.waker().clone()),
-        }
+        state.park(cx);
         Poll::Pending
     }
 
     /// Registers the task to be woken by the next push or [`Self::wake`], whatever the queue
     /// holds.
     pub(crate) fn register(&self, cx: &mut Context<'_>) {
-        let mut state = self.state.lock();
-        match &state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => state.waker = Some(cx.waker().clone()),
-        }
+        self.state.lock().park(cx);
     }
 
     /// Wakes the registered task, if any (the session's close signal rose).

@@ -18,7 +18,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::{Instant, sleep_until};
+use futures_util::future::Either;
+use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::SessionCtx;
@@ -60,7 +61,7 @@ pub(crate) fn run(
     }
     let write_timeout = Duration::from_millis(config.timeouts.write_ms);
     let out_counter = Metrics::transport_counter(&metrics.messages_out, label);
-    let io = SessionIo::new(connection, rx, handle.clone(), out_counter, write_timeout);
+    let io = SessionIo::new(connection, rx, out_counter, write_timeout);
     // OpenTelemetry semantic-convention names where they exist (session.id, client.*,
     // network.protocol.name; the login span has enduser.id); exported only when span export
     // is on.
@@ -72,7 +73,10 @@ pub(crate) fn run(
         network.protocol.name = label,
         wasmgate.close_reason = tracing::field::Empty,
     );
-    serve(Session::new(ctx, handle), io, token.map(String::into_boxed_str)).instrument(span)
+    let session = serve(Session::new(ctx, handle), io, token.map(String::into_boxed_str));
+    // A span kept beside the future is 40 bytes of every session even when nothing is
+    // interested in it (span export off): the session runs in its span only when it is built.
+    if span.is_disabled() { Either::Left(session) } else { Either::Right(Box::pin(session.instrument(span))) }
 }
 
 /// The session after its registration: login, packets, close, and the bookkeeping after it.
@@ -116,7 +120,7 @@ impl Session {
             if let Some(user_centre) = &ctx.user_centre {
                 user_centre.logout(user, handle.id(), handle.peer());
             }
-            if let Err(e) = ctx.scripts.auth.account_lost(&self.info, reason.name()).await {
+            if let Err(e) = ctx.scripts.auth.account_lost(&self.info(), reason.name()).await {
                 tracing::warn!("auth script's account-lost failed: {e}");
             }
         }
@@ -134,8 +138,8 @@ enum Wake {
     Closing,
     /// The connection, or the output moving.
     Event(Event),
-    /// The write timer (the deadline may have moved since).
-    WriteTimer,
+    /// The write deadline passed: the socket did not take what was buffered in time.
+    WriteTimedOut,
 }
 
 /// What an inbound message asks of the read loop.
@@ -151,8 +155,6 @@ enum Step<'a> {
 pub(super) struct Session {
     pub(super) ctx: Arc<SessionCtx>,
     pub(super) handle: SessionHandle,
-    /// What scripts are told about this session (kept, not rebuilt per call).
-    pub(super) info: bindings::Session,
     messages_in: prometheus_client::metrics::counter::Counter,
     /// `[rate_limits]`' message and byte buckets; `None` when both are off.
     limits: Option<Box<SessionLimits>>,
@@ -160,19 +162,32 @@ pub(super) struct Session {
 
 impl Session {
     fn new(ctx: Arc<SessionCtx>, handle: SessionHandle) -> Self {
-        let info = bindings::Session {
+        let messages_in = Metrics::transport_counter(&ctx.metrics.messages_in, handle.transport().name());
+        let limits = ctx.peers.session_limits();
+        Self { ctx, handle, messages_in, limits }
+    }
+
+    /// What scripts are told about this session, built for each call from the handle rather
+    /// than kept: kept, its record and two strings were ~130 bytes of every idle session; built,
+    /// they cost two small allocations and the peer's digits per call (docs/benchmarks.md,
+    /// "Idle TCP under 1.5 KiB").
+    pub(super) fn info(&self) -> bindings::Session {
+        let handle = &self.handle;
+        bindings::Session {
             id: handle.id(),
-            node_id: ctx.config.node.id,
+            node_id: self.ctx.config.node.id,
             transport: match handle.transport() {
                 TransportKind::WebSocket => bindings::Transport::Websocket,
                 TransportKind::Tcp => bindings::Transport::Tcp,
             },
-            peer_addr: handle.peer().to_string(),
-            user_id: None,
-        };
-        let messages_in = Metrics::transport_counter(&ctx.metrics.messages_in, handle.transport().name());
-        let limits = ctx.peers.session_limits();
-        Self { ctx, handle, info, messages_in, limits }
+            peer_addr: peer_text(handle.peer()),
+            user_id: handle.user_id().map(|user| user.to_string()),
+        }
+    }
+
+    /// Whether the session is logged in (its user is bound).
+    pub(super) fn logged_in(&self) -> bool {
+        self.handle.user_id().is_some()
     }
 
     /// Answers packet `seq` with an error frame `code` (counted by code and blame).
@@ -190,10 +205,9 @@ impl Session {
     async fn read_loop(&mut self, io: &mut SessionIo<impl Transport>) {
         // The login and heartbeat deadlines are on the gateway's wheel (session::deadlines),
         // which closes the session; the write deadline has a timer only while the socket
-        // pushes back.
-        let mut write_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        // pushes back (in `io`).
         loop {
-            // The close, then the connection, then the write timer; one waker for all (the
+            // The close, then the connection, then the write deadline; one waker for all (the
             // close signal wakes the task parked on the queue), no future per wait.
             let handle = &self.handle;
             let event = poll_fn(|cx| {
@@ -202,39 +216,26 @@ impl Session {
                 }
                 match io.poll_event(cx, true) {
                     Poll::Ready(event) => Poll::Ready(Wake::Event(event)),
-                    Poll::Pending => match write_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                        Some(Poll::Ready(())) => Poll::Ready(Wake::WriteTimer),
-                        _ => Poll::Pending,
-                    },
+                    Poll::Pending => io.poll_write_deadline(cx).map(|()| Wake::WriteTimedOut),
                 }
             })
             .await;
             match event {
                 Wake::Closing => return,
-                Wake::WriteTimer if io.write_deadline.is_some_and(|d| d <= Instant::now()) => {
+                Wake::WriteTimedOut => {
                     self.handle.abort(CloseReason::SlowConsumer, "write timed out");
                     return;
                 }
-                // The deadline moved: learnt below.
-                Wake::WriteTimer => {}
                 Wake::Event(Event::Inbound(inbound)) => match self.on_inbound(inbound) {
                     Step::Next => {}
                     Step::Work(work) => io.alongside(work).await,
                     Step::End => return,
                 },
-                // The deadline it set is learnt below.
+                // The write deadline is set: polled above from now on.
                 Wake::Event(Event::WriteBlocked) => {}
                 // The close went out before the read loop saw it: the close signal is next.
                 Wake::Event(Event::CloseWritten) => {}
                 Wake::Event(Event::WriteFailed) => return,
-            }
-            // The socket pushed back (here, or while a message was handled), or took
-            // everything: the write timer follows the write deadline.
-            match (io.write_deadline, write_timer.as_mut()) {
-                (None, _) => write_timer = None,
-                (Some(d), Some(timer)) if timer.deadline() != d => timer.as_mut().reset(d),
-                (Some(_), Some(_)) => {}
-                (Some(d), None) => write_timer = Some(Box::pin(sleep_until(d))),
             }
         }
     }
@@ -308,7 +309,7 @@ impl Session {
             self.handle.close(CloseReason::Normal, "client asked to close");
         } else if id == routes.error || id == routes.push {
             self.reject(seq, ErrorCode::BadRequest, "this id is server-to-client only");
-        } else if self.info.user_id.is_none() {
+        } else if !self.logged_in() {
             self.reject(seq, ErrorCode::NotLoggedIn, "log in before sending other messages");
         } else if id == routes.join {
             self.join_request(seq, &packet.body).await;
@@ -335,7 +336,7 @@ impl Session {
         if request == Request::Ping {
             return self.heartbeat(0);
         }
-        if self.info.user_id.is_none() {
+        if !self.logged_in() {
             if !self.ctx.config.rooms.gopush_anonymous {
                 self.reject(0, ErrorCode::NotLoggedIn, "log in first (WebSocket URL `?token=`)");
                 return;
@@ -361,7 +362,7 @@ impl Session {
         if let Some(handler) = self.ctx.scripts.handlers.for_message(packet.msg_id) {
             // message_map sends this id to a handler script; a failing one answers
             // `script_error` (no fallback dest: the map chose the script over a dest).
-            let decision = match handler.handle(&self.info, &record, packet.es_id).await {
+            let decision = match handler.handle(&self.info(), &record, packet.es_id).await {
                 Ok(outcome) => decision_of(outcome),
                 Err(e) => {
                     tracing::debug!("handler script failed: {e}");
@@ -371,7 +372,7 @@ impl Session {
             };
             return self.apply_decision(decision, packet).await;
         }
-        let decision = match self.ctx.scripts.router.route(&self.info, &record, packet.es_id).await {
+        let decision = match self.ctx.scripts.router.route(&self.info(), &record, packet.es_id).await {
             Ok(decision) => decision,
             // Failure policy: the configured fallback dest, else an error reply.
             Err(e) => match self.ctx.config.scripts.router_fallback_dest {
@@ -395,14 +396,14 @@ impl Session {
         match decision {
             Decision::Forward(dest) => {
                 let frame = BackendFrame::Forward {
-                    session_id: self.info.id,
-                    node_id: self.info.node_id,
+                    session_id: self.handle.id(),
+                    node_id: self.ctx.config.node.id,
                     msg_id: packet.msg_id,
                     seq,
-                    user_id: self.info.user_id.clone().unwrap_or_default(),
+                    user_id: self.handle.user_id().map(|user| user.to_string()).unwrap_or_default(),
                     body: packet.body,
                 };
-                if let Err(e) = self.ctx.upstreams.forward(dest, self.info.id, frame).await {
+                if let Err(e) = self.ctx.upstreams.forward(dest, self.handle.id(), frame).await {
                     self.reject(seq, e.code(), &e.to_string());
                 }
             }
@@ -455,6 +456,24 @@ fn token_of(body: &[u8]) -> String {
     String::from_utf8_lossy(body).trim().to_string()
 }
 
+/// `addr` as scripts see it, as `SocketAddr`'s `Display` writes it (`a.b.c.d:port`,
+/// `[v6]:port`). IPv4 is written digit by digit (`itoa`): std's `Display` goes through the
+/// formatter's padding support, about twice the time of a script call's record otherwise.
+fn peer_text(addr: std::net::SocketAddr) -> String {
+    let std::net::SocketAddr::V4(v4) = addr else { return addr.to_string() };
+    let mut text = String::with_capacity(21);
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        text.push_str(digits.format(octet));
+    }
+    text.push(':');
+    text.push_str(digits.format(v4.port()));
+    text
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -464,7 +483,15 @@ fn unix_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::token_of;
+    use super::{peer_text, token_of};
+
+    #[test]
+    fn peer_text_is_what_display_writes() {
+        for addr in ["127.0.0.1:9", "0.0.0.0:0", "255.255.255.255:65535", "10.20.3.4:443", "[::1]:8080"] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            assert_eq!(peer_text(addr), addr.to_string());
+        }
+    }
 
     #[test]
     fn token_from_raw_or_json_body() {

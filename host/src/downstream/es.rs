@@ -28,8 +28,8 @@ enum BadLen {
 pub(super) struct EsTransport<S> {
     io: S,
     read: SharedRead,
-    /// Largest `pack_len` accepted (header included).
-    max: usize,
+    /// Largest `pack_len` accepted (header included); 4 bytes, as `pack_len` is 2.
+    max: u32,
     little_endian: bool,
     /// The `es_id` of the last packet received, echoed in what is sent.
     es_id: u32,
@@ -42,7 +42,7 @@ impl<S> EsTransport<S> {
     /// A transport over `io` whose packet bodies are at most `max_body` bytes (and at most
     /// what `pack_len` can count).
     pub(super) fn new(io: S, max_body: usize, little_endian: bool) -> Self {
-        let max = ES_HEADER_LEN + max_body.min(es::MAX_ES_BODY);
+        let max = u32::try_from(ES_HEADER_LEN + max_body.min(es::MAX_ES_BODY)).unwrap_or(u32::MAX);
         Self {
             io,
             read: SharedRead::default(),
@@ -87,7 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for EsTransport<S> {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
-        let (max, little) = (self.max, self.little_endian);
+        let (max, little) = (self.max as usize, self.little_endian);
         self.read.poll_next(&mut self.io, cx, &mut |buf| parse(buf, max, little)).map(|next| match next {
             Next::Item(frame) => {
                 let packet = es::decode(frame, little);

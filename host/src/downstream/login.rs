@@ -56,7 +56,7 @@ impl Session {
             tracing::Span::current().record("wasmgate.outcome", result);
             metrics.logins.get_or_create(&ReasonLabel { reason: result }).inc()
         };
-        if self.info.user_id.is_some() {
+        if self.logged_in() {
             count("duplicate");
             self.reject(seq, ErrorCode::AlreadyLoggedIn, "this session is logged in");
             return;
@@ -65,7 +65,7 @@ impl Session {
             count("rate_limited");
             return self.refuse_login(answer, seq, "too many login attempts from this address");
         }
-        match self.ctx.scripts.auth.authenticate(&self.info, token).await {
+        match self.ctx.scripts.auth.authenticate(&self.info(), token).await {
             Ok(Ok(identity)) => {
                 let user: Arc<str> = identity.user_id.as_str().into();
                 if !self.ctx.peers.login_of(&user) {
@@ -86,7 +86,6 @@ impl Session {
                 if let Some(user_centre) = &self.ctx.user_centre {
                     user_centre.login(&user, self.handle.id(), self.handle.peer());
                 }
-                self.info.user_id = Some(identity.user_id);
                 let body = serde_json::json!({
                     "user_id": &*user,
                     "session_id": self.handle.id().to_string(),

@@ -81,7 +81,7 @@ impl Session {
             rooms_joined: joined as u32,
             body: data.to_vec(),
         };
-        let accept = match self.ctx.scripts.rooms.on_join(&self.info, &request).await {
+        let accept = match self.ctx.scripts.rooms.on_join(&self.info(), &request).await {
             Ok(Ok(accept)) => accept,
             Ok(Err(refusal)) => {
                 let (code, message) = match &refusal {
@@ -146,7 +146,7 @@ impl Session {
     }
 
     async fn after_leave(&mut self, room: RoomInfo, cause: LeaveCause, seq: u32) {
-        match self.ctx.scripts.rooms.on_leave(&self.info, &room, cause).await {
+        match self.ctx.scripts.rooms.on_leave(&self.info(), &room, cause).await {
             Ok(effects) => self.apply(effects, seq).await,
             Err(e) => tracing::debug!(room = room.name, "rooms script failed on leave; effects lost: {e}"),
         }
@@ -176,7 +176,7 @@ impl Session {
         }
         let info = RoomInfo { members: self.ctx.rooms.members(&room).unwrap_or(0), name: room };
         let record = Packet { msg_id: packet.msg_id, seq, body: data.to_vec() };
-        match self.ctx.scripts.rooms.on_message(&self.info, &info, &record).await {
+        match self.ctx.scripts.rooms.on_message(&self.info(), &info, &record).await {
             Ok(Ok(effects)) => self.apply(effects, seq).await,
             Ok(Err(MessageError::BadRequest(m))) => {
                 self.reject(seq, ErrorCode::BadRequest, &m);

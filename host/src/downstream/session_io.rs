@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::time::{Instant, timeout};
+use tokio::time::{Sleep, sleep, timeout};
 
 use super::WRITE_BUFFER;
 use crate::protocol::client::{Packet, SharedPacket};
@@ -87,8 +87,7 @@ pub(crate) fn poll_discard<R: AsyncRead + Unpin>(io: &mut R, cx: &mut Context<'_
 /// What [`SessionIo::poll_event`] reports.
 pub(crate) enum Event {
     Inbound(Inbound),
-    /// The socket pushed back: [`SessionIo::write_deadline`] is set (the session's timer must
-    /// learn it).
+    /// The socket pushed back: the write deadline is set ([`SessionIo::poll_write_deadline`]).
     WriteBlocked,
     /// The close was written: nothing more goes out.
     CloseWritten,
@@ -103,14 +102,15 @@ pub(crate) const ABORT_NOTICE_GRACE: Duration = Duration::from_millis(250);
 /// A session's transport and outbound queue, polled together.
 pub(crate) struct SessionIo<T> {
     pub(crate) transport: T,
+    /// The queue, and through it the session ([`OutboundReceiver::session`]).
     queue: OutboundReceiver,
-    handle: SessionHandle,
     sent: Counter,
     /// `write_ms`, kept in 4 bytes (a `Duration` is 16, in every idle session).
     write_timeout_ms: u32,
-    /// When the socket must have taken what is buffered: `write_ms` after it first pushed
-    /// back. Past it the session is a slow consumer.
-    pub(crate) write_deadline: Option<Instant>,
+    /// Fires when the socket must have taken what is buffered: `write_ms` after it first
+    /// pushed back; past it the session is a slow consumer. Exists only while the socket
+    /// pushes back (its deadline is the write deadline: no copy of it in every session).
+    write_timer: Option<Pin<Box<Sleep>>>,
     /// The close was taken from the queue: nothing more is taken.
     closed: bool,
     /// Nothing more is written (the close went out, or a write failed).
@@ -120,20 +120,13 @@ pub(crate) struct SessionIo<T> {
 impl<T: Transport> SessionIo<T> {
     /// `sent` counts the packets written (`wasmgate_messages_out_total`); `write_timeout` is
     /// `write_ms`.
-    pub(crate) fn new(
-        transport: T,
-        queue: OutboundReceiver,
-        handle: SessionHandle,
-        sent: Counter,
-        write_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(transport: T, queue: OutboundReceiver, sent: Counter, write_timeout: Duration) -> Self {
         Self {
             transport,
             queue,
-            handle,
             sent,
             write_timeout_ms: u32::try_from(write_timeout.as_millis()).unwrap_or(u32::MAX),
-            write_deadline: None,
+            write_timer: None,
             closed: false,
             done: false,
         }
@@ -143,21 +136,30 @@ impl<T: Transport> SessionIo<T> {
         Duration::from_millis(u64::from(self.write_timeout_ms))
     }
 
+    /// Ready once the write deadline passed ([`Event::WriteBlocked`] set it; the socket has not
+    /// taken everything since). Pending while the socket takes what it is given.
+    pub(crate) fn poll_write_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.write_timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
     /// Moves output along (queue -> buffer -> socket) as far as it can go, then, if `read`,
     /// polls for the next inbound message. Ready with what the session must act on.
     pub(crate) fn poll_event(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Event> {
         while !self.done {
             if self.transport.buffered() > 0 {
                 match self.transport.poll_write_out(cx) {
-                    Poll::Ready(Ok(())) => self.write_deadline = None,
+                    Poll::Ready(Ok(())) => self.write_timer = None,
                     Poll::Ready(Err(e)) => {
                         tracing::debug!("write failed: {e}");
                         self.done = true;
-                        self.handle.abort(CloseReason::TransportError, "write failed");
+                        self.queue.session().abort(CloseReason::TransportError, "write failed");
                         return Poll::Ready(Event::WriteFailed);
                     }
-                    Poll::Pending if self.write_deadline.is_none() => {
-                        self.write_deadline = Some(Instant::now() + self.write_timeout());
+                    Poll::Pending if self.write_timer.is_none() => {
+                        self.write_timer = Some(Box::pin(sleep(self.write_timeout())));
                         return Poll::Ready(Event::WriteBlocked);
                     }
                     Poll::Pending => {}
@@ -185,7 +187,7 @@ impl<T: Transport> SessionIo<T> {
         while self.transport.buffered() < WRITE_BUFFER && !self.closed {
             let Poll::Ready(item) = self.queue.poll_recv(cx) else { break };
             taken = true;
-            self.handle.dequeued(&item);
+            self.queue.session().dequeued(&item);
             let put = match item {
                 Outbound::Packet { msg_id, seq, body } => self.transport.put(msg_id, seq, &body).map(|()| 1),
                 Outbound::Shared(packet) => self.transport.put_shared(&packet).map(|()| 1),
@@ -196,7 +198,8 @@ impl<T: Transport> SessionIo<T> {
                 }
                 Outbound::Close => {
                     self.closed = true;
-                    let (reason, message) = self.handle.close_reason().unwrap_or((CloseReason::Normal, ""));
+                    let (reason, message) =
+                        self.queue.session().close_reason().unwrap_or((CloseReason::Normal, ""));
                     self.transport.put_close(reason, message);
                     Ok(0)
                 }
@@ -232,7 +235,7 @@ impl<T: Transport> SessionIo<T> {
     /// its side; an abort (slow consumer, shutdown deadline) sends only the close notice,
     /// within [`ABORT_NOTICE_GRACE`].
     pub(crate) async fn finish(&mut self) {
-        let handle = self.handle.clone();
+        let handle = self.queue.session().clone();
         let limit = self.write_timeout() + Duration::from_secs(1);
         let graceful = async {
             while !self.done {
@@ -264,9 +267,9 @@ impl<T: Transport> SessionIo<T> {
         if self.done {
             return;
         }
-        let (reason, message) = self.handle.close_reason().unwrap_or((CloseReason::GoingAway, ""));
+        let (reason, message) = self.queue.session().close_reason().unwrap_or((CloseReason::GoingAway, ""));
         if !self.closed {
-            if let Some((msg_id, body)) = self.handle.close_notice() {
+            if let Some((msg_id, body)) = self.queue.session().close_notice() {
                 let _ = self.transport.put(msg_id, 0, &body);
             }
             self.transport.put_close(reason, message);

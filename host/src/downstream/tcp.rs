@@ -98,16 +98,10 @@ where
         return Either::Left(session.map(move |()| drop(admission)));
     }
     let max_in = ctx.config.limits.max_msg_len + HEADER_LEN;
-    // Outbound packets may be larger than what clients may send; bound them by the prefix.
-    let max_out = if framing.len_msg_len == 2 { u16::MAX as usize } else { u32::MAX as usize };
     // No read buffer of its own while idle, and a write buffer that exists only while output
     // waits for the socket: both sized for idle sessions.
-    let transport = TcpTransport {
-        io: stream,
-        reader: FrameReader::new(framing, max_in),
-        encoder: codec(framing, max_out),
-        out: OutBuf::default(),
-    };
+    let transport =
+        TcpTransport { io: stream, reader: FrameReader::new(framing, max_in), out: OutBuf::default() };
     // A combinator, not an `async` block: awaiting a captured future moves it into a second
     // slot of the block's state (1,800 bytes against 920 in a debug build).
     Either::Right(driver::run(ctx, TransportKind::Tcp, peer, None, transport).map(move |()| drop(admission)))
@@ -125,6 +119,19 @@ impl FrameReader {
     /// Frames in `framing`, whose packets are at most `max` bytes.
     pub fn new(framing: &TcpFramingConfig, max: usize) -> Self {
         Self { read: SharedRead::default(), prefix: Prefix::new(framing, max) }
+    }
+
+    /// The codec that writes frames in the same framing, built per write rather than kept (its
+    /// decoding state and settings are ~70 bytes of every idle session). Outbound packets may be
+    /// larger than what clients may send: they are bounded by the prefix alone.
+    fn encoder(&self) -> LengthDelimitedCodec {
+        let mut builder = LengthDelimitedCodec::builder();
+        let max = if self.prefix.len == 2 { usize::from(u16::MAX) } else { u32::MAX as usize };
+        builder.length_field_length(usize::from(self.prefix.len)).max_frame_length(max);
+        if self.prefix.little_endian {
+            builder.little_endian();
+        }
+        builder.new_codec()
     }
 
     /// The next frame's packet (copied out of the read buffer); `Ok(None)` when the peer ended
@@ -191,9 +198,8 @@ impl Prefix {
 /// shared buffer ([`SharedRead`]) and written to the same stream from [`OutBuf`].
 struct TcpTransport<S> {
     io: S,
+    /// Reads frames; its framing also writes them ([`FrameReader::encoder`]).
     reader: FrameReader,
-    /// The framing for what is sent (its length bound is the prefix's, not `max_msg_len`).
-    encoder: LengthDelimitedCodec,
     out: OutBuf,
 }
 
@@ -215,11 +221,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for TcpTransport<S> {
     fn put(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
         let mut packet = BytesMut::with_capacity(HEADER_LEN + body.len());
         client::encode_binary(msg_id, seq, body, &mut packet);
-        self.encoder.encode(packet.freeze(), self.out.buf_mut())
+        self.reader.encoder().encode(packet.freeze(), self.out.buf_mut())
     }
 
     fn put_shared(&mut self, packet: &client::SharedPacket) -> std::io::Result<()> {
-        self.encoder.encode(packet.binary().clone(), self.out.buf_mut())
+        self.reader.encoder().encode(packet.binary().clone(), self.out.buf_mut())
     }
 
     fn put_close(&mut self, _reason: CloseReason, _message: &str) {
@@ -253,7 +259,6 @@ mod tests {
         TcpTransport {
             io,
             reader: FrameReader::new(&TcpFramingConfig::default(), 1 << 20),
-            encoder: codec(&TcpFramingConfig::default(), 1 << 24),
             out: OutBuf::default(),
         }
     }

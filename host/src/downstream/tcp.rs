@@ -29,9 +29,14 @@ use crate::session::{CloseReason, ErrorCode, TransportKind};
 
 /// The length-prefix codec for a framing config; `max_frame` bounds decoded frames.
 pub fn codec(framing: &TcpFramingConfig, max_frame: usize) -> LengthDelimitedCodec {
+    length_codec(framing.len_msg_len, framing.little_endian, max_frame)
+}
+
+/// The length-prefix codec for a `len`-byte prefix (2 or 4) in either byte order.
+fn length_codec(len: usize, little_endian: bool, max_frame: usize) -> LengthDelimitedCodec {
     let mut builder = LengthDelimitedCodec::builder();
-    builder.length_field_length(framing.len_msg_len).max_frame_length(max_frame);
-    if framing.little_endian {
+    builder.length_field_length(len).max_frame_length(max_frame);
+    if little_endian {
         builder.little_endian();
     }
     builder.new_codec()
@@ -125,13 +130,8 @@ impl FrameReader {
     /// decoding state and settings are ~70 bytes of every idle session). Outbound packets may be
     /// larger than what clients may send: they are bounded by the prefix alone.
     fn encoder(&self) -> LengthDelimitedCodec {
-        let mut builder = LengthDelimitedCodec::builder();
         let max = if self.prefix.len == 2 { usize::from(u16::MAX) } else { u32::MAX as usize };
-        builder.length_field_length(usize::from(self.prefix.len)).max_frame_length(max);
-        if self.prefix.little_endian {
-            builder.little_endian();
-        }
-        builder.new_codec()
+        length_codec(usize::from(self.prefix.len), self.prefix.little_endian, max)
     }
 
     /// The next frame's packet (copied out of the read buffer); `Ok(None)` when the peer ended

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use wasmgate::config::TcpFramingConfig;
 use wasmgate::protocol::client::{self, Packet};
@@ -65,6 +66,13 @@ struct JsonIn {
     data_b64: Option<String>,
 }
 
+/// tungstenite's defaults with a 16 KiB read buffer: tungstenite zero-fills the whole read
+/// size (128 KiB by default) before every read, even one that finds nothing, which made it
+/// the largest cost of a fan-out member (docs/benchmarks.md, "Fan-out clients").
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
 impl Client {
     /// Connects over WebSocket to `url` (`ws://host:port/ws`); `text` selects JSON text frames.
     pub async fn ws(url: &str, text: bool) -> anyhow::Result<Self> {
@@ -78,8 +86,9 @@ impl Client {
     /// Opens a WebSocket to `url` over an established `stream` (e.g. TLS for `wss://`).
     pub async fn ws_over(stream: impl ByteStream + 'static, url: &str, text: bool) -> anyhow::Result<Self> {
         let io: Io = Box::new(stream);
-        let (ws, _) =
-            tokio_tungstenite::client_async(url, io).await.with_context(|| format!("upgrading to {url}"))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, io, Some(ws_config()))
+            .await
+            .with_context(|| format!("upgrading to {url}"))?;
         Ok(Self { transport: Transport::Ws { ws: Box::new(ws), text }, next_seq: 1 })
     }
 

@@ -121,23 +121,26 @@ struct Seen {
 
 async fn receive(mut client: Client, expect: usize, sample: bool, limit: Duration) -> Seen {
     let mut seen = Seen { count: 0, last: None, latencies: Vec::new() };
-    let deadline = tokio::time::Instant::now() + limit;
-    while seen.count < expect {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Ok(Ok(received)) = client.recv_within(left).await.map(|r| r.packet()) else { break };
-        if received.msg_id != ROOM_MESSAGE {
-            continue;
-        }
-        seen.count += 1;
-        seen.last = Some(Instant::now());
-        if sample {
-            let now = unix_ns();
-            let body: serde_json::Value = serde_json::from_slice(&received.body).unwrap_or_default();
-            if let Some(sent) = body["data"]["t"].as_u64() {
-                seen.latencies.push(now.saturating_sub(sent));
+    // One timer for the whole wait, not one per packet: a timer set and cancelled per
+    // delivery was a tenth of a member's CPU.
+    let _ = tokio::time::timeout(limit, async {
+        while seen.count < expect {
+            let Ok(received) = client.recv().await.and_then(|r| r.packet()) else { break };
+            if received.msg_id != ROOM_MESSAGE {
+                continue;
+            }
+            seen.count += 1;
+            seen.last = Some(Instant::now());
+            if sample {
+                let now = unix_ns();
+                let body: serde_json::Value = serde_json::from_slice(&received.body).unwrap_or_default();
+                if let Some(sent) = body["data"]["t"].as_u64() {
+                    seen.latencies.push(now.saturating_sub(sent));
+                }
             }
         }
-    }
+    })
+    .await;
     seen
 }
 

@@ -23,7 +23,7 @@ use mqttbytes::v4::{self as mqtt, Packet as Mqtt};
 use tokio_tungstenite::tungstenite::Message;
 use wasmgate::protocol::client::{decode_binary, encode_binary};
 use wasmgate_examples::bench::{GatewayProcess, cpu_seconds, free_port, percentile_ms};
-use wasmgate_examples::client::mint_token;
+use wasmgate_examples::client::{mint_token, ws_config};
 
 use super::peers::{Servers, mosquitto, node_ws};
 use super::{LOGIN, SECRET};
@@ -113,8 +113,9 @@ async fn join(target: FanoutTarget, port: u16, n: usize) -> anyhow::Result<Ws> {
         // MQTT over WebSocket names its subprotocol (MQTT 3.1.1 section 6).
         request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse()?);
     }
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(request, stream).await.context("WebSocket handshake")?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+        .await
+        .context("WebSocket handshake")?;
     match target {
         FanoutTarget::Wasmgate => {
             let token = mint_token(SECRET, &format!("fanout-{n}"), None, 3600)?;
@@ -250,31 +251,43 @@ async fn receive(
 ) -> Seen {
     let mut seen = Seen { count: 0, last: None, latencies: Vec::new() };
     let mut buffer = BytesMut::new();
+    // One timer, pushed back as deliveries arrive (tokio moves a later deadline without
+    // touching its wheel), not a timer set and cancelled per frame.
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     while seen.count < expect {
-        let Ok(Some(Ok(Message::Binary(data)))) = tokio::time::timeout(idle, rx.next()).await else { break };
-        let mut deliveries: Vec<Bytes> = Vec::new();
+        let data = tokio::select! {
+            biased;
+            next = rx.next() => match next {
+                Some(Ok(Message::Binary(data))) => data,
+                _ => break,
+            },
+            () = &mut idle_timer => break,
+        };
+        let now = Instant::now();
+        idle_timer.as_mut().reset(tokio::time::Instant::from_std(now) + idle);
+        let mut count = |body: &[u8]| {
+            seen.count += 1;
+            seen.last = Some(now);
+            if sample && let Some(sent) = stamp(target, body) {
+                let at = now.duration_since(epoch).as_nanos() as u64;
+                seen.latencies.push(at.saturating_sub(sent));
+            }
+        };
         match target {
             FanoutTarget::Wasmgate => match decode_binary(data) {
-                Ok(p) if p.msg_id == ROOM_MESSAGE => deliveries.push(p.body),
+                Ok(p) if p.msg_id == ROOM_MESSAGE => count(&p.body),
                 _ => {}
             },
-            FanoutTarget::NodeWs => deliveries.push(data),
+            FanoutTarget::NodeWs => count(&data),
             FanoutTarget::Mosquitto => {
                 buffer.extend_from_slice(&data);
                 let Ok(packets) = parse_mqtt(&mut buffer) else { break };
-                deliveries.extend(packets.into_iter().filter_map(|p| match p {
-                    Mqtt::Publish(p) => Some(p.payload),
-                    _ => None,
-                }));
-            }
-        }
-        let now = Instant::now();
-        for body in deliveries {
-            seen.count += 1;
-            seen.last = Some(now);
-            if sample && let Some(sent) = stamp(target, &body) {
-                let at = now.duration_since(epoch).as_nanos() as u64;
-                seen.latencies.push(at.saturating_sub(sent));
+                for packet in packets {
+                    if let Mqtt::Publish(p) = packet {
+                        count(&p.payload);
+                    }
+                }
             }
         }
     }

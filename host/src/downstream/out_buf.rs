@@ -1,12 +1,32 @@
 //! A session's output on its way to the socket: frames gathered into one buffer, written with
 //! as few syscalls as the socket allows, and the buffer let go once written.
+//!
+//! The buffer is lent by the worker thread: a session that writes everything it gathered
+//! gives it back within the same poll, so one allocation per thread serves every session it
+//! polls, and a session owns a buffer only while its socket pushes back.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
+
+use super::WRITE_BUFFER;
+
+/// Capacity of the buffer a worker thread lends, in bytes: a full batch ([`WRITE_BUFFER`])
+/// plus the frame that crosses it, without growing.
+const LENT_CAPACITY: usize = 2 * WRITE_BUFFER;
+
+/// The largest buffer a thread keeps to lend again, in bytes; a longer one (a large push)
+/// is freed once written.
+pub(crate) const MAX_KEPT: usize = 2 * LENT_CAPACITY;
+
+thread_local! {
+    /// The worker thread's spare write buffer: empty, or lent to the session being polled.
+    static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
 
 /// Bytes waiting for the socket. Empty (no allocation) whenever everything was written: an
 /// idle session keeps no write buffer, and one that once sent a 64 KiB push does not keep
@@ -23,8 +43,11 @@ impl OutBuf {
         self.buf.len()
     }
 
-    /// The buffer, to append whole frames to.
+    /// The buffer, to append whole frames to: the thread's spare one when this holds none.
     pub(crate) fn buf_mut(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() == 0 {
+            self.buf = SPARE.take().unwrap_or_else(|| BytesMut::with_capacity(LENT_CAPACITY));
+        }
         &mut self.buf
     }
 
@@ -43,10 +66,20 @@ impl OutBuf {
             }
             self.buf.advance(n);
         }
-        // Replaced, not kept: an emptied `BytesMut` still owns its allocation (its capacity
-        // reads 0 once advanced to the end, and `reserve` takes the whole allocation back).
-        self.buf = BytesMut::new();
+        give_back(std::mem::take(&mut self.buf));
         Pin::new(io).poll_flush(cx)
+    }
+}
+
+/// Keeps a written-out buffer as the thread's spare unless the thread has one or it is
+/// larger than [`MAX_KEPT`]. An emptied `BytesMut` still owns its allocation (its capacity
+/// reads 0 once advanced to the end): `try_reclaim` takes it back without allocating.
+fn give_back(mut buf: BytesMut) {
+    buf.clear();
+    if buf.try_reclaim(LENT_CAPACITY) && buf.capacity() <= MAX_KEPT {
+        // A spare already there is kept; this one is freed.
+        let kept = SPARE.take().unwrap_or(buf);
+        SPARE.set(Some(kept));
     }
 }
 
@@ -61,13 +94,19 @@ mod tests {
     async fn the_buffer_is_freed_once_written() {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         let mut out = OutBuf::default();
+        out.buf_mut().put_slice(b"small");
+        std::future::poll_fn(|cx| out.poll_write_to(&mut server, cx)).await.unwrap();
+        assert_eq!(out.buf.capacity(), 0, "a written batch leaves the session no buffer");
+        let spare = SPARE.take().map(|b| b.capacity());
+        assert_eq!(spare, Some(LENT_CAPACITY), "the thread keeps it to lend again");
         out.buf_mut().put_slice(&vec![7u8; 64 * 1024]);
         std::future::poll_fn(|cx| out.poll_write_to(&mut server, cx)).await.unwrap();
-        out.buf_mut().put_slice(b"small");
-        assert!(out.buf.capacity() < 1024, "a written batch keeps no buffer: {}", out.buf.capacity());
-        let mut got = vec![0u8; 64 * 1024];
+        assert_eq!(out.buf.capacity(), 0);
+        let spare = SPARE.take().map(|b| b.capacity());
+        assert!(spare.is_none_or(|c| c <= MAX_KEPT), "a 64 KiB buffer is not kept: {spare:?}");
+        let mut got = vec![0u8; 5 + 64 * 1024];
         client.read_exact(&mut got).await.unwrap();
-        assert!(got.iter().all(|&b| b == 7));
+        assert!(got[5..].iter().all(|&b| b == 7));
     }
 
     /// A socket that takes part of the buffer keeps the rest for the next write, in order.

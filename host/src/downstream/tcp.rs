@@ -318,7 +318,10 @@ mod tests {
         assert_eq!(writer.buffered(), 0);
         writer.put(601, 0, b"small").expect("put");
         let capacity = writer.out.buf_mut().capacity();
-        assert!(capacity <= super::super::WRITE_BUFFER, "a {capacity}-byte buffer kept for a small frame");
+        assert!(
+            capacity <= super::super::out_buf::MAX_KEPT,
+            "a {capacity}-byte buffer kept for a small frame"
+        );
         poll_fn(|cx| writer.poll_write_out(cx)).await.expect("written");
         let mut got = vec![0u8; 2 * (4 + HEADER_LEN) + (64 << 10) + 5];
         tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut got).await.expect("both frames arrived whole");

@@ -187,7 +187,6 @@ impl<T: Transport> SessionIo<T> {
         while self.transport.buffered() < WRITE_BUFFER && !self.closed {
             let Poll::Ready(item) = self.queue.poll_recv(cx) else { break };
             taken = true;
-            self.queue.session().dequeued(&item);
             let put = match item {
                 Outbound::Packet { msg_id, seq, body } => self.transport.put(msg_id, seq, &body).map(|()| 1),
                 Outbound::Shared(packet) => self.transport.put_shared(&packet).map(|()| 1),

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -78,11 +78,9 @@ struct Shared {
     /// and when its client last sent something.
     born: AtomicU32,
     seen: AtomicU32,
-    /// The outbound queue, of at most `pending_write_num` packets.
+    /// The outbound queue, of at most `pending_write_num` packets and `pending_write_bytes`
+    /// bytes (header and body).
     queue: Queue,
-    /// Bytes of the packets in `queue` (header and body), and the most it may hold.
-    queued_bytes: AtomicUsize,
-    max_bytes: usize,
     /// Why it closed (a boxed str: 8 bytes fewer in every session than a `String`).
     close_reason: OnceLock<(CloseReason, Box<str>)>,
     /// How far the close has gone: reading stops at `CLOSING`, writing (without
@@ -158,8 +156,7 @@ pub fn error_body(code: &str, message: &str) -> Bytes {
 
 impl SessionHandle {
     /// A handle and the receiving end of its outbound queue (`capacity` packets of at most
-    /// `max_bytes` together). The receiver must report each packet it takes with
-    /// [`Self::dequeued`].
+    /// `max_bytes` together).
     pub fn new(
         id: u64,
         transport: TransportKind,
@@ -177,9 +174,7 @@ impl SessionHandle {
             duplicate_rule: AtomicU8::new(DuplicateRule::Allow as u8),
             born: AtomicU32::new(0),
             seen: AtomicU32::new(0),
-            queue: Queue::new(capacity),
-            queued_bytes: AtomicUsize::new(0),
-            max_bytes,
+            queue: Queue::new(capacity, max_bytes),
             close_reason: OnceLock::new(),
             close: CloseSignal::default(),
             rooms: Mutex::default(),
@@ -272,46 +267,29 @@ impl SessionHandle {
     }
 
     fn queue_bounded(&self, item: Outbound) -> bool {
-        let size = item.size();
-        let before = self.0.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        // An empty queue takes any one packet: a reply larger than the bound still goes out.
-        if before > 0 && before + size > self.0.max_bytes {
-            self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            self.abort(CloseReason::SlowConsumer, "outbound queue over pending_write_bytes");
-            return false;
-        }
-        match self.0.queue.push(item) {
+        match self.0.queue.push(item, true) {
             Ok(()) => true,
-            Err(e) => {
-                self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-                if e == PushError::Full {
-                    self.abort(CloseReason::SlowConsumer, "outbound queue full");
-                }
+            Err(PushError::OverBytes) => {
+                self.abort(CloseReason::SlowConsumer, "outbound queue over pending_write_bytes");
                 false
             }
+            Err(PushError::Full) => {
+                self.abort(CloseReason::SlowConsumer, "outbound queue full");
+                false
+            }
+            Err(PushError::Closed) => false,
         }
     }
 
-    /// Queues `item` whatever the bounds say (the close's error frame and marker); false if
-    /// the queue is full or gone.
+    /// Queues `item` whatever the byte bound says (the close's error frame and marker); false
+    /// if the queue is full or gone.
     fn queue(&self, item: Outbound) -> bool {
-        let size = item.size();
-        self.0.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        let queued = self.0.queue.push(item).is_ok();
-        if !queued {
-            self.0.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-        }
-        queued
-    }
-
-    /// The session took `item` off the queue to write it.
-    pub fn dequeued(&self, item: &Outbound) {
-        self.0.queued_bytes.fetch_sub(item.size(), Ordering::AcqRel);
+        self.0.queue.push(item, false).is_ok()
     }
 
     /// Bytes of the packets queued now.
     pub fn queued_bytes(&self) -> usize {
-        self.0.queued_bytes.load(Ordering::Acquire)
+        self.0.queue.bytes()
     }
 
     /// The session's room memberships (locked briefly by the room table only).
@@ -419,8 +397,7 @@ impl OutboundReceiver {
         &self.0
     }
 
-    /// The next item, or `Pending` until one is queued. The caller reports it with
-    /// [`SessionHandle::dequeued`].
+    /// The next item, or `Pending` until one is queued.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Outbound> {
         self.0.0.queue.poll_pop(cx)
     }
@@ -481,7 +458,8 @@ mod tests {
         // An empty queue takes any one packet; the writer's dequeue gives its bytes back.
         let (big, rx) = new(2);
         assert!(big.send(9, 0, Bytes::from(vec![0u8; 5000])), "one large packet into an empty queue");
-        big.dequeued(&rx.try_recv().unwrap());
+        assert_eq!(big.queued_bytes(), 5000 + crate::protocol::client::HEADER_LEN);
+        assert!(rx.try_recv().is_some());
         assert_eq!(big.queued_bytes(), 0);
     }
 

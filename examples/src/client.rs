@@ -68,7 +68,7 @@ struct JsonIn {
 
 /// tungstenite's defaults with a 16 KiB read buffer: tungstenite zero-fills the whole read
 /// size (128 KiB by default) before every read, even one that finds nothing, which made it
-/// the largest cost of a fan-out member (docs/benchmarks.md, "Fan-out clients").
+/// the largest cost of a fan-out member (docs/benchmarks.md, "Fan-out without allocations").
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(16 * 1024)
 }

@@ -149,6 +149,7 @@ impl Queue {
             let mut state = self.state.lock();
             state.closed = true;
             state.waker = None;
+            state.bytes = 0;
             std::mem::take(&mut state.items)
         };
         drop(items);
@@ -203,5 +204,23 @@ mod tests {
         queue.close();
         assert_eq!(queue.push(packet(4), true), Err(PushError::Closed));
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// Bytes are counted in and out; an empty queue takes one item over the byte bound; a
+    /// closed queue counts nothing.
+    #[test]
+    fn bounded_in_bytes() {
+        let big = |len: usize| Outbound::Packet { msg_id: 1, seq: 0, body: Bytes::from(vec![0; len]) };
+        let header = crate::protocol::client::HEADER_LEN;
+        let queue = Queue::new(8, 100);
+        assert_eq!(queue.push(big(200), true), Ok(()), "an empty queue takes one oversized item");
+        assert_eq!(queue.bytes(), 200 + header);
+        assert_eq!(queue.push(big(0), true), Err(PushError::OverBytes));
+        assert_eq!(queue.push(big(0), false), Ok(()), "an unbounded push ignores the byte bound");
+        assert_eq!(queue.bytes(), 200 + 2 * header);
+        assert!(queue.try_pop().is_some());
+        assert_eq!(queue.bytes(), header);
+        queue.close();
+        assert_eq!(queue.bytes(), 0);
     }
 }

@@ -5,9 +5,9 @@
 //! session's at every packet (docs/benchmarks.md, "Fan-out without allocations").
 //!
 //! It lives inside the session handle's allocation: an idle session pays for a lock, an
-//! empty `VecDeque`, a waker slot and its capacity (72 bytes) and nothing on the heap. The
-//! deque's buffer exists only while packets wait: the receiver lets go of it when it finds
-//! the queue empty.
+//! empty `VecDeque`, a waker slot, the byte count and both bounds (88 bytes) and nothing on
+//! the heap. The deque's buffer exists only while packets wait: the receiver lets go of it
+//! when it finds the queue empty.
 //! (`flume`'s channel, which this replaced, cost an idle session ~350 bytes: its shared
 //! state, the receiving stream's waker hook and the deque a first packet grew;
 //! docs/benchmarks.md, "A queue inside the handle".)

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,14 +29,9 @@ use crate::session::{CloseReason, ErrorCode, TransportKind};
 
 /// The length-prefix codec for a framing config; `max_frame` bounds decoded frames.
 pub fn codec(framing: &TcpFramingConfig, max_frame: usize) -> LengthDelimitedCodec {
-    length_codec(framing.len_msg_len, framing.little_endian, max_frame)
-}
-
-/// The length-prefix codec for a `len`-byte prefix (2 or 4) in either byte order.
-fn length_codec(len: usize, little_endian: bool, max_frame: usize) -> LengthDelimitedCodec {
     let mut builder = LengthDelimitedCodec::builder();
-    builder.length_field_length(len).max_frame_length(max_frame);
-    if little_endian {
+    builder.length_field_length(framing.len_msg_len).max_frame_length(max_frame);
+    if framing.little_endian {
         builder.little_endian();
     }
     builder.new_codec()
@@ -126,14 +121,6 @@ impl FrameReader {
         Self { read: SharedRead::default(), prefix: Prefix::new(framing, max) }
     }
 
-    /// The codec that writes frames in the same framing, built per write rather than kept (its
-    /// decoding state and settings are ~70 bytes of every idle session). Outbound packets may be
-    /// larger than what clients may send: they are bounded by the prefix alone.
-    fn encoder(&self) -> LengthDelimitedCodec {
-        let max = if self.prefix.len == 2 { usize::from(u16::MAX) } else { u32::MAX as usize };
-        length_codec(usize::from(self.prefix.len), self.prefix.little_endian, max)
-    }
-
     /// The next frame's packet (copied out of the read buffer); `Ok(None)` when the peer ended
     /// its stream between frames. Errors: a frame longer than `max` (`message_too_big`, from
     /// its prefix alone), the stream's end inside a frame or a read error (`transport_error`).
@@ -192,13 +179,36 @@ impl Prefix {
         }
         Ok(Parsed::Frame(end, Some(Bytes::copy_from_slice(&buf[n..end]))))
     }
+
+    /// The prefix of a `len`-byte packet, written before it: the first 2 or 4 bytes of the
+    /// array. Outbound packets may be larger than what clients may send (`max`): they are
+    /// bounded by the prefix alone. Errors (`InvalidInput`): the prefix cannot count `len`.
+    fn encode(&self, len: usize) -> std::io::Result<([u8; 4], usize)> {
+        let too_long = || {
+            let message = format!("a {len}-byte packet does not fit a {}-byte length prefix", self.len);
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
+        };
+        let mut head = [0; 4];
+        if self.len == 2 {
+            let len = u16::try_from(len).map_err(|_| too_long())?;
+            head[..2].copy_from_slice(&if self.little_endian {
+                len.to_le_bytes()
+            } else {
+                len.to_be_bytes()
+            });
+        } else {
+            let len = u32::try_from(len).map_err(|_| too_long())?;
+            head = if self.little_endian { len.to_le_bytes() } else { len.to_be_bytes() };
+        }
+        Ok((head, usize::from(self.len)))
+    }
 }
 
 /// A session's TCP (or TLS) connection, both directions: frames are read over the worker's
 /// shared buffer ([`SharedRead`]) and written to the same stream from [`OutBuf`].
 struct TcpTransport<S> {
     io: S,
-    /// Reads frames; its framing also writes them ([`FrameReader::encoder`]).
+    /// Reads frames; its prefix also writes them ([`Prefix::encode`]).
     reader: FrameReader,
     out: OutBuf,
 }
@@ -219,13 +229,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for TcpTransport<S> {
     }
 
     fn put(&mut self, msg_id: u32, seq: u32, body: &[u8]) -> std::io::Result<()> {
-        let mut packet = BytesMut::with_capacity(HEADER_LEN + body.len());
-        client::encode_binary(msg_id, seq, body, &mut packet);
-        self.reader.encoder().encode(packet.freeze(), self.out.buf_mut())
+        // The prefix first: a packet it cannot count takes no buffer.
+        let (head, n) = self.reader.prefix.encode(HEADER_LEN + body.len())?;
+        let buf = self.out.buf_mut();
+        buf.put_slice(&head[..n]);
+        client::encode_binary(msg_id, seq, body, buf);
+        Ok(())
     }
 
     fn put_shared(&mut self, packet: &client::SharedPacket) -> std::io::Result<()> {
-        self.reader.encoder().encode(packet.binary().clone(), self.out.buf_mut())
+        let frame = packet.binary();
+        let (head, n) = self.reader.prefix.encode(frame.len())?;
+        let buf = self.out.buf_mut();
+        buf.reserve(n + frame.len());
+        buf.put_slice(&head[..n]);
+        buf.put_slice(frame);
+        Ok(())
     }
 
     fn put_close(&mut self, _reason: CloseReason, _message: &str) {
@@ -295,6 +314,40 @@ mod tests {
         };
         assert_eq!((small.msg_id, &small.body[..]), (601, &b"small"[..]));
         assert!(!reader.reader.read.holds_memory(), "a read buffer kept between frames");
+    }
+
+    /// What the transport writes is what tokio-util's codec reads, in every framing; a packet
+    /// its prefix cannot count is refused and nothing of it is written.
+    #[tokio::test]
+    async fn written_frames_decode_in_every_framing() {
+        use tokio_util::codec::Decoder as _;
+        for (len_msg_len, little_endian) in [(2, false), (2, true), (4, false), (4, true)] {
+            let framing = TcpFramingConfig { len_msg_len, little_endian, ..TcpFramingConfig::default() };
+            let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+            let mut writer = TcpTransport {
+                io: ours,
+                reader: FrameReader::new(&framing, 1 << 20),
+                out: OutBuf::default(),
+            };
+            writer.put(600, 3, b"hello").expect("put");
+            let shared = client::SharedPacket::new(601, 0, Bytes::from_static(b"to all"));
+            writer.put_shared(&shared).expect("put_shared");
+            poll_fn(|cx| writer.poll_write_out(cx)).await.expect("written");
+            let mut got = BytesMut::new();
+            while got.len() < 2 * (len_msg_len + HEADER_LEN) + 11 {
+                tokio::io::AsyncReadExt::read_buf(&mut theirs, &mut got).await.expect("read");
+            }
+            let mut codec = codec(&framing, 1 << 20);
+            let first = client::decode_binary(codec.decode(&mut got).unwrap().unwrap().freeze()).unwrap();
+            let second = client::decode_binary(codec.decode(&mut got).unwrap().unwrap().freeze()).unwrap();
+            assert_eq!((first.msg_id, first.seq, &first.body[..]), (600, 3, &b"hello"[..]));
+            assert_eq!((second.msg_id, &second.body[..]), (601, &b"to all"[..]));
+            if len_msg_len == 2 {
+                let refused = writer.put(602, 0, &vec![0u8; 1 << 16]).expect_err("over a 2-byte prefix");
+                assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+                assert_eq!(writer.buffered(), 0, "nothing written for the refused packet");
+            }
+        }
     }
 
     /// A frame over the limit is refused at its prefix, before its bytes arrive.

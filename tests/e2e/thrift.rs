@@ -81,6 +81,12 @@ async fn gateway_with(framed: SocketAddr, buffered: SocketAddr) -> Harness {
     write_atomic(h.dir.path().join("message_map.json"), &serde_json::Value::Object(routes).to_string());
     h.wait_upstream(400, 2).await;
     h.wait_upstream(401, 2).await;
+    // Each file reloads on its own: pools up says nothing about the message_map, and a
+    // message sent before it lands is answered `unknown_message`.
+    wait_until("both maps are applied", || async {
+        h.metric(r#"wasmgate_map_reloads_total{reason="ok"}"#) >= 2.0
+    })
+    .await;
     h
 }
 

@@ -8,7 +8,9 @@
 //! (examples/scripts; examples/bench/languages.sh passes them).
 //!
 //! Run: `cargo bench -p wasmgate --bench script_call [-- --router c=FILE ...]` (release
-//! profile). Figures are recorded in docs/benchmarks.md.
+//! profile). Figures are recorded in docs/benchmarks.md. With `SCRIPT_CALL_ON_DEMAND=1` the
+//! engine allocates instances on demand instead of from the pooling allocator, whose address
+//! space reservation valgrind cannot map (for `valgrind --tool=callgrind` instruction counts).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -83,7 +85,11 @@ fn limits_one() -> Limits {
         memory_bytes: 64 << 20,
         instances: 1,
         cache_dir: None,
-        engine: Default::default(),
+        engine: if std::env::var_os("SCRIPT_CALL_ON_DEMAND").is_some() {
+            wasmgate::script::engine::EngineSettings { pooling: None }
+        } else {
+            Default::default()
+        },
         services: Default::default(),
         trap_unknown_imports: false,
         long_calls: None,

@@ -3,7 +3,9 @@
 //! itself) and `nginx-node-wss` (nginx terminating TLS in front of Node's `ws`, 2 workers
 //! each) — it measures:
 //! - idle memory: server RSS per logged-in session with `--sessions` open (a fresh server;
-//!   nginx + Node summed over their processes);
+//!   nginx + Node summed over their processes) and, for wasmgate, the heap in use per session
+//!   (`GET /debug/heap`): RSS growth undercounts what sessions take when they fit in memory
+//!   the allocator kept resident after the start-up compile of the scripts;
 //! - new sessions per second: `--concurrency` clients each connecting, running the TLS
 //!   handshake (full: no resumption) and the WebSocket upgrade, then closing, for
 //!   `--seconds`.
@@ -78,14 +80,31 @@ impl Certificates {
     }
 }
 
-/// Starts `target`; returns its servers and the port clients connect to.
-async fn start(target: TlsTarget, certs: &Certificates, binary: Option<&Path>) -> anyhow::Result<Servers> {
+/// Token of the gateway's admin API (`GET /debug/heap`).
+const TOKEN: &str = "tls-admin-token";
+
+/// Bytes the gateway's allocator has handed out (`GET /debug/heap` on `admin`).
+async fn heap_in_use(admin: SocketAddr) -> Option<u64> {
+    let api = wasmgate::http_client::Endpoint::plain(admin);
+    let (_, text) =
+        wasmgate::http_client::request(&api, Some(TOKEN), "GET", "/debug/heap", Vec::new()).await.ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("in_use_bytes")?.as_u64()
+}
+
+/// Starts `target`; returns its servers (and, for wasmgate, its admin address), the port
+/// clients connect to in them.
+async fn start(
+    target: TlsTarget,
+    certs: &Certificates,
+    binary: Option<&Path>,
+) -> anyhow::Result<(Servers, Option<SocketAddr>)> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     match target {
         TlsTarget::WasmgateWs | TlsTarget::WasmgateWss => {
             let (ws, admin) = (free_port()?, free_port()?);
             let mut config = gateway_config(ws, 0, admin, 19_000, "");
+            config.push_str(&format!("[admin]\ntoken = \"{TOKEN}\"\nprofiling = true\n"));
             if target == TlsTarget::WasmgateWss {
                 let tls = format!("[tls]\ncert = {:?}\nkey = {:?}\n", certs.cert(), certs.key());
                 config = config.replacen("[listen]\n", &format!("[listen]\nwss = \"127.0.0.1:{port}\"\n"), 1);
@@ -94,11 +113,11 @@ async fn start(target: TlsTarget, certs: &Certificates, binary: Option<&Path>) -
             let ready = SocketAddr::from(([127, 0, 0, 1], admin));
             let gateway = GatewayProcess::start(binary, &config, ready).await?;
             let port = if target == TlsTarget::WasmgateWs { ws } else { port };
-            Ok(Servers { children: Vec::new(), gateway: Some(gateway), _dir: dir, port })
+            Ok((Servers { children: Vec::new(), gateway: Some(gateway), _dir: dir, port }, Some(ready)))
         }
         TlsTarget::NginxNodeWss => {
             let (cert, key) = (certs.cert(), certs.key());
-            nginx_node(port, dir, Some((&cert, &key))).await
+            Ok((nginx_node(port, dir, Some((&cert, &key))).await?, None))
         }
     }
 }
@@ -132,6 +151,8 @@ async fn open(target: TlsTarget, port: u16, certs: &Certificates, n: usize) -> a
 /// What one target measured.
 struct Figures {
     bytes_per_session: f64,
+    /// wasmgate only: heap in use per session, bytes.
+    heap_per_session: Option<f64>,
     sessions_per_s: f64,
 }
 
@@ -142,10 +163,16 @@ async fn measure(
     binary: Option<&Path>,
 ) -> anyhow::Result<Figures> {
     use futures_util::{StreamExt as _, stream};
-    let servers = start(target, certs, binary).await?;
+    let (servers, admin) = start(target, certs, binary).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss = |servers: &Servers| servers.pids().into_iter().map(rss_kib).sum::<u64>();
-    let before = rss(&servers);
+    let heap = || async {
+        match admin {
+            Some(admin) => heap_in_use(admin).await,
+            None => None,
+        }
+    };
+    let (before, heap_before) = (rss(&servers), heap().await);
     let opened: Vec<_> = stream::iter(0..load.sessions)
         .map(|n| open(target, servers.port, certs, n))
         .buffer_unordered(64)
@@ -153,8 +180,11 @@ async fn measure(
         .await;
     let held: Vec<Conn> = opened.into_iter().collect::<anyhow::Result<_>>()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss(&servers);
+    let (after, heap_after) = (rss(&servers), heap().await);
     let bytes_per_session = after.saturating_sub(before) as f64 * 1024.0 / held.len().max(1) as f64;
+    let heap_per_session = heap_before
+        .zip(heap_after)
+        .map(|(before, after)| after.saturating_sub(before) as f64 / held.len().max(1) as f64);
     drop(held);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -181,8 +211,9 @@ async fn measure(
         client.await??;
     }
     let sessions_per_s = done.load(Ordering::Relaxed) as f64 / load.seconds;
+    let heap_note = heap_per_session.map_or(String::new(), |b| format!(", heap in use {b:.0} B per session"));
     println!(
-        "tls {target:?}: {} idle sessions, RSS {:.1} -> {:.1} MiB = {:.2} KiB per session | {:.0} new sessions/s (connect, {}WebSocket upgrade, close; {} clients)",
+        "tls {target:?}: {} idle sessions, RSS {:.1} -> {:.1} MiB = {:.2} KiB per session{heap_note} | {:.0} new sessions/s (connect, {}WebSocket upgrade, close; {} clients)",
         load.sessions,
         before as f64 / 1024.0,
         after as f64 / 1024.0,
@@ -195,9 +226,10 @@ async fn measure(
         "{}",
         serde_json::json!({ "scenario": "tls", "target": format!("{target:?}"), "sessions": load.sessions,
             "rss_before_kib": before, "rss_after_kib": after, "bytes_per_session": bytes_per_session.round(),
+            "heap_in_use_bytes_per_session": heap_per_session.map(f64::round),
             "new_sessions_per_s": sessions_per_s.round(), "concurrency": load.concurrency })
     );
-    Ok(Figures { bytes_per_session, sessions_per_s })
+    Ok(Figures { bytes_per_session, heap_per_session, sessions_per_s })
 }
 
 /// Runs every target in order; prints wasmgate-wss's ratios to the plain baseline and to
@@ -211,8 +243,11 @@ pub async fn run(targets: &[TlsTarget], load: Load, binary: Option<&Path>) -> an
     let find = |t| results.iter().find(|(target, _)| *target == t).map(|(_, f)| f);
     if let (Some(wss), Some(ws)) = (find(TlsTarget::WasmgateWss), find(TlsTarget::WasmgateWs)) {
         println!(
-            "tls ratio: wasmgate wss / ws = {:.2}x memory per idle session (target <= 2x)",
-            wss.bytes_per_session / ws.bytes_per_session
+            "tls ratio: wasmgate wss / ws = {:.2}x RSS per idle session (target <= 2x){}",
+            wss.bytes_per_session / ws.bytes_per_session,
+            wss.heap_per_session
+                .zip(ws.heap_per_session)
+                .map_or(String::new(), |(wss, ws)| format!(", {:.2}x heap in use", wss / ws))
         );
     }
     if let (Some(wss), Some(nginx)) = (find(TlsTarget::WasmgateWss), find(TlsTarget::NginxNodeWss)) {

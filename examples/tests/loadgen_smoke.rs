@@ -134,6 +134,8 @@ fn tls_scenario_opens_sessions_over_ws_and_wss() {
         assert_eq!(run["target"], target, "{run}");
         assert_eq!(run["sessions"], 50, "{run}");
         assert!(run["new_sessions_per_s"].as_f64().is_some_and(|r| r > 0.0), "{run}");
+        // Read from the gateway's `GET /debug/heap` before and after the sessions.
+        assert!(run["heap_in_use_bytes_per_session"].as_f64().is_some(), "{run}");
     }
     assert!(stdout.contains("tls ratio: wasmgate wss / ws"), "{stdout}");
 }

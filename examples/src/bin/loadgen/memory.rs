@@ -38,13 +38,17 @@ const PUSH_BYTES: usize = 64 << 10;
 /// Time for queues to drain and freed memory to be given back before a sample.
 const SETTLE: Duration = Duration::from_secs(4);
 
-/// The gateway's RSS and, from `GET /debug/heap`, the bytes its allocator has handed out.
+/// The bytes the gateway's allocator has handed out (`GET /debug/heap`, `admin.profiling` on);
+/// `None` if the API does not answer with them.
+pub async fn heap_in_use(api: &wasmgate::http_client::Endpoint<'_>, token: &str) -> Option<u64> {
+    let (_, text) =
+        wasmgate::http_client::request(api, Some(token), "GET", "/debug/heap", Vec::new()).await.ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("in_use_bytes")?.as_u64()
+}
+
+/// The gateway's RSS and its heap in use, KiB.
 async fn sample(pid: u32, api: &wasmgate::http_client::Endpoint<'_>) -> (u64, Option<u64>) {
-    let heap = wasmgate::http_client::request(api, Some(TOKEN), "GET", "/debug/heap", Vec::new()).await;
-    let in_use = heap.ok().and_then(|(_, text)| {
-        serde_json::from_str::<serde_json::Value>(&text).ok()?.get("in_use_bytes")?.as_u64()
-    });
-    (rss_kib(pid), in_use.map(|b| b / 1024))
+    (rss_kib(pid), heap_in_use(api, TOKEN).await.map(|b| b / 1024))
 }
 
 /// Runs the probes against `sessions` held sessions; `component` is the large component of

@@ -23,6 +23,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use wasmgate_examples::bench::{GatewayProcess, free_port, rss_kib};
 
 use super::conn::{Conn, Transport};
+use super::memory::heap_in_use;
 use super::peers::{Servers, nginx_node};
 use super::{bind_address_no_port, gateway_config};
 
@@ -82,14 +83,6 @@ impl Certificates {
 
 /// Token of the gateway's admin API (`GET /debug/heap`).
 const TOKEN: &str = "tls-admin-token";
-
-/// Bytes the gateway's allocator has handed out (`GET /debug/heap` on `admin`).
-async fn heap_in_use(admin: SocketAddr) -> Option<u64> {
-    let api = wasmgate::http_client::Endpoint::plain(admin);
-    let (_, text) =
-        wasmgate::http_client::request(&api, Some(TOKEN), "GET", "/debug/heap", Vec::new()).await.ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("in_use_bytes")?.as_u64()
-}
 
 /// Starts `target`; returns its servers (and, for wasmgate, its admin address), the port
 /// clients connect to in them.
@@ -168,7 +161,7 @@ async fn measure(
     let rss = |servers: &Servers| servers.pids().into_iter().map(rss_kib).sum::<u64>();
     let heap = || async {
         match admin {
-            Some(admin) => heap_in_use(admin).await,
+            Some(admin) => heap_in_use(&wasmgate::http_client::Endpoint::plain(admin), TOKEN).await,
             None => None,
         }
     };

@@ -1,6 +1,6 @@
 //! Smoke runs of the load generator (seconds): the `idle` scenario with its worker processes
 //! on two source addresses against wasmgate in-process, over WebSocket and over TCP; `relay`
-//! (WebSocket and TCP clients), `fanout`, `login-storm`, `swap` and `tls` (plain and TLS
+//! (WebSocket, TCP and `wss` clients), `fanout`, `login-storm`, `swap` and `tls` (plain and TLS
 //! WebSocket) against the wasmgate binary. The full benchmark, and the peers, run outside the
 //! test suite (docs/benchmarks.md).
 
@@ -52,15 +52,16 @@ fn gateway_binary_built() {
 }
 
 /// Smoke run of `relay` against the wasmgate binary and `echo-backend` (the debug builds next
-/// to `loadgen`), clients over WebSocket then over TCP: every phase gets its round trips back,
-/// none lost. The nginx-node comparison needs the peers installed; it runs outside the suite.
+/// to `loadgen`), clients over WebSocket, then over TCP, then over `wss`: every phase gets its
+/// round trips back, none lost. The nginx-node comparison needs the peers installed; it runs
+/// outside the suite.
 #[test]
-fn relay_scenario_gets_every_round_trip_back_over_both_transports() {
+fn relay_scenario_gets_every_round_trip_back_over_each_transport() {
     gateway_binary_built();
     let result = loadgen(&[
         "relay",
         "--targets",
-        "wasmgate,wasmgate-tcp",
+        "wasmgate,wasmgate-tcp,wasmgate-wss",
         "--connections",
         "4",
         "--seconds",
@@ -68,7 +69,7 @@ fn relay_scenario_gets_every_round_trip_back_over_both_transports() {
         "--rates",
         "200",
     ]);
-    for (i, target) in ["Wasmgate", "WasmgateTcp"].into_iter().enumerate() {
+    for (i, target) in ["Wasmgate", "WasmgateTcp", "WasmgateWss"].into_iter().enumerate() {
         let run = &result["runs"][i];
         assert_eq!(run["target"], target, "{result}");
         assert!(run["saturation"]["round_trips_per_s"].as_f64().is_some_and(|r| r > 0.0), "{result}");
@@ -79,6 +80,7 @@ fn relay_scenario_gets_every_round_trip_back_over_both_transports() {
         assert!((150.0..=250.0).contains(&fixed), "{target}: 200/s offered, {fixed}/s came back: {result}");
     }
     assert!(result["tcp_vs_websocket"].as_f64().is_some_and(|r| r > 0.0), "{result}");
+    assert!(result["wss_vs_ws"].as_f64().is_some_and(|r| r > 0.0), "{result}");
 }
 
 /// `fanout` on wasmgate: every member of the room gets every message, latencies are sampled.

@@ -40,7 +40,7 @@ pub type PacketStream = Pin<Box<dyn Stream<Item = anyhow::Result<Bytes>> + Send>
 pub enum Conn {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
     Tcp(Framed<TcpStream, LengthDelimitedCodec>),
-    /// WebSocket over TLS (`wss://`; the `tls` scenario), sent to and read only.
+    /// WebSocket over TLS (`wss://`; the `tls` scenario and the relay's `wasmgate-wss`).
     Wss(Box<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
@@ -143,26 +143,11 @@ impl Conn {
         }
     }
 
-    /// The two halves, for a writer and a reader that run apart. Errors: a `wss` session
-    /// (only the `tls` scenario opens them, and it does not split them).
+    /// The two halves, for a writer and a reader that run apart.
     pub fn split(self) -> anyhow::Result<(PacketSink, PacketStream)> {
         Ok(match self {
-            Conn::Wss(_) => bail!("wss sessions are not split"),
-            Conn::Ws(ws) => {
-                let (tx, rx) = ws.split();
-                let tx = tx
-                    .sink_map_err(anyhow::Error::from)
-                    .with(|packet: Bytes| future::ready(Ok::<_, anyhow::Error>(Message::Binary(packet))));
-                let rx =
-                    rx.take_while(|m| future::ready(!matches!(m, Ok(Message::Close(_))))).filter_map(|m| {
-                        future::ready(match m {
-                            Ok(Message::Binary(frame)) => Some(Ok(frame)),
-                            Ok(_) => None,
-                            Err(e) => Some(Err(e.into())),
-                        })
-                    });
-                (Box::pin(tx), Box::pin(rx))
-            }
+            Conn::Ws(ws) => split_ws(*ws),
+            Conn::Wss(ws) => split_ws(*ws),
             Conn::Tcp(framed) => {
                 let (tx, rx) = framed.split();
                 let rx = rx.map(|r| r.map(BytesMut::freeze).map_err(anyhow::Error::from));
@@ -170,4 +155,23 @@ impl Conn {
             }
         })
     }
+}
+
+/// A WebSocket session's two halves: binary frames out, binary frames in until the close.
+fn split_ws<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> (PacketSink, PacketStream)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = ws.split();
+    let tx = tx
+        .sink_map_err(anyhow::Error::from)
+        .with(|packet: Bytes| future::ready(Ok::<_, anyhow::Error>(Message::Binary(packet))));
+    let rx = rx.take_while(|m| future::ready(!matches!(m, Ok(Message::Close(_))))).filter_map(|m| {
+        future::ready(match m {
+            Ok(Message::Binary(frame)) => Some(Ok(frame)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e.into())),
+        })
+    });
+    (Box::pin(tx), Box::pin(rx))
 }

@@ -394,6 +394,17 @@ async fn relay_all(
         );
         tcp = serde_json::json!(r);
     }
+    let mut wss = serde_json::Value::Null;
+    if let (Some(ws), Some(over_tls)) =
+        (find(relay::RelayTarget::Wasmgate), find(relay::RelayTarget::WasmgateWss))
+    {
+        let r = over_tls.saturation.round_trips_per_s / ws.saturation.round_trips_per_s;
+        println!(
+            "relay TLS: wasmgate over wss / over ws = {r:.2}x round trips/s at saturation; p99 at half load: wss {:.3} ms, ws {:.3} ms",
+            over_tls.half.p99_ms, ws.half.p99_ms
+        );
+        wss = serde_json::json!(r);
+    }
     let mut thrift = serde_json::Value::Null;
     if let (Some(v1), Some(over_thrift)) =
         (find(relay::RelayTarget::Wasmgate), find(relay::RelayTarget::WasmgateThrift))
@@ -426,7 +437,7 @@ async fn relay_all(
         .collect();
     println!(
         "{}",
-        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting, "tcp_vs_websocket": tcp, "thrift_vs_v1": thrift, "shadow_vs_none": shadow })
+        serde_json::json!({ "scenario": "relay", "connections": connections, "window": window, "runs": runs, "ratio_vs_nginx_node": ratio, "wasm_vs_native_router": scripting, "tcp_vs_websocket": tcp, "wss_vs_ws": wss, "thrift_vs_v1": thrift, "shadow_vs_none": shadow })
     );
     Ok(())
 }

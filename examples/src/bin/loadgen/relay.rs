@@ -7,6 +7,8 @@
 //!   Rust, no script call): the cost of scripting, measured.
 //! - `wasmgate-tcp`: the same as `wasmgate` with the clients on the gateway's length-prefixed
 //!   TCP listener: the cost of WebSocket framing, measured.
+//! - `wasmgate-wss`: the same as `wasmgate` with the clients on the gateway's `wss` listener
+//!   (TLS 1.3, a certificate made for the run): the cost of TLS on live sessions, measured.
 //! - `wasmgate-thrift`: the same as `wasmgate` with dest 101 a Thrift dest (seed 001's
 //!   `ProtoRequest`/`ProtoReply`, framed binary) served by `thrift-echo-backend`, the same echo:
 //!   the cost of Thrift upstreams against backend protocol v1, measured.
@@ -35,6 +37,7 @@ use wasmgate_examples::bench::{GatewayProcess, free_port, percentile_ms};
 
 use super::conn::{Conn, PacketSink, PacketStream, Transport};
 use super::peers::{Servers, nginx_node, sibling, wait_listening};
+use super::tls::Certificates;
 
 /// Message id relayed to dest 101 by the default maps.
 const ECHO: u32 = 100;
@@ -48,6 +51,8 @@ pub enum RelayTarget {
     WasmgateNative,
     /// wasmgate with the clients over its TCP listener instead of WebSocket.
     WasmgateTcp,
+    /// wasmgate with the clients over its `wss` listener (the gateway terminating TLS).
+    WasmgateWss,
     /// wasmgate with dest 101 a Thrift dest (`thrift-echo-backend`).
     WasmgateThrift,
     /// wasmgate with a shadow of the router (the same component) given 100 % of the events
@@ -75,11 +80,13 @@ pub struct Phase {
     pub lost: u64,
 }
 
-/// Starts `target`'s servers; returns them and, for wasmgate, its admin port.
+/// Starts `target`'s servers; returns them and, for wasmgate, its admin port. `certs`: the
+/// `wss` listener's certificate (`wasmgate-wss`).
 async fn start(
     target: RelayTarget,
     gateway: Option<&Path>,
     router: Option<&Path>,
+    certs: Option<&Certificates>,
 ) -> anyhow::Result<(Servers, Option<u16>)> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
@@ -87,6 +94,7 @@ async fn start(
         RelayTarget::Wasmgate
         | RelayTarget::WasmgateNative
         | RelayTarget::WasmgateTcp
+        | RelayTarget::WasmgateWss
         | RelayTarget::WasmgateThrift
         | RelayTarget::WasmgateShadow => {
             let backend_port = free_port()?;
@@ -113,6 +121,10 @@ async fn start(
                 dest_map.display().to_string(),
                 message_map.display().to_string(),
             );
+            let wss = free_port()?;
+            if let Some(certs) = certs {
+                config = certs.with_wss(&config, wss);
+            }
             if let Some(router) = router {
                 let path = std::fs::canonicalize(router).with_context(|| format!("{}", router.display()))?;
                 config.push_str(&format!("[scripts.router]\npath = {:?}\n", path.display().to_string()));
@@ -145,7 +157,11 @@ async fn start(
             }
             // The pool connects in the background: give it a moment.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let port = if target == RelayTarget::WasmgateTcp { tcp } else { port };
+            let port = match target {
+                RelayTarget::WasmgateTcp => tcp,
+                RelayTarget::WasmgateWss => wss,
+                _ => port,
+            };
             Ok((Servers { children: vec![backend], gateway: Some(gateway), _dir: dir, port }, Some(admin)))
         }
         RelayTarget::NginxNode => {
@@ -186,9 +202,22 @@ async fn print_shadow(admin: u16) {
 /// A connection's two halves, kept across phases.
 type Halves = (PacketSink, PacketStream);
 
-async fn connect(port: u16, transport: Transport, n: usize, login: bool) -> anyhow::Result<Halves> {
+/// Connection `n` to `port`: over `wss` when `certs` is given, else over `transport`.
+async fn connect(
+    port: u16,
+    transport: Transport,
+    certs: Option<&Certificates>,
+    n: usize,
+    login: bool,
+) -> anyhow::Result<Halves> {
     let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut conn = Conn::connect(transport, server).await?;
+    let mut conn = match certs {
+        Some(certs) => {
+            let stream = tokio::net::TcpStream::connect(server).await?;
+            Conn::open_wss(stream, server, &certs.client).await?
+        }
+        None => Conn::connect(transport, server).await?,
+    };
     if login {
         conn.login(&format!("relay-{n}"), Duration::from_secs(10)).await?;
     }
@@ -328,11 +357,12 @@ pub async fn run(
     gateway: Option<&Path>,
     router: Option<&Path>,
 ) -> anyhow::Result<Run> {
-    let (servers, admin) = start(target, gateway, router).await?;
+    let certs = (target == RelayTarget::WasmgateWss).then(Certificates::new).transpose()?;
+    let (servers, admin) = start(target, gateway, router, certs.as_ref()).await?;
     let login = target != RelayTarget::NginxNode;
     let mut conns = Vec::with_capacity(connections);
     for n in 0..connections {
-        conns.push(connect(servers.port, target.transport(), n, login).await?);
+        conns.push(connect(servers.port, target.transport(), certs.as_ref(), n, login).await?);
     }
     // Warm-up: one second closed-loop, not reported.
     let (_, conns) = phase(conns, 1.0, window, None).await;

@@ -43,14 +43,14 @@ pub struct Load {
 }
 
 /// A CA and a server certificate for `localhost`, as PEM files in a temporary directory.
-struct Certificates {
+pub(super) struct Certificates {
     dir: tempfile::TempDir,
     /// A client trusting the CA, without session resumption (every handshake is full).
-    client: tokio_rustls::TlsConnector,
+    pub(super) client: tokio_rustls::TlsConnector,
 }
 
 impl Certificates {
-    fn new() -> anyhow::Result<Self> {
+    pub(super) fn new() -> anyhow::Result<Self> {
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate()?;
@@ -79,6 +79,15 @@ impl Certificates {
     fn key(&self) -> PathBuf {
         self.dir.path().join("key.pem")
     }
+
+    /// `config` (a gateway config from [`gateway_config`]) with a `wss` listener on `port`
+    /// presenting this certificate.
+    pub(super) fn with_wss(&self, config: &str, port: u16) -> String {
+        let tls = format!("[tls]\ncert = {:?}\nkey = {:?}\n", self.cert(), self.key());
+        let mut config = config.replacen("[listen]\n", &format!("[listen]\nwss = \"127.0.0.1:{port}\"\n"), 1);
+        config.push_str(&tls);
+        config
+    }
 }
 
 /// Token of the gateway's admin API (`GET /debug/heap`).
@@ -99,9 +108,7 @@ async fn start(
             let mut config = gateway_config(ws, 0, admin, 19_000, "");
             config.push_str(&format!("[admin]\ntoken = \"{TOKEN}\"\nprofiling = true\n"));
             if target == TlsTarget::WasmgateWss {
-                let tls = format!("[tls]\ncert = {:?}\nkey = {:?}\n", certs.cert(), certs.key());
-                config = config.replacen("[listen]\n", &format!("[listen]\nwss = \"127.0.0.1:{port}\"\n"), 1);
-                config.push_str(&tls);
+                config = certs.with_wss(&config, port);
             }
             let ready = SocketAddr::from(([127, 0, 0, 1], admin));
             let gateway = GatewayProcess::start(binary, &config, ready).await?;

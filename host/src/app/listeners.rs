@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
 
 use crate::admin::{self, AdminCtx};
 use crate::config::Config;
@@ -101,7 +100,7 @@ impl Bound {
             ctx.tasks.spawn(accept);
         }
         if let (Some(listener), Some(acceptor)) = (self.wss, acceptor(&[ALPN_HTTP1])) {
-            let serve = over_tls(acceptor, handshake, downstream::ws::serve::<TlsStream<TcpStream>>);
+            let serve = over_tls(acceptor, handshake, downstream::ws::serve::<tls::ServerStream>);
             let accept = downstream::accept_loop(ctx.clone(), listener, "websocket_tls", Bytes::new(), serve);
             ctx.tasks.spawn(accept);
         }
@@ -112,7 +111,7 @@ impl Bound {
             ctx.tasks.spawn(accept);
         }
         if let (Some(listener), Some(acceptor)) = (self.tcp_tls, acceptor(&[])) {
-            let serve = over_tls(acceptor, handshake, downstream::tcp::serve_tls::<TlsStream<TcpStream>>);
+            let serve = over_tls(acceptor, handshake, downstream::tcp::serve_tls::<tls::ServerStream>);
             let accept = downstream::accept_loop(ctx.clone(), listener, "tcp_tls", Bytes::new(), serve);
             ctx.tasks.spawn(accept);
         }
@@ -134,7 +133,7 @@ fn over_tls<F, Fut>(
     serve: F,
 ) -> impl Fn(Arc<SessionCtx>, TcpStream, SocketAddr, Admission) -> BoxFuture<'static, ()>
 where
-    F: Fn(Arc<SessionCtx>, TlsStream<TcpStream>, SocketAddr, Admission) -> Fut + Copy + Send + Sync + 'static,
+    F: Fn(Arc<SessionCtx>, tls::ServerStream, SocketAddr, Admission) -> Fut + Copy + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     move |ctx, stream, peer, admission| {

@@ -8,6 +8,9 @@
 //!
 //! TLS 1.2 and 1.3, rustls' default cipher suites; no client certificates. The WebSocket and
 //! admin listeners offer ALPN `http/1.1`; the TCP listener none.
+//!
+//! The listeners' connections are [`ServerStream`]s (rustls's unbuffered API, no buffer held
+//! while idle); the gateway's own connections out ([`Connector`]) use tokio-rustls.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,10 +25,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsConfig;
 use crate::metrics::{Metrics, OutcomeLabel};
+
+mod stream;
+
+pub use stream::ServerStream;
 
 /// ALPN protocol of the HTTP listeners (WebSocket upgrade, admin API).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -120,21 +126,20 @@ fn read_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> any
 /// A listener's TLS handshake, bounded in time.
 #[derive(Clone)]
 pub struct Acceptor {
-    acceptor: tokio_rustls::TlsAcceptor,
+    config: Arc<ServerConfig>,
     metrics: Metrics,
 }
 
 impl Acceptor {
     pub fn new(certificates: &Arc<Certificates>, alpn: &[&[u8]]) -> Self {
-        let acceptor = tokio_rustls::TlsAcceptor::from(certificates.server_config(alpn));
-        Self { acceptor, metrics: certificates.metrics.clone() }
+        Self { config: certificates.server_config(alpn), metrics: certificates.metrics.clone() }
     }
 
     /// Runs the server side of the handshake on `stream`; `None` (counted as failed, logged at
     /// debug) when the peer is not a TLS client, the handshake fails or it takes longer than
     /// `limit`.
-    pub async fn accept(&self, stream: TcpStream, limit: Duration) -> Option<TlsStream<TcpStream>> {
-        let result = tokio::time::timeout(limit, self.acceptor.accept(stream)).await;
+    pub async fn accept(&self, stream: TcpStream, limit: Duration) -> Option<ServerStream> {
+        let result = tokio::time::timeout(limit, stream::accept(stream, self.config.clone())).await;
         let outcome = if matches!(result, Ok(Ok(_))) { "ok" } else { "failed" };
         self.metrics.tls_handshakes.get_or_create(&OutcomeLabel { outcome }).inc();
         match result {

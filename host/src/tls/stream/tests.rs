@@ -1,6 +1,7 @@
 //! The stream against rustls' own client (tokio-rustls), over real loopback sockets: data
 //! both ways in pieces and in bulk, TLS 1.2 and 1.3, a client's key update, both ways of
-//! ending, a peer that is not TLS, and what an idle connection keeps.
+//! ending, a peer that is not TLS, forged and oversized records, and what an idle connection
+//! keeps.
 
 use std::time::Duration;
 
@@ -168,6 +169,27 @@ async fn a_peer_that_is_not_tls_gets_an_alert_and_an_error() {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(LIMIT, plain.read_to_end(&mut answer)).await.expect("closed");
     assert_eq!(answer.first(), Some(&0x15), "a TLS alert record: {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_or_oversized_record_ends_the_connection_with_an_error() {
+    // A record whose tag does not verify (bytes the client's keys did not make).
+    let (mut server, mut client) = pair(rustls::DEFAULT_VERSIONS).await;
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    forged.extend_from_slice(&[0xab; 0x40]);
+    client.get_mut().0.write_all(&forged).await.unwrap();
+    let mut buf = [0u8; 64];
+    let err = tokio::time::timeout(LIMIT, server.read(&mut buf)).await.expect("in time").expect_err("forged");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+
+    // A record header announcing more than TLS allows (RFC 8446 section 5.2): refused at the
+    // header, before its bytes are held.
+    let (mut server, mut client) = pair(rustls::DEFAULT_VERSIONS).await;
+    client.get_mut().0.write_all(&[0x17, 0x03, 0x03, 0xff, 0xff, 0, 0, 0]).await.unwrap();
+    let err =
+        tokio::time::timeout(LIMIT, server.read(&mut buf)).await.expect("in time").expect_err("oversized");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(server.incoming.len() < 64, "{} bytes held", server.incoming.len());
 }
 
 #[test]

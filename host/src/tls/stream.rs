@@ -250,6 +250,9 @@ impl Tls {
 
     /// Writes `outgoing` to `io`; `Ready(Ok)` once all of it is written (its allocation freed).
     fn poll_write_outgoing(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.outgoing.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
         while self.outgoing.has_remaining() {
             let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.outgoing))?;
             if n == 0 {
@@ -380,9 +383,6 @@ impl AsyncWrite for ServerStream {
                 if let Poll::Ready(Err(e)) = tls.poll_write_outgoing(&mut this.io, cx) {
                     return Poll::Ready(Err(e));
                 }
-            }
-            if tls.outgoing.is_empty() {
-                tls.outgoing = BytesMut::new();
             }
             Poll::Ready(Ok(data.len()))
         })

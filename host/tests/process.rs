@@ -1130,6 +1130,55 @@ async fn a_trapping_script_does_not_flood_the_log() {
     }
 }
 
+/// Context switches of the process's thread named `name` so far (`/proc/<pid>/task/*`).
+fn thread_switches(pid: u32, name: &str) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        let count = |key: &str| -> u64 {
+            status.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok()).unwrap_or(0)
+        };
+        return Some(count("voluntary_ctxt_switches:") + count("nonvoluntary_ctxt_switches:"));
+    }
+    None
+}
+
+/// An idle gateway's epoch ticker sleeps (a ticking one switches ~1,000 times a second), and
+/// the first call after that wakes it: an endless loop still ends at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_ticker_sleeps_while_no_script_runs() {
+    let (backend, _) = counting_backend().await;
+    let router = format!("[scripts.router]\npath = \"{}\"", wasmgate_tests::HOSTILE_ROUTER);
+    let at = setup(backend, &router);
+    let gateway = Gateway::start(&at.config, at.ws, &["--set", "scripts.deadline_ms=100"], &[]).await;
+    let mut client = gateway.client("sleeper").await;
+    let pid = gateway.child.id();
+    let switches = || thread_switches(pid, "wasmgate-epoch").expect("the epoch thread");
+
+    // Quiet: fewer than 20 switches in a second, within 30 s (login ran scripts just now).
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let before = switches();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let during = switches() - before;
+        if during < 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the epoch thread still switches {during} times a second");
+    }
+
+    let before = switches();
+    let started = Instant::now();
+    let seq = client.send(901, b"").await.expect("send"); // the hostile router loops
+    let (error, _) = client.recv_reply(4, seq, PROMPT).await.expect("an error frame at the deadline");
+    assert_eq!(wasmgate_tests::error_of(&error.body).0, "script_error");
+    assert!(started.elapsed() < Duration::from_secs(5), "the loop ran {:?}", started.elapsed());
+    assert!(switches() > before, "the loop did not wake the ticker");
+}
+
 /// `wasmgate replay` on the recording example of docs/evidence.md: no difference against the
 /// default router (exit 0); a recording whose answer the router would not give is reported
 /// with its kind (exit 1); a file that is not a recording is a one-line error naming the line.

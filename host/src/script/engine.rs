@@ -1,5 +1,5 @@
-//! The wasmtime engine every script runs on, its epoch ticker and the compiled-component
-//! cache.
+//! The wasmtime engine every script runs on (with its epoch ticker, [`super::ticker`]) and the
+//! compiled-component cache.
 //!
 //! One engine per process and [`EngineSettings`] (the pooling allocator's size, the only engine
 //! setting a gateway configures; deadlines and memory caps are per store): every gateway of a
@@ -17,7 +17,6 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -27,11 +26,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::ScriptError;
 use super::bindings;
 use super::state::ScriptState;
+use super::ticker::EpochTicker;
 
-/// Epoch tick period: a long-running call yields to the async runtime this often, and its
-/// deadline is checked as often.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
+pub use super::ticker::EPOCH_TICK;
 /// Wasm stack per call, in bytes; deeper recursion traps.
 const MAX_WASM_STACK: usize = 512 << 10;
 
@@ -66,6 +63,8 @@ pub struct ScriptEngine {
     pub engine: Engine,
     pub settings: EngineSettings,
     pub linker: Linker<ScriptState>,
+    /// Moves the epoch while calls run ([`EpochTicker::enter`]).
+    pub ticker: EpochTicker,
     compiled: Arc<Mutex<Cache>>,
 }
 
@@ -188,15 +187,8 @@ impl ScriptEngine {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::auth::AuthScript::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
-        let weak = engine.weak();
-        std::thread::Builder::new().name("wasmgate-epoch".into()).spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
-        Ok(Self { engine, settings, linker, compiled: Arc::default() })
+        let ticker = EpochTicker::start(engine.weak())?;
+        Ok(Self { engine, settings, linker, ticker, compiled: Arc::default() })
     }
 
     /// Compiles `bytes` (a component) or returns the cached compilation of identical bytes:

@@ -1,7 +1,8 @@
 //! The script host: loads components, keeps live instances, calls them under a sandbox.
 //!
 //! - [`bindings`]: the generated WIT bindings (the only `bindgen!`).
-//! - [`engine`]: the shared wasmtime engine, epoch ticker and compile cache.
+//! - [`engine`]: the shared wasmtime engine and compile cache; [`ticker`]: its epoch ticker,
+//!   which runs only while calls do.
 //! - [`pool`]: live, reusable instances with deadline, memory cap and trap recovery.
 //! - [`state`]: per-store state and the `host` interface scripts import.
 //! - [`deploy`]: versions of a named script, the deploy pipeline, atomic swap and rollback.
@@ -26,6 +27,7 @@ pub mod services;
 mod set;
 pub mod state;
 mod stdio;
+pub mod ticker;
 
 use std::sync::Arc;
 

@@ -359,6 +359,7 @@ impl<W: World> ScriptPool<W> {
             ))
         });
         store.data_mut().building = true;
+        let _ticking = self.engine.ticker.enter();
         start_call(&mut store);
         let init_error = |message: String| ScriptError::Init { script: self.meta.name.to_string(), message };
         let bindings = W::instantiate(&self.pre, &mut store).await.map_err(|e| {
@@ -489,6 +490,8 @@ impl<W: World> ScriptPool<W> {
             None => self.rebuild().await?,
         };
         slot.store.data_mut().place = place;
+        // The epoch moves while this guard lives (the call's deadline checks).
+        let _ticking = self.engine.ticker.enter();
         start_call(&mut slot.store);
         let started = slot.store.data().call_started;
         let span = tracing::debug_span!(

@@ -426,12 +426,16 @@ impl<W: World> ScriptPool<W> {
     where
         Fut: Future<Output = (Slot<W>, wasmtime::Result<R>)>,
     {
-        let place = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ScriptError::Engine("script pool closed".into()))?;
+        // A free place is the common case: taken without building the wait's future.
+        let place = match self.permits.clone().try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) => self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ScriptError::Engine("script pool closed".into()))?,
+        };
         if self.retired.load(Ordering::Acquire) {
             return Err(ScriptError::Retired { script: self.name().into() });
         }

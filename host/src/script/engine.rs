@@ -29,6 +29,7 @@ use super::state::ScriptState;
 use super::ticker::EpochTicker;
 
 pub use super::ticker::EPOCH_TICK;
+
 /// Wasm stack per call, in bytes; deeper recursion traps.
 const MAX_WASM_STACK: usize = 512 << 10;
 

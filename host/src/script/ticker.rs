@@ -30,8 +30,11 @@ const PARKED_RECHECK: Duration = Duration::from_secs(10);
 /// The ticker of one engine: its thread and the count of calls in flight.
 pub struct EpochTicker {
     shared: Arc<Shared>,
+    thread: Thread,
 }
 
+/// What the ticker thread and the calls share.
+#[derive(Default)]
 struct Shared {
     /// Calls and instance builds in flight (their [`Ticking`] guards).
     running: AtomicUsize,
@@ -39,7 +42,6 @@ struct Shared {
     ticks: AtomicU64,
     /// Whether the thread is parked (nothing has run for [`IDLE_AFTER`]).
     parked: AtomicBool,
-    thread: Thread,
 }
 
 /// A call in flight: the epoch moves while one exists. Dropped when the call ends, or when
@@ -58,21 +60,12 @@ impl EpochTicker {
     ///
     /// Errors: the thread cannot be spawned.
     pub fn start(engine: EngineWeak) -> std::io::Result<Self> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
-        let handle = std::thread::Builder::new().name("wasmgate-epoch".into()).spawn(move || {
-            if let Ok(shared) = ready_rx.recv() {
-                tick(&engine, &shared);
-            }
-        })?;
-        let shared = Arc::new(Shared {
-            running: AtomicUsize::new(0),
-            ticks: AtomicU64::new(0),
-            parked: AtomicBool::new(false),
-            thread: handle.thread().clone(),
-        });
-        // The thread only waits for this; it cannot have gone.
-        let _ = ready_tx.send(shared.clone());
-        Ok(Self { shared })
+        let shared = Arc::new(Shared::default());
+        let ticking = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("wasmgate-epoch".into())
+            .spawn(move || tick(&engine, &ticking))?;
+        Ok(Self { shared, thread: handle.thread().clone() })
     }
 
     /// Marks a call (or an instance build) in flight until the guard is dropped, waking the
@@ -80,7 +73,7 @@ impl EpochTicker {
     /// a `futex` wake-up only if the ticker was parked) when no other call was running.
     pub fn enter(&self) -> Ticking<'_> {
         if self.shared.running.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.shared.thread.unpark();
+            self.thread.unpark();
         }
         Ticking(&self.shared)
     }

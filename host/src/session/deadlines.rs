@@ -14,13 +14,17 @@
 //!
 //! Cost: 8 bytes per session in a slot, plus the two counts in its handle; a session is
 //! looked at about once per heartbeat period (at most every [`SLOTS`] ticks for longer
-//! deadlines). A deadline is met within two ticks after it passes.
+//! deadlines). A deadline is met within two ticks after it passes. A wheel with no session
+//! on it stops turning until the next is armed, so a gateway without clients is not woken
+//! [`TICK`]ly for nothing; a session leaves the wheel when its slot comes up after it ended,
+//! so the wheel stops at most one heartbeat period after the last session.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +47,10 @@ pub struct Deadlines {
     late: Mutex<Vec<u64>>,
     /// The last tick the wheel turned to.
     turned: AtomicU32,
+    /// Sessions on the wheel (in a slot or in `late`); the wheel stops while there are none.
+    on_wheel: AtomicUsize,
+    /// Wakes the stopped wheel when a session is armed.
+    armed: Notify,
 }
 
 impl Deadlines {
@@ -55,6 +63,8 @@ impl Deadlines {
             slots: (0..SLOTS).map(|_| Mutex::default()).collect(),
             late: Mutex::default(),
             turned: AtomicU32::new(0),
+            on_wheel: AtomicUsize::new(0),
+            armed: Notify::new(),
         }
     }
 
@@ -69,6 +79,10 @@ impl Deadlines {
     pub fn arm(&self, handle: &SessionHandle) {
         handle.start_clock(self.tick_of(Instant::now()));
         self.put(handle.id(), self.due(handle));
+        if self.on_wheel.fetch_add(1, Ordering::SeqCst) == 0 {
+            // A permit is kept if the wheel is not waiting yet: no wake-up is lost.
+            self.armed.notify_one();
+        }
     }
 
     /// The tick of the session's next deadline.
@@ -97,11 +111,19 @@ impl Deadlines {
     }
 
     /// Turns the wheel every [`TICK`] until `shutdown`, closing the sessions of `registry`
-    /// whose deadline passed (4001 `login_timeout`, 4002 `heartbeat_timeout`).
+    /// whose deadline passed (4001 `login_timeout`, 4002 `heartbeat_timeout`). While no
+    /// session is on the wheel it waits for [`arm`](Self::arm) instead.
     pub async fn run(self: Arc<Self>, registry: Arc<Registry>, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval_at(self.start + TICK, TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.on_wheel.load(Ordering::SeqCst) == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.armed.notified() => ticks.reset(),
+                }
+                continue;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
@@ -137,10 +159,8 @@ impl Deadlines {
     /// the slot of its deadline; due, it is put in `late` to be judged at the next turn, or
     /// closed when this is that judgement (`late` is `None`).
     fn judge(&self, registry: &Registry, id: u64, now: u32, late: Option<&mut Vec<u64>>) {
-        let Some(handle) = registry.get(id) else { return };
-        if handle.close_reason().is_some() {
-            return;
-        }
+        let handle = registry.get(id).filter(|h| h.close_reason().is_none());
+        let Some(handle) = handle else { return self.leave() };
         let due = self.due(&handle);
         if due > now {
             return self.put(id, due);
@@ -148,10 +168,19 @@ impl Deadlines {
         match late {
             Some(late) => late.push(id),
             None if !handle.is_admitted() && handle.clock().0.saturating_add(self.login_ticks) <= now => {
+                self.leave();
                 handle.close(CloseReason::LoginTimeout, "no login in time")
             }
-            None => handle.close(CloseReason::HeartbeatTimeout, "no message in time"),
+            None => {
+                self.leave();
+                handle.close(CloseReason::HeartbeatTimeout, "no message in time")
+            }
         }
+    }
+
+    /// A session left the wheel for good.
+    fn leave(&self) {
+        self.on_wheel.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -218,6 +247,41 @@ mod tests {
         keep_talking.await.unwrap();
         assert!(talking.close_reason().is_none(), "it kept sending");
         assert_eq!(closed(&talking).await, Some(CloseReason::HeartbeatTimeout), "then fell silent");
+        shutdown.cancel();
+        turning.await.unwrap();
+    }
+
+    /// An empty wheel does not turn; arming a session starts it, and it stops again once
+    /// its last session has left (at that session's next slot).
+    #[tokio::test]
+    async fn the_wheel_stops_while_no_session_is_on_it() {
+        let registry = Arc::new(Registry::default());
+        let wheel = Arc::new(Deadlines::new(Duration::from_millis(300), Duration::from_millis(200)));
+        let shutdown = CancellationToken::new();
+        let turning = tokio::spawn(wheel.clone().run(registry.clone(), shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(wheel.turned.load(Ordering::SeqCst), 0, "no session: no turn");
+
+        let h = session(&registry, 1);
+        wheel.arm(&h);
+        h.admit();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(wheel.turned.load(Ordering::SeqCst) >= 4, "turning at the current tick");
+        registry.remove(&h);
+        for _ in 0..100 {
+            if wheel.on_wheel.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(wheel.on_wheel.load(Ordering::SeqCst), 0, "the gone session left at its slot");
+        let stopped = wheel.turned.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(wheel.turned.load(Ordering::SeqCst), stopped, "stopped with its last session");
+
+        let late = session(&registry, 2);
+        wheel.arm(&late);
+        assert_eq!(closed(&late).await, Some(CloseReason::LoginTimeout), "started again");
         shutdown.cancel();
         turning.await.unwrap();
     }

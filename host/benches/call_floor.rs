@@ -7,8 +7,10 @@
 //!
 //! Run: `cargo bench -p wasmgate --bench call_floor [-- sync|async]`. Times on this VM vary up
 //! to 2x; for instruction counts run the binary under `valgrind --tool=callgrind` with one
-//! mode and divide the inclusive count of `TypedFunc::call` (sync) or `call_async` (async) by
-//! 200,001 (docs/benchmarks.md, "Instructions per call").
+//! mode and divide the inclusive count of `call_floor::main` (`sync`) or of
+//! `call_floor::run_async::{{closure}}` (`async`) by 200,000 — the instance and its `init`
+//! are in those counts too, a rounding error beside the calls (docs/benchmarks.md,
+//! "Instructions per call").
 
 use std::hint::black_box;
 use std::time::Instant;
